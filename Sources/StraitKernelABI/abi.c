@@ -1,0 +1,1 @@
+// StraitKernelABI has no code: it exists so Swift can import the headers in include/strait.

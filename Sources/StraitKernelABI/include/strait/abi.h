@@ -1,0 +1,5 @@
+// Structs shared by Strait's kernel programs (compiled with clang -target bpf) and its Swift code
+// (imported as the StraitKernelABI module). Fixed layout: only fixed-width fields, explicit padding.
+#pragma once
+#include <linux/types.h>
+#include "accel.h"

@@ -1,0 +1,87 @@
+import Foundation
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A cgroup v2 directory. Strait attaches socket programs to these; tests make their own
+/// below the v2 root and remove them afterwards.
+public struct Cgroup: Sendable, Hashable, CustomStringConvertible {
+    /// Absolute path in the cgroup v2 filesystem, e.g. `/sys/fs/cgroup/unified/strait-test-1`.
+    public let path: String
+
+    public init(path: String) { self.path = path }
+
+    public var description: String { path }
+
+    /// Where cgroup v2 is mounted (read from `/proc/self/mountinfo`), or nil when it is not.
+    public static func v2MountPoint() -> String? {
+        guard let mounts = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return nil }
+        for line in mounts.split(separator: "\n") {
+            // "... mountpoint options - fstype source superoptions"
+            let halves = line.components(separatedBy: " - ")
+            guard halves.count == 2, halves[1].hasPrefix("cgroup2 ") else { continue }
+            let fields = halves[0].split(separator: " ")
+            if fields.count > 4 { return String(fields[4]) }
+        }
+        return nil
+    }
+
+    /// The root of the cgroup v2 hierarchy.
+    public static func root() throws(SystemCallError) -> Cgroup {
+        guard let mount = v2MountPoint() else { throw SystemCallError("cgroup2 mount lookup", .noSuchFileOrDirectory) }
+        return Cgroup(path: mount)
+    }
+
+    /// The v2 cgroup a process belongs to, from `/proc/PID/cgroup` (`0::/relative/path`).
+    public static func of(process pid: pid_t = getpid()) throws(SystemCallError) -> Cgroup {
+        let root = try root()
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8),
+            let line = text.split(separator: "\n").first(where: { $0.hasPrefix("0::") })
+        else { throw SystemCallError("read /proc/\(pid)/cgroup", .noSuchFileOrDirectory) }
+        let relative = line.dropFirst(3)
+        return Cgroup(path: relative == "/" ? root.path : root.path + relative)
+    }
+
+    /// Makes a child cgroup (mkdir); it is empty until processes are moved into it.
+    public func makeChild(named name: String) throws(SystemCallError) -> Cgroup {
+        let child = Cgroup(path: path + "/" + name)
+        try systemCall("mkdir \(child.path)") { mkdir(child.path, 0o755) }
+        return child
+    }
+
+    /// Moves a whole process (every thread) into this cgroup. Sockets remember the cgroup of the
+    /// process that created them, so a move affects only sockets made afterwards.
+    public func add(process pid: pid_t = getpid()) throws(SystemCallError) {
+        try write("\(pid)\n", to: "cgroup.procs")
+    }
+
+    /// The processes in this cgroup.
+    public func processes() -> [pid_t] {
+        let text = (try? String(contentsOfFile: path + "/cgroup.procs", encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").compactMap { pid_t($0) }
+    }
+
+    /// Removes the (empty) cgroup directory.
+    public func remove() throws(SystemCallError) {
+        try systemCall("rmdir \(path)") { rmdir(path) }
+    }
+
+    /// Opens the directory; cgroup attachments take this descriptor. The caller closes it.
+    public func openDirectory() throws(SystemCallError) -> CInt {
+        try systemCall("open \(path)") { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+    }
+
+    public var exists: Bool {
+        var info = stat()
+        return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    private func write(_ text: String, to file: String) throws(SystemCallError) {
+        let fd = try systemCall("open \(path)/\(file)") { open(path + "/" + file, O_WRONLY | O_CLOEXEC) }
+        defer { closeDescriptor(fd) }
+        let bytes = Array(text.utf8)
+        try systemCall("write \(path)/\(file)") { Glibc.write(fd, bytes, bytes.count) }
+    }
+}

@@ -1,0 +1,63 @@
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A system call that failed: the call's name and the `errno` it left.
+///
+/// Every syscall in Strait goes through ``systemCall(_:_:)`` so that errno is read once, right
+/// after the call, and never by callers.
+public struct SystemCallError: Error, Equatable, CustomStringConvertible {
+    public let function: String
+    public let errno: Errno
+
+    public init(_ function: String, _ errno: Errno) {
+        self.function = function
+        self.errno = errno
+    }
+
+    public var description: String { "\(function): \(errno) (errno \(errno.rawValue))" }
+}
+
+/// Runs a call that reports failure as `-1` and `errno`, retrying on `EINTR`.
+@inlinable
+@discardableResult
+public func systemCall<Result: FixedWidthInteger>(_ function: String, _ body: () -> Result) throws(SystemCallError) -> Result {
+    while true {
+        let result = body()
+        if result != -1 { return result }
+        let error = Errno(rawValue: Glibc.errno)
+        if error == .interrupted { continue }
+        throw SystemCallError(function, error)
+    }
+}
+
+/// The outcome of a non-blocking call: done, or it would have blocked (`EAGAIN`).
+public enum NonBlockingResult<Value> {
+    case done(Value)
+    case wouldBlock
+}
+
+/// Like ``systemCall(_:_:)``, but `EAGAIN`/`EWOULDBLOCK` is a result, not an error.
+@inlinable
+public func nonBlockingCall<Result: FixedWidthInteger>(_ function: String, _ body: () -> Result) throws(SystemCallError) -> NonBlockingResult<Result> {
+    while true {
+        let result = body()
+        if result >= 0 { return .done(result) }
+        let error = Errno(rawValue: Glibc.errno)
+        switch error {
+        case .interrupted: continue
+        case .wouldBlock, .resourceTemporarilyUnavailable: return .wouldBlock
+        default: throw SystemCallError(function, error)
+        }
+    }
+}
+
+/// Closes a descriptor, ignoring `EINTR` (Linux has already released it then).
+@inlinable
+public func closeDescriptor(_ fd: CInt) {
+    _ = Glibc.close(fd)
+}
