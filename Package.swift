@@ -24,11 +24,16 @@ let package = Package(
             providers: [.apt(["libbpf-dev"])]
         ),
         .target(name: "StraitKernelABI"),
+        .target(name: "CStraitSystem"),
 
         // Layer 1: every syscall wrapped once, with its errno.
         .target(
             name: "StraitSystem",
-            dependencies: [.product(name: "SystemPackage", package: "swift-system")]
+            dependencies: [
+                "CStraitSystem",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]
         ),
 
         // Layer 2: the eBPF object/map/program/link API over libbpf.

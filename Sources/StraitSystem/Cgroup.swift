@@ -85,3 +85,28 @@ public struct Cgroup: Sendable, Hashable, CustomStringConvertible {
         try systemCall("write \(path)/\(file)") { Glibc.write(fd, bytes, bytes.count) }
     }
 }
+
+extension Cgroup {
+    /// The cgroup v2 directory whose inode number is `id` (the kernel's cgroup id), searched
+    /// breadth-first below the v2 root to a bounded depth.
+    public static func find(id: UInt64, maximumDepth: Int = 8) -> Cgroup? {
+        guard let root = v2MountPoint() else { return nil }
+        var level = [root]
+        for _ in 0...maximumDepth {
+            var next: [String] = []
+            for directory in level {
+                var info = stat()
+                if stat(directory, &info) == 0 && UInt64(info.st_ino) == id { return Cgroup(path: directory) }
+                let children = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+                for child in children {
+                    let path = directory + "/" + child
+                    var childInfo = stat()
+                    if lstat(path, &childInfo) == 0 && (childInfo.st_mode & S_IFMT) == S_IFDIR { next.append(path) }
+                }
+            }
+            if next.isEmpty { break }
+            level = next
+        }
+        return nil
+    }
+}

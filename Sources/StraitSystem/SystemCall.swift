@@ -1,3 +1,4 @@
+import CStraitSystem
 import SystemPackage
 
 #if canImport(Glibc)
@@ -60,4 +61,16 @@ public func nonBlockingCall<Result: FixedWidthInteger>(_ function: String, _ bod
 @inlinable
 public func closeDescriptor(_ fd: CInt) {
     _ = Glibc.close(fd)
+}
+
+/// The filesystem type (`f_type` of statfs) at `path`, e.g. to tell whether bpffs is mounted there.
+public func fileSystemType(at path: String) throws(SystemCallError) -> Int {
+    var info = statfs()
+    try systemCall("statfs \(path)") { statfs(path, &info) }
+    return Int(info.f_type)
+}
+
+/// Mounts a filesystem (mount(2)).
+public func mountFileSystem(source: String, target: String, type: String, options: String) throws(SystemCallError) {
+    try systemCall("mount \(type) at \(target)") { mount(source, target, type, 0, options) }
 }

@@ -1,0 +1,1 @@
+// CStraitSystem has no code: it exists so Swift can import the headers in include/.

@@ -1,0 +1,86 @@
+import Foundation
+import StraitBPF
+import StraitKernelABI
+
+/// One socket event from the kernel programs' ring buffer.
+public struct AccelEvent: Sendable, Codable, CustomStringConvertible {
+    public enum Kind: String, Sendable, Codable {
+        case established, skipped, accelerated, stack, released, closed, unknown
+    }
+
+    public var timestampNanoseconds: UInt64
+    public var socketCookie: UInt64
+    public var kind: Kind
+    public var local: String
+    public var remote: String
+    public var localPort: UInt16
+    public var remotePort: UInt16
+    public var netnsCookie: UInt64
+    /// For `established`: 1 if this side connected (active), 0 if it accepted.
+    public var detail: UInt32
+
+    init(_ raw: strait_accel_event) {
+        timestampNanoseconds = raw.timestamp_ns
+        socketCookie = raw.socket_cookie
+        kind = switch raw.kind {
+        case STRAIT_EVENT_ESTABLISHED.rawValue: .established
+        case STRAIT_EVENT_SKIPPED.rawValue: .skipped
+        case STRAIT_EVENT_ACCELERATED.rawValue: .accelerated
+        case STRAIT_EVENT_STACK.rawValue: .stack
+        case STRAIT_EVENT_RELEASED.rawValue: .released
+        case STRAIT_EVENT_CLOSED.rawValue: .closed
+        default: .unknown
+        }
+        local = raw.key.localAddress.description
+        remote = raw.key.remoteAddress.description
+        localPort = raw.key.local_port
+        remotePort = raw.key.remote_port
+        netnsCookie = raw.key.netns_cookie
+        detail = raw.detail
+    }
+
+    /// Whether, after this event, the socket is in the accelerated path.
+    public var accelerated: Bool { kind == .established || kind == .accelerated }
+
+    public var description: String {
+        let what: String = switch kind {
+        case .established: detail == 1 ? "established (connect), tracked" : "established (accept), tracked"
+        case .skipped: "established, not tracked (policy)"
+        case .accelerated: "sends redirected to peer"
+        case .stack: "sends stay on the TCP stack"
+        case .released: "left the socket hash"
+        case .closed: "closed"
+        case .unknown: "unknown event"
+        }
+        func endpoint(_ address: String, _ port: UInt16) -> String { address.contains(":") ? "[\(address)]:\(port)" : "\(address):\(port)" }
+        return "\(endpoint(local, localPort)) -> \(endpoint(remote, remotePort))  netns \(netnsCookie)  cookie \(socketCookie)  \(what)"
+    }
+}
+
+extension Accelerator {
+    /// Streams socket events to `handler` until it returns false, `count` events were delivered, or
+    /// `shouldStop` says so (checked every `pollMilliseconds`). Blocks the calling thread.
+    public func trace(
+        count: Int? = nil, pollMilliseconds: Int32 = 200, shouldStop: () -> Bool = { false },
+        handler: @escaping (AccelEvent) -> Bool
+    ) throws {
+        var delivered = 0
+        var keepGoing = true
+        // The ring keeps events nobody read; a live trace starts from now.
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let start = UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+        let reader = try RingBufferReader(map: events) { bytes in
+            guard bytes.count >= MemoryLayout<strait_accel_event>.size else { return true }
+            let raw = bytes.loadUnaligned(as: strait_accel_event.self)
+            guard raw.timestamp_ns >= start else { return true }
+            let event = AccelEvent(raw)
+            delivered += 1
+            keepGoing = handler(event) && (count.map { delivered < $0 } ?? true)
+            return keepGoing
+        }
+        while keepGoing && !shouldStop() {
+            try reader.poll(timeoutMilliseconds: pollMilliseconds)
+        }
+    }
+}

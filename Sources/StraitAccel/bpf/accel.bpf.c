@@ -1,0 +1,370 @@
+// SPDX-License-Identifier: GPL-2.0
+// Same-host TCP acceleration: sock_ops records established sockets in a SOCKHASH keyed by their
+// 4-tuple and network namespace; sk_msg sends each message straight into the peer socket's
+// ingress queue, skipping TCP/IP and loopback.
+//
+// Ordering rules this file keeps. The receive side (tcp_bpf_recvmsg) reads a socket's ingress queue
+// before its TCP receive queue, so:
+//  - a direction may start redirecting only at its first send, when nothing of it is on the stack;
+//  - redirect -> stack is always safe afterwards (the older, redirected bytes are read first);
+//  - a socket leaves the hash only if nothing was ever redirected into it (`inbound`), because
+//    leaving frees its ingress queue.
+#include <linux/bpf.h>
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include <strait/accel.h>
+
+// Context fields must be read one 32-bit word at a time; keep clang from merging the loads.
+#define CTX_READ(field) (*(volatile __u32 *)&(field))
+
+#define AF_INET 2
+#define AF_INET6 10
+
+// CO-RE view of the kernel's tcp_sock: only what the request/response detector reads.
+struct tcp_sock {
+    __u32 copied_seq;
+} __attribute__((preserve_access_index));
+
+// A socket that has watched this many received packets without deciding anything stops watching.
+#define WATCH_PACKETS_LIMIT 64
+
+struct {
+    __uint(type, BPF_MAP_TYPE_SOCKHASH);
+    __uint(max_entries, 65536);
+    __type(key, struct strait_sock_key);
+    __type(value, __u64);
+} socks SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct strait_accel_config);
+} config SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 1024);
+    __type(key, __u16);
+    __type(value, __u8);
+} ports SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+    __uint(max_entries, 1024);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, struct strait_lpm_key);
+    __type(value, __u8);
+} cidrs SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct strait_accel_counters);
+} stats SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_SK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
+    __type(value, struct strait_accel_sock_state);
+} sock_state SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 65536);
+    __type(key, struct strait_sock_key);
+    __type(value, struct strait_accel_inbound);
+} inbound SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+static __always_inline struct strait_accel_counters *counters(void)
+{
+    __u32 zero = 0;
+    return bpf_map_lookup_elem(&stats, &zero);
+}
+
+static __always_inline void map_ipv4(__u8 out[16], __u32 address)
+{
+    __builtin_memset(out, 0, 10);
+    out[10] = 0xff;
+    out[11] = 0xff;
+    __builtin_memcpy(out + 12, &address, 4);
+}
+
+static __always_inline void copy_ipv6(__u8 out[16], const __u32 words[4])
+{
+    __u32 w0 = words[0], w1 = words[1], w2 = words[2], w3 = words[3];
+    __builtin_memcpy(out, &w0, 4);
+    __builtin_memcpy(out + 4, &w1, 4);
+    __builtin_memcpy(out + 8, &w2, 4);
+    __builtin_memcpy(out + 12, &w3, 4);
+}
+
+static __always_inline void emit(const struct strait_sock_key *key, __u64 cookie, __u32 kind, __u32 detail)
+{
+    struct strait_accel_event *event = bpf_ringbuf_reserve(&events, sizeof(*event), 0);
+    if (!event) {
+        struct strait_accel_counters *c = counters();
+        if (c)
+            c->events_dropped++;
+        return;
+    }
+    event->timestamp_ns = bpf_ktime_get_ns();
+    event->socket_cookie = cookie;
+    event->key = *key;
+    event->kind = kind;
+    event->detail = detail;
+    bpf_ringbuf_submit(event, 0);
+}
+
+// The socket's own key, as sock_ops sees it.
+static __always_inline int key_of_sockops(struct bpf_sock_ops *skops, struct strait_sock_key *key)
+{
+    __builtin_memset(key, 0, sizeof(*key));
+    key->netns_cookie = bpf_get_netns_cookie(skops);
+    key->local_port = (__u16)skops->local_port;
+    key->remote_port = (__u16)bpf_ntohl(skops->remote_port);
+    if (skops->family == AF_INET) {
+        map_ipv4(key->local_ip, skops->local_ip4);
+        map_ipv4(key->remote_ip, skops->remote_ip4);
+        return 0;
+    }
+    if (skops->family == AF_INET6) {
+        __u32 local[4] = {CTX_READ(skops->local_ip6[0]), CTX_READ(skops->local_ip6[1]), CTX_READ(skops->local_ip6[2]), CTX_READ(skops->local_ip6[3])};
+        __u32 remote[4] = {CTX_READ(skops->remote_ip6[0]), CTX_READ(skops->remote_ip6[1]), CTX_READ(skops->remote_ip6[2]), CTX_READ(skops->remote_ip6[3])};
+        copy_ipv6(key->local_ip, local);
+        copy_ipv6(key->remote_ip, remote);
+        return 0;
+    }
+    return -1;
+}
+
+// The peer's key, as sk_msg sees the sender: local and remote swapped.
+static __always_inline int peer_key_of_msg(struct sk_msg_md *msg, struct strait_sock_key *key)
+{
+    __builtin_memset(key, 0, sizeof(*key));
+    key->netns_cookie = bpf_get_netns_cookie(msg);
+    key->local_port = (__u16)bpf_ntohl(msg->remote_port);
+    key->remote_port = (__u16)msg->local_port;
+    if (msg->family == AF_INET) {
+        map_ipv4(key->local_ip, msg->remote_ip4);
+        map_ipv4(key->remote_ip, msg->local_ip4);
+        return 0;
+    }
+    if (msg->family == AF_INET6) {
+        __u32 local[4] = {CTX_READ(msg->remote_ip6[0]), CTX_READ(msg->remote_ip6[1]), CTX_READ(msg->remote_ip6[2]), CTX_READ(msg->remote_ip6[3])};
+        __u32 remote[4] = {CTX_READ(msg->local_ip6[0]), CTX_READ(msg->local_ip6[1]), CTX_READ(msg->local_ip6[2]), CTX_READ(msg->local_ip6[3])};
+        copy_ipv6(key->local_ip, local);
+        copy_ipv6(key->remote_ip, remote);
+        return 0;
+    }
+    return -1;
+}
+
+static __always_inline int policy_allows(const struct strait_accel_config *cfg, const struct strait_sock_key *key)
+{
+    if (cfg->flags & STRAIT_ACCEL_PORT_FILTER) {
+        if (!bpf_map_lookup_elem(&ports, &key->local_port) && !bpf_map_lookup_elem(&ports, &key->remote_port))
+            return 0;
+    }
+    if (cfg->flags & STRAIT_ACCEL_CIDR_FILTER) {
+        struct strait_lpm_key lpm = {.prefixlen = 128};
+        __builtin_memcpy(lpm.addr, key->remote_ip, 16);
+        if (!bpf_map_lookup_elem(&cidrs, &lpm))
+            return 0;
+    }
+    return 1;
+}
+
+static __always_inline void on_established(struct bpf_sock_ops *skops, struct strait_accel_config *cfg)
+{
+    struct strait_sock_key key;
+    struct strait_accel_counters *c = counters();
+    if (key_of_sockops(skops, &key) < 0 || !c)
+        return;
+    __u64 cookie = bpf_get_socket_cookie(skops);
+    if (!policy_allows(cfg, &key)) {
+        c->sockets_skipped_policy++;
+        emit(&key, cookie, STRAIT_EVENT_SKIPPED, 0);
+        return;
+    }
+    struct bpf_sock *sk = skops->sk;
+    if (!sk)
+        return;
+    struct strait_accel_sock_state *state = bpf_sk_storage_get(&sock_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    if (!state)
+        return;
+    state->socket_cookie = cookie;
+    if (bpf_sock_hash_update(skops, &socks, &key, BPF_ANY) != 0)
+        return;
+    c->sockets_tracked++;
+    // Watch every received packet until this socket's directions are decided: that is where a
+    // socket whose flows stay on the stack leaves the hash.
+    bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG);
+    emit(&key, cookie, STRAIT_EVENT_ESTABLISHED, skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB);
+}
+
+// Runs for each received packet while the socket watches (PARSE_ALL_HDR_OPT_CB_FLAG): a socket
+// whose sends settled on the stack leaves the hash here, since sk_msg may not delete.
+static __always_inline void on_packet(struct bpf_sock_ops *skops)
+{
+    struct bpf_sock *sk = skops->sk;
+    struct strait_sock_key key;
+    if (!sk || key_of_sockops(skops, &key) < 0)
+        return;
+    struct strait_accel_sock_state *state = bpf_sk_storage_get(&sock_state, sk, 0, 0);
+    if (!state || bpf_map_lookup_elem(&inbound, &key)) {
+        // Either unknown, or its ingress queue is in use: it can never leave, so stop watching.
+        bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+        return;
+    }
+    if (state->mode != STRAIT_MODE_STACK) {
+        if (++state->packets_watched >= WATCH_PACKETS_LIMIT)
+            bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+        return;
+    }
+    bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+    if (bpf_map_delete_elem(&socks, &key) == 0) {
+        struct strait_accel_counters *c = counters();
+        if (c)
+            c->sockets_released++;
+        emit(&key, state->socket_cookie, STRAIT_EVENT_RELEASED, 0);
+    }
+}
+
+SEC("sockops")
+int strait_accel_sockops(struct bpf_sock_ops *skops)
+{
+    __u32 zero = 0;
+    struct strait_accel_config *cfg = bpf_map_lookup_elem(&config, &zero);
+    if (!cfg)
+        return 1;
+    switch (skops->op) {
+    case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+    case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+        on_established(skops, cfg);
+        break;
+    case BPF_SOCK_OPS_PARSE_HDR_OPT_CB:
+        on_packet(skops);
+        break;
+    case BPF_SOCK_OPS_STATE_CB:
+        if (skops->args[1] == BPF_TCP_CLOSE) {
+            struct strait_sock_key key;
+            if (key_of_sockops(skops, &key) == 0) {
+                bpf_map_delete_elem(&inbound, &key);
+                emit(&key, bpf_get_socket_cookie(skops), STRAIT_EVENT_CLOSED, skops->args[0]);
+            }
+        }
+        break;
+    }
+    return 1;
+}
+
+static __always_inline void settle(struct strait_accel_sock_state *state, const struct strait_sock_key *peer, __u32 mode)
+{
+    state->mode = mode;
+    state->settled = 1;
+    // Report the sender's own key: the peer's key with the two ends swapped back.
+    struct strait_sock_key self = *peer;
+    __builtin_memcpy(self.local_ip, peer->remote_ip, 16);
+    __builtin_memcpy(self.remote_ip, peer->local_ip, 16);
+    self.local_port = peer->remote_port;
+    self.remote_port = peer->local_port;
+    emit(&self, state->socket_cookie, mode == STRAIT_MODE_REDIRECT ? STRAIT_EVENT_ACCELERATED : STRAIT_EVENT_STACK, mode);
+}
+
+// Adaptive mode, while a redirecting direction is still undecided: keep it redirecting if its sends
+// are bulk or alternate with receives (request/response, where redirect cuts latency); move it to
+// the stack if it streams small writes, which TCP batches better than per-message redirects.
+static __always_inline void observe_send(struct sk_msg_md *msg, const struct strait_accel_config *cfg,
+                                         struct strait_accel_sock_state *state, const struct strait_sock_key *peer, __u32 size)
+{
+    struct strait_sock_key self = *peer;
+    __builtin_memcpy(self.local_ip, peer->remote_ip, 16);
+    __builtin_memcpy(self.remote_ip, peer->local_ip, 16);
+    self.local_port = peer->remote_port;
+    self.remote_port = peer->local_port;
+    struct strait_accel_inbound *received = bpf_map_lookup_elem(&inbound, &self);
+    __u32 inbound_now = received ? (__u32)received->messages : 0;
+    struct tcp_sock *tcp = bpf_skc_to_tcp_sock(msg->sk);
+    __u32 copied_now = tcp ? tcp->copied_seq : 0;
+
+    if (size >= cfg->bulk_bytes) {
+        settle(state, peer, STRAIT_MODE_REDIRECT);
+    } else if (state->sends > 0 && (inbound_now != state->last_inbound || copied_now != state->last_copied_seq)) {
+        if (++state->idle_sends >= cfg->idle_sends)
+            settle(state, peer, STRAIT_MODE_REDIRECT);
+    } else if (state->sends >= cfg->probe_sends) {
+        settle(state, peer, STRAIT_MODE_STACK);
+    }
+    state->sends++;
+    state->last_inbound = inbound_now;
+    state->last_copied_seq = copied_now;
+}
+
+SEC("sk_msg")
+int strait_accel_msg(struct sk_msg_md *msg)
+{
+    __u32 zero = 0;
+    __u32 size = msg->size;
+    struct strait_accel_config *cfg = bpf_map_lookup_elem(&config, &zero);
+    struct strait_accel_counters *c = counters();
+    struct bpf_sock *sk = msg->sk;
+    if (!cfg || !c || !sk)
+        return SK_PASS;
+    struct strait_accel_sock_state *state = bpf_sk_storage_get(&sock_state, sk, 0, 0);
+    struct strait_sock_key peer;
+    if (!state || peer_key_of_msg(msg, &peer) < 0)
+        return SK_PASS;
+
+    if (state->mode == STRAIT_MODE_FRESH) {
+        if (!(cfg->flags & STRAIT_ACCEL_REDIRECT)) {
+            state->mode = STRAIT_MODE_STACK;
+        } else {
+            // Mark the peer's ingress queue as in use before anything can be queued there.
+            struct strait_accel_inbound first = {.messages = 0};
+            if (bpf_map_update_elem(&inbound, &peer, &first, BPF_NOEXIST) == 0 || bpf_map_lookup_elem(&inbound, &peer))
+                state->mode = STRAIT_MODE_REDIRECT;
+            else
+                state->mode = STRAIT_MODE_STACK;
+        }
+    }
+    if (state->mode == STRAIT_MODE_REDIRECT && !(cfg->flags & STRAIT_ACCEL_REDIRECT)) {
+        c->fallback_disabled_messages++;
+        c->fallback_disabled_bytes += size;
+        settle(state, &peer, STRAIT_MODE_STACK);
+        return SK_PASS;
+    }
+    if (state->mode == STRAIT_MODE_REDIRECT && !state->settled && (cfg->flags & STRAIT_ACCEL_ADAPTIVE))
+        observe_send(msg, cfg, state, &peer, size);
+    if (state->mode != STRAIT_MODE_REDIRECT) {
+        c->fallback_stack_messages++;
+        c->fallback_stack_bytes += size;
+        return SK_PASS;
+    }
+
+    if (!state->settled) {
+        struct strait_accel_inbound *queued = bpf_map_lookup_elem(&inbound, &peer);
+        if (queued)
+            __sync_fetch_and_add(&queued->messages, 1);
+    }
+    if (bpf_msg_redirect_hash(msg, &socks, &peer, BPF_F_INGRESS) == SK_PASS) {
+        c->redirected_messages++;
+        c->redirected_bytes += size;
+        return SK_PASS;
+    }
+    // The peer is not (or no longer) in the hash: this direction stays on the stack from now on.
+    settle(state, &peer, STRAIT_MODE_STACK);
+    c->fallback_no_peer_messages++;
+    c->fallback_no_peer_bytes += size;
+    return SK_PASS;
+}
+
+char LICENSE[] SEC("license") = "GPL";

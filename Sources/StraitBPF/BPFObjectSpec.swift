@@ -1,0 +1,127 @@
+import CLibBPF
+import SystemPackage
+
+/// A BPF ELF object read from disk but not yet in the kernel: its programs and maps can be listed
+/// and adjusted (map sizes, which programs load) before ``load()``.
+///
+/// A spec is used once: ``load()`` hands its libbpf object to the returned ``BPFObject``.
+public final class BPFObjectSpec {
+    private var object: OpaquePointer?
+    /// Where the object came from, for messages.
+    public let source: String
+
+    /// Opens the ELF file at `path`. Costs one file read and ELF parse; nothing reaches the kernel.
+    public init(path: String) throws(BPFError) {
+        _ = LibBPFLogging.install
+        source = path
+        object = try libbpfPointer("bpf_object__open_file(\(path))") { bpf_object__open_file(path, nil) }
+    }
+
+    deinit {
+        if let object { bpf_object__close(object) }
+    }
+
+    /// Names of the programs in the object, in ELF order.
+    public var programNames: [String] {
+        guard let object else { return [] }
+        var names: [String] = []
+        var program = bpf_object__next_program(object, nil)
+        while let current = program {
+            names.append(String(cString: bpf_program__name(current)))
+            program = bpf_object__next_program(object, current)
+        }
+        return names
+    }
+
+    /// Names of the maps in the object (including libbpf's internal `.rodata`/`.bss` maps).
+    public var mapNames: [String] {
+        guard let object else { return [] }
+        var names: [String] = []
+        var map = bpf_object__next_map(object, nil)
+        while let current = map {
+            names.append(String(cString: bpf_map__name(current)))
+            map = bpf_object__next_map(object, current)
+        }
+        return names
+    }
+
+    /// Changes a map's capacity before load.
+    public func setMaxEntries(_ count: UInt32, forMap name: String) throws(BPFError) {
+        guard let object, let map = bpf_object__find_map_by_name(object, name) else {
+            throw .missing(kind: "map", name: name, available: mapNames)
+        }
+        try libbpfCall("bpf_map__set_max_entries(\(name))") { bpf_map__set_max_entries(map, count) }
+    }
+
+    /// Loads every map and program into the kernel. A program the verifier rejects throws
+    /// ``BPFError/verifierRejected(program:errno:log:)`` with the verifier's whole log.
+    ///
+    /// Costs the verifier's time for each program (milliseconds for Strait's programs) and a
+    /// temporary log buffer per program that is freed on return.
+    public func load() throws(BPFError) -> BPFObject {
+        guard let object else { throw .unsupported("this BPF object spec (\(source)) was loaded already; open it again") }
+        // libbpf asks for the verifier log only on failure (log level 0 first, then 1 on retry).
+        let logSize = 4 << 20
+        var logs: [(name: String, buffer: UnsafeMutablePointer<CChar>)] = []
+        defer { logs.forEach { $0.buffer.deallocate() } }
+        var program = bpf_object__next_program(object, nil)
+        while let current = program {
+            let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: logSize)
+            buffer[0] = 0
+            bpf_program__set_log_buf(current, buffer, logSize)
+            logs.append((String(cString: bpf_program__name(current)), buffer))
+            program = bpf_object__next_program(object, current)
+        }
+        let result = bpf_object__load(object)
+        if result < 0 {
+            let errno = Errno(rawValue: -result)
+            if let failed = logs.first(where: { $0.buffer[0] != 0 }) {
+                throw .verifierRejected(program: failed.name, errno: errno, log: String(cString: failed.buffer))
+            }
+            throw .call("bpf_object__load(\(source))", errno)
+        }
+        self.object = nil
+        return BPFObject(object: object, source: source)
+    }
+}
+
+/// A loaded BPF object: its maps and programs are in the kernel.
+///
+/// Maps and programs taken from it (``map(_:)``, ``program(_:)``) hold their own descriptors and
+/// stay valid after the object is closed. Close the object (or drop it) when done: it owns the
+/// kernel objects nobody took.
+public final class BPFObject {
+    private var object: OpaquePointer?
+    public let source: String
+
+    init(object: OpaquePointer, source: String) {
+        self.object = object
+        self.source = source
+    }
+
+    deinit { close() }
+
+    /// Releases libbpf's object and its descriptors. Maps, programs and links taken from it stay.
+    public func close() {
+        if let object { bpf_object__close(object) }
+        object = nil
+    }
+
+    /// The map named `name`, with its own descriptor.
+    public func map(_ name: String) throws(BPFError) -> BPFMap {
+        guard let object, let map = bpf_object__find_map_by_name(object, name) else {
+            throw .missing(kind: "map", name: name, available: [])
+        }
+        let fd = try Descriptor.duplicate(bpf_map__fd(map), "dup(map \(name))")
+        return try BPFMap(descriptor: fd)
+    }
+
+    /// The program named `name` (its C function name), with its own descriptor.
+    public func program(_ name: String) throws(BPFError) -> BPFProgram {
+        guard let object, let program = bpf_object__find_program_by_name(object, name) else {
+            throw .missing(kind: "program", name: name, available: [])
+        }
+        let fd = try Descriptor.duplicate(bpf_program__fd(program), "dup(program \(name))")
+        return try BPFProgram(descriptor: fd)
+    }
+}

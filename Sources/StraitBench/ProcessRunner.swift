@@ -1,0 +1,88 @@
+import Foundation
+
+/// Runs the peer tools a benchmark compares against (iperf3, sockperf, …) as child processes of
+/// this one, so a whole benchmark is one process tree that ends when it ends.
+public struct ProcessRunner: Sendable {
+    public init() {}
+
+    public struct Failure: Error, CustomStringConvertible {
+        public let command: [String]
+        public let status: Int32
+        public let output: String
+        public var description: String {
+            "`\(command.joined(separator: " "))` exited with \(status): \(output.suffix(800))"
+        }
+    }
+
+    /// Runs `command` to completion (killed after `timeout` seconds) and returns its standard output.
+    public func run(_ command: [String], timeout: Double) throws -> String {
+        let process = try start(command)
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.process.isRunning && Date() < deadline { usleep(20_000) }
+        if process.process.isRunning { process.stop() }
+        process.process.waitUntilExit()
+        let output = process.output()
+        guard process.process.terminationStatus == 0 else {
+            throw Failure(command: command, status: process.process.terminationStatus, output: output + process.errors())
+        }
+        return output
+    }
+
+    /// Starts `command` in the background; stop it with ``Running/stop()``.
+    public func start(_ command: [String]) throws -> Running {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try Self.locate(command[0]))
+        process.arguments = Array(command.dropFirst())
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        let running = Running(process: process, out: out, err: err)
+        try process.run()
+        return running
+    }
+
+    /// A started child process. Its output is collected as it runs, so a chatty child never blocks.
+    public final class Running: @unchecked Sendable {
+        public let process: Process
+        private let lock = NSLock()
+        private var stdout = Data()
+        private var stderr = Data()
+
+        init(process: Process, out: Pipe, err: Pipe) {
+            self.process = process
+            out.fileHandleForReading.readabilityHandler = { [weak self] handle in
+                let data = handle.availableData
+                self?.lock.withLock { self?.stdout.append(data) }
+            }
+            err.fileHandleForReading.readabilityHandler = { [weak self] handle in
+                let data = handle.availableData
+                self?.lock.withLock { self?.stderr.append(data) }
+            }
+        }
+
+        public func output() -> String { lock.withLock { String(decoding: stdout, as: UTF8.self) } }
+        public func errors() -> String { lock.withLock { String(decoding: stderr, as: UTF8.self) } }
+
+        /// SIGTERM, then SIGKILL if it has not exited within a second.
+        public func stop() {
+            guard process.isRunning else { return }
+            process.terminate()
+            let deadline = Date().addingTimeInterval(1)
+            while process.isRunning && Date() < deadline { usleep(10_000) }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            process.waitUntilExit()
+        }
+    }
+
+    /// Finds an executable on PATH (or a path given as is).
+    public static func locate(_ name: String) throws -> String {
+        if name.contains("/") { return name }
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+        for directory in path.split(separator: ":") + ["/usr/sbin", "/sbin"] {
+            let candidate = "\(directory)/\(name)"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        throw Failure(command: [name], status: 127, output: "\(name) is not installed: run `make deps` (it installs iperf3, sockperf and the other peers)")
+    }
+}

@@ -1,0 +1,85 @@
+import CStraitSystem
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A named network namespace (as `ip netns` makes them, under /var/run/netns), for tests and
+/// benchmarks that need hosts of their own. Its loopback is brought up on creation.
+public struct NetworkNamespace: Sendable, Hashable {
+    public let name: String
+
+    public var path: String { "/var/run/netns/\(name)" }
+
+    /// Creates the namespace with `ip netns add` and brings its loopback up.
+    public static func create(_ name: String) throws -> NetworkNamespace {
+        try runIP(["netns", "add", name])
+        let namespace = NetworkNamespace(name: name)
+        do {
+            try runIP(["-n", name, "link", "set", "lo", "up"])
+        } catch {
+            namespace.delete()
+            throw error
+        }
+        return namespace
+    }
+
+    /// Deletes the namespace (its interfaces go with it). Missing is fine.
+    public func delete() {
+        _ = try? Self.runIP(["netns", "delete", name])
+    }
+
+    /// Runs `body` on a new thread that has entered this namespace, and waits for it. Sockets made
+    /// in `body` belong to the namespace for life; the rest of the process is unaffected.
+    public func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) throws -> T {
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var result: Result<T, Error>!
+        let path = self.path
+        Thread.detachNewThread {
+            defer { done.signal() }
+            result = Result {
+                let fd = try systemCall("open \(path)") { open(path, O_RDONLY | O_CLOEXEC) }
+                defer { closeDescriptor(fd) }
+                try systemCall("setns \(path)") { setns(fd, CLONE_NEWNET) }
+                return try body()
+            }
+        }
+        done.wait()
+        return try result.get()
+    }
+
+    /// Runs `ip` with `arguments`; throws with its output when it fails.
+    @discardableResult
+    public static func runIP(_ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip") ? "/usr/sbin/ip" : "/sbin/ip")
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let text = String(decoding: data, as: UTF8.self)
+        guard process.terminationStatus == 0 else {
+            throw SystemCallError("ip \(arguments.joined(separator: " ")): \(text.trimmingCharacters(in: .whitespacesAndNewlines))", .invalidArgument)
+        }
+        return text
+    }
+
+    /// Packets and bytes received on an interface in this namespace.
+    public func receiveCounters(interface: String = "lo") throws -> (packets: UInt64, bytes: UInt64) {
+        try run {
+            // /sys/class/net shows the namespace /sys was mounted in; /proc/thread-self/net is this thread's.
+            let text = try String(contentsOfFile: "/proc/thread-self/net/dev", encoding: .utf8)
+            for line in text.split(separator: "\n") {
+                let parts = line.split(separator: ":", maxSplits: 1)
+                guard parts.count == 2, parts[0].trimmingCharacters(in: .whitespaces) == interface else { continue }
+                let fields = parts[1].split(separator: " ")
+                return (UInt64(fields[1]) ?? 0, UInt64(fields[0]) ?? 0)
+            }
+            throw SystemCallError("no interface \(interface) in \(name)", .noSuchFileOrDirectory)
+        }
+    }
+}

@@ -1,0 +1,153 @@
+import ArgumentParser
+import Foundation
+import StraitAccel
+import StraitBPF
+import StraitSystem
+
+struct AccelCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "accel",
+        abstract: "Same-host TCP acceleration: sockets on this host exchange data without TCP/IP (sock_ops + sk_msg).",
+        subcommands: [Enable.self, Disable.self, Status.self, Policy.self, Trace.self]
+    )
+
+    struct PolicyOptions: ParsableArguments {
+        @Option(help: "Accelerate only sockets with one of these local or remote ports (comma-separated). Default: all.")
+        var ports: String?
+        @Option(help: "Accelerate only sockets whose peer address is in one of these prefixes (comma-separated), e.g. 127.0.0.0/8,::1/128. Default: any.")
+        var cidrs: String?
+        @Option(help: "adaptive (default): a direction that streams small writes goes back to the stack; always: every direction redirects.")
+        var mode: Mode?
+        @Option(help: "Adaptive mode: a send of at least this many bytes keeps its direction accelerated.")
+        var bulkBytes: UInt32?
+
+        enum Mode: String, ExpressibleByArgument { case adaptive, always }
+
+        func applied(to base: AccelPolicy) throws -> AccelPolicy {
+            var policy = base
+            if let ports {
+                policy.ports = try ports.split(separator: ",").map { text in
+                    guard let port = UInt16(text.trimmingCharacters(in: .whitespaces)), port > 0 else {
+                        throw ValidationError("--ports: '\(text)' is not a port number (1-65535)")
+                    }
+                    return port
+                }
+            }
+            if let cidrs {
+                policy.cidrs = cidrs.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+                do { _ = try policy.parsedCIDRs() } catch { throw ValidationError("--cidrs: \(error)") }
+            }
+            if let mode { policy.adaptive = mode == .adaptive }
+            if let bulkBytes { policy.bulkBytes = bulkBytes }
+            return policy
+        }
+    }
+
+    struct Enable: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Load, pin and attach the programs; acceleration stays on after this command exits.")
+        @Option(help: "The cgroup v2 whose sockets are accelerated. Default: the root of cgroup v2 (every process).")
+        var cgroup: String?
+        @OptionGroup var policy: PolicyOptions
+        @Option(help: .hidden) var pinDirectory: String = Accelerator.defaultPinDirectory
+
+        func run() throws {
+            Strait.bootstrapLogging()
+            let target = try cgroup.map(Cgroup.init(path:)) ?? Cgroup.root()
+            guard target.exists else { throw ValidationError("--cgroup \(target.path) is not a cgroup v2 directory") }
+            let base = Accelerator.isEnabled(pinDirectory: pinDirectory) ? try Accelerator.open(pinDirectory: pinDirectory).policy() : AccelPolicy()
+            let accelerator = try Accelerator.enable(cgroup: target, policy: try policy.applied(to: base), pinDirectory: pinDirectory)
+            print("acceleration enabled on cgroup \(target.path); pinned under \(accelerator.pinDirectory)")
+        }
+    }
+
+    struct Disable: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Detach and unpin everything `enable` made.")
+        @Option(help: .hidden) var pinDirectory: String = Accelerator.defaultPinDirectory
+
+        func run() throws {
+            Strait.bootstrapLogging()
+            guard Accelerator.isEnabled(pinDirectory: pinDirectory) else {
+                try BPFFS.removeTree(pinDirectory)
+                print("acceleration was not enabled")
+                return
+            }
+            try Accelerator.open(pinDirectory: pinDirectory).disable()
+            print("acceleration disabled; nothing left under \(pinDirectory)")
+        }
+    }
+
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Whether acceleration is on, for which cgroup and policy, and what it has done.")
+        @Flag(help: "Print JSON.") var json = false
+        @Option(help: .hidden) var pinDirectory: String = Accelerator.defaultPinDirectory
+
+        func run() throws {
+            Strait.bootstrapLogging()
+            let status = try Accelerator.status(pinDirectory: pinDirectory)
+            if json { return try printJSON(status) }
+            guard status.enabled, let policy = status.policy else {
+                print("acceleration: disabled")
+                return
+            }
+            let c = status.counters
+            print("""
+                acceleration: enabled on cgroup \(status.cgroup ?? "(unknown)")
+                policy: ports \(policy.ports.isEmpty ? "all" : policy.ports.map(String.init).joined(separator: ",")), \
+                peers \(policy.cidrs.isEmpty ? "any" : policy.cidrs.joined(separator: ",")), \
+                \(policy.adaptive ? "adaptive (bulk ≥ \(policy.bulkBytes) B)" : "always redirect")
+                sockets tracked now: \(status.socketsTracked)
+
+                """)
+            print(table([
+                ["counter", "messages", "bytes"],
+                ["redirected to peer", "\(c.redirectedMessages)", "\(c.redirectedBytes)"],
+                ["stack: peer not tracked", "\(c.fallbackPeerNotTracked.messages)", "\(c.fallbackPeerNotTracked.bytes)"],
+                ["stack: small streaming writes", "\(c.fallbackStack.messages)", "\(c.fallbackStack.bytes)"],
+                ["stack: redirect switched off", "\(c.fallbackDisabled.messages)", "\(c.fallbackDisabled.bytes)"],
+            ]))
+            print("\nsockets entered \(c.socketsEntered), skipped by policy \(c.socketsSkippedByPolicy), released to the stack \(c.socketsReleasedToStack), events dropped \(c.eventsDropped)")
+        }
+    }
+
+    struct Policy: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show or change the policy while enabled, without reloading a program.")
+        @OptionGroup var policy: PolicyOptions
+        @Flag(help: "Print JSON.") var json = false
+        @Option(help: .hidden) var pinDirectory: String = Accelerator.defaultPinDirectory
+
+        func run() throws {
+            Strait.bootstrapLogging()
+            let accelerator = try Accelerator.open(pinDirectory: pinDirectory)
+            let updated = try policy.applied(to: try accelerator.policy())
+            try accelerator.setPolicy(updated)
+            if json { return try printJSON(updated) }
+            print("ports: \(updated.ports.isEmpty ? "all" : updated.ports.map(String.init).joined(separator: ","))")
+            print("cidrs: \(updated.cidrs.isEmpty ? "any" : updated.cidrs.joined(separator: ","))")
+            print("mode: \(updated.adaptive ? "adaptive" : "always"), bulk bytes \(updated.bulkBytes)")
+        }
+    }
+
+    struct Trace: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Stream socket events (established, accelerated, released, closed) until interrupted.")
+        @Option(help: "Stop after this many events.") var count: Int?
+        @Flag(help: "One JSON object per line.") var json = false
+        @Option(help: .hidden) var pinDirectory: String = Accelerator.defaultPinDirectory
+
+        func run() throws {
+            Strait.bootstrapLogging()
+            let accelerator = try Accelerator.open(pinDirectory: pinDirectory)
+            let stop = SignalFlag.interrupt()
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            try accelerator.trace(count: count, shouldStop: { stop.isRaised }) { event in
+                if json, let line = try? encoder.encode(event) {
+                    print(String(decoding: line, as: UTF8.self))
+                } else {
+                    print(event)
+                }
+                fflush(nil)
+                return true
+            }
+        }
+    }
+}
