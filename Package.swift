@@ -80,6 +80,6 @@ let package = Package(
             path: "Tests/StraitTestSupport"
         ),
         .testTarget(name: "StraitBPFTests", dependencies: ["StraitBPF", "StraitTestSupport"]),
-        .testTarget(name: "StraitAccelTests", dependencies: ["StraitAccel", "StraitTestSupport"]),
+        .testTarget(name: "StraitAccelTests", dependencies: ["StraitAccel", "StraitBPF", "CLibBPF", "StraitTestSupport"]),
     ]
 )

@@ -6,6 +6,9 @@ import StraitSystem
 public struct AccelPolicy: Sendable, Equatable, Codable {
     /// Track only sockets whose local or remote port is listed; empty means every port.
     public var ports: [UInt16] = []
+    /// Never track sockets with one of these local or remote ports: services whose receivers use
+    /// splice(2), which cannot read redirected bytes (tcp_bpf has no splice_read).
+    public var excludePorts: [UInt16] = []
     /// Track only sockets whose remote address is in one of these prefixes; empty means any address.
     public var cidrs: [String] = []
     /// Adaptive (default): each direction keeps redirecting only if it sends bulk (see ``bulkBytes``)
@@ -38,8 +41,9 @@ public struct AccelPolicy: Sendable, Equatable, Codable {
         return strait_accel_config(flags: flags, bulk_bytes: bulkBytes, probe_sends: probeSends, idle_sends: idleSends)
     }
 
-    init(config: strait_accel_config, ports: [UInt16], cidrs: [String]) {
+    init(config: strait_accel_config, ports: [UInt16], excludePorts: [UInt16], cidrs: [String]) {
         self.ports = ports.sorted()
+        self.excludePorts = excludePorts.sorted()
         self.cidrs = cidrs.sorted()
         adaptive = config.flags & STRAIT_ACCEL_ADAPTIVE.rawValue != 0
         bulkBytes = config.bulk_bytes

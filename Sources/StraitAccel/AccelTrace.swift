@@ -16,7 +16,8 @@ public struct AccelEvent: Sendable, Codable, CustomStringConvertible {
     public var localPort: UInt16
     public var remotePort: UInt16
     public var netnsCookie: UInt64
-    /// For `established`: 1 if this side connected (active), 0 if it accepted.
+    /// For `established`: 1 if this side connected (active), 0 if it accepted. For `accelerated`
+    /// and `stack`: 1 when the decision is final (adaptive mode settled), 0 when the direction only began.
     public var detail: UInt32
 
     init(_ raw: strait_accel_event) {
@@ -46,8 +47,8 @@ public struct AccelEvent: Sendable, Codable, CustomStringConvertible {
         let what: String = switch kind {
         case .established: detail == 1 ? "established (connect), tracked" : "established (accept), tracked"
         case .skipped: "established, not tracked (policy)"
-        case .accelerated: "sends redirected to peer"
-        case .stack: "sends stay on the TCP stack"
+        case .accelerated: detail == 1 ? "sends keep being redirected (settled)" : "sends redirected to peer"
+        case .stack: "sends go back to the TCP stack"
         case .released: "left the socket hash"
         case .closed: "closed"
         case .unknown: "unknown event"

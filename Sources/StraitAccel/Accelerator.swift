@@ -18,12 +18,14 @@ public final class Accelerator {
     let socks: TypedMap<strait_sock_key, UInt64>
     let config: TypedMap<UInt32, strait_accel_config>
     let ports: TypedMap<UInt16, UInt8>
+    let excludePorts: TypedMap<UInt16, UInt8>
     let cidrs: TypedMap<strait_lpm_key, UInt8>
     let stats: TypedMap<UInt32, strait_accel_counters>
     let events: BPFMap
 
     enum Pin: String, CaseIterable {
         case socks, config, ports, cidrs, stats, inbound, events
+        case excludePorts = "exclude_ports"
         case sockState = "sock_state"
         case sockopsProgram = "prog_sockops", messageProgram = "prog_msg"
         case sockopsLink = "link_sockops", messageLink = "link_msg"
@@ -47,6 +49,7 @@ public final class Accelerator {
         socks = try open(.socks).typed(key: strait_sock_key.self, value: UInt64.self)
         config = try open(.config).typed(key: UInt32.self, value: strait_accel_config.self)
         ports = try open(.ports).typed(key: UInt16.self, value: UInt8.self)
+        excludePorts = try open(.excludePorts).typed(key: UInt16.self, value: UInt8.self)
         cidrs = try open(.cidrs).typed(key: strait_lpm_key.self, value: UInt8.self)
         stats = try open(.stats).typed(key: UInt32.self, value: strait_accel_counters.self)
         events = try open(.events)
@@ -85,7 +88,7 @@ public final class Accelerator {
         try BPFFS.makeDirectory(pinDirectory)
         do {
             let object = try BPFObjectSpec(path: objectPath).load()
-            for pin in [Pin.socks, .config, .ports, .cidrs, .stats, .inbound, .sockState, .events] {
+            for pin in [Pin.socks, .config, .ports, .excludePorts, .cidrs, .stats, .inbound, .sockState, .events] {
                 try object.map(pin.rawValue).pin(at: path(pin, in: pinDirectory))
             }
             let sockops = try object.program("strait_accel_sockops")
@@ -116,7 +119,7 @@ public final class Accelerator {
             let length = address.isIPv4 ? Int(key.prefixlen) - 96 : Int(key.prefixlen)
             return IPPrefix(address: address, length: length).description
         }
-        return AccelPolicy(config: configuration, ports: portList, cidrs: prefixes)
+        return AccelPolicy(config: configuration, ports: portList, excludePorts: try excludePorts.keys(), cidrs: prefixes)
     }
 
     /// Replaces the policy while enabled. New sockets follow it at once; established ones keep the
@@ -130,10 +133,12 @@ public final class Accelerator {
         // Add new entries before removing old ones and before the flags switch filtering on, so
         // no socket is wrongly skipped while the policy changes.
         for port in policy.ports { try ports.update(port, 1) }
+        for port in policy.excludePorts { try excludePorts.update(port, 1) }
         let wanted = prefixes.map(Self.lpmKey)
         for key in wanted { try cidrs.update(key, 1) }
         try config.update(0, policy.config(redirect: redirect))
         for port in try ports.keys() where !policy.ports.contains(port) { try ports.delete(port) }
+        for port in try excludePorts.keys() where !policy.excludePorts.contains(port) { try excludePorts.delete(port) }
         for key in try cidrs.keys() where !wanted.contains(where: { Self.same($0, key) }) { try cidrs.delete(key) }
     }
 

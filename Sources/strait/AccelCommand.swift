@@ -14,6 +14,8 @@ struct AccelCommand: ParsableCommand {
     struct PolicyOptions: ParsableArguments {
         @Option(help: "Accelerate only sockets with one of these local or remote ports (comma-separated). Default: all.")
         var ports: String?
+        @Option(help: "Never accelerate sockets with these local or remote ports (comma-separated): services whose receivers use splice(2).")
+        var excludePorts: String?
         @Option(help: "Accelerate only sockets whose peer address is in one of these prefixes (comma-separated), e.g. 127.0.0.0/8,::1/128. Default: any.")
         var cidrs: String?
         @Option(help: "adaptive (default): a direction that streams small writes goes back to the stack; always: every direction redirects.")
@@ -23,16 +25,19 @@ struct AccelCommand: ParsableCommand {
 
         enum Mode: String, ExpressibleByArgument { case adaptive, always }
 
+        static func portList(_ text: String, option: String) throws -> [UInt16] {
+            try text.split(separator: ",").map { item in
+                guard let port = UInt16(item.trimmingCharacters(in: .whitespaces)), port > 0 else {
+                    throw ValidationError("\(option): '\(item)' is not a port number (1-65535)")
+                }
+                return port
+            }
+        }
+
         func applied(to base: AccelPolicy) throws -> AccelPolicy {
             var policy = base
-            if let ports {
-                policy.ports = try ports.split(separator: ",").map { text in
-                    guard let port = UInt16(text.trimmingCharacters(in: .whitespaces)), port > 0 else {
-                        throw ValidationError("--ports: '\(text)' is not a port number (1-65535)")
-                    }
-                    return port
-                }
-            }
+            if let ports { policy.ports = try Self.portList(ports, option: "--ports") }
+            if let excludePorts { policy.excludePorts = try Self.portList(excludePorts, option: "--exclude-ports") }
             if let cidrs {
                 policy.cidrs = cidrs.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
                 do { _ = try policy.parsedCIDRs() } catch { throw ValidationError("--cidrs: \(error)") }
@@ -92,7 +97,8 @@ struct AccelCommand: ParsableCommand {
             let c = status.counters
             print("""
                 acceleration: enabled on cgroup \(status.cgroup ?? "(unknown)")
-                policy: ports \(policy.ports.isEmpty ? "all" : policy.ports.map(String.init).joined(separator: ",")), \
+                policy: ports \(policy.ports.isEmpty ? "all" : policy.ports.map(String.init).joined(separator: ","))\
+                \(policy.excludePorts.isEmpty ? "" : " except " + policy.excludePorts.map(String.init).joined(separator: ",")), \
                 peers \(policy.cidrs.isEmpty ? "any" : policy.cidrs.joined(separator: ",")), \
                 \(policy.adaptive ? "adaptive (bulk ≥ \(policy.bulkBytes) B)" : "always redirect")
                 sockets tracked now: \(status.socketsTracked)
@@ -122,6 +128,7 @@ struct AccelCommand: ParsableCommand {
             try accelerator.setPolicy(updated)
             if json { return try printJSON(updated) }
             print("ports: \(updated.ports.isEmpty ? "all" : updated.ports.map(String.init).joined(separator: ","))")
+            print("excluded ports: \(updated.excludePorts.isEmpty ? "none" : updated.excludePorts.map(String.init).joined(separator: ","))")
             print("cidrs: \(updated.cidrs.isEmpty ? "any" : updated.cidrs.joined(separator: ","))")
             print("mode: \(updated.adaptive ? "adaptive" : "always"), bulk bytes \(updated.bulkBytes)")
         }

@@ -6,7 +6,7 @@ import Testing
 
 /// An accelerator enabled on a cgroup of the test's own, pinned under the test's own folder, and
 /// disabled and removed when the test ends, pass or fail.
-final class AccelFixture {
+final class AccelFixture: @unchecked Sendable {
     let cgroup: TestCgroup
     let accelerator: Accelerator
 

@@ -51,6 +51,13 @@ struct {
 } ports SEC(".maps");
 
 struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 1024);
+    __type(key, __u16);
+    __type(value, __u8);
+} exclude_ports SEC(".maps");
+
+struct {
     __uint(type, BPF_MAP_TYPE_LPM_TRIE);
     __uint(max_entries, 1024);
     __uint(map_flags, BPF_F_NO_PREALLOC);
@@ -170,6 +177,8 @@ static __always_inline int peer_key_of_msg(struct sk_msg_md *msg, struct strait_
 
 static __always_inline int policy_allows(const struct strait_accel_config *cfg, const struct strait_sock_key *key)
 {
+    if (bpf_map_lookup_elem(&exclude_ports, &key->local_port) || bpf_map_lookup_elem(&exclude_ports, &key->remote_port))
+        return 0;
     if (cfg->flags & STRAIT_ACCEL_PORT_FILTER) {
         if (!bpf_map_lookup_elem(&ports, &key->local_port) && !bpf_map_lookup_elem(&ports, &key->remote_port))
             return 0;
@@ -267,17 +276,23 @@ int strait_accel_sockops(struct bpf_sock_ops *skops)
     return 1;
 }
 
-static __always_inline void settle(struct strait_accel_sock_state *state, const struct strait_sock_key *peer, __u32 mode)
+// Emits an event about the sender, whose key is the peer's key with the two ends swapped back.
+static __always_inline void report(const struct strait_accel_sock_state *state, const struct strait_sock_key *peer, __u32 kind, __u32 detail)
 {
-    state->mode = mode;
-    state->settled = 1;
-    // Report the sender's own key: the peer's key with the two ends swapped back.
     struct strait_sock_key self = *peer;
     __builtin_memcpy(self.local_ip, peer->remote_ip, 16);
     __builtin_memcpy(self.remote_ip, peer->local_ip, 16);
     self.local_port = peer->remote_port;
     self.remote_port = peer->local_port;
-    emit(&self, state->socket_cookie, mode == STRAIT_MODE_REDIRECT ? STRAIT_EVENT_ACCELERATED : STRAIT_EVENT_STACK, mode);
+    emit(&self, state->socket_cookie, kind, detail);
+}
+
+// Final decision for a direction (detail 1 in the event: settled).
+static __always_inline void settle(struct strait_accel_sock_state *state, const struct strait_sock_key *peer, __u32 mode)
+{
+    state->mode = mode;
+    state->settled = 1;
+    report(state, peer, mode == STRAIT_MODE_REDIRECT ? STRAIT_EVENT_ACCELERATED : STRAIT_EVENT_STACK, 1);
 }
 
 // Adaptive mode, while a redirecting direction is still undecided: keep it redirecting if its sends
@@ -330,10 +345,12 @@ int strait_accel_msg(struct sk_msg_md *msg)
         } else {
             // Mark the peer's ingress queue as in use before anything can be queued there.
             struct strait_accel_inbound first = {.messages = 0};
-            if (bpf_map_update_elem(&inbound, &peer, &first, BPF_NOEXIST) == 0 || bpf_map_lookup_elem(&inbound, &peer))
+            if (bpf_map_update_elem(&inbound, &peer, &first, BPF_NOEXIST) == 0 || bpf_map_lookup_elem(&inbound, &peer)) {
                 state->mode = STRAIT_MODE_REDIRECT;
-            else
+                report(state, &peer, STRAIT_EVENT_ACCELERATED, 0);
+            } else {
                 state->mode = STRAIT_MODE_STACK;
+            }
         }
     }
     if (state->mode == STRAIT_MODE_REDIRECT && !(cfg->flags & STRAIT_ACCEL_REDIRECT)) {

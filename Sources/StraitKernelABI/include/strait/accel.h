@@ -14,7 +14,7 @@ struct strait_sock_key {
     __u32 reserved;
 };
 
-/// `config` map, index 0.
+/// `config` map, index 0. Ports in `exclude_ports` are never tracked, whatever the flags.
 enum strait_accel_flags {
     STRAIT_ACCEL_REDIRECT = 1 << 0,     // redirect at all; cleared while draining before disable
     STRAIT_ACCEL_PORT_FILTER = 1 << 1,  // track only sockets with a port in `ports`
