@@ -60,7 +60,7 @@ let package = Package(
         // Side-by-side measurement against the peers each issue names.
         .target(
             name: "StraitBench",
-            dependencies: ["StraitSystem", "StraitAccel"]
+            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel"]
         ),
 
         // Layer 4: the command.

@@ -45,7 +45,13 @@ public final class Accelerator {
 
     private init(pinDirectory: String) throws(BPFError) {
         self.pinDirectory = pinDirectory
-        func open(_ pin: Pin) throws(BPFError) -> BPFMap { try BPFMap.open(pinned: Self.path(pin, in: pinDirectory)) }
+        func open(_ pin: Pin) throws(BPFError) -> BPFMap {
+            let path = Self.path(pin, in: pinDirectory)
+            guard BPFFS.exists(path) else {
+                throw .unsupported("\(path) is missing: acceleration was enabled by another version of Strait. Run `strait accel disable`, then enable again.")
+            }
+            return try BPFMap.open(pinned: path)
+        }
         socks = try open(.socks).typed(key: strait_sock_key.self, value: UInt64.self)
         config = try open(.config).typed(key: UInt32.self, value: strait_accel_config.self)
         ports = try open(.ports).typed(key: UInt16.self, value: UInt8.self)

@@ -10,6 +10,8 @@ import Glibc
 public struct NetworkNamespace: Sendable, Hashable {
     public let name: String
 
+    public init(name: String) { self.name = name }
+
     public var path: String { "/var/run/netns/\(name)" }
 
     /// Creates the namespace with `ip netns add` and brings its loopback up.

@@ -71,12 +71,11 @@ struct AccelCommand: ParsableCommand {
 
         func run() throws {
             Strait.bootstrapLogging()
-            guard Accelerator.isEnabled(pinDirectory: pinDirectory) else {
-                try BPFFS.removeTree(pinDirectory)
+            guard BPFFS.exists(pinDirectory) else {
                 print("acceleration was not enabled")
                 return
             }
-            try Accelerator.open(pinDirectory: pinDirectory).disable()
+            try Accelerator.disable(pinDirectory: pinDirectory)
             print("acceleration disabled; nothing left under \(pinDirectory)")
         }
     }

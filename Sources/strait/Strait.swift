@@ -19,10 +19,11 @@ struct Strait: ParsableCommand {
     }
 }
 
-/// Prints a value as pretty, key-sorted JSON.
+/// Prints a value as pretty, key-sorted JSON, with snake_case keys.
 func printJSON<T: Encodable>(_ value: T) throws {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    encoder.keyEncodingStrategy = .convertToSnakeCase
     print(String(decoding: try encoder.encode(value), as: UTF8.self))
 }
 

@@ -14,6 +14,7 @@ public final class TestCgroup: @unchecked Sendable {
     private static let membership = NSRecursiveLock()
 
     private init(name: String) throws {
+        _ = LeftoverSweep.once
         try BPFFS.ensureMounted()
         home = try Cgroup.of()
         cgroup = try Cgroup.root().makeChild(named: name)

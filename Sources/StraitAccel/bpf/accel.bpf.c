@@ -13,6 +13,7 @@
 #include <linux/types.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 #include <strait/accel.h>
 
 // Context fields must be read one 32-bit word at a time; keep clang from merging the loads.
@@ -21,13 +22,28 @@
 #define AF_INET 2
 #define AF_INET6 10
 
-// CO-RE view of the kernel's tcp_sock: only what the request/response detector reads.
+// CO-RE views of kernel structs: only the fields read here; libbpf relocates the offsets
+// against the running kernel's BTF.
 struct tcp_sock {
     __u32 copied_seq;
 } __attribute__((preserve_access_index));
 
+struct sock___strait {
+    void *sk_user_data;
+} __attribute__((preserve_access_index));
+
+struct sk_psock___strait {
+    __u32 msg_tot_len;
+} __attribute__((preserve_access_index));
+
+// sk_user_data carries flag bits in its low bits (SK_USER_DATA_NOCOPY, _BPF, _PSOCK).
+#define SK_USER_DATA_PTRMASK (~7UL)
+
 // A socket that has watched this many received packets without deciding anything stops watching.
 #define WATCH_PACKETS_LIMIT 64
+// Received headers (slow path), RTT samples (every ACK received, fast path included) and sent
+// headers (every ACK a pure receiver sends).
+#define WATCH_FLAGS (BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG)
 
 struct {
     __uint(type, BPF_MAP_TYPE_SOCKHASH);
@@ -214,14 +230,59 @@ static __always_inline void on_established(struct bpf_sock_ops *skops, struct st
     if (bpf_sock_hash_update(skops, &socks, &key, BPF_ANY) != 0)
         return;
     c->sockets_tracked++;
-    // Watch every received packet until this socket's directions are decided: that is where a
-    // socket whose flows stay on the stack leaves the hash.
-    bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG);
+    // Watch received packets and ACKs until this socket's directions are decided: that is where a
+    // socket whose flows stay on the stack leaves the hash (sk_msg may not delete).
+    bpf_sock_ops_cb_flags_set(skops, WATCH_FLAGS);
     emit(&key, cookie, STRAIT_EVENT_ESTABLISHED, skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB);
 }
 
-// Runs for each received packet while the socket watches (PARSE_ALL_HDR_OPT_CB_FLAG): a socket
-// whose sends settled on the stack leaves the hash here, since sk_msg may not delete.
+// Bytes waiting in the socket's ingress queue (redirected, not yet read), or -1 if unknown.
+static __always_inline long ingress_bytes(struct bpf_sock *sk)
+{
+    struct tcp_sock *tcp = bpf_skc_to_tcp_sock(sk);
+    if (!tcp)
+        return -1;
+    struct sock___strait *full = (void *)tcp;
+    unsigned long user_data = 0;
+    if (bpf_core_read(&user_data, sizeof(user_data), &full->sk_user_data) || !user_data)
+        return -1;
+    struct sk_psock___strait *psock = (void *)(user_data & SK_USER_DATA_PTRMASK);
+    __u32 queued = 0;
+    if (bpf_core_read(&queued, sizeof(queued), &psock->msg_tot_len))
+        return -1;
+    return queued;
+}
+
+static __always_inline void stop_watching(struct bpf_sock_ops *skops)
+{
+    bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+// Removes the socket from the hash (its flows continue on the stack) and tells its peer, whose
+// ingress queue then receives nothing more from it.
+static __always_inline void release(struct bpf_sock_ops *skops, struct strait_accel_sock_state *state, const struct strait_sock_key *key)
+{
+    stop_watching(skops);
+    if (bpf_map_delete_elem(&socks, key) != 0)
+        return;
+    struct strait_sock_key peer = *key;
+    __builtin_memcpy(peer.local_ip, key->remote_ip, 16);
+    __builtin_memcpy(peer.remote_ip, key->local_ip, 16);
+    peer.local_port = key->remote_port;
+    peer.remote_port = key->local_port;
+    struct strait_accel_inbound *peer_inbound = bpf_map_lookup_elem(&inbound, &peer);
+    if (peer_inbound)
+        peer_inbound->sender_left = 1;
+    struct strait_accel_counters *c = counters();
+    if (c)
+        c->sockets_released++;
+    emit(key, state->socket_cookie, STRAIT_EVENT_RELEASED, 0);
+}
+
+// Runs for each received packet or ACK while the socket watches (WATCH_FLAGS). sk_msg may not
+// delete from the hash, so this is where a socket whose flows stay on the stack leaves it:
+//  - a sender settled on the stack, if nothing was ever redirected into it;
+//  - a receiver whose sender has left, once its ingress queue has been read empty.
 static __always_inline void on_packet(struct bpf_sock_ops *skops)
 {
     struct bpf_sock *sk = skops->sk;
@@ -229,23 +290,24 @@ static __always_inline void on_packet(struct bpf_sock_ops *skops)
     if (!sk || key_of_sockops(skops, &key) < 0)
         return;
     struct strait_accel_sock_state *state = bpf_sk_storage_get(&sock_state, sk, 0, 0);
-    if (!state || bpf_map_lookup_elem(&inbound, &key)) {
-        // Either unknown, or its ingress queue is in use: it can never leave, so stop watching.
-        bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+    if (!state) {
+        stop_watching(skops);
         return;
     }
-    if (state->mode != STRAIT_MODE_STACK) {
-        if (++state->packets_watched >= WATCH_PACKETS_LIMIT)
-            bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+    if (state->mode == STRAIT_MODE_REDIRECT && state->settled) {
+        stop_watching(skops);
         return;
     }
-    bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
-    if (bpf_map_delete_elem(&socks, &key) == 0) {
-        struct strait_accel_counters *c = counters();
-        if (c)
-            c->sockets_released++;
-        emit(&key, state->socket_cookie, STRAIT_EVENT_RELEASED, 0);
+    struct strait_accel_inbound *received = bpf_map_lookup_elem(&inbound, &key);
+    if (!received) {
+        if (state->mode == STRAIT_MODE_STACK)
+            release(skops, state, &key);
+        else if (++state->packets_watched >= WATCH_PACKETS_LIMIT)
+            stop_watching(skops);
+        return;
     }
+    if (state->mode != STRAIT_MODE_REDIRECT && received->sender_left && ingress_bytes(sk) == 0)
+        release(skops, state, &key);
 }
 
 SEC("sockops")
@@ -261,6 +323,8 @@ int strait_accel_sockops(struct bpf_sock_ops *skops)
         on_established(skops, cfg);
         break;
     case BPF_SOCK_OPS_PARSE_HDR_OPT_CB:
+    case BPF_SOCK_OPS_RTT_CB:
+    case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
         on_packet(skops);
         break;
     case BPF_SOCK_OPS_STATE_CB:

@@ -60,6 +60,10 @@ struct strait_accel_sock_state {
 /// frees that queue.
 struct strait_accel_inbound {
     __u64 messages;
+    /// Set when the sender left the hash: nothing more can be redirected here, so once the ingress
+    /// queue is read empty this socket may leave too.
+    __u32 sender_left;
+    __u32 reserved;
 };
 
 /// Per-CPU counters (`stats` map, index 0). Userspace sums them over CPUs.

@@ -1,0 +1,148 @@
+import Foundation
+import StraitAccel
+import StraitBPF
+import StraitSystem
+
+/// `strait bench accel`: iperf3 throughput per message size and sockperf ping-pong latency, plain TCP
+/// against accelerated, one after the other in one run, inside a private cgroup that the benchmark
+/// creates and removes. Plain and accelerated runs alternate so that drift on a noisy machine
+/// touches both alike.
+public struct AccelBenchmark: Sendable {
+    public var messageSizes: [Int] = [64, 256, 1024, 4096, 16_384, 65_536, 262_144]
+    public var seconds: Double = 3
+    public var repeats: Int = 1
+    public var latencyMessageBytes = 64
+    public var policy = AccelPolicy()
+    /// Also measure every direction redirecting from its first send (the classic sk_msg setup).
+    public var includeAlwaysRedirect = false
+    public var progress: @Sendable (String) -> Void = { _ in }
+
+    public init() {}
+
+    /// Encodes with snake_case keys (`message_bytes`, `plain_gbit_s`, …), as `--json` prints it.
+    public struct Report: Sendable, Codable {
+        public var throughput: [Row]
+        public var latency: Latency
+        /// One AF_UNIX stream at 64 KiB writes, measured in the same run: the ceiling.
+        public var afUnixGbitS: Double
+        public var mode: String
+
+        public struct Row: Sendable, Codable {
+            public var messageBytes: Int
+            public var plainGbitS: Double
+            public var acceleratedGbitS: Double
+            public var alwaysRedirectGbitS: Double?
+        }
+
+        public struct Latency: Sendable, Codable {
+            public var messageBytes: Int
+            public var plainP50Us: Double
+            public var acceleratedP50Us: Double
+            public var plainP99Us: Double
+            public var acceleratedP99Us: Double
+        }
+    }
+
+    public func run(shouldStop: @escaping @Sendable () -> Bool = { false }) throws -> Report {
+        if Accelerator.isEnabled() {
+            throw BenchError.conflict("acceleration is enabled system-wide (\(Accelerator.defaultPinDirectory)): plain runs would be accelerated too. Run `strait accel disable` first.")
+        }
+        let name = "strait-bench-\(getpid())"
+        try BPFFS.ensureMounted()
+        let cgroup = try Cgroup.root().makeChild(named: name)
+        let pinDirectory = BPFFS.defaultMount + "/" + name
+        defer {
+            try? BPFFS.removeTree(pinDirectory)
+            for pid in cgroup.processes() { kill(pid, SIGKILL) }
+            for _ in 0..<50 where cgroup.exists {
+                if (try? cgroup.remove()) != nil { break }
+                usleep(20_000)
+            }
+        }
+        let accelerator = try Accelerator.enable(cgroup: cgroup, policy: policy, pinDirectory: pinDirectory + "/accel")
+        defer { try? accelerator.disable() }
+
+        let iperf = Iperf3()
+        let inside = Launcher(cgroupPath: cgroup.path)
+        var rows: [Report.Row] = []
+        for size in messageSizes {
+            var plain: [Double] = [], accelerated: [Double] = [], always: [Double] = []
+            for round in 0..<repeats {
+                if shouldStop() { throw BenchError.interrupted }
+                // Alternate which goes first, so slow drift does not favour one side.
+                let order = round % 2 == 0 ? [false, true] : [true, false]
+                for useAcceleration in order {
+                    let value = try iperf.throughput(messageBytes: size, seconds: seconds, port: freePort(), launcher: useAcceleration ? inside : .plain)
+                    if useAcceleration { accelerated.append(value) } else { plain.append(value) }
+                }
+                if includeAlwaysRedirect {
+                    var classic = policy
+                    classic.adaptive = false
+                    try accelerator.setPolicy(classic)
+                    always.append(try iperf.throughput(messageBytes: size, seconds: seconds, port: freePort(), launcher: inside))
+                    try accelerator.setPolicy(policy)
+                }
+            }
+            let row = Report.Row(
+                messageBytes: size, plainGbitS: median(plain), acceleratedGbitS: median(accelerated),
+                alwaysRedirectGbitS: always.isEmpty ? nil : median(always))
+            progress(String(format: "%@: plain %.2f Gbit/s, accelerated %.2f Gbit/s", formatBytes(size), row.plainGbitS, row.acceleratedGbitS))
+            rows.append(row)
+        }
+
+        let sockperf = Sockperf()
+        var plainLatency: [Sockperf.Latency] = [], acceleratedLatency: [Sockperf.Latency] = []
+        for round in 0..<repeats {
+            if shouldStop() { throw BenchError.interrupted }
+            for useAcceleration in round % 2 == 0 ? [false, true] : [true, false] {
+                let value = try sockperf.pingPong(messageBytes: latencyMessageBytes, seconds: seconds, port: freePort(), launcher: useAcceleration ? inside : .plain)
+                if useAcceleration { acceleratedLatency.append(value) } else { plainLatency.append(value) }
+            }
+        }
+        let latency = Report.Latency(
+            messageBytes: latencyMessageBytes,
+            plainP50Us: median(plainLatency.map(\.p50Microseconds)), acceleratedP50Us: median(acceleratedLatency.map(\.p50Microseconds)),
+            plainP99Us: median(plainLatency.map(\.p99Microseconds)), acceleratedP99Us: median(acceleratedLatency.map(\.p99Microseconds)))
+        progress(String(format: "ping-pong %d B: p50 plain %.1f µs, accelerated %.1f µs", latencyMessageBytes, latency.plainP50Us, latency.acceleratedP50Us))
+
+        let unix = try UnixStream.throughput(messageBytes: 65_536, seconds: seconds)
+        return Report(throughput: rows, latency: latency, afUnixGbitS: unix, mode: policy.adaptive ? "adaptive" : "always")
+    }
+}
+
+public enum BenchError: Error, CustomStringConvertible {
+    case conflict(String)
+    case interrupted
+
+    public var description: String {
+        switch self {
+        case .conflict(let why): why
+        case .interrupted: "interrupted; everything the benchmark made was removed"
+        }
+    }
+}
+
+func median(_ values: [Double]) -> Double {
+    guard !values.isEmpty else { return 0 }
+    let sorted = values.sorted()
+    return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+}
+
+/// `64 B`, `4 KiB`, `256 KiB`.
+public func formatBytes(_ count: Int) -> String {
+    if count >= 1 << 20 && count % (1 << 20) == 0 { return "\(count >> 20) MiB" }
+    if count >= 1024 && count % 1024 == 0 { return "\(count >> 10) KiB" }
+    return "\(count) B"
+}
+
+/// Parses `64,256,1k,4k,64k` (k = 1024, m = 1048576).
+public func parseSizes(_ text: String) -> [Int]? {
+    let sizes = text.split(separator: ",").map { item -> Int? in
+        let lower = item.trimmingCharacters(in: .whitespaces).lowercased()
+        if lower.hasSuffix("k"), let value = Int(lower.dropLast()) { return value * 1024 }
+        if lower.hasSuffix("m"), let value = Int(lower.dropLast()) { return value << 20 }
+        return Int(lower)
+    }
+    guard !sizes.isEmpty, sizes.allSatisfy({ ($0 ?? 0) > 0 }) else { return nil }
+    return sizes.map { $0! }
+}

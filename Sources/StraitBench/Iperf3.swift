@@ -1,0 +1,121 @@
+import Foundation
+
+/// iperf3 (from Debian) as the throughput peer: one server per run, one client stream.
+public struct Iperf3: Sendable {
+    public let runner = ProcessRunner()
+
+    public init() {}
+
+    /// Runs one client stream of `messageBytes` writes for `seconds` against a fresh one-off server
+    /// on `port`, both started through `launcher` (which may place them in a cgroup). Returns the
+    /// receiver's Gbit/s.
+    public func throughput(messageBytes: Int, seconds: Double, port: UInt16, launcher: Launcher) throws -> Double {
+        let server = try runner.start(launcher.command(["iperf3", "-s", "-1", "-p", "\(port)", "-B", "127.0.0.1"]))
+        defer { server.stop() }
+        try waitForListener(port: port, timeout: 5)
+        let output = try runner.run(
+            launcher.command(["iperf3", "-c", "127.0.0.1", "-p", "\(port)", "-t", String(format: "%.1f", seconds), "-l", "\(messageBytes)", "-J"]),
+            timeout: seconds + 15)
+        return try Self.receivedGbits(fromJSON: output)
+    }
+
+    /// Reads `end.sum_received.bits_per_second` from iperf3's `-J` output.
+    static func receivedGbits(fromJSON text: String) throws -> Double {
+        guard let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else {
+            throw ProcessRunner.Failure(command: ["iperf3"], status: 0, output: "no JSON object in iperf3's output")
+        }
+        if let error = object["error"] as? String {
+            throw ProcessRunner.Failure(command: ["iperf3"], status: 1, output: error)
+        }
+        guard let end = object["end"] as? [String: Any], let received = end["sum_received"] as? [String: Any],
+            let bits = received["bits_per_second"] as? Double
+        else { throw ProcessRunner.Failure(command: ["iperf3"], status: 0, output: "iperf3's JSON has no end.sum_received.bits_per_second") }
+        return bits / 1e9
+    }
+}
+
+/// sockperf (from Debian) as the latency peer: TCP ping-pong.
+public struct Sockperf: Sendable {
+    public let runner = ProcessRunner()
+
+    public init() {}
+
+    public struct Latency: Sendable, Codable {
+        public var p50Microseconds: Double
+        public var p99Microseconds: Double
+    }
+
+    /// Ping-pong of `messageBytes` messages for `seconds`.
+    public func pingPong(messageBytes: Int, seconds: Double, port: UInt16, launcher: Launcher) throws -> Latency {
+        let server = try runner.start(launcher.command(["sockperf", "sr", "--tcp", "-i", "127.0.0.1", "-p", "\(port)"]))
+        defer { server.stop() }
+        try waitForListener(port: port, timeout: 5)
+        let output = try runner.run(
+            launcher.command(["sockperf", "pp", "--tcp", "-i", "127.0.0.1", "-p", "\(port)", "-t", String(format: "%.0f", max(1, seconds)), "-m", "\(messageBytes)"]),
+            timeout: seconds + 15)
+        return try Self.parse(output)
+    }
+
+    /// Reads the "percentile 50.000 = X" and "percentile 99.000 = Y" lines (microseconds).
+    static func parse(_ text: String) throws -> Latency {
+        func percentile(_ label: String) -> Double? {
+            for line in text.split(separator: "\n") where line.contains("percentile \(label)") {
+                if let value = line.split(separator: "=").last.flatMap({ Double($0.trimmingCharacters(in: .whitespaces)) }) { return value }
+            }
+            return nil
+        }
+        guard let p50 = percentile("50.000"), let p99 = percentile("99.000") else {
+            throw ProcessRunner.Failure(command: ["sockperf"], status: 0, output: "no percentiles in sockperf's output: \(text.suffix(400))")
+        }
+        return Latency(p50Microseconds: p50, p99Microseconds: p99)
+    }
+}
+
+/// How peer processes are started: as they are, or first moved into a cgroup (through `sh`, which
+/// joins the cgroup and then execs the tool, so the tool's sockets are born inside it).
+public struct Launcher: Sendable {
+    public let cgroupPath: String?
+
+    public static let plain = Launcher(cgroupPath: nil)
+
+    public init(cgroupPath: String?) { self.cgroupPath = cgroupPath }
+
+    public func command(_ arguments: [String]) -> [String] {
+        guard let cgroupPath else { return arguments }
+        let quoted = arguments.map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
+        return ["/bin/sh", "-c", "echo $$ > '\(cgroupPath)/cgroup.procs' && exec \(quoted)"]
+    }
+}
+
+/// Waits until something listens on 127.0.0.1:`port`.
+func waitForListener(port: UInt16, timeout: Double) throws {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if isListening(port: port) { return }
+        usleep(20_000)
+    }
+    throw ProcessRunner.Failure(command: ["wait for port \(port)"], status: 1, output: "nothing listened on 127.0.0.1:\(port) within \(timeout) s")
+}
+
+func isListening(port: UInt16) -> Bool {
+    guard let table = try? String(contentsOfFile: "/proc/net/tcp", encoding: .utf8) else { return false }
+    let needle = String(format: ":%04X", port)
+    return table.split(separator: "\n").contains { line in
+        let fields = line.split(separator: " ")
+        return fields.count > 3 && fields[1].hasSuffix(needle) && fields[3] == "0A"
+    }
+}
+
+/// A port that nothing listens on now (bound to 0 and released).
+public func freePort() -> UInt16 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 ? getsockname(fd, $0, &length) : -1 }
+    }
+    return UInt16(bigEndian: address.sin_port)
+}
