@@ -79,7 +79,12 @@ let package = Package(
             dependencies: ["StraitSystem", "StraitBPF"],
             path: "Tests/StraitTestSupport"
         ),
-        .testTarget(name: "StraitBPFTests", dependencies: ["StraitBPF", "StraitTestSupport"]),
+        .testTarget(
+            name: "StraitBPFTests",
+            dependencies: ["StraitBPF", "CLibBPF", "StraitSystem", "StraitTestSupport"],
+            exclude: ["bpf"],
+            plugins: ["BPFCompiler"]
+        ),
         .testTarget(name: "StraitAccelTests", dependencies: ["StraitAccel", "StraitBPF", "CLibBPF", "StraitTestSupport"]),
     ]
 )

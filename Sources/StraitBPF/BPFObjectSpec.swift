@@ -122,6 +122,6 @@ public final class BPFObject {
             throw .missing(kind: "program", name: name, available: [])
         }
         let fd = try Descriptor.duplicate(bpf_program__fd(program), "dup(program \(name))")
-        return try BPFProgram(descriptor: fd)
+        return try BPFProgram(descriptor: fd, name: name)
     }
 }

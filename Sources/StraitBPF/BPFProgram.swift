@@ -4,17 +4,19 @@ import CLibBPF
 /// methods (see `Links/`); each returns a ``BPFLink`` that detaches when closed.
 public final class BPFProgram: @unchecked Sendable {
     let descriptor: Descriptor
+    /// The program's name: in full when it came from an object file, else as the kernel keeps it
+    /// (15 characters).
     public let name: String
     public let type: bpf_prog_type
     /// The kernel's id for this program (as `bpftool prog show` lists it).
     public let id: UInt32
 
-    init(descriptor: Descriptor) throws(BPFError) {
+    init(descriptor: Descriptor, name fullName: String? = nil) throws(BPFError) {
         self.descriptor = descriptor
         var info = bpf_prog_info()
         var length = UInt32(MemoryLayout<bpf_prog_info>.size)
         try libbpfCall("bpf_obj_get_info_by_fd(program)") { bpf_obj_get_info_by_fd(descriptor.rawValue, &info, &length) }
-        name = withUnsafeBytes(of: info.name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        name = fullName ?? withUnsafeBytes(of: info.name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         type = bpf_prog_type(info.type)
         id = info.id
     }
@@ -32,4 +34,36 @@ public final class BPFProgram: @unchecked Sendable {
 
     /// The raw descriptor, valid while this program is alive.
     public var fileDescriptor: CInt { descriptor.rawValue }
+}
+
+extension BPFProgram {
+    /// What one `BPF_PROG_TEST_RUN` returned.
+    public struct TestRunResult: Sendable {
+        /// The program's return value (e.g. an XDP action).
+        public var returnValue: UInt32
+        /// Mean nanoseconds per run, as the kernel measured it.
+        public var nanosecondsPerRun: UInt32
+        /// The packet after the program (it may rewrite or trim it).
+        public var output: [UInt8]
+    }
+
+    /// Runs the program in the kernel on `input` without attaching it (`BPF_PROG_TEST_RUN`), for
+    /// program types that support it (XDP, tc, …). Each call is one syscall running `repetitions` times.
+    public func testRun(input: [UInt8], repetitions: UInt32 = 1) throws(BPFError) -> TestRunResult {
+        var output = [UInt8](repeating: 0, count: max(input.count, 256) + 256)
+        var options = bpf_test_run_opts()
+        options.sz = MemoryLayout<bpf_test_run_opts>.size
+        options.repeat = Int32(clamping: repetitions)
+        let result = input.withUnsafeBytes { inputBytes in
+            output.withUnsafeMutableBytes { outputBytes in
+                options.data_in = inputBytes.baseAddress
+                options.data_size_in = UInt32(inputBytes.count)
+                options.data_out = outputBytes.baseAddress
+                options.data_size_out = UInt32(outputBytes.count)
+                return bpf_prog_test_run_opts(descriptor.rawValue, &options)
+            }
+        }
+        if result < 0 { throw .call("bpf_prog_test_run(\(name))", .init(rawValue: -result)) }
+        return TestRunResult(returnValue: options.retval, nanosecondsPerRun: options.duration, output: Array(output.prefix(Int(options.data_size_out))))
+    }
 }
