@@ -62,6 +62,7 @@ let package = Package(
             name: "StraitNet",
             dependencies: [
                 "CStraitNet", "StraitSystem",
+                .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "Collections", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),

@@ -10,4 +10,7 @@
 /// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC (accept4 needs _GNU_SOURCE, set in the .c file).
 int strait_accept4_nonblocking(int fd);
 
+/// Names the calling thread (at most 15 bytes), for top and debuggers.
+void strait_set_thread_name(const char *name);
+
 #endif

@@ -32,6 +32,7 @@ extension LinkBuffer {
                 vectors[count] = iovec(iov_base: spare.base, iov_len: spare.capacity)
                 count += 1
             }
+            lastReadCapacity = tailFree + (spare?.capacity ?? 0)
             return try SocketCall.readv(fd, vectors.baseAddress!, count)
         }
         guard case .done(let bytes) = result, bytes > 0 else {

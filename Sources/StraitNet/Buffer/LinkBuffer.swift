@@ -60,6 +60,10 @@ public final class LinkBuffer {
     /// Nodes holding copies made by reads that spanned nodes; released by ``release()``.
     var copies: [BufferNode] = []
 
+    /// How many bytes the last socket read offered the kernel; a read that returned fewer emptied
+    /// the socket.
+    public internal(set) var lastReadCapacity = 0
+
     /// Default size of a node the writer adds when the tail is full (a 4 KiB size class).
     public static let defaultNodeSize = 4096
 
@@ -99,6 +103,19 @@ public final class LinkBuffer {
             segments[0].filled = 0
             readOffset = 0
         }
+    }
+
+    /// Drops every byte, read or not, flushed or not, returning all nodes to their pools.
+    public func removeAll() {
+        for segment in segments { segment.node.release() }
+        segments.removeAll(keepingCapacity: true)
+        for node in copies { node.release() }
+        copies.removeAll(keepingCapacity: true)
+        readIndex = 0
+        readOffset = 0
+        flushIndex = 0
+        readableBytes = 0
+        unflushedBytes = 0
     }
 
     /// Moves the read cursor forward `count` readable bytes (the caller checked they exist).
