@@ -64,6 +64,8 @@ public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
     private var handlerFailure: String?
     private var draining = false
     private var lastReadAt: UInt64 = 0
+    /// The peer's FIN or an error was reported: read to the end, never stop at a short read.
+    private var peerHungUp = false
     var connectCompletion: (@Sendable (Result<Connection, NetError>) -> Void)?
 
     var nextOnLoop: Connection?
@@ -109,6 +111,7 @@ public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
         buffer.flush()
         if loop.inEventLoop && !(handlerRunning && staging != nil) {
             output.append(buffer)
+            output.flush()
             sendOutput()
         } else {
             handOver(buffer)
@@ -118,6 +121,7 @@ public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
     private func handOver(_ buffer: LinkBuffer) {
         let scheduleDrain = outboxLock.withLock { drainQueued in
             outbox.append(buffer)
+            outbox.flush()
             defer { drainQueued = true }
             return !drainQueued
         }
@@ -127,6 +131,7 @@ public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
     func drainOutbox() {
         outboxLock.withLock { drainQueued in
             output.append(outbox)
+            output.flush()
             drainQueued = false
         }
         if state == .closed {
@@ -235,6 +240,7 @@ public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
             writeBlocked = false
             sendOutput()
         }
+        if events & (EpollCall.peerHangUp | EpollCall.hangUp | EpollCall.error) != 0 { peerHungUp = true }
         if events & (EpollCall.input | EpollCall.peerHangUp | EpollCall.hangUp | EpollCall.error) != 0 {
             readAndDispatch()
         }
@@ -313,7 +319,9 @@ public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
                     return
                 case .done(let count):
                     lastReadAt = loop.now
-                    if count < reader.lastReadCapacity { return }
+                    // A short read emptied the socket; the next arrival brings a new edge. A FIN
+                    // that came with the data brings none, so after a hang-up read on to the end.
+                    if count < reader.lastReadCapacity && !peerHungUp { return }
                 case .wouldBlock:
                     return
                 }

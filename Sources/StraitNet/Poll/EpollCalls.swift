@@ -15,7 +15,7 @@ enum EpollCall {
     static let peerHangUp = UInt32(EPOLLRDHUP.rawValue)
     static let hangUp = UInt32(EPOLLHUP.rawValue)
     static let error = UInt32(EPOLLERR.rawValue)
-    static let edgeTriggered = UInt32(bitPattern: Int32(EPOLLET.rawValue))
+    static let edgeTriggered = UInt32(truncatingIfNeeded: EPOLLET.rawValue)
 
     /// `epoll_create1(EPOLL_CLOEXEC)`.
     static func create() throws(SystemCallError) -> CInt {
