@@ -7,12 +7,14 @@ import Testing
 final class OwnedBytes: @unchecked Sendable {
     nonisolated(unsafe) static var live = 0
     let memory: UnsafeMutableRawBufferPointer
+    let count: Int
     init(_ bytes: [UInt8]) {
+        count = bytes.count
         memory = .allocate(byteCount: max(bytes.count, 1), alignment: 1)
         memory.copyBytes(from: bytes)
         OwnedBytes.live += 1
     }
-    var view: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: memory[0..<(memory.count)]) }
+    var view: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: memory[0..<count]) }
     deinit {
         memory.deallocate()
         OwnedBytes.live -= 1
@@ -143,6 +145,14 @@ struct LinkBufferModelRun {
 
 @Suite("LinkBuffer", .serialized)
 struct LinkBufferTests {
+    @Test("the empty writeDirect found by the model check stages nothing")
+    func emptyWriteDirect() {
+        var run = LinkBufferModelRun()
+        run.apply(270_011)
+        run.finish()
+        #expect(run.buffer.unflushedBytes == 0)
+    }
+
     @Test("agrees with a byte-array model over random operation sequences")
     func modelCheck() async {
         await propertyCheck(count: 300, input: Gen.int(in: 0...899_999).array(of: 1...120)) { codes in

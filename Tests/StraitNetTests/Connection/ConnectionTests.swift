@@ -9,6 +9,7 @@ import Testing
 import Glibc
 #endif
 
+extension Loopback {
 @Suite("Connections on loopback")
 struct ConnectionTests {
     enum Mode: String, CaseIterable, Sendable { case onLoop, workerPool }
@@ -271,4 +272,5 @@ struct ConnectionTests {
             await server.shutdown(gracePeriod: .seconds(1))
         }
     }
+}
 }

@@ -9,6 +9,10 @@ import Testing
 import Glibc
 #endif
 
+/// Every test that opens sockets, one at a time: the descriptor counts of one test must not see
+/// another's sockets.
+@Suite(.serialized) enum Loopback {}
+
 /// A plain blocking client socket with a receive timeout, so tests drive servers the way any
 /// peer would, and can misbehave on purpose (stall, half-close, reset).
 final class PlainClient {
@@ -72,9 +76,16 @@ final class PlainClient {
     }
 }
 
-/// Open descriptors of this process, from /proc/self/fd.
+/// Open sockets, epoll sets and eventfds of this process (the kinds StraitNet opens), from
+/// /proc/self/fd. Timers and pipes are left out: the Swift runtime opens those lazily.
 func openDescriptorCount() -> Int {
-    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
+    openDescriptors().filter { $0.contains("socket:") || $0.contains("[eventpoll]") || $0.contains("[eventfd]") }.count
+}
+
+/// What each open descriptor is, for messages when a count is off.
+func openDescriptors() -> [String] {
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+    return names.map { "\($0) -> \((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\($0)")) ?? "?")" }
 }
 
 /// A value a loop thread sets and a test thread waits for.
