@@ -22,18 +22,12 @@ extension LinkBuffer {
             tailFree = segments[last].node.capacity - segments[last].filled
         }
         let spare: BufferNode? = tailFree >= min(limit, 1024) ? nil : NodePool.take(minimumCapacity: max(limit - tailFree, 1024))
-        let result = try withUnsafeTemporaryAllocation(of: iovec.self, capacity: 2) { vectors throws(SystemCallError) -> NonBlockingResult<Int> in
-            var count = 0
-            if tailFree > 0, let last = segments.last {
-                vectors[count] = iovec(iov_base: last.node.base + last.filled, iov_len: tailFree)
-                count += 1
-            }
-            if let spare {
-                vectors[count] = iovec(iov_base: spare.base, iov_len: spare.capacity)
-                count += 1
-            }
-            lastReadCapacity = tailFree + (spare?.capacity ?? 0)
-            return try SocketCall.readv(fd, vectors.baseAddress!, count)
+        let result: NonBlockingResult<Int>
+        do {
+            result = try readVectors(tailFree: tailFree, spare: spare, fd: fd)
+        } catch {
+            spare?.release()
+            throw error
         }
         guard case .done(let bytes) = result, bytes > 0 else {
             spare?.release()
@@ -54,6 +48,22 @@ extension LinkBuffer {
         }
         publishStaged()
         return result
+    }
+
+    private func readVectors(tailFree: Int, spare: BufferNode?, fd: CInt) throws(SystemCallError) -> NonBlockingResult<Int> {
+        try withUnsafeTemporaryAllocation(of: iovec.self, capacity: 2) { vectors throws(SystemCallError) -> NonBlockingResult<Int> in
+            var count = 0
+            if tailFree > 0, let last = segments.last {
+                vectors[count] = iovec(iov_base: last.node.base + last.filled, iov_len: tailFree)
+                count += 1
+            }
+            if let spare {
+                vectors[count] = iovec(iov_base: spare.base, iov_len: spare.capacity)
+                count += 1
+            }
+            lastReadCapacity = tailFree + (spare?.capacity ?? 0)
+            return try SocketCall.readv(fd, vectors.baseAddress!, count)
+        }
     }
 
     /// Sends readable bytes with one `writev` over up to ``maximumWriteVectors`` segments, consumes
