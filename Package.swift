@@ -8,6 +8,8 @@ let package = Package(
     products: [
         .executable(name: "strait", targets: ["strait"]),
         .library(name: "StraitBPF", targets: ["StraitBPF"]),
+        .library(name: "StraitNet", targets: ["StraitNet"]),
+        .library(name: "StraitNetBench", targets: ["StraitNetBench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -15,6 +17,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
     targets: [
         // Layer 0: C. Debian's libbpf through pkg-config, and the structs shared by kernel programs and Swift.
@@ -57,6 +61,31 @@ let package = Package(
             plugins: ["BPFCompiler"]
         ),
 
+        // The reactor network library: LinkBuffer, epoll reactors, connections, multiplexed RPC.
+        .target(name: "CStraitNet"),
+        .target(
+            name: "StraitNet",
+            dependencies: [
+                "CStraitNet", "StraitSystem",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "Collections", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The two HTTP/1.1 plaintext servers `strait bench net` runs side by side, each in its own process.
+        .executableTarget(name: "straitnet-http", dependencies: ["StraitNet"], path: "Sources/StraitNetBenchServers/StraitNetHTTP"),
+        .executableTarget(
+            name: "swiftnio-http",
+            dependencies: [
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "Sources/StraitNetBenchServers/SwiftNIOHTTP"
+        ),
+        // Drives the servers above with wrk and reports requests/s, p50, p99; `strait bench net` calls it.
+        .target(name: "StraitNetBench", dependencies: ["StraitSystem"]),
+
         // Side-by-side measurement against the peers each issue names.
         .target(
             name: "StraitBench",
@@ -86,5 +115,9 @@ let package = Package(
             plugins: ["BPFCompiler"]
         ),
         .testTarget(name: "StraitAccelTests", dependencies: ["StraitAccel", "StraitBPF", "CLibBPF", "StraitTestSupport"]),
+        .testTarget(
+            name: "StraitNetTests",
+            dependencies: ["StraitNet", .product(name: "PropertyBased", package: "swift-property-based")]
+        ),
     ]
 )

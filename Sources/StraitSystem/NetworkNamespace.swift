@@ -43,7 +43,7 @@ public struct NetworkNamespace: Sendable, Hashable {
             result = Result {
                 let fd = try systemCall("open \(path)") { open(path, O_RDONLY | O_CLOEXEC) }
                 defer { closeDescriptor(fd) }
-                try systemCall("setns \(path)") { setns(fd, CLONE_NEWNET) }
+                try systemCall("setns \(path)") { strait_setns_network(fd) }
                 return try body()
             }
         }

@@ -257,7 +257,7 @@ func spliceToEnd(from socket: TestSocket, verifying pattern: PatternStream) thro
     var mismatch: Int?
     var buffer = [UInt8](repeating: 0, count: 1 << 16)
     while true {
-        let moved = try systemCall("splice") { splice(socket.fd, nil, pipeEnds[1], nil, 1 << 16, 0) }
+        let moved = try systemCall("splice") { strait_splice(socket.fd, pipeEnds[1], 1 << 16, 0) }
         if moved == 0 { return (total, mismatch) }
         var drained = 0
         while drained < moved {

@@ -1,11 +1,15 @@
-// OS headers the Swift Glibc module does not bring in.
+// OS declarations the Swift Glibc module leaves out. Functions that need _GNU_SOURCE are wrapped
+// in shim.c (which defines it) so this header never changes how system headers read elsewhere.
 #pragma once
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
-#include <sched.h>
 #include <sys/statfs.h>
 #include <sys/mount.h>
 #include <sys/ioctl.h>
 #include <sys/sendfile.h>
+#include <sys/types.h>
 #include <linux/sockios.h>
+
+/// setns(2) into the network namespace open at `fd` (CLONE_NEWNET), for the calling thread only.
+int strait_setns_network(int fd);
+
+/// splice(2) between two descriptors with no offsets.
+ssize_t strait_splice(int from, int to, size_t length, unsigned int flags);

@@ -1,0 +1,65 @@
+/// Server-side framing: turns a connection's input into calls of a request handler, one per
+/// complete frame, and sends the responses the handler writes.
+///
+/// Responses written during a burst are flushed together, so a pipelined client gets them in one
+/// `writev`. The handler may instead answer later, from any thread, with ``FrameRequest/deferred``.
+public enum FrameServer {
+    /// Handlers for a ``Server`` that calls `handle` for each request frame.
+    public static func handlers(
+        maximumLength: Int = Frame.defaultMaximumLength,
+        handle: @escaping @Sendable (inout FrameRequest) throws -> Void
+    ) -> ConnectionHandlers {
+        ConnectionHandlers(onRequest: { connection in
+            let reader = connection.reader
+            var wrote = false
+            while let header = try Frame.next(in: reader, maximumLength: maximumLength) {
+                guard header.kind == .request else {
+                    throw NetError.protocolViolation("a client sent a frame of kind \(header.kind)")
+                }
+                var request = FrameRequest(id: header.id, payload: try reader.next(header.payloadLength), connection: connection)
+                try handle(&request)
+                wrote = wrote || request.responded
+            }
+            if wrote { connection.flush() }
+        })
+    }
+}
+
+/// One request frame, handed to a ``FrameServer`` handler.
+public struct FrameRequest {
+    public let id: UInt64
+    /// The payload: a view into the connection's input (a copy only if it spanned nodes), valid
+    /// until the handler returns.
+    public let payload: UnsafeRawBufferPointer
+    public let connection: Connection
+    var responded = false
+
+    /// Answers now: copies `bytes` into the connection's writer (sent after the current burst).
+    public mutating func respond(_ bytes: UnsafeRawBufferPointer, kind: Frame.Kind = .response) {
+        Frame.write(id: id, kind: kind, payload: bytes, to: connection.writer)
+        responded = true
+    }
+
+    /// Answers now with `buffer`'s bytes, moved without copying.
+    public mutating func respond(_ buffer: LinkBuffer) {
+        Frame.write(id: id, kind: .response, payload: buffer, to: connection.writer)
+        responded = true
+    }
+
+    /// A handle to answer later from any thread; the payload view does not outlive the handler,
+    /// so copy what the answer needs first.
+    public var deferred: FrameResponder { FrameResponder(id: id, connection: connection) }
+}
+
+/// Answers one request later, from any thread (``Connection/send(_:)``: one lock, no copy of the
+/// staged frame).
+public struct FrameResponder: Sendable {
+    public let id: UInt64
+    let connection: Connection
+
+    public func respond(_ bytes: [UInt8], kind: Frame.Kind = .response) {
+        let frame = LinkBuffer()
+        bytes.withUnsafeBytes { Frame.write(id: id, kind: kind, payload: $0, to: frame) }
+        connection.send(frame)
+    }
+}

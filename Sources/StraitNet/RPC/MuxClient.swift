@@ -1,0 +1,161 @@
+import Atomics
+import StraitSystem
+import Synchronization
+
+/// A client that carries many concurrent requests over one connection (see ``Frame`` for the
+/// wire format): each call gets a fresh id, responses are matched by id in whatever order they
+/// come, and each call has its own timeout.
+///
+/// All bookkeeping (the table of calls in flight, their timers) lives on the connection's loop;
+/// callers on any thread or task only hand a request over. A call costs the hand-over closure,
+/// the response's array and, for the async face, the continuation.
+///
+/// The client owns its connection: ``close()`` closes it, failing calls in flight with
+/// ``NetError/closed(_:)``.
+public final class MuxClient: TimerTarget, @unchecked Sendable {
+    struct Pending {
+        let deadline: UInt64
+        let completion: @Sendable (Result<[UInt8], NetError>) -> Void
+    }
+
+    public let loop: EventLoop
+    let maximumLength: Int
+    private var connection: Connection?
+    private var pending: [UInt64: Pending] = [:]
+    private var nextID: UInt64 = 0
+    private var closedReason: CloseReason?
+    private let closedFlag = ManagedAtomic<Bool>(false)
+
+    private init(loop: EventLoop, maximumLength: Int) {
+        self.loop = loop
+        self.maximumLength = maximumLength
+        pending.reserveCapacity(256)
+    }
+
+    /// Connects to a ``FrameServer``.
+    public static func connect(
+        to address: SocketAddress, dialer: Dialer, timeout: Duration = .seconds(5), maximumLength: Int = Frame.defaultMaximumLength
+    ) async throws(NetError) -> MuxClient {
+        let holder = Mutex<MuxClient?>(nil)
+        let handlers = ConnectionHandlers(
+            onRequest: { connection in
+                guard let client = holder.withLock({ $0 }) else { return }
+                try client.readResponses(from: connection)
+            },
+            onDisconnect: { _, reason in holder.withLock { $0 }?.connectionClosed(reason) })
+        var options = dialer.options
+        options.execution = .onLoop
+        let connection = try await Dialer(group: dialer.group, options: options).connect(to: address, timeout: timeout, handlers: handlers)
+        let client = MuxClient(loop: connection.loop, maximumLength: maximumLength)
+        client.connection = connection
+        holder.withLock { $0 = client }
+        if !connection.isActive {
+            // It closed before the client was attached: record that on the loop.
+            connection.loop.execute { client.connectionClosed(connection.closeReason ?? .local) }
+        }
+        return client
+    }
+
+    /// False once the connection closed. Safe from any thread.
+    public var isActive: Bool { !closedFlag.load(ordering: .relaxed) }
+
+    /// Sends `payload` and calls `completion` on the loop with the response payload, or with
+    /// ``NetError/timeout``, ``NetError/closed(_:)``, or ``NetError/protocolViolation(_:)`` (an error
+    /// frame's message).
+    public func call(_ payload: [UInt8], timeout: Duration, completion: @escaping @Sendable (Result<[UInt8], NetError>) -> Void) {
+        let deadline = SocketCall.monotonicNanoseconds() + timeout.nanoseconds
+        loop.execute { [self] in
+            guard let connection, closedReason == nil else {
+                completion(.failure(.closed(closedReason ?? .local)))
+                return
+            }
+            nextID &+= 1
+            let id = nextID
+            pending[id] = Pending(deadline: deadline, completion: completion)
+            payload.withUnsafeBytes { Frame.write(id: id, kind: .request, payload: $0, to: connection.writer) }
+            connection.flush()
+            loop.schedule(at: deadline, target: self, tag: id)
+        }
+    }
+
+    /// The async face of ``call(_:timeout:completion:)``.
+    public func call(_ payload: [UInt8], timeout: Duration) async throws(NetError) -> [UInt8] {
+        let result = await withCheckedContinuation { continuation in
+            call(payload, timeout: timeout) { continuation.resume(returning: $0) }
+        }
+        return try result.get()
+    }
+
+    /// Closes the connection; calls in flight fail with ``NetError/closed(_:)``. Any thread.
+    public func close() {
+        connection?.close()
+    }
+
+    private func readResponses(from connection: Connection) throws(NetError) {
+        let reader = connection.reader
+        while let header = try Frame.next(in: reader, maximumLength: maximumLength) {
+            let payload = try! reader.readBinary(header.payloadLength)
+            guard let call = pending.removeValue(forKey: header.id) else { continue }  // timed out already
+            switch header.kind {
+            case .response: call.completion(.success(payload))
+            case .error: call.completion(.failure(.protocolViolation(String(decoding: payload, as: UTF8.self))))
+            case .request: throw .protocolViolation("a server sent a request frame")
+            }
+        }
+    }
+
+    private func connectionClosed(_ reason: CloseReason) {
+        closedReason = reason
+        closedFlag.store(true, ordering: .relaxed)
+        let failed = pending
+        pending.removeAll()
+        for call in failed.values { call.completion(.failure(.closed(reason))) }
+    }
+
+    func timerFired(tag: UInt64) {
+        guard let call = pending[tag], call.deadline <= loop.now else { return }
+        pending.removeValue(forKey: tag)
+        call.completion(.failure(.timeout))
+    }
+}
+
+/// A small, fixed set of ``MuxClient``s to one address, used round robin; a client whose connection
+/// closed is replaced on next use. The pool owns its clients: ``close()`` closes them.
+public final class MuxPool: Sendable {
+    public let address: SocketAddress
+    let dialer: Dialer
+    let connectTimeout: Duration
+    private let clients: Mutex<[MuxClient?]>
+    private let cursor = ManagedAtomic<Int>(0)
+
+    public init(address: SocketAddress, dialer: Dialer, size: Int = 4, connectTimeout: Duration = .seconds(5)) {
+        precondition(size > 0)
+        self.address = address
+        self.dialer = dialer
+        self.connectTimeout = connectTimeout
+        self.clients = Mutex(Array(repeating: nil, count: size))
+    }
+
+    /// A call on the next client in turn (connecting it first when needed).
+    public func call(_ payload: [UInt8], timeout: Duration) async throws(NetError) -> [UInt8] {
+        try await client().call(payload, timeout: timeout)
+    }
+
+    func client() async throws(NetError) -> MuxClient {
+        let slot = cursor.loadThenWrappingIncrement(ordering: .relaxed) % clients.withLock { $0.count }
+        if let existing = clients.withLock({ $0[slot] }), existing.isActive { return existing }
+        let fresh = try await MuxClient.connect(to: address, dialer: dialer, timeout: connectTimeout)
+        let chosen = clients.withLock { clients -> MuxClient in
+            if let raced = clients[slot], raced.isActive { return raced }
+            clients[slot] = fresh
+            return fresh
+        }
+        if chosen !== fresh { fresh.close() }
+        return chosen
+    }
+
+    /// Closes every client; calls in flight fail with ``NetError/closed(_:)``.
+    public func close() {
+        for client in clients.withLock({ $0 }) { client?.close() }
+    }
+}

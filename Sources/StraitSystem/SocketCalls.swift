@@ -1,0 +1,119 @@
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+
+/// The portable socket and vectored-I/O calls the reactor library uses, each wrapped once.
+/// (The Linux-only epoll, eventfd and accept4 need C declarations the Glibc module lacks; StraitNet
+/// wraps those the same way in `Poll/EpollCalls.swift`.)
+///
+/// Every function here goes through ``systemCall(_:_:)`` or ``nonBlockingCall(_:_:)``, so errno is
+/// read right after the call and `EINTR` is retried. Descriptors are plain `CInt`s: whoever receives
+/// one from a function here owns it and closes it with ``closeDescriptor(_:)``.
+public enum SocketCall {
+    /// `socket(2)`, always non-blocking and close-on-exec.
+    @inlinable
+    public static func socket(domain: CInt, type: CInt, protocol proto: CInt = 0) throws(SystemCallError) -> CInt {
+        try systemCall("socket") { Glibc.socket(domain, type | CInt(SOCK_NONBLOCK.rawValue) | CInt(SOCK_CLOEXEC.rawValue), proto) }
+    }
+
+    /// `setsockopt(2)` with an integer value.
+    @inlinable
+    public static func setOption(_ fd: CInt, level: CInt, name: CInt, value: CInt) throws(SystemCallError) {
+        var value = value
+        try systemCall("setsockopt") { Glibc.setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<CInt>.size)) }
+    }
+
+    /// `getsockopt(2)` for an integer option, e.g. `SO_ERROR` after a non-blocking connect.
+    @inlinable
+    public static func option(_ fd: CInt, level: CInt, name: CInt) throws(SystemCallError) -> CInt {
+        var value: CInt = 0
+        var length = socklen_t(MemoryLayout<CInt>.size)
+        try systemCall("getsockopt") { Glibc.getsockopt(fd, level, name, &value, &length) }
+        return value
+    }
+
+    /// `bind(2)`.
+    @inlinable
+    public static func bind(_ fd: CInt, _ address: UnsafePointer<sockaddr>, _ length: socklen_t) throws(SystemCallError) {
+        try systemCall("bind") { Glibc.bind(fd, address, length) }
+    }
+
+    /// `listen(2)`.
+    @inlinable
+    public static func listen(_ fd: CInt, backlog: CInt) throws(SystemCallError) {
+        try systemCall("listen") { Glibc.listen(fd, backlog) }
+    }
+
+    /// `connect(2)` on a non-blocking socket: true when connected at once, false when the kernel
+    /// answered `EINPROGRESS` and the result comes later as writability plus `SO_ERROR`.
+    @inlinable
+    public static func connect(_ fd: CInt, _ address: UnsafePointer<sockaddr>, _ length: socklen_t) throws(SystemCallError) -> Bool {
+        while true {
+            if Glibc.connect(fd, address, length) == 0 { return true }
+            let error = Errno(rawValue: Glibc.errno)
+            switch error {
+            case .interrupted: continue
+            case .nowInProgress: return false
+            default: throw SystemCallError("connect", error)
+            }
+        }
+    }
+
+    /// `getsockname(2)` into caller storage large enough for any address family.
+    @inlinable
+    public static func localAddress(_ fd: CInt, into storage: UnsafeMutablePointer<sockaddr_storage>) throws(SystemCallError) -> socklen_t {
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        try storage.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer throws(SystemCallError) in
+            _ = try systemCall("getsockname") { Glibc.getsockname(fd, pointer, &length) }
+        }
+        return length
+    }
+
+    /// `shutdown(2)`; `how` is `SHUT_RD`, `SHUT_WR` or `SHUT_RDWR`.
+    @inlinable
+    public static func shutdown(_ fd: CInt, how: CInt) throws(SystemCallError) {
+        try systemCall("shutdown") { Glibc.shutdown(fd, how) }
+    }
+
+    /// `readv(2)`; `.done(0)` is end of stream.
+    @inlinable
+    public static func readv(_ fd: CInt, _ vectors: UnsafePointer<iovec>, _ count: Int) throws(SystemCallError) -> NonBlockingResult<Int> {
+        try nonBlockingCall("readv") { Glibc.readv(fd, vectors, CInt(count)) }
+    }
+
+    /// `writev(2)`. Writes to a socket whose peer is gone fail with `EPIPE` rather than raising
+    /// `SIGPIPE` only if the process ignores `SIGPIPE`; the reactor does that when it starts.
+    @inlinable
+    public static func writev(_ fd: CInt, _ vectors: UnsafePointer<iovec>, _ count: Int) throws(SystemCallError) -> NonBlockingResult<Int> {
+        try nonBlockingCall("writev") { Glibc.writev(fd, vectors, CInt(count)) }
+    }
+
+    /// `unlink(2)`, for a Unix socket path left from an earlier run; a missing file is fine.
+    @inlinable
+    public static func unlinkIfPresent(_ path: String) throws(SystemCallError) {
+        do {
+            try systemCall("unlink \(path)") { Glibc.unlink(path) }
+        } catch where error.errno == .noSuchFileOrDirectory {
+            return
+        }
+    }
+
+    /// Ignores `SIGPIPE` for the whole process, so writes to a closed peer return `EPIPE` instead of
+    /// killing it. Every socket library on Linux needs this once; calling it again is harmless.
+    public static func ignoreBrokenPipe() {
+        _ = Glibc.signal(SIGPIPE, SIG_IGN)
+    }
+
+    /// `CLOCK_MONOTONIC` in nanoseconds (vDSO, no syscall on x86-64); timers and deadlines use it.
+    @inlinable
+    public static func monotonicNanoseconds() -> UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        return UInt64(time.tv_sec) &* 1_000_000_000 &+ UInt64(time.tv_nsec)
+    }
+}
