@@ -84,7 +84,8 @@ let package = Package(
             path: "Sources/StraitNetBenchServers/SwiftNIOHTTP"
         ),
         // Drives the servers above with wrk and reports requests/s, p50, p99; `strait bench net` calls it.
-        .target(name: "StraitNetBench", dependencies: ["StraitSystem"]),
+        .target(name: "StraitNetBench"),
+        .executableTarget(name: "straitnet-bench", dependencies: ["StraitNetBench"], path: "Sources/StraitNetBenchServers/Runner"),
 
         // Side-by-side measurement against the peers each issue names.
         .target(
