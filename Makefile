@@ -23,7 +23,7 @@ build: deps
 	$(SWIFT) build
 
 release: deps
-	$(SWIFT) build -c release
+	$(SWIFT) build -c release --product strait
 
 ## Side by side on this machine: what the kernel supports, then plain TCP against accelerated.
 demo: release
