@@ -29,10 +29,12 @@ public enum BPFFS {
 
     /// Makes `path` and its parents inside bpffs.
     public static func makeDirectory(_ path: String) throws(BPFError) {
-        do {
-            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        } catch {
-            throw .call("mkdir -p \(path)", .init(rawValue: EIO))
+        var prefix = ""
+        for component in path.split(separator: "/") {
+            prefix += "/" + component
+            if mkdir(prefix, 0o700) != 0 && Glibc.errno != EEXIST {
+                throw .call("mkdir \(prefix)", .init(rawValue: Glibc.errno))
+            }
         }
     }
 

@@ -1,4 +1,5 @@
 import CLibBPF
+import Foundation
 import Logging
 
 #if canImport(Glibc)
@@ -29,15 +30,3 @@ enum LibBPFLogging {
 }
 
 func currentErrno() -> CInt { Glibc.errno }
-
-extension String {
-    fileprivate func trimmingCharacters(in set: Set<Character>) -> String {
-        var text = Substring(self)
-        while let last = text.last, set.contains(last) { text = text.dropLast() }
-        return String(text)
-    }
-}
-
-extension Set where Element == Character {
-    fileprivate static let newlines: Set<Character> = ["\n", "\r"]
-}

@@ -16,7 +16,7 @@ struct AccelLifecycleTests {
             policy.ports = [5201]
             let again = try Accelerator.enable(cgroup: fixture.cgroup.cgroup, policy: policy, pinDirectory: directory)
             #expect(try again.policy().ports == [5201], "a second enable applies the new policy")
-            #expect(try attachedPrograms(fixture.cgroup.cgroup).count == 1, "and attaches nothing twice")
+            #expect(try fixture.cgroup.cgroup.attachedProgramIDs().count == 1, "and attaches nothing twice")
             #expect(try again.cgroup()?.path == fixture.cgroup.cgroup.path)
             let other = try Cgroup.root().makeChild(named: uniqueTestName())
             defer { try? other.remove() }
@@ -29,7 +29,7 @@ struct AccelLifecycleTests {
         var policy = AccelPolicy.alwaysRedirect
         policy.ports = [9]  // nothing listens there
         try AccelFixture.with(policy: policy) { fixture in
-            let programsBefore = try attachedPrograms(fixture.cgroup.cgroup)
+            let programsBefore = try fixture.cgroup.cgroup.attachedProgramIDs()
             let skipped = try fixture.pair()
             _ = try transfer(from: skipped.client, to: skipped.server, count: 100_000, chunk: 1000, shutdown: false)
             var counters = try fixture.counters
@@ -44,7 +44,7 @@ struct AccelLifecycleTests {
             counters = try fixture.counters
             #expect(counters.sockets_tracked == 2)
             #expect(counters.redirected_messages > 0)
-            #expect(try attachedPrograms(fixture.cgroup.cgroup) == programsBefore, "the same program stayed attached")
+            #expect(try fixture.cgroup.cgroup.attachedProgramIDs() == programsBefore, "the same program stayed attached")
         }
     }
 
@@ -152,7 +152,7 @@ struct AccelLifecycleTests {
             }
             let (client, server) = try enableSendDisable()
             #expect(!BPFFS.exists(directory), "no pins left")
-            #expect(try attachedPrograms(cgroup.cgroup).isEmpty, "nothing attached to the cgroup")
+            #expect(try cgroup.cgroup.attachedProgramIDs().isEmpty, "nothing attached to the cgroup")
             usleep(200_000)  // the kernel frees the socket hash after an RCU grace period
 
             try pattern.forEachChunk(from: 100_000, count: 50_000, chunk: 10_000) { try client.sendAll($0) }
@@ -165,14 +165,3 @@ struct AccelLifecycleTests {
     }
 }
 
-/// Program ids attached to a cgroup for sock_ops (BPF_PROG_QUERY).
-func attachedPrograms(_ cgroup: Cgroup) throws -> [UInt32] {
-    let fd = try cgroup.openDirectory()
-    defer { closeDescriptor(fd) }
-    var ids = [UInt32](repeating: 0, count: 64)
-    var count = UInt32(ids.count)
-    var flags: UInt32 = 0
-    let result = bpf_prog_query(fd, BPF_CGROUP_SOCK_OPS, 0, &flags, &ids, &count)
-    guard result == 0 else { throw BPFError.call("bpf_prog_query", .init(rawValue: -result)) }
-    return Array(ids[0..<Int(count)])
-}

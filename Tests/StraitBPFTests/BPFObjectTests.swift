@@ -138,12 +138,12 @@ struct BPFLinkTests {
             let program = try fixtures().program("observe_sockops")
             let link = try program.attach(cgroup: fixture.cgroup)
             #expect(!link.isLegacy)
-            #expect(try queryCgroup(fixture.cgroup) == [program.id])
+            #expect(try fixture.cgroup.attachedProgramIDs() == [program.id])
             #expect(try link.cgroupID() != nil)
             let cgroupID = try #require(try link.cgroupID())
             #expect(Cgroup.find(id: cgroupID)?.path == fixture.cgroup.path)
             try link.close()
-            #expect(try queryCgroup(fixture.cgroup).isEmpty)
+            #expect(try fixture.cgroup.attachedProgramIDs().isEmpty)
         }
     }
 
@@ -154,9 +154,9 @@ struct BPFLinkTests {
             let link = try program.attach(cgroup: fixture.cgroup)
             try link.pin(at: fixture.pinDirectory + "/link")
             try link.close()
-            #expect(try queryCgroup(fixture.cgroup) == [program.id], "the pin keeps it attached")
+            #expect(try fixture.cgroup.attachedProgramIDs() == [program.id], "the pin keeps it attached")
             try BPFLink.open(pinned: fixture.pinDirectory + "/link").detach()
-            #expect(try queryCgroup(fixture.cgroup).isEmpty)
+            #expect(try fixture.cgroup.attachedProgramIDs().isEmpty)
         }
     }
 
@@ -166,27 +166,9 @@ struct BPFLinkTests {
         let program = try object.program("pass_messages")
         let sockets = try object.map("sockets")
         let link = try program.attach(sockmap: sockets, as: .messageVerdict)
-        #expect(try queryMap(sockets, BPF_SK_MSG_VERDICT) == [program.id])
+        #expect(try attachedProgramIDs(target: sockets.fileDescriptor, type: BPF_SK_MSG_VERDICT) == [program.id])
         try link.close()
-        #expect(try queryMap(sockets, BPF_SK_MSG_VERDICT).isEmpty)
+        #expect(try attachedProgramIDs(target: sockets.fileDescriptor, type: BPF_SK_MSG_VERDICT).isEmpty)
     }
 }
 
-func queryCgroup(_ cgroup: Cgroup) throws -> [UInt32] {
-    let fd = try cgroup.openDirectory()
-    defer { closeDescriptor(fd) }
-    return try query(fd, BPF_CGROUP_SOCK_OPS)
-}
-
-func queryMap(_ map: BPFMap, _ type: bpf_attach_type) throws -> [UInt32] {
-    try query(map.fileDescriptor, type)
-}
-
-func query(_ fd: CInt, _ type: bpf_attach_type) throws -> [UInt32] {
-    var ids = [UInt32](repeating: 0, count: 16)
-    var count = UInt32(ids.count)
-    var flags: UInt32 = 0
-    let result = bpf_prog_query(fd, type, 0, &flags, &ids, &count)
-    guard result == 0 else { throw BPFError.call("bpf_prog_query", .init(rawValue: -result)) }
-    return Array(ids[0..<Int(count)])
-}

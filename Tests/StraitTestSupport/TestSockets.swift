@@ -109,15 +109,10 @@ public final class TestListener: @unchecked Sendable {
         var one: CInt = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<CInt>.size))
         switch family {
-        case .ipv4:
-            var address = loopbackIPv4(port: requested)
-            try bindAddress(fd, &address)
-        case .ipv6:
-            var address = sockaddr_in6()
-            address.sin6_family = sa_family_t(AF_INET6)
-            address.sin6_addr = in6addr_loopback
-            address.sin6_port = requested.bigEndian
-            try bindAddress(fd, &address)
+        case .ipv4, .ipv6:
+            try withLoopback(ipv6: family == .ipv6, port: requested) { address, length in
+                try systemCall("bind") { bind(fd, address, length) }
+            }
         case .ipv4ToDualStack:
             var off: CInt = 0
             setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &off, socklen_t(MemoryLayout<CInt>.size))
@@ -133,35 +128,38 @@ public final class TestListener: @unchecked Sendable {
 
     /// Connects a new client (bound to `clientPort` if given) and accepts it.
     public func connectPair(clientPort: UInt16 = 0) throws -> (client: TestSocket, server: TestSocket) {
-        let domain = family == .ipv6 ? AF_INET6 : AF_INET
-        let fd = try systemCall("socket") { Glibc.socket(domain, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        let ipv6 = family == .ipv6
+        let fd = try systemCall("socket") { Glibc.socket(ipv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
         let client = TestSocket(fd: fd)
         if clientPort != 0 {
             var one: CInt = 1
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<CInt>.size))
-            if family == .ipv6 {
-                var address = sockaddr_in6()
-                address.sin6_family = sa_family_t(AF_INET6)
-                address.sin6_addr = in6addr_loopback
-                address.sin6_port = clientPort.bigEndian
-                try bindAddress(fd, &address)
-            } else {
-                var address = loopbackIPv4(port: clientPort)
-                try bindAddress(fd, &address)
+            try withLoopback(ipv6: ipv6, port: clientPort) { address, length in
+                try systemCall("bind") { bind(fd, address, length) }
             }
         }
-        if family == .ipv6 {
-            var address = sockaddr_in6()
-            address.sin6_family = sa_family_t(AF_INET6)
-            address.sin6_addr = in6addr_loopback
-            address.sin6_port = port.bigEndian
-            try connectAddress(fd, &address)
-        } else {
-            var address = loopbackIPv4(port: port)
-            try connectAddress(fd, &address)
+        try withLoopback(ipv6: ipv6, port: port) { address, length in
+            try systemCall("connect") { connect(fd, address, length) }
         }
         let accepted = try systemCall("accept") { accept(socket.fd, nil, nil) }
         return (client, TestSocket(fd: accepted))
+    }
+}
+
+/// Calls `body` with the loopback address (127.0.0.1 or ::1) and `port`.
+func withLoopback<T>(ipv6: Bool, port: UInt16, _ body: (UnsafePointer<sockaddr>, socklen_t) throws -> T) throws -> T {
+    if ipv6 {
+        var address = sockaddr_in6()
+        address.sin6_family = sa_family_t(AF_INET6)
+        address.sin6_addr = in6addr_loopback
+        address.sin6_port = port.bigEndian
+        return try withUnsafePointer(to: &address) {
+            try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { try body($0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+        }
+    }
+    var address = loopbackIPv4(port: port)
+    return try withUnsafePointer(to: &address) {
+        try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { try body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
     }
 }
 
@@ -178,15 +176,6 @@ func bindAddress<A>(_ fd: CInt, _ address: inout A) throws {
     try withUnsafePointer(to: &address) { pointer in
         try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
             try systemCall("bind") { bind(fd, raw, length) }
-        }
-    }
-}
-
-func connectAddress<A>(_ fd: CInt, _ address: inout A) throws {
-    let length = socklen_t(MemoryLayout<A>.size)
-    try withUnsafePointer(to: &address) { pointer in
-        try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
-            try systemCall("connect") { connect(fd, raw, length) }
         }
     }
 }

@@ -91,3 +91,13 @@ public final class BPFLink: @unchecked Sendable {
         }
     }
 }
+
+/// Ids of the programs attached to a hook (`BPF_PROG_QUERY`): a cgroup directory or a socket map's
+/// descriptor, for one attach type. One syscall.
+public func attachedProgramIDs(target fd: CInt, type: bpf_attach_type) throws(BPFError) -> [UInt32] {
+    var ids = [UInt32](repeating: 0, count: 64)
+    var count = UInt32(ids.count)
+    var flags: UInt32 = 0
+    try libbpfCall("bpf_prog_query") { bpf_prog_query(fd, type, 0, &flags, &ids, &count) }
+    return Array(ids[0..<Int(count)])
+}

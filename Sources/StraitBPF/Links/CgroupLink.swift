@@ -22,3 +22,13 @@ extension BPFLink {
         return info.cgroup.cgroup_id
     }
 }
+
+extension Cgroup {
+    /// Ids of the programs attached to this cgroup for `type` (default `sock_ops`).
+    public func attachedProgramIDs(type: bpf_attach_type = BPF_CGROUP_SOCK_OPS) throws(BPFError) -> [UInt32] {
+        let fd: CInt
+        do { fd = try openDirectory() } catch { throw BPFError(error) }
+        defer { closeDescriptor(fd) }
+        return try StraitBPF.attachedProgramIDs(target: fd, type: type)
+    }
+}
