@@ -14,7 +14,7 @@ public struct Iperf3: Sendable {
         defer { server.stop() }
         try waitForListener(port: port, timeout: 5)
         let output = try runner.run(
-            launcher.command(["iperf3", "-c", "127.0.0.1", "-p", "\(port)", "-t", String(format: "%.1f", seconds), "-l", "\(messageBytes)", "-J"]),
+            launcher.command(["iperf3", "-c", "127.0.0.1", "-p", "\(port)", "-t", String(Int(seconds.rounded())), "-l", "\(messageBytes)", "-J"]),
             timeout: seconds + 15)
         return try Self.receivedGbits(fromJSON: output)
     }

@@ -21,6 +21,7 @@ public struct ProcessRunner: Sendable {
         while process.process.isRunning && Date() < deadline { usleep(20_000) }
         if process.process.isRunning { process.stop() }
         process.process.waitUntilExit()
+        process.drain()
         let output = process.output()
         guard process.process.terminationStatus == 0 else {
             throw Failure(command: command, status: process.process.terminationStatus, output: output + process.errors())
@@ -48,9 +49,13 @@ public struct ProcessRunner: Sendable {
         private let lock = NSLock()
         private var stdout = Data()
         private var stderr = Data()
+        private let out: Pipe
+        private let err: Pipe
 
         init(process: Process, out: Pipe, err: Pipe) {
             self.process = process
+            self.out = out
+            self.err = err
             out.fileHandleForReading.readabilityHandler = { [weak self] handle in
                 let data = handle.availableData
                 self?.lock.withLock { self?.stdout.append(data) }
@@ -58,6 +63,19 @@ public struct ProcessRunner: Sendable {
             err.fileHandleForReading.readabilityHandler = { [weak self] handle in
                 let data = handle.availableData
                 self?.lock.withLock { self?.stderr.append(data) }
+            }
+        }
+
+        /// After exit: stops the background readers and reads what is left up to end of file, so the
+        /// last bytes the child wrote are never missed.
+        func drain() {
+            out.fileHandleForReading.readabilityHandler = nil
+            err.fileHandleForReading.readabilityHandler = nil
+            let restOut = out.fileHandleForReading.readDataToEndOfFile()
+            let restErr = err.fileHandleForReading.readDataToEndOfFile()
+            lock.withLock {
+                stdout.append(restOut)
+                stderr.append(restErr)
             }
         }
 

@@ -27,7 +27,7 @@ struct BenchAccel: ParsableCommand {
     func run() throws {
         Strait.bootstrapLogging()
         guard let parsed = parseSizes(sizes) else { throw ValidationError("--sizes: expected sizes such as 64,256,1k,64k") }
-        guard duration > 0, duration <= 60 else { throw ValidationError("--duration: between 0 and 60 seconds") }
+        guard duration >= 1, duration <= 60 else { throw ValidationError("--duration: from 1 to 60 seconds") }
         guard (1...9).contains(repetitions) else { throw ValidationError("--repeat: from 1 to 9") }
         var benchmark = AccelBenchmark()
         benchmark.messageSizes = parsed
