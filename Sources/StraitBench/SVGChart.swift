@@ -28,7 +28,7 @@ public struct SVGChart {
     }
 
     public func render(width: Double = 720, height: Double = 420) -> String {
-        let left = 70.0, right = 20.0, top = 40.0, bottom = 60.0
+        let left = 70.0, right = 45.0, top = 40.0, bottom = 60.0
         let xs = series.flatMap { $0.points.map(\.x) }
         let minX = log2(Double(xs.min() ?? 1)), maxX = log2(Double(xs.max() ?? 2))
         let maxY = max(series.flatMap { $0.points.map(\.y) }.max() ?? 1, reference?.value ?? 0) * 1.1

@@ -83,12 +83,20 @@ struct AccelCommand: ParsableCommand {
     struct Status: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Whether acceleration is on, for which cgroup and policy, and what it has done.")
         @Flag(help: "Print JSON.") var json = false
+        @Flag(help: "Also list the sockets in the hash now (4-tuple and network namespace).") var sockets = false
         @Option(help: .hidden) var pinDirectory: String = Accelerator.defaultPinDirectory
 
         func run() throws {
             Strait.bootstrapLogging()
             let status = try Accelerator.status(pinDirectory: pinDirectory)
-            if json { return try printJSON(status) }
+            let tracked = sockets && status.enabled ? try Accelerator.open(pinDirectory: pinDirectory).trackedSockets() : []
+            if json {
+                struct Listed: Encodable {
+                    var status: AccelStatus
+                    var sockets: [String]?
+                }
+                return try printJSON(Listed(status: status, sockets: sockets ? tracked.map(\.tupleDescription) : nil))
+            }
             guard status.enabled, let policy = status.policy else {
                 print("acceleration: disabled")
                 return
@@ -111,6 +119,10 @@ struct AccelCommand: ParsableCommand {
                 ["stack: redirect switched off", "\(c.fallbackDisabled.messages)", "\(c.fallbackDisabled.bytes)"],
             ]))
             print("\nsockets entered \(c.socketsEntered), skipped by policy \(c.socketsSkippedByPolicy), released to the stack \(c.socketsReleasedToStack), events dropped \(c.eventsDropped)")
+            if sockets {
+                print("\nsockets in the hash:")
+                for key in tracked { print("  \(key.tupleDescription)  netns \(key.netns_cookie)") }
+            }
         }
     }
 
