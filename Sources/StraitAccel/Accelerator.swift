@@ -33,16 +33,6 @@ public final class Accelerator {
 
     static func path(_ pin: Pin, in directory: String) -> String { directory + "/" + pin.rawValue }
 
-    /// The compiled kernel object shipped with this module (built from `bpf/accel.bpf.c`).
-    public static var objectPath: String {
-        get throws(BPFError) {
-            guard let path = Bundle.module.path(forResource: "accel.bpf", ofType: "o") else {
-                throw .unsupported("accel.bpf.o is missing from the StraitAccel resources: rebuild with `swift build`")
-            }
-            return path
-        }
-    }
-
     private init(pinDirectory: String) throws(BPFError) {
         self.pinDirectory = pinDirectory
         func open(_ pin: Pin) throws(BPFError) -> BPFMap {
@@ -93,7 +83,7 @@ public final class Accelerator {
         try BPFFS.removeTree(pinDirectory)
         try BPFFS.makeDirectory(pinDirectory)
         do {
-            let object = try BPFObjectSpec(path: objectPath).load()
+            let object = try BPFObjectSpec(resource: "accel", in: Bundle.module).load()
             for pin in [Pin.socks, .config, .ports, .excludePorts, .cidrs, .stats, .inbound, .sockState, .events] {
                 try object.map(pin.rawValue).pin(at: path(pin, in: pinDirectory))
             }

@@ -1,4 +1,5 @@
 import CLibBPF
+import Foundation
 import SystemPackage
 
 /// A BPF ELF object read from disk but not yet in the kernel: its programs and maps can be listed
@@ -15,6 +16,15 @@ public final class BPFObjectSpec {
         _ = LibBPFLogging.install
         source = path
         object = try libbpfPointer("bpf_object__open_file(\(path))") { bpf_object__open_file(path, nil) }
+    }
+
+    /// Opens the object a target ships as a resource: `bpf/NAME.bpf.c` compiled by the BPFCompiler
+    /// plugin becomes `NAME.bpf.o` in the target's bundle (pass `Bundle.module`).
+    public convenience init(resource name: String, in bundle: Bundle) throws(BPFError) {
+        guard let path = bundle.path(forResource: name + ".bpf", ofType: "o") else {
+            throw .unsupported("\(name).bpf.o is not among the resources of \(bundle.bundlePath): rebuild with `swift build`")
+        }
+        try self.init(path: path)
     }
 
     deinit {

@@ -23,7 +23,7 @@ func bpfError(_ body: () throws -> Void) -> BPFError? {
 }
 
 func fixtures() throws -> BPFObject {
-    try BPFObjectSpec(path: try #require(Bundle.module.path(forResource: "fixtures.bpf", ofType: "o"))).load()
+    try BPFObjectSpec(resource: "fixtures", in: Bundle.module).load()
 }
 
 @Suite("StraitBPF: objects, maps, programs", kernelGate)
@@ -31,7 +31,7 @@ struct BPFObjectTests {
     @Test("a spec lists programs and maps before anything reaches the kernel")
     func specListsContents() throws {
         let spec = try BPFObjectSpec(path: try #require(Bundle.module.path(forResource: "fixtures.bpf", ofType: "o")))
-        #expect(spec.programNames == ["count_and_publish", "observe_sockops", "pass_messages"])
+        #expect(spec.programNames == ["count_and_publish", "observe_sockops", "pass_messages", "parse_whole", "pass_stream"])
         #expect(Set(spec.mapNames).isSuperset(of: ["pairs", "runs", "records", "sockets"]))
         try spec.setMaxEntries(64, forMap: "pairs")
         let object = try spec.load()
@@ -169,6 +169,22 @@ struct BPFLinkTests {
         #expect(try attachedProgramIDs(target: sockets.fileDescriptor, type: BPF_SK_MSG_VERDICT) == [program.id])
         try link.close()
         #expect(try attachedProgramIDs(target: sockets.fileDescriptor, type: BPF_SK_MSG_VERDICT).isEmpty)
+    }
+
+    @Test("sk_skb stream parser and verdict attach to a socket hash through links")
+    func streamLinks() throws {
+        let object = try fixtures()
+        let sockets = try object.map("sockets")
+        let parser = try object.program("parse_whole")
+        let verdict = try object.program("pass_stream")
+        let parserLink = try parser.attach(sockmap: sockets, as: .streamParser)
+        let verdictLink = try verdict.attach(sockmap: sockets, as: .streamVerdict)
+        #expect(try attachedProgramIDs(target: sockets.fileDescriptor, type: BPF_SK_SKB_STREAM_PARSER) == [parser.id])
+        #expect(try attachedProgramIDs(target: sockets.fileDescriptor, type: BPF_SK_SKB_STREAM_VERDICT) == [verdict.id])
+        try verdictLink.close()
+        try parserLink.close()
+        #expect(try attachedProgramIDs(target: sockets.fileDescriptor, type: BPF_SK_SKB_STREAM_VERDICT).isEmpty)
+        #expect(try attachedProgramIDs(target: sockets.fileDescriptor, type: BPF_SK_SKB_STREAM_PARSER).isEmpty)
     }
 }
 

@@ -64,4 +64,16 @@ int pass_messages(struct sk_msg_md *msg)
     return SK_PASS;
 }
 
+SEC("sk_skb/stream_parser")
+int parse_whole(struct __sk_buff *skb)
+{
+    return skb->len;
+}
+
+SEC("sk_skb/stream_verdict")
+int pass_stream(struct __sk_buff *skb)
+{
+    return SK_PASS;
+}
+
 char LICENSE[] SEC("license") = "GPL";
