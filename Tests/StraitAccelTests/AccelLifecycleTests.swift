@@ -122,14 +122,20 @@ struct AccelLifecycleTests {
             #expect(afterSmall.sockets_released >= 1, "the small-writing sender left the hash")
 
             let chat = try fixture.pair()
-            for round in 0..<20 {
-                try chat.client.sendAll(Array(repeating: UInt8(round), count: 64))
-                #expect(try chat.server.receive(exactly: 64) == Array(repeating: UInt8(round), count: 64))
-                try chat.server.sendAll(Array(repeating: UInt8(round + 1), count: 64))
-                #expect(try chat.client.receive(exactly: 64) == Array(repeating: UInt8(round + 1), count: 64))
+            func exchange(_ rounds: Range<Int>) throws {
+                for round in rounds {
+                    try chat.client.sendAll(Array(repeating: UInt8(round & 0xff), count: 64))
+                    #expect(try chat.server.receive(exactly: 64) == Array(repeating: UInt8(round & 0xff), count: 64))
+                    try chat.server.sendAll(Array(repeating: UInt8((round + 1) & 0xff), count: 64))
+                    #expect(try chat.client.receive(exactly: 64) == Array(repeating: UInt8((round + 1) & 0xff), count: 64))
+                }
             }
+            try exchange(0..<10)  // both directions observe, then settle
+            let warm = try fixture.counters
+            try exchange(10..<50)
             let afterChat = try fixture.counters
-            #expect(afterChat.redirected_messages - afterSmall.redirected_messages >= 30, "request/response stays redirected")
+            #expect(afterChat.redirected_messages - warm.redirected_messages == 80, "request and response both stay redirected")
+            #expect(afterChat.fallback_stack_messages == warm.fallback_stack_messages, "neither direction went back to the stack")
         }
     }
 

@@ -431,11 +431,10 @@ int strait_accel_msg(struct sk_msg_md *msg)
         return SK_PASS;
     }
 
-    if (!state->settled) {
-        struct strait_accel_inbound *queued = bpf_map_lookup_elem(&inbound, &peer);
-        if (queued)
-            __sync_fetch_and_add(&queued->messages, 1);
-    }
+    // The peer's request/response detector reads this count, however far this side has decided.
+    struct strait_accel_inbound *queued = bpf_map_lookup_elem(&inbound, &peer);
+    if (queued)
+        __sync_fetch_and_add(&queued->messages, 1);
     if (bpf_msg_redirect_hash(msg, &socks, &peer, BPF_F_INGRESS) == SK_PASS) {
         c->redirected_messages++;
         c->redirected_bytes += size;
