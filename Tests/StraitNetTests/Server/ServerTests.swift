@@ -32,13 +32,14 @@ struct ServerTests {
         // Both ends live in this process: two descriptors per connection.
         let limit = Self.raiseDescriptorLimit(to: 24_000)
         let baseline = openDescriptorCount()
+        let before = descriptorSnapshot()
         let count = min(10_000, (limit - baseline - 200) / 2)
         #expect(count >= 4_000, "descriptor limit \(limit) leaves room for only \(count) connections")
         try await withGroup { group in
             var configuration = ServerConfiguration()
             configuration.backlog = 4096
             let server = try Server(address: .loopback(), group: group, configuration: configuration, handlers: echoHandlers())
-            let afterStart = openDescriptorCount()
+            let afterStart = descriptorSnapshot()
             let dialer = Dialer(group: group)
             let replies = Signal<Int>()
             let clientHandlers = ConnectionHandlers(onRequest: { connection in
@@ -72,10 +73,12 @@ struct ServerTests {
             #expect(server.connectionCount == 0)
             connections.removeAll()
             try await Task.sleep(for: .milliseconds(50))
-            #expect(openDescriptorCount() == afterStart, "every client and server socket was closed: \(openDescriptors())")
+            let leakedByConnections = descriptorsOpened(since: afterStart)
+            #expect(leakedByConnections.isEmpty, "every client and server socket was closed: \(leakedByConnections)")
             await server.shutdown(gracePeriod: .seconds(1))
         }
-        #expect(openDescriptorCount() == baseline, "loops, listener and eventfds closed with the group: \(openDescriptors())")
+        let leakedByGroup = descriptorsOpened(since: before)
+        #expect(leakedByGroup.isEmpty, "loops, listener and eventfds closed with the group: \(leakedByGroup)")
     }
 
     @Test("shutdown lets a running handler finish and send within the grace period")

@@ -82,6 +82,17 @@ func openDescriptorCount() -> Int {
     openDescriptors().filter { $0.contains("socket:") || $0.contains("[eventpoll]") || $0.contains("[eventfd]") }.count
 }
 
+/// The sockets, epoll sets and eventfds open now, each as "fd -> kind:[inode]".
+func descriptorSnapshot() -> Set<String> {
+    Set(openDescriptors().filter { $0.contains("socket:") || $0.contains("[eventpoll]") || $0.contains("[eventfd]") })
+}
+
+/// Descriptors open now that were not open at `snapshot`: what a test leaked. Other tests closing
+/// their own descriptors meanwhile cannot make this fail, unlike comparing counts.
+func descriptorsOpened(since snapshot: Set<String>) -> [String] {
+    descriptorSnapshot().subtracting(snapshot).sorted()
+}
+
 /// What each open descriptor is, for messages when a count is off.
 func openDescriptors() -> [String] {
     let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
