@@ -190,8 +190,13 @@ public final class EventLoop: @unchecked Sendable {
             for slot in 0..<count {
                 let event = events[slot]
                 if event.data.u64 == 0 {
-                    wakePending.store(false, ordering: .sequentiallyConsistent)
+                    // Drain before clearing the flag: a producer that signals after the drain sees
+                    // the flag still set only if its task will be run by this iteration's
+                    // runTasks(); one that signals after the clear wakes the next epoll_wait.
+                    // (Clearing first let a signal be drained away while the flag stayed set,
+                    // and the loop then slept for ever.)
                     try? EpollCall.drain(wakeDescriptor)
+                    wakePending.store(false, ordering: .sequentiallyConsistent)
                     continue
                 }
                 let source = Unmanaged<Selectable>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(event.data.u64))!).takeUnretainedValue()
