@@ -61,6 +61,14 @@ let package = Package(
             plugins: ["BPFCompiler"]
         ),
 
+        // XDP early drop from rule maps changed at run time (`strait drop`).
+        .target(
+            name: "StraitDrop",
+            dependencies: ["StraitBPF", "StraitKernelABI", "StraitSystem"],
+            exclude: ["bpf"],
+            plugins: ["BPFCompiler"]
+        ),
+
         // The reactor network library: LinkBuffer, epoll reactors, connections, multiplexed RPC.
         .target(name: "CStraitNet"),
         .target(
@@ -116,6 +124,7 @@ let package = Package(
             plugins: ["BPFCompiler"]
         ),
         .testTarget(name: "StraitAccelTests", dependencies: ["StraitAccel", "StraitBPF", "CLibBPF", "StraitTestSupport"]),
+        .testTarget(name: "StraitDropTests", dependencies: ["StraitDrop", "StraitBPF", "StraitKernelABI", "StraitSystem", "StraitTestSupport"]),
         .testTarget(
             name: "StraitNetTests",
             dependencies: ["StraitNet", .product(name: "PropertyBased", package: "swift-property-based")]
