@@ -124,7 +124,7 @@ let package = Package(
             plugins: ["BPFCompiler"]
         ),
         .testTarget(name: "StraitAccelTests", dependencies: ["StraitAccel", "StraitBPF", "CLibBPF", "StraitTestSupport"]),
-        .testTarget(name: "StraitDropTests", dependencies: ["StraitDrop", "StraitBPF", "StraitKernelABI", "StraitSystem", "StraitTestSupport"]),
+        .testTarget(name: "StraitDropTests", dependencies: ["StraitDrop", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitTestSupport"]),
         .testTarget(
             name: "StraitNetTests",
             dependencies: ["StraitNet", .product(name: "PropertyBased", package: "swift-property-based")]

@@ -19,7 +19,7 @@ import StraitSystem
 /// ``load(_:protecting:)`` fills the standby set and flips the index with one map write, so no
 /// packet ever sees a mix or an empty set. ``add(_:protecting:)`` and ``remove(_:protecting:)``
 /// change the active set in place, one map element at a time.
-public final class Dropper {
+public final class Dropper: @unchecked Sendable {
     public static let defaultPinDirectory = BPFFS.defaultMount + "/strait/drop"
     static let programName = "strait_drop"
 
@@ -124,6 +124,12 @@ public final class Dropper {
         public var mode: XDPMode
         /// False when the interface has gone away since (the link is defunct; `detach` clears it).
         public var live: Bool
+
+        public init(interface: String, mode: XDPMode, live: Bool) {
+            self.interface = interface
+            self.mode = mode
+            self.live = live
+        }
     }
 
     /// Pins are named `MODE_IFNAME`, with `.` (forbidden in bpffs names) written as `%`.

@@ -7,6 +7,7 @@
 #include <sys/sendfile.h>
 #include <sys/types.h>
 #include <linux/sockios.h>
+#include <netpacket/packet.h>
 
 /// setns(2) into the network namespace open at `fd` (CLONE_NEWNET), for the calling thread only.
 int strait_setns_network(int fd);
