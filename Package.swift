@@ -105,7 +105,7 @@ let package = Package(
         .executableTarget(
             name: "strait",
             dependencies: [
-                "StraitBPF", "StraitAccel", "StraitBench", "StraitSystem",
+                "StraitBPF", "StraitAccel", "StraitBench", "StraitSystem", "StraitDrop",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

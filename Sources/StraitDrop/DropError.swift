@@ -78,3 +78,41 @@ extension IPAddress {
         return self
     }
 }
+
+extension ProtectedSource {
+    /// Peers of established TCP connections to local `port` (default 22, sshd's), read from
+    /// /proc/net/tcp and /proc/net/tcp6 of this namespace: they protect an SSH session even when
+    /// sudo has cleared `SSH_CONNECTION`. Read-only; unreadable files give no peers.
+    public static func establishedPeers(localPort port: UInt16 = 22) -> [ProtectedSource] {
+        var peers: [ProtectedSource] = []
+        for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { continue }
+            for line in text.split(separator: "\n").dropFirst() {
+                let fields = line.split(separator: " ")
+                // sl local_address rem_address st …; addresses are hex words in host order, ports in hex.
+                guard fields.count > 3, fields[3] == "01" else { continue }
+                let local = fields[1].split(separator: ":"), remote = fields[2].split(separator: ":")
+                guard local.count == 2, remote.count == 2, UInt16(local[1], radix: 16) == port,
+                    let address = Self.procAddress(String(remote[0]))
+                else { continue }
+                let source = ProtectedSource(address: address.unmapped, tcpPort: port, origin: "established connection to tcp/\(port)")
+                if !peers.contains(source) { peers.append(source) }
+            }
+        }
+        return peers
+    }
+
+    /// Decodes /proc/net/tcp's address: 8 or 32 hex digits, each 32-bit word in host (little-endian) order.
+    static func procAddress(_ hex: String) -> IPAddress? {
+        guard hex.count == 8 || hex.count == 32 else { return nil }
+        var bytes: [UInt8] = []
+        var index = hex.startIndex
+        while index < hex.endIndex {
+            let next = hex.index(index, offsetBy: 8)
+            guard let word = UInt32(hex[index..<next], radix: 16) else { return nil }
+            bytes += withUnsafeBytes(of: word.littleEndian) { Array($0) }
+            index = next
+        }
+        return bytes.count == 4 ? .v4(bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }) : .v6(bytes)
+    }
+}

@@ -1,3 +1,4 @@
+import CStraitSystem
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -28,6 +29,15 @@ public struct NetworkInterface: Sendable, Hashable, CustomStringConvertible {
             entry += 1
         }
         return result.sorted { $0.index < $1.index }
+    }
+
+    /// The driver's name (`ethtool -i`: e.g. `veth`, `virtio_net`, `mlx5_core`), read with one
+    /// ETHTOOL_GDRVINFO ioctl that changes nothing; nil when the interface does not say.
+    public var driver: String? {
+        var buffer = [CChar](repeating: 0, count: 64)
+        guard strait_interface_driver(name, &buffer, buffer.count) == 0 else { return nil }
+        let text = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return text.isEmpty ? nil : text
     }
 
     init(name: String, index: UInt32) {

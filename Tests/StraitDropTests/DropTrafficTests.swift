@@ -277,3 +277,20 @@ struct ARPProbe {
         return false
     }
 }
+
+@Suite("strait drop: doctor's XDP answer", .serialized, kernelGate)
+struct XDPSupportTests {
+    @Test("a veth answers native, read-only by driver and by probing, and the probe leaves nothing attached")
+    func vethIsNative() throws {
+        try DropLab.with(attach: false) { lab in
+            let interface = lab.receiverInterface
+            let (readOnly, probed, after) = try lab.receiver.run {
+                let found = try NetworkInterface(named: interface)
+                return (XDPSupport.check(found, probe: false), XDPSupport.check(found, probe: true), try XDPAttachment.query(ifindex: found.index))
+            }
+            #expect(readOnly.driver == "veth" && readOnly.native && readOnly.method == "driver list")
+            #expect(probed.native && probed.method == "probed")
+            #expect(after.programID == 0)
+        }
+    }
+}

@@ -14,3 +14,6 @@ int strait_setns_network(int fd);
 
 /// splice(2) between two descriptors with no offsets.
 ssize_t strait_splice(int from, int to, size_t length, unsigned int flags);
+
+/// The driver name of interface `name` (ETHTOOL_GDRVINFO, read-only) into `driver`; 0 or -1 with errno.
+int strait_interface_driver(const char *name, char *driver, size_t length);
