@@ -98,7 +98,7 @@ let package = Package(
         // Side-by-side measurement against the peers each issue names.
         .target(
             name: "StraitBench",
-            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel"]
+            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitDrop"]
         ),
 
         // Layer 4: the command.
