@@ -28,6 +28,8 @@ extension DropMode {
 
 /// The map key a rule is stored under; one case per rule map kind.
 enum DropRuleKey {
+    case host4(strait_drop_ipv4_host)
+    case host6(strait_drop_ipv6_host)
     case source4(strait_drop_ipv4_key)
     case source6(strait_drop_ipv6_key)
     case port(strait_drop_port_key)
@@ -36,6 +38,14 @@ enum DropRuleKey {
 
     init(_ rule: DropRule) {
         switch rule {
+        case .source(let prefix) where prefix.address.isIPv4 && prefix.length == 32:
+            var key = strait_drop_ipv4_host()
+            withUnsafeMutableBytes(of: &key.addr) { $0.copyBytes(from: prefix.address.bytes) }
+            self = .host4(key)
+        case .source(let prefix) where !prefix.address.isIPv4 && prefix.length == 128:
+            var key = strait_drop_ipv6_host()
+            withUnsafeMutableBytes(of: &key.addr) { $0.copyBytes(from: prefix.address.bytes) }
+            self = .host6(key)
         case .source(let prefix) where prefix.address.isIPv4: self = .source4(Self.ipv4(prefix))
         case .source(let prefix): self = .source6(Self.ipv6(prefix))
         case .arpSender(let prefix): self = .arp(Self.ipv4(prefix))
@@ -69,6 +79,14 @@ enum DropRuleKey {
 
     static func rule(_ key: strait_drop_ipv6_key) -> IPPrefix {
         IPPrefix(address: .v6(withUnsafeBytes(of: key.addr) { Array($0) }), length: Int(key.prefixlen))
+    }
+
+    static func rule(_ key: strait_drop_ipv4_host) -> IPPrefix {
+        IPPrefix(address: .v4(withUnsafeBytes(of: key.addr) { $0.loadUnaligned(as: UInt32.self) }), length: 32)
+    }
+
+    static func rule(_ key: strait_drop_ipv6_host) -> IPPrefix {
+        IPPrefix(address: .v6(withUnsafeBytes(of: key.addr) { Array($0) }), length: 128)
     }
 
     static func rule(_ key: strait_drop_port_key) -> DropRule {

@@ -5,7 +5,7 @@ import StraitKernelABI
 import StraitSystem
 
 /// XDP early drop: one `xdp` program checks every received frame against rules held in maps
-/// (source prefixes in LPM tries, destination ports, Ethernet source addresses, ARP senders) and
+/// (source addresses in hashes, source prefixes in LPM tries, destination ports, Ethernet source addresses, ARP senders) and
 /// drops matches before the stack sees them. Rules are data, so adding or removing one is a map
 /// write that the next packet sees; nothing is reloaded.
 ///
@@ -31,13 +31,15 @@ public final class Dropper: @unchecked Sendable {
 
     /// The maps of one rule set.
     struct RuleMaps {
+        let host4: TypedMap<strait_drop_ipv4_host, UInt32>
+        let host6: TypedMap<strait_drop_ipv6_host, UInt32>
         let source4: TypedMap<strait_drop_ipv4_key, UInt32>
         let source6: TypedMap<strait_drop_ipv6_key, UInt32>
         let ports: TypedMap<strait_drop_port_key, UInt32>
         let macs: TypedMap<strait_drop_mac_key, UInt32>
         let arp: TypedMap<strait_drop_ipv4_key, UInt32>
 
-        static func mapNames(set: Int) -> [String] { ["src4", "src6", "port", "mac", "arp"].map { "\($0)_\(set)" } }
+        static func mapNames(set: Int) -> [String] { ["host4", "host6", "src4", "src6", "port", "mac", "arp"].map { "\($0)_\(set)" } }
     }
 
     static let sharedMapNames = ["config", "verdicts", "rule_hits"]
@@ -72,6 +74,8 @@ public final class Dropper: @unchecked Sendable {
         var sets: [RuleMaps] = []
         for set in 0..<2 {
             sets.append(RuleMaps(
+                host4: try open("host4_\(set)").typed(key: strait_drop_ipv4_host.self, value: UInt32.self),
+                host6: try open("host6_\(set)").typed(key: strait_drop_ipv6_host.self, value: UInt32.self),
                 source4: try open("src4_\(set)").typed(key: strait_drop_ipv4_key.self, value: UInt32.self),
                 source6: try open("src6_\(set)").typed(key: strait_drop_ipv6_key.self, value: UInt32.self),
                 ports: try open("port_\(set)").typed(key: strait_drop_port_key.self, value: UInt32.self),
@@ -217,6 +221,8 @@ public final class Dropper: @unchecked Sendable {
 
     func rulesWithIDs(in maps: RuleMaps) throws -> [(rule: DropRule, id: UInt32)] {
         var result: [(DropRule, UInt32)] = []
+        for key in try maps.host4.keys() { if let id = try maps.host4.lookup(key) { result.append((.source(DropRuleKey.rule(key)), id)) } }
+        for key in try maps.host6.keys() { if let id = try maps.host6.lookup(key) { result.append((.source(DropRuleKey.rule(key)), id)) } }
         for key in try maps.source4.keys() { if let id = try maps.source4.lookup(key) { result.append((.source(DropRuleKey.rule(key)), id)) } }
         for key in try maps.source6.keys() { if let id = try maps.source6.lookup(key) { result.append((.source(DropRuleKey.rule(key)), id)) } }
         for key in try maps.ports.keys() { if let id = try maps.ports.lookup(key) { result.append((DropRuleKey.rule(key), id)) } }
@@ -248,6 +254,8 @@ public final class Dropper: @unchecked Sendable {
     /// Writes `rule → id` into the map of its kind.
     func store(_ rule: DropRule, id: UInt32, into maps: RuleMaps, flags: BPFMap.UpdateFlags) throws(BPFError) {
         switch DropRuleKey(rule) {
+        case .host4(let key): try maps.host4.update(key, id, flags: flags)
+        case .host6(let key): try maps.host6.update(key, id, flags: flags)
         case .source4(let key): try maps.source4.update(key, id, flags: flags)
         case .source6(let key): try maps.source6.update(key, id, flags: flags)
         case .port(let key): try maps.ports.update(key, id, flags: flags)
@@ -264,6 +272,8 @@ public final class Dropper: @unchecked Sendable {
         let id: UInt32?
         let removed: Bool
         switch DropRuleKey(rule) {
+        case .host4(let key): id = try maps.host4.lookup(key); removed = try maps.host4.delete(key)
+        case .host6(let key): id = try maps.host6.lookup(key); removed = try maps.host6.delete(key)
         case .source4(let key): id = try maps.source4.lookup(key); removed = try maps.source4.delete(key)
         case .source6(let key): id = try maps.source6.lookup(key); removed = try maps.source6.delete(key)
         case .port(let key): id = try maps.ports.lookup(key); removed = try maps.ports.delete(key)
@@ -378,8 +388,10 @@ public final class Dropper: @unchecked Sendable {
 extension DropRuleKey {
     var kind: String {
         switch self {
-        case .source4: "IPv4 source"
-        case .source6: "IPv6 source"
+        case .host4: "IPv4 host (/32)"
+        case .host6: "IPv6 host (/128)"
+        case .source4: "IPv4 prefix"
+        case .source6: "IPv6 prefix"
         case .port: "port"
         case .mac: "Ethernet address"
         case .arp: "ARP"
@@ -388,7 +400,7 @@ extension DropRuleKey {
 
     var limit: Int {
         switch self {
-        case .source4, .source6: Int(STRAIT_DROP_MAX_PREFIXES)
+        case .host4, .host6, .source4, .source6: Int(STRAIT_DROP_MAX_PREFIXES)
         case .port: Int(STRAIT_DROP_MAX_PORTS)
         case .mac: Int(STRAIT_DROP_MAX_MACS)
         case .arp: Int(STRAIT_DROP_MAX_ARP)

@@ -2,8 +2,9 @@
 // XDP early drop: every frame is checked against rules held in maps (never in code), in this
 // order, and the first match decides:
 //   1. Ethernet source address            (mac_N)
-//   2. ARP sender IPv4 address             (arp_N; in allow-list mode also src4_N)
-//      IPv4 / IPv6 source address          (src4_N / src6_N, longest prefix wins)
+//   2. ARP sender IPv4 address             (arp_N; in allow-list mode also host4_N, src4_N)
+//      IPv4 / IPv6 source address          (host4_N / host6_N hashes for /32 and /128 rules,
+//                                           then src4_N / src6_N tries: longest prefix wins)
 //   3. TCP / UDP destination port          (port_N)
 // Block-list mode drops a frame that matches; allow-list mode passes it and drops the rest.
 //
@@ -74,6 +75,10 @@ RULE_MAP(src4_0, BPF_MAP_TYPE_LPM_TRIE, STRAIT_DROP_MAX_PREFIXES, struct strait_
 RULE_MAP(src4_1, BPF_MAP_TYPE_LPM_TRIE, STRAIT_DROP_MAX_PREFIXES, struct strait_drop_ipv4_key);
 RULE_MAP(src6_0, BPF_MAP_TYPE_LPM_TRIE, STRAIT_DROP_MAX_PREFIXES, struct strait_drop_ipv6_key);
 RULE_MAP(src6_1, BPF_MAP_TYPE_LPM_TRIE, STRAIT_DROP_MAX_PREFIXES, struct strait_drop_ipv6_key);
+RULE_MAP(host4_0, BPF_MAP_TYPE_HASH, STRAIT_DROP_MAX_PREFIXES, struct strait_drop_ipv4_host);
+RULE_MAP(host4_1, BPF_MAP_TYPE_HASH, STRAIT_DROP_MAX_PREFIXES, struct strait_drop_ipv4_host);
+RULE_MAP(host6_0, BPF_MAP_TYPE_HASH, STRAIT_DROP_MAX_PREFIXES, struct strait_drop_ipv6_host);
+RULE_MAP(host6_1, BPF_MAP_TYPE_HASH, STRAIT_DROP_MAX_PREFIXES, struct strait_drop_ipv6_host);
 RULE_MAP(arp_0, BPF_MAP_TYPE_LPM_TRIE, STRAIT_DROP_MAX_ARP, struct strait_drop_ipv4_key);
 RULE_MAP(arp_1, BPF_MAP_TYPE_LPM_TRIE, STRAIT_DROP_MAX_ARP, struct strait_drop_ipv4_key);
 RULE_MAP(port_0, BPF_MAP_TYPE_HASH, STRAIT_DROP_MAX_PORTS, struct strait_drop_port_key);
@@ -188,8 +193,13 @@ static __always_inline int arp(void *cursor, void *end, __u32 set, int allow_lis
     struct strait_drop_ipv4_key key = { .prefixlen = 32 };
     __builtin_memcpy(key.addr, arp->sender_ip, 4);
     __u32 *rule = LOOKUP(arp, set, &key);
-    if (!rule && allow_list)
-        rule = LOOKUP(src4, set, &key);
+    if (!rule && allow_list) {
+        struct strait_drop_ipv4_host host;
+        __builtin_memcpy(host.addr, arp->sender_ip, 4);
+        rule = LOOKUP(host4, set, &host);
+        if (!rule)
+            rule = LOOKUP(src4, set, &key);
+    }
     if (rule)
         return matched(rule, allow_list, bytes);
     return unmatched(allow_list, bytes);
@@ -203,9 +213,14 @@ static __always_inline int ipv4(void *cursor, void *end, __u32 set, int allow_li
     __u32 header_length = (ip->version_ihl & 0x0f) * 4;
     if ((ip->version_ihl >> 4) != 4 || header_length < sizeof(*ip) || cursor + header_length > end)
         return finish(STRAIT_DROP_DROP_MALFORMED, bytes);
-    struct strait_drop_ipv4_key key = { .prefixlen = 32 };
-    __builtin_memcpy(key.addr, ip->source, 4);
-    __u32 *rule = LOOKUP(src4, set, &key);
+    struct strait_drop_ipv4_host host;
+    __builtin_memcpy(host.addr, ip->source, 4);
+    __u32 *rule = LOOKUP(host4, set, &host);
+    if (!rule) {
+        struct strait_drop_ipv4_key key = { .prefixlen = 32 };
+        __builtin_memcpy(key.addr, ip->source, 4);
+        rule = LOOKUP(src4, set, &key);
+    }
     if (rule)
         return matched(rule, allow_list, bytes);
     if (ip->fragment & bpf_htons(0x1fff))
@@ -218,9 +233,14 @@ static __always_inline int ipv6(void *cursor, void *end, __u32 set, int allow_li
     struct ipv6_header *ip = cursor;
     if ((void *)(ip + 1) > end || (bpf_ntohl(ip->version_class_flow) >> 28) != 6)
         return finish(STRAIT_DROP_DROP_MALFORMED, bytes);
-    struct strait_drop_ipv6_key key = { .prefixlen = 128 };
-    __builtin_memcpy(key.addr, ip->source, 16);
-    __u32 *rule = LOOKUP(src6, set, &key);
+    struct strait_drop_ipv6_host host;
+    __builtin_memcpy(host.addr, ip->source, 16);
+    __u32 *rule = LOOKUP(host6, set, &host);
+    if (!rule) {
+        struct strait_drop_ipv6_key key = { .prefixlen = 128 };
+        __builtin_memcpy(key.addr, ip->source, 16);
+        rule = LOOKUP(src6, set, &key);
+    }
     if (rule)
         return matched(rule, allow_list, bytes);
 

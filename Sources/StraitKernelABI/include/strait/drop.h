@@ -13,7 +13,7 @@
 #define STRAIT_DROP_MAX_MACS 8192
 #define STRAIT_DROP_MAX_ARP 8192
 /// Capacity of the per-rule counters: rules of both sets together.
-#define STRAIT_DROP_MAX_RULES (2 * (2 * STRAIT_DROP_MAX_PREFIXES))
+#define STRAIT_DROP_MAX_RULES (STRAIT_DROP_RULE_SETS * (4 * STRAIT_DROP_MAX_PREFIXES + STRAIT_DROP_MAX_PORTS + STRAIT_DROP_MAX_MACS + STRAIT_DROP_MAX_ARP))
 
 enum strait_drop_set_flags {
     /// Allow-list mode: a frame that matches no rule is dropped; a match passes it.
@@ -25,6 +25,19 @@ struct strait_drop_config {
     __u32 active_set;                          // 0 or 1
     __u32 set_flags[STRAIT_DROP_RULE_SETS];    // strait_drop_set_flags of each set
     __u32 next_rule_id;                        // user space only: the id the next new rule gets
+};
+
+/// Key of the IPv4 host maps (`host4_N`): a source rule of a whole /32 lives in a hash, as in
+/// Cilium's prefilter, so that the common case (many single addresses) costs one hash lookup
+/// whatever the number of rules; the tries hold only shorter prefixes. A /32 is the longest
+/// possible match, so looking in the hash first keeps "longest prefix wins".
+struct strait_drop_ipv4_host {
+    __u8 addr[4];
+};
+
+/// Key of the IPv6 host maps (`host6_N`), for /128 source rules.
+struct strait_drop_ipv6_host {
+    __u8 addr[16];
 };
 
 /// Key of the IPv4 source-prefix and ARP-sender tries (`src4_N`, `arp_N`). Address in network order.
