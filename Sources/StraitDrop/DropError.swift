@@ -81,11 +81,11 @@ extension IPAddress {
 
 extension ProtectedSource {
     /// Peers of established TCP connections to local `port` (default 22, sshd's), read from
-    /// /proc/net/tcp and /proc/net/tcp6 of this namespace: they protect an SSH session even when
+    /// /proc/net/tcp and /proc/net/tcp6 of the calling thread's namespace: they protect an SSH session even when
     /// sudo has cleared `SSH_CONNECTION`. Read-only; unreadable files give no peers.
     public static func establishedPeers(localPort port: UInt16 = 22) -> [ProtectedSource] {
         var peers: [ProtectedSource] = []
-        for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for file in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
             guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { continue }
             for line in text.split(separator: "\n").dropFirst() {
                 let fields = line.split(separator: " ")

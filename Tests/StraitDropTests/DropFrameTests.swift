@@ -164,5 +164,24 @@ struct DropRuleTextTests {
         #expect(DropRuleSet(mode: .allow, rules: [.destinationPort(.tcp, 22)]).admits(source: peer, tcpPort: 22))
         #expect(ProtectedSource.fromEnvironment(["SSH_CONNECTION": "::ffff:198.18.0.2 50000 198.18.0.1 22"])
             == [ProtectedSource(address: peer, tcpPort: 22, origin: "SSH_CONNECTION")])
+        #expect(ProtectedSource.fromEnvironment(["SSH_CLIENT": "2001:db8::7 50000 2222"])
+            == [ProtectedSource(address: IPAddress("2001:db8::7")!, tcpPort: 2222, origin: "SSH_CLIENT")])
+        #expect(ProtectedSource.fromEnvironment([:]).isEmpty)
+    }
+
+    @Test("established peers are read from /proc/net/tcp of the namespace", kernelGate)
+    func establishedPeers() throws {
+        try DropLab.with(attach: false) { lab in
+            let listener = try TCPListener(in: lab.receiver, ip: lab.receiverIPv4)
+            let client = try boundSocket(in: lab.sender, type: Int32(SOCK_STREAM.rawValue), ip: lab.allowedIPv4)
+            defer { close(client) }
+            var (address, length) = socketAddress(lab.receiverIPv4, listener.port)
+            let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, length) } }
+            #expect(connected == 0)
+            let port = listener.port
+            let peers = try lab.receiver.run { ProtectedSource.establishedPeers(localPort: port) }
+            #expect(peers.map(\.address) == [IPAddress(lab.allowedIPv4)!])
+            #expect(peers.first?.tcpPort == port)
+        }
     }
 }
