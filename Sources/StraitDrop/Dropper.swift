@@ -190,7 +190,8 @@ public final class Dropper: @unchecked Sendable {
                 throw DropError.notAttached(interface)
             }
             let pin = Self.linksPath(in: pinDirectory) + "/" + Self.linkPinName(interface: interface, mode: attachment.mode)
-            try BPFLink.open(pinned: pin).detach()
+            // A link whose interface has gone is detached already; only its pin is left to remove.
+            if attachment.live { try BPFLink.open(pinned: pin).detach() }
             try BPFFS.unpin(pin)
         }
         if attachments().isEmpty { try BPFFS.removeTree(pinDirectory) }

@@ -188,6 +188,16 @@ struct DropTrafficTests {
         }
     }
 
+    @Test("an interface that went away shows as not live, and detach clears its pin")
+    func interfaceGone() throws {
+        try DropLab.with { lab in
+            try NetworkNamespace.runIP(["-n", lab.receiver.name, "link", "del", lab.receiverInterface])
+            #expect(lab.dropper.attachments() == [Dropper.Attachment(interface: lab.receiverInterface, mode: .native, live: false)])
+            try lab.dropper.detach(interface: lab.receiverInterface)
+            #expect(!Dropper.isLoaded(pinDirectory: lab.dropper.pinDirectory))
+        }
+    }
+
     @Test("detach leaves nothing attached and nothing pinned")
     func detachLeavesNothing() throws {
         try DropLab.with { lab in
