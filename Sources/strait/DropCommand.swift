@@ -60,7 +60,8 @@ struct DropCommand: ParsableCommand {
             let dropper = try Dropper.open(pinDirectory: common.pinDirectory, create: true)
             let (interface, mode) = (self.interface, self.mode)
             try namespace.run { try dropper.attach(interface: interface, mode: mode) }
-            print("attached to \(interface) (\(mode)); \(try dropper.ruleSet().rules.count) rules, \(try dropper.ruleSet().mode)-list mode")
+            let rules = try dropper.ruleSet()
+            print("attached to \(interface) (\(mode)); \(rules.rules.count) rules, \(rules.mode)-list mode")
         }
     }
 

@@ -76,6 +76,31 @@ struct XDPLinkTests {
         }
     }
 
+    @Test("a redirect program run on live frames transmits them: they arrive at the veth peer's XDP hook")
+    func liveFrames() throws {
+        try VethNamespace.with { lab in
+            let peer = String(lab.interface.dropLast()) + "b"
+            let object = try fixtures()
+            let program = try object.program("count_and_publish")
+            // The counting program publishes each frame's length; 77 bytes marks ours (the
+            // interfaces send neighbour discovery of their own meanwhile).
+            var ours = 0
+            let reader = try RingBufferReader(map: try object.map("records")) { record in
+                if record.loadUnaligned(as: UInt32.self) == 77 { ours += 1 }
+                return true
+            }
+            try lab.namespace.run {
+                let counting = try program.attachXDP(interface: lab.interface, mode: .native)
+                defer { try? counting.close() }
+                let generator = try BPFProgram.loadXDPRedirect(toIfindex: try NetworkInterface(named: peer).index)
+                let frame = [UInt8](repeating: 0xff, count: 12) + [0x88, 0xb5] + [UInt8](repeating: 0, count: 63)
+                try generator.runLive(frame: frame, repetitions: 100)
+            }
+            try reader.drain()
+            #expect(ours == 100)
+        }
+    }
+
     @Test("a missing interface is an error naming it")
     func missingInterface() throws {
         let error = bpfError { _ = try BPFProgram.loadXDPPass().attachXDP(interface: "sdr-none", mode: .generic) }
