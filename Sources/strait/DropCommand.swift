@@ -183,6 +183,7 @@ struct DropCommand: ParsableCommand {
     struct Stats: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Frames passed and dropped, per verdict and per rule (per-CPU counters, summed).")
         @Flag(help: "Print JSON.") var json = false
+        @Flag(help: "Print the Prometheus text format (for node_exporter's textfile collector).") var prometheus = false
         @Option(help: "Rules to show, most matched first (the JSON has all).") var top = 20
         @OptionGroup var common: Common
 
@@ -190,6 +191,7 @@ struct DropCommand: ParsableCommand {
             Strait.bootstrapLogging()
             let stats = try Dropper.open(pinDirectory: common.pinDirectory).stats()
             if json { return try printJSON(stats) }
+            if prometheus { return print(stats.prometheusText(), terminator: "") }
             print("mode \(stats.mode); attached to " + (stats.attachments.isEmpty ? "nothing" : stats.attachments.map { "\($0.interface) (\($0.mode))" }.joined(separator: ", ")) + "\n")
             print(table([["verdict", "action", "packets", "bytes"]] + stats.verdicts.map {
                 [$0.verdict, $0.dropped ? "drop" : "pass", String($0.packets), String($0.bytes)]

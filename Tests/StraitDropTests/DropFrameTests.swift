@@ -112,6 +112,20 @@ struct DropFrameTests {
         }
     }
 
+    @Test("stats in the Prometheus text format: verdicts, and rules that matched")
+    func prometheus() throws {
+        try DropLab.with(attach: false) { lab in
+            let d = lab.dropper
+            try d.add(DropRule(parsing: "198.18.0.0/15"))
+            try d.add(DropRule(parsing: "tcp/46001"))
+            #expect(try Self.verdict(d, Frame.ipv4(from: "198.18.0.2", payload: Frame.udp(to: 53)), expect: .droppedBlocked) == xdpDrop)
+            let text = try d.stats().prometheusText()
+            #expect(text.contains("strait_drop_frames_total{verdict=\"dropped_blocked\",action=\"drop\"} 1\n"))
+            #expect(text.contains("strait_drop_rule_frames_total{rule=\"198.18.0.0/15\",mode=\"block\"} 1\n"))
+            #expect(!text.contains("tcp/46001"), "rules that never matched make no series")
+        }
+    }
+
     @Test("Ethernet source rules, and allow-list mode passing neighbour discovery")
     func macAndNeighborDiscovery() throws {
         try DropLab.with(attach: false) { lab in
