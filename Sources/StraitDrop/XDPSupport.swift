@@ -8,7 +8,7 @@ public struct XDPSupport: Sendable, Codable {
     /// Native (driver) mode works; false means generic mode only.
     public var native: Bool
     /// How it was found: `attached` (a program runs there now, in that mode), `probed` (a pass-all
-    /// program was attached for an instant) or `driver list` (read-only: the driver is one known
+    /// program was attached for an instant) or `read-only, by driver` (the driver is one known
     /// to implement XDP).
     public var method: String
     /// The mode of the XDP program attached now, if any.
@@ -30,11 +30,11 @@ public struct XDPSupport: Sendable, Codable {
         let driver = interface.driver
         if let attached = try? XDPAttachment.query(ifindex: interface.index), let mode = attached.mode {
             let native = mode == .native || nativeDrivers.contains(driver ?? "")
-            return XDPSupport(interface: interface.name, driver: driver, native: native, method: mode == .native ? "attached" : "driver list", attached: mode)
+            return XDPSupport(interface: interface.name, driver: driver, native: native, method: mode == .native ? "attached" : "read-only, by driver", attached: mode)
         }
         if probe, let modes = try? XDPProbe.supportedModes(ifindex: interface.index) {
             return XDPSupport(interface: interface.name, driver: driver, native: modes.contains(.native), method: "probed", attached: nil)
         }
-        return XDPSupport(interface: interface.name, driver: driver, native: nativeDrivers.contains(driver ?? ""), method: "driver list", attached: nil)
+        return XDPSupport(interface: interface.name, driver: driver, native: nativeDrivers.contains(driver ?? ""), method: "read-only, by driver", attached: nil)
     }
 }

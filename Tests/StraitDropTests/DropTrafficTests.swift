@@ -298,7 +298,7 @@ struct XDPSupportTests {
                 let found = try NetworkInterface(named: interface)
                 return (XDPSupport.check(found, probe: false), XDPSupport.check(found, probe: true), try XDPAttachment.query(ifindex: found.index))
             }
-            #expect(readOnly.driver == "veth" && readOnly.native && readOnly.method == "driver list")
+            #expect(readOnly.driver == "veth" && readOnly.native && readOnly.method == "read-only, by driver")
             #expect(probed.native && probed.method == "probed")
             #expect(after.programID == 0)
         }
