@@ -140,7 +140,8 @@ extension DoctorCommand {
         NetworkInterface.all().filter { $0.name != "lo" }.map { interface in
             let support = XDPSupport.check(interface, probe: probe)
             var detail = support.native ? "native XDP" : "generic XDP only"
-            detail += " (\(support.method)\(support.driver.map { ", driver \($0)" } ?? ""))"
+            let driver = support.driver.map { "driver \($0)" } ?? "driver unknown"
+            detail += support.method == "probed" ? " (probed, \(driver))" : support.method == "attached" ? " (seen attached, \(driver))" : " (read-only guess from the \(driver); --probe-xdp tests it)"
             if let attached = support.attached { detail += "; a program is attached (\(attached))" }
             return Check(
                 name: "xdp \(interface.name)", ok: true, detail: detail, neededBy: ["drop"],
