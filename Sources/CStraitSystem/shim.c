@@ -33,19 +33,6 @@ int strait_interface_driver(const char *name, char *driver, size_t length) {
     return 0;
 }
 
-int strait_send_copies(int fd, const void *payload, size_t length, unsigned int count) {
-    enum { most = 256 };
-    struct iovec vector = { .iov_base = (void *)payload, .iov_len = length };
-    struct mmsghdr messages[most];
-    if (count > most) count = most;
-    memset(messages, 0, sizeof(struct mmsghdr) * count);
-    for (unsigned int i = 0; i < count; i++) {
-        messages[i].msg_hdr.msg_iov = &vector;
-        messages[i].msg_hdr.msg_iovlen = 1;
-    }
-    return sendmmsg(fd, messages, count, 0);
-}
-
 int strait_pin_thread(int cpu) {
     cpu_set_t set;
     CPU_ZERO(&set);

@@ -120,16 +120,6 @@ public enum SocketCall {
 }
 
 extension SocketCall {
-    /// `sendmmsg(2)`: up to 256 copies of one datagram on a connected socket in one call, for load
-    /// generators. Returns how many left; `.wouldBlock` on a full non-blocking socket.
-    public static func sendCopies(_ fd: CInt, _ payload: UnsafeRawBufferPointer, count: Int) throws(SystemCallError) -> NonBlockingResult<Int> {
-        let result = try nonBlockingCall("sendmmsg") { strait_send_copies(fd, payload.baseAddress, payload.count, UInt32(min(count, 256))) }
-        switch result {
-        case .done(let sent): return .done(Int(sent))
-        case .wouldBlock: return .wouldBlock
-        }
-    }
-
     /// Pins the calling thread to one CPU (`sched_setaffinity`), so the work it causes stays there.
     public static func pinCurrentThread(toCPU cpu: Int) throws(SystemCallError) {
         try systemCall("sched_setaffinity(cpu \(cpu))") { strait_pin_thread(CInt(cpu)) }

@@ -18,9 +18,5 @@ ssize_t strait_splice(int from, int to, size_t length, unsigned int flags);
 /// The driver name of interface `name` (ETHTOOL_GDRVINFO, read-only) into `driver`; 0 or -1 with errno.
 int strait_interface_driver(const char *name, char *driver, size_t length);
 
-/// sendmmsg(2): sends `count` copies of the datagram `payload` on a connected socket in one call.
-/// Returns how many were sent, or -1 with errno.
-int strait_send_copies(int fd, const void *payload, size_t length, unsigned int count);
-
 /// sched_setaffinity(2) of the calling thread to the one CPU `cpu`.
 int strait_pin_thread(int cpu);
