@@ -40,9 +40,6 @@ public struct DropStats: Sendable, Codable {
     public func count(_ rule: DropRule) -> Counter? {
         rules.first { $0.rule == rule }.map { Counter(packets: $0.packets, bytes: $0.bytes) }
     }
-
-    /// Frames dropped for any reason.
-    public var droppedPackets: UInt64 { verdicts.filter(\.dropped).reduce(0) { $0 + $1.packets } }
 }
 
 extension Dropper {
