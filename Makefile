@@ -4,7 +4,7 @@
 SWIFT ?= swift
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # Build: libbpf through pkg-config. Benchmarks and tests: the peers and iproute2 for namespaces.
-APT_PACKAGES := pkg-config libbpf-dev libelf-dev zlib1g-dev iproute2 bpftool iperf3 sockperf haproxy wrk
+APT_PACKAGES := pkg-config libbpf-dev libelf-dev zlib1g-dev iproute2 bpftool iperf3 sockperf haproxy wrk nftables iptables
 
 .PHONY: demo test deps build release clean
 

@@ -61,6 +61,14 @@ let package = Package(
             plugins: ["BPFCompiler"]
         ),
 
+        // XDP early drop from rule maps changed at run time (`strait drop`).
+        .target(
+            name: "StraitDrop",
+            dependencies: ["StraitBPF", "StraitKernelABI", "StraitSystem"],
+            exclude: ["bpf"],
+            plugins: ["BPFCompiler"]
+        ),
+
         // The reactor network library: LinkBuffer, epoll reactors, connections, multiplexed RPC.
         .target(name: "CStraitNet"),
         .target(
@@ -90,14 +98,14 @@ let package = Package(
         // Side-by-side measurement against the peers each issue names.
         .target(
             name: "StraitBench",
-            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel"]
+            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitDrop"]
         ),
 
         // Layer 4: the command.
         .executableTarget(
             name: "strait",
             dependencies: [
-                "StraitBPF", "StraitAccel", "StraitBench", "StraitSystem",
+                "StraitBPF", "StraitAccel", "StraitBench", "StraitSystem", "StraitDrop",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -116,6 +124,7 @@ let package = Package(
             plugins: ["BPFCompiler"]
         ),
         .testTarget(name: "StraitAccelTests", dependencies: ["StraitAccel", "StraitBPF", "CLibBPF", "StraitTestSupport"]),
+        .testTarget(name: "StraitDropTests", dependencies: ["StraitDrop", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitTestSupport"]),
         .testTarget(
             name: "StraitNetTests",
             dependencies: ["StraitNet", .product(name: "PropertyBased", package: "swift-property-based")]

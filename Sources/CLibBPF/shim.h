@@ -2,3 +2,4 @@
 #include <bpf/libbpf.h>
 #include <bpf/bpf.h>
 #include <linux/bpf.h>
+#include <linux/if_link.h>

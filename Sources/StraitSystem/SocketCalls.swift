@@ -1,3 +1,4 @@
+import CStraitSystem
 import SystemPackage
 
 #if canImport(Glibc)
@@ -115,5 +116,12 @@ public enum SocketCall {
         var time = timespec()
         clock_gettime(CLOCK_MONOTONIC, &time)
         return UInt64(time.tv_sec) &* 1_000_000_000 &+ UInt64(time.tv_nsec)
+    }
+}
+
+extension SocketCall {
+    /// Pins the calling thread to one CPU (`sched_setaffinity`), so the work it causes stays there.
+    public static func pinCurrentThread(toCPU cpu: Int) throws(SystemCallError) {
+        try systemCall("sched_setaffinity(cpu \(cpu))") { strait_pin_thread(CInt(cpu)) }
     }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import CLibBPF
 import Foundation
 import StraitBPF
+import StraitDrop
 import StraitSystem
 
 /// `strait doctor`: can this machine run each part of Strait? Probes by asking the kernel.
@@ -12,6 +13,8 @@ struct DoctorCommand: ParsableCommand {
     )
 
     @Flag(help: "Print JSON.") var json = false
+    @Flag(help: "Find whether native XDP works on each interface by attaching a pass-all program for an instant (some NICs reset their rings). Without it the answer is read-only, from the driver.")
+    var probeXdp = false
 
     struct Check: Codable {
         var name: String
@@ -30,7 +33,8 @@ struct DoctorCommand: ParsableCommand {
     }
 
     func run() throws {
-        let report = Self.makeReport()
+        var report = Self.makeReport()
+        report.checks += xdpInterfaceChecks(probe: probeXdp)
         if json {
             try printJSON(report)
         } else {
@@ -126,5 +130,22 @@ struct DoctorCommand: ParsableCommand {
             let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") })
         else { return nil }
         return UInt64(line.dropFirst("CapEff:".count).trimmingCharacters(in: .whitespaces), radix: 16)
+    }
+}
+
+extension DoctorCommand {
+    /// One line per interface (loopback aside): native XDP, or generic only. Always `ok`: generic
+    /// mode runs `strait drop` on any interface, only slower.
+    func xdpInterfaceChecks(probe: Bool) -> [Check] {
+        NetworkInterface.all().filter { $0.name != "lo" }.map { interface in
+            let support = XDPSupport.check(interface, probe: probe)
+            var detail = support.native ? "native XDP" : "generic XDP only"
+            let driver = support.driver.map { "driver \($0)" } ?? "driver unknown"
+            detail += support.method == "probed" ? " (probed, \(driver))" : support.method == "attached" ? " (seen attached, \(driver))" : " (read-only guess from the \(driver); --probe-xdp tests it)"
+            if let attached = support.attached { detail += "; a program is attached (\(attached))" }
+            return Check(
+                name: "xdp \(interface.name)", ok: true, detail: detail, neededBy: ["drop"],
+                fix: support.native ? nil : "strait drop attach \(interface.name) --mode generic")
+        }
     }
 }

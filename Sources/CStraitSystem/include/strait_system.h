@@ -7,9 +7,16 @@
 #include <sys/sendfile.h>
 #include <sys/types.h>
 #include <linux/sockios.h>
+#include <netpacket/packet.h>
 
 /// setns(2) into the network namespace open at `fd` (CLONE_NEWNET), for the calling thread only.
 int strait_setns_network(int fd);
 
 /// splice(2) between two descriptors with no offsets.
 ssize_t strait_splice(int from, int to, size_t length, unsigned int flags);
+
+/// The driver name of interface `name` (ETHTOOL_GDRVINFO, read-only) into `driver`; 0 or -1 with errno.
+int strait_interface_driver(const char *name, char *driver, size_t length);
+
+/// sched_setaffinity(2) of the calling thread to the one CPU `cpu`.
+int strait_pin_thread(int cpu);

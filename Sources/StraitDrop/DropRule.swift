@@ -1,0 +1,170 @@
+import StraitSystem
+
+/// Which transport a destination-port rule matches.
+public enum DropTransport: String, Sendable, Codable, CaseIterable {
+    case tcp, udp
+
+    var protocolNumber: UInt8 { self == .tcp ? 6 : 17 }
+}
+
+/// One rule: what a frame must carry to match it. In block-list mode a match drops the frame; in
+/// allow-list mode a match passes it.
+///
+/// Text forms (as `strait drop add` and rule files take them, and as `list` prints them):
+/// - `198.18.0.0/15`, `2001:db8::/32`, `198.18.0.7` — source address prefix (bare address: one host);
+/// - `tcp/22`, `udp/53` — destination port;
+/// - `mac 02:00:5e:00:53:01` — Ethernet source address;
+/// - `arp 198.18.0.7`, `arp 198.18.0.0/24` — ARP sender IPv4 address or prefix.
+public enum DropRule: Hashable, Sendable, CustomStringConvertible, Codable {
+    case source(IPPrefix)
+    case destinationPort(DropTransport, UInt16)
+    case ethernetSource([UInt8])
+    case arpSender(IPPrefix)
+
+    /// Parses one of the text forms above; throws ``DropError/invalidRule(_:_:)`` saying what is wrong.
+    public init(parsing text: String) throws(DropError) {
+        let words = text.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+        guard let first = words.first else { throw .invalidRule(text, "empty rule") }
+        switch (first.lowercased(), words.count) {
+        case ("src", 2), ("source", 2):
+            self = try .source(Self.prefix(words[1], in: text))
+        case ("mac", 2):
+            self = .ethernetSource(try Self.mac(words[1], in: text))
+        case ("arp", 2):
+            let prefix = try Self.prefix(words[1], in: text)
+            guard prefix.address.isIPv4 else { throw .invalidRule(text, "ARP rules take IPv4 addresses") }
+            self = .arpSender(prefix)
+        case ("tcp", 2), ("udp", 2):
+            self = try Self.port(first + "/" + words[1], in: text)
+        case (_, 1) where first.contains("/") && (first.lowercased().hasPrefix("tcp/") || first.lowercased().hasPrefix("udp/")):
+            self = try Self.port(first, in: text)
+        case (_, 1):
+            self = try .source(Self.prefix(first, in: text))
+        default:
+            throw .invalidRule(text, "expected a prefix (198.18.0.0/15), tcp/PORT, udp/PORT, `mac ADDRESS` or `arp ADDRESS`")
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .source(let prefix): prefix.description
+        case .destinationPort(let transport, let port): "\(transport.rawValue)/\(port)"
+        case .ethernetSource(let bytes): "mac " + bytes.map { hex($0) }.joined(separator: ":")
+        case .arpSender(let prefix): "arp \(prefix)"
+        }
+    }
+
+    public init(from decoder: Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        self = try DropRule(parsing: text)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(description)
+    }
+
+    static func prefix(_ word: String, in text: String) throws(DropError) -> IPPrefix {
+        guard let prefix = IPPrefix(word) else { throw .invalidRule(text, "'\(word)' is not an address or prefix") }
+        return prefix
+    }
+
+    static func port(_ word: String, in text: String) throws(DropError) -> DropRule {
+        let parts = word.lowercased().split(separator: "/", maxSplits: 1).map(String.init)
+        guard parts.count == 2, let transport = DropTransport(rawValue: parts[0]) else {
+            throw .invalidRule(text, "expected tcp/PORT or udp/PORT")
+        }
+        guard let port = UInt16(parts[1]), port > 0 else { throw .invalidRule(text, "'\(parts[1])' is not a port (1-65535)") }
+        return .destinationPort(transport, port)
+    }
+
+    static func mac(_ word: String, in text: String) throws(DropError) -> [UInt8] {
+        let bytes = word.split(separator: ":").compactMap { $0.count <= 2 ? UInt8($0, radix: 16) : nil }
+        guard bytes.count == 6, word.split(separator: ":").count == 6 else {
+            throw .invalidRule(text, "'\(word)' is not an Ethernet address (six hex bytes separated by colons)")
+        }
+        return bytes
+    }
+}
+
+private func hex(_ byte: UInt8) -> String {
+    let digits = Array("0123456789abcdef")
+    return String([digits[Int(byte >> 4)], digits[Int(byte & 15)]])
+}
+
+/// What a frame that matches no rule gets.
+public enum DropMode: String, Sendable, Codable, CaseIterable {
+    /// Rules list what to drop; everything else passes (the default).
+    case block
+    /// Rules list what to pass; every other IPv4, IPv6 and ARP frame is dropped.
+    case allow
+}
+
+/// A whole rule set: the unit `strait drop load` swaps in at once.
+public struct DropRuleSet: Sendable, Codable, Equatable {
+    public var mode: DropMode
+    public var rules: [DropRule]
+
+    public init(mode: DropMode = .block, rules: [DropRule] = []) {
+        self.mode = mode
+        self.rules = rules
+    }
+
+    /// Parses a rule file: one rule a line in any text form of ``DropRule``; `#` starts a comment;
+    /// a line `mode allow` (or `mode block`, the default) sets the mode. Duplicates collapse.
+    /// Errors name the line.
+    public init(parsingFile text: String) throws(DropError) {
+        var mode = DropMode.block
+        var rules: [DropRule] = []
+        var seen = Set<DropRule>()
+        for (number, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = String(rawLine.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? "")
+                .trimmingCharacters(in: [" ", "\t", "\r"])
+            if line.isEmpty { continue }
+            let words = line.split(separator: " ")
+            if words.first == "mode" {
+                guard words.count == 2, let parsed = DropMode(rawValue: String(words[1])) else {
+                    throw .invalidRule(line, "line \(number + 1): expected `mode block` or `mode allow`")
+                }
+                mode = parsed
+                continue
+            }
+            let rule: DropRule
+            do { rule = try DropRule(parsing: line) } catch {
+                throw .invalidRule(line, "line \(number + 1): \(error.reason)")
+            }
+            if seen.insert(rule).inserted { rules.append(rule) }
+        }
+        self.init(mode: mode, rules: rules)
+    }
+
+    /// Whether an IP packet from `source` to TCP port `tcpPort` (when known) would pass under this
+    /// set, by the same rules as the kernel program (Ethernet-address rules are not considered: the
+    /// frame's sender is unknown here).
+    public func admits(source: IPAddress, tcpPort: UInt16?) -> Bool {
+        let matches = rules.contains { rule in
+            switch rule {
+            case .source(let prefix): prefix.contains(source)
+            case .destinationPort(.tcp, let port): port == tcpPort
+            default: false
+            }
+        }
+        return mode == .allow ? matches : !matches
+    }
+}
+
+extension IPPrefix {
+    /// Whether `address` lies within this prefix (an IPv4 address never lies within an IPv6 prefix).
+    public func contains(_ address: IPAddress) -> Bool {
+        address.isIPv4 == self.address.isIPv4 && IPPrefix(address: address, length: length) == self
+    }
+}
+
+extension String {
+    fileprivate func trimmingCharacters(in set: Set<Character>) -> String {
+        var text = Substring(self)
+        while let first = text.first, set.contains(first) { text = text.dropFirst() }
+        while let last = text.last, set.contains(last) { text = text.dropLast() }
+        return String(text)
+    }
+}

@@ -1,0 +1,86 @@
+import StraitBPF
+import StraitKernelABI
+
+/// What `strait drop stats` reports: per-verdict and per-rule counters, summed over CPUs.
+public struct DropStats: Sendable, Codable {
+    public var pinDirectory: String
+    public var mode: DropMode
+    public var attachments: [Dropper.Attachment]
+    /// One entry per ``DropVerdict``, in its order.
+    public var verdicts: [VerdictCount]
+    /// Rules of the active set with the frames each matched (dropped in block-list mode, passed in
+    /// allow-list mode).
+    public var rules: [RuleCount]
+
+    public struct Counter: Sendable, Codable, Equatable {
+        public var packets: UInt64
+        public var bytes: UInt64
+    }
+
+    public struct VerdictCount: Sendable, Codable {
+        public var verdict: String
+        public var dropped: Bool
+        public var packets: UInt64
+        public var bytes: UInt64
+    }
+
+    public struct RuleCount: Sendable, Codable {
+        public var rule: DropRule
+        public var packets: UInt64
+        public var bytes: UInt64
+    }
+
+    /// The counter of `verdict`.
+    public func count(_ verdict: DropVerdict) -> Counter {
+        let entry = verdicts.first { $0.verdict == verdict.description }
+        return Counter(packets: entry?.packets ?? 0, bytes: entry?.bytes ?? 0)
+    }
+
+    /// The counter of `rule`, or nil when it is not in the active set.
+    public func count(_ rule: DropRule) -> Counter? {
+        rules.first { $0.rule == rule }.map { Counter(packets: $0.packets, bytes: $0.bytes) }
+    }
+}
+
+extension Dropper {
+    /// Reads every counter: one syscall per verdict and two per rule of the active set.
+    public func stats() throws -> DropStats {
+        let configuration = try currentConfig()
+        let verdictCounts = try DropVerdict.allCases.map { verdict in
+            let total = strait_drop_counter.sum(try verdicts.perCPUValues(verdict.rawValue))
+            return DropStats.VerdictCount(verdict: verdict.description, dropped: verdict.isDrop, packets: total.packets, bytes: total.bytes)
+        }
+        let ruleCounts = try rulesWithIDs(in: sets[Int(configuration.active_set & 1)]).map { rule, id in
+            let total = strait_drop_counter.sum(try ruleHits.perCPUValues(id))
+            return DropStats.RuleCount(rule: rule, packets: total.packets, bytes: total.bytes)
+        }
+        return DropStats(
+            pinDirectory: pinDirectory, mode: DropMode(flags: configuration.flagsOfActiveSet),
+            attachments: attachments(), verdicts: verdictCounts, rules: ruleCounts)
+    }
+}
+
+extension DropStats {
+    /// The counters in the Prometheus text exposition format, e.g. for node_exporter's textfile
+    /// collector: `strait_drop_frames_total` and `strait_drop_bytes_total` by verdict, and
+    /// `strait_drop_rule_frames_total` / `strait_drop_rule_bytes_total` by rule, for rules that
+    /// matched at least once (a rule set of 100,000 prefixes would otherwise be 100,000 series).
+    public func prometheusText() -> String {
+        func escape(_ text: String) -> String {
+            text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+        }
+        var lines = [
+            "# HELP strait_drop_frames_total Frames seen by strait drop's XDP program, by verdict.",
+            "# TYPE strait_drop_frames_total counter",
+        ]
+        lines += verdicts.map { "strait_drop_frames_total{verdict=\"\($0.verdict)\",action=\"\($0.dropped ? "drop" : "pass")\"} \($0.packets)" }
+        lines += ["# HELP strait_drop_bytes_total Bytes of those frames, by verdict.", "# TYPE strait_drop_bytes_total counter"]
+        lines += verdicts.map { "strait_drop_bytes_total{verdict=\"\($0.verdict)\",action=\"\($0.dropped ? "drop" : "pass")\"} \($0.bytes)" }
+        let matched = rules.filter { $0.packets > 0 }
+        lines += ["# HELP strait_drop_rule_frames_total Frames each rule matched (rules that matched at least once).", "# TYPE strait_drop_rule_frames_total counter"]
+        lines += matched.map { "strait_drop_rule_frames_total{rule=\"\(escape($0.rule.description))\",mode=\"\(mode.rawValue)\"} \($0.packets)" }
+        lines += ["# HELP strait_drop_rule_bytes_total Bytes of the frames each rule matched.", "# TYPE strait_drop_rule_bytes_total counter"]
+        lines += matched.map { "strait_drop_rule_bytes_total{rule=\"\(escape($0.rule.description))\",mode=\"\(mode.rawValue)\"} \($0.bytes)" }
+        return lines.joined(separator: "\n") + "\n"
+    }
+}
