@@ -8,18 +8,36 @@ import Foundation
 /// (`VmHWM`) and stops it. Servers and wrk talk over 127.0.0.1 only.
 public struct HTTPBenchmark: Sendable {
     /// One server's figures at one connection count.
-    public struct Measurement: Sendable, Codable, Equatable {
+    public struct Measurement: Sendable, Equatable {
         public var requestsPerSecond: Double
         public var p50Milliseconds: Double
         public var p99Milliseconds: Double
         public var peakRSSKiB: Int
     }
 
-    /// Both servers at one connection count.
-    public struct Row: Sendable, Codable, Equatable {
+    /// Both servers at one connection count; encodes as one entry of the `"http"` array.
+    public struct Row: Sendable, Equatable, Encodable {
         public var connections: Int
         public var straitnet: Measurement
         public var swiftnio: Measurement
+
+        enum Keys: String, CodingKey {
+            case connections, straitnet_rps, swiftnio_rps, straitnet_p50_ms, swiftnio_p50_ms, straitnet_p99_ms, swiftnio_p99_ms
+            case straitnet_peak_rss_kib, swiftnio_peak_rss_kib
+        }
+
+        public func encode(to encoder: Encoder) throws {
+            var container = encoder.container(keyedBy: Keys.self)
+            try container.encode(connections, forKey: .connections)
+            try container.encode(straitnet.requestsPerSecond, forKey: .straitnet_rps)
+            try container.encode(swiftnio.requestsPerSecond, forKey: .swiftnio_rps)
+            try container.encode(straitnet.p50Milliseconds, forKey: .straitnet_p50_ms)
+            try container.encode(swiftnio.p50Milliseconds, forKey: .swiftnio_p50_ms)
+            try container.encode(straitnet.p99Milliseconds, forKey: .straitnet_p99_ms)
+            try container.encode(swiftnio.p99Milliseconds, forKey: .swiftnio_p99_ms)
+            try container.encode(straitnet.peakRSSKiB, forKey: .straitnet_peak_rss_kib)
+            try container.encode(swiftnio.peakRSSKiB, forKey: .swiftnio_peak_rss_kib)
+        }
     }
 
     /// Folder holding the `straitnet-http` and `swiftnio-http` executables (the build's products).
@@ -33,53 +51,33 @@ public struct HTTPBenchmark: Sendable {
 
     public init(binaries: URL) { self.binaries = binaries }
 
-    /// Runs every connection count against both servers, one server at a time.
-    public func run() throws -> [Row] {
+    /// Runs every connection count against both servers, one server at a time; `progress` hears
+    /// about each step.
+    public func run(progress: (String) -> Void = { _ in }) throws -> [Row] {
         try connections.map { count in
-            Row(
-                connections: count,
-                straitnet: try measure(server: "straitnet-http", port: straitnetPort, connections: count),
-                swiftnio: try measure(server: "swiftnio-http", port: swiftnioPort, connections: count))
+            progress("http: straitnet-http, \(count) connections, \(seconds) s")
+            let straitnet = try measure(server: "straitnet-http", port: straitnetPort, connections: count)
+            progress("http: swiftnio-http, \(count) connections, \(seconds) s")
+            let swiftnio = try measure(server: "swiftnio-http", port: swiftnioPort, connections: count)
+            return Row(connections: count, straitnet: straitnet, swiftnio: swiftnio)
         }
-    }
-
-    /// `{"http":[{"connections":N,"straitnet_rps":A,"swiftnio_rps":B,"straitnet_p99_ms":C,"swiftnio_p99_ms":D,...}]}`
-    public static func json(_ rows: [Row]) -> String {
-        let entries = rows.map { row in
-            "{\"connections\":\(row.connections),\"straitnet_rps\":\(row.straitnet.requestsPerSecond),\"swiftnio_rps\":\(row.swiftnio.requestsPerSecond),"
-                + "\"straitnet_p50_ms\":\(row.straitnet.p50Milliseconds),\"swiftnio_p50_ms\":\(row.swiftnio.p50Milliseconds),"
-                + "\"straitnet_p99_ms\":\(row.straitnet.p99Milliseconds),\"swiftnio_p99_ms\":\(row.swiftnio.p99Milliseconds),"
-                + "\"straitnet_peak_rss_kib\":\(row.straitnet.peakRSSKiB),\"swiftnio_peak_rss_kib\":\(row.swiftnio.peakRSSKiB)}"
-        }
-        return "{\"http\":[\(entries.joined(separator: ","))]}"
-    }
-
-    /// A table for people.
-    public static func table(_ rows: [Row]) -> String {
-        var lines = ["conns  server     req/s       p50 ms   p99 ms   peak RSS KiB"]
-        for row in rows {
-            for (name, value) in [("straitnet", row.straitnet), ("swiftnio", row.swiftnio)] {
-                lines.append(
-                    String(format: "%5d  %-9@ %10.0f  %7.2f  %7.2f  %8d", row.connections, name as NSString, value.requestsPerSecond, value.p50Milliseconds, value.p99Milliseconds, value.peakRSSKiB))
-            }
-            lines.append(String(format: "       ratio     %10.2fx          %7.2fx", row.straitnet.requestsPerSecond / row.swiftnio.requestsPerSecond, row.straitnet.p99Milliseconds / row.swiftnio.p99Milliseconds))
-        }
-        return lines.joined(separator: "\n")
     }
 
     func measure(server name: String, port: Int, connections: Int) throws -> Measurement {
-        let server = Process()
-        server.executableURL = binaries.appendingPathComponent(name)
-        server.arguments = [String(port), String(serverThreads)]
-        server.standardOutput = FileHandle.nullDevice
-        try server.run()
-        defer {
-            server.terminate()
-            server.waitUntilExit()
-        }
-        try waitForPort(port)
+        let server = try PeerProcess(binaries: binaries, name: name, arguments: [String(port), String(serverThreads)])
+        defer { server.stop() }
+        try PeerProcess.waitForPort(port)
+        let report = try Self.wrk(connections: connections, seconds: seconds, port: port)
+        var measurement = try Self.parse(wrk: report)
+        measurement.peakRSSKiB = server.peakRSSKiB
+        return measurement
+    }
+
+    /// Runs `wrk -t1 -cN -dS --latency` against 127.0.0.1:`port` and returns its report.
+    static func wrk(connections: Int, seconds: Int, port: Int) throws -> String {
         let wrk = Process()
         wrk.executableURL = URL(fileURLWithPath: "/usr/bin/wrk")
+        guard FileManager.default.isExecutableFile(atPath: wrk.executableURL!.path) else { throw BenchmarkError.missingPeer("/usr/bin/wrk (apt-get install wrk, or `make deps`)") }
         wrk.arguments = ["-t1", "-c\(connections)", "-d\(seconds)", "--latency", "http://127.0.0.1:\(port)/"]
         let output = Pipe()
         wrk.standardOutput = output
@@ -87,9 +85,7 @@ public struct HTTPBenchmark: Sendable {
         try wrk.run()
         let report = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         wrk.waitUntilExit()
-        var measurement = try Self.parse(wrk: report)
-        measurement.peakRSSKiB = Self.peakRSS(of: server.processIdentifier)
-        return measurement
+        return report
     }
 
     /// Reads "Requests/sec:" and the 50%/99% lines of wrk's `--latency` report.
@@ -115,41 +111,5 @@ public struct HTTPBenchmark: Sendable {
             return (Double(text.dropLast(suffix.count)) ?? 0) * scale
         }
         return 0
-    }
-
-    static func peakRSS(of pid: Int32) -> Int {
-        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") })
-        else { return 0 }
-        return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0
-    }
-
-    private func waitForPort(_ port: Int) throws {
-        for _ in 0..<200 {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = UInt16(port).bigEndian
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            let connected = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            close(fd)
-            if connected == 0 { return }
-            usleep(25_000)
-        }
-        throw BenchmarkError.serverDidNotStart(port)
-    }
-}
-
-public enum BenchmarkError: Error, CustomStringConvertible {
-    case serverDidNotStart(Int)
-    case unreadableReport(String)
-
-    public var description: String {
-        switch self {
-        case .serverDidNotStart(let port): "no server answered on 127.0.0.1:\(port) within 5 s"
-        case .unreadableReport(let report): "could not read wrk's report:\n\(report)"
-        }
     }
 }

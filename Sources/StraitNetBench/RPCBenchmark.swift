@@ -1,0 +1,86 @@
+import Foundation
+
+/// `strait bench net`, part 2: echo RPC over one multiplexed connection. StraitNet's `FrameServer`
+/// loaded through its `MuxClient` (`straitnet-rpc`) against a SwiftNIO echo server loaded by a NIO
+/// client (`swiftnio-rpc`), same frame layout, each server and each load client in its own process.
+///
+/// Every point is a number of closed-loop callers (each sends, waits for its answer, sends again)
+/// sharing one connection with a payload size; the load process reports calls per second and
+/// HdrHistogram latency percentiles after a warm-up it does not record.
+public struct RPCBenchmark: Sendable {
+    /// One side's figures at one point.
+    public struct Measurement: Sendable, Equatable, Decodable {
+        public var calls: Int
+        public var qps: Double
+        public var p50Microseconds: Double
+        public var p99Microseconds: Double
+        public var errors: Int
+
+        enum CodingKeys: String, CodingKey {
+            case calls, qps, errors
+            case p50Microseconds = "p50_us"
+            case p99Microseconds = "p99_us"
+        }
+    }
+
+    /// Both sides at one point; encodes as one entry of the `"rpc"` array.
+    public struct Row: Sendable, Equatable, Encodable {
+        public var payloadBytes: Int
+        public var callers: Int
+        public var straitnet: Measurement
+        public var swiftnio: Measurement
+
+        enum Keys: String, CodingKey {
+            case payload_bytes, callers, straitnet_qps, swiftnio_qps, straitnet_p50_ms, swiftnio_p50_ms, straitnet_p99_ms, swiftnio_p99_ms
+            case straitnet_errors, swiftnio_errors
+        }
+
+        public func encode(to encoder: Encoder) throws {
+            var container = encoder.container(keyedBy: Keys.self)
+            try container.encode(payloadBytes, forKey: .payload_bytes)
+            try container.encode(callers, forKey: .callers)
+            try container.encode(straitnet.qps, forKey: .straitnet_qps)
+            try container.encode(swiftnio.qps, forKey: .swiftnio_qps)
+            try container.encode(straitnet.p50Microseconds / 1000, forKey: .straitnet_p50_ms)
+            try container.encode(swiftnio.p50Microseconds / 1000, forKey: .swiftnio_p50_ms)
+            try container.encode(straitnet.p99Microseconds / 1000, forKey: .straitnet_p99_ms)
+            try container.encode(swiftnio.p99Microseconds / 1000, forKey: .swiftnio_p99_ms)
+            try container.encode(straitnet.errors, forKey: .straitnet_errors)
+            try container.encode(swiftnio.errors, forKey: .swiftnio_errors)
+        }
+    }
+
+    public var binaries: URL
+    public var payloadSizes = [128, 4096]
+    public var callers = [1, 16, 128]
+    public var seconds = 5
+    public var serverThreads = 2
+    public var straitnetPort = 47090
+    public var swiftnioPort = 47091
+
+    public init(binaries: URL) { self.binaries = binaries }
+
+    public func run(progress: (String) -> Void = { _ in }) throws -> [Row] {
+        var rows: [Row] = []
+        for payload in payloadSizes {
+            for count in callers {
+                progress("rpc: straitnet-rpc, \(payload) B, \(count) callers, \(seconds) s")
+                let straitnet = try measure(peer: "straitnet-rpc", port: straitnetPort, payload: payload, callers: count)
+                progress("rpc: swiftnio-rpc, \(payload) B, \(count) callers, \(seconds) s")
+                let swiftnio = try measure(peer: "swiftnio-rpc", port: swiftnioPort, payload: payload, callers: count)
+                rows.append(Row(payloadBytes: payload, callers: count, straitnet: straitnet, swiftnio: swiftnio))
+            }
+        }
+        return rows
+    }
+
+    func measure(peer: String, port: Int, payload: Int, callers: Int) throws -> Measurement {
+        let server = try PeerProcess(binaries: binaries, name: peer, arguments: ["serve", String(port), String(serverThreads)])
+        defer { server.stop() }
+        try PeerProcess.waitForPort(port)
+        let load = try PeerProcess(binaries: binaries, name: peer, arguments: ["load", String(port), String(payload), String(callers), String(seconds)])
+        defer { load.stop() }
+        let line = try load.waitForLine(startingWith: "{", timeout: Double(seconds) + 20)
+        return try JSONDecoder().decode(Measurement.self, from: Data(line.utf8))
+    }
+}
