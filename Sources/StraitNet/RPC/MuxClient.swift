@@ -6,9 +6,15 @@ import Synchronization
 /// wire format): each call gets a fresh id, responses are matched by id in whatever order they
 /// come, and each call has its own timeout.
 ///
-/// All bookkeeping (the table of calls in flight, their timers) lives on the connection's loop;
-/// callers on any thread or task only hand a request over. A call costs the hand-over closure,
-/// the response's array and, for the async face, the continuation.
+/// All bookkeeping (the table of calls in flight, the timeout sweep) lives on the connection's
+/// loop; callers on other threads or tasks only hand a request over. A call made on the loop (from
+/// a completion, say) is written at once, and calls made while a burst of responses is being
+/// read go out together in one `writev` at the end of the burst. A call costs the response's
+/// array, plus the hand-over closure when made off the loop and the continuation for the async face.
+///
+/// Timeouts cost no timer per call: one timer per client fires at the earliest deadline in flight,
+/// fails the calls that are due and re-arms for the next (a scan of the calls in flight, about once
+/// per timeout period when calls finish in time).
 ///
 /// The client owns its connection: ``close()`` closes it, failing calls in flight with
 /// ``NetError/closed(_:)``.
@@ -23,6 +29,10 @@ public final class MuxClient: TimerTarget, @unchecked Sendable {
     private var connection: Connection?
     private var pending: [UInt64: Pending] = [:]
     private var nextID: UInt64 = 0
+    /// Deadline of the sweep timer that counts (earlier heap entries were superseded); `.max`: none.
+    private var sweepDeadline = UInt64.max
+    /// True while `readResponses` runs: calls made then are flushed once, at its end.
+    private var readingResponses = false
     private var closedReason: CloseReason?
     private let closedFlag = ManagedAtomic<Bool>(false)
 
@@ -64,18 +74,26 @@ public final class MuxClient: TimerTarget, @unchecked Sendable {
     /// frame's message).
     public func call(_ payload: [UInt8], timeout: Duration, completion: @escaping @Sendable (Result<[UInt8], NetError>) -> Void) {
         let deadline = SocketCall.monotonicNanoseconds() + timeout.nanoseconds
-        loop.execute { [self] in
-            guard let connection, closedReason == nil else {
-                completion(.failure(.closed(closedReason ?? .local)))
-                return
-            }
-            nextID &+= 1
-            let id = nextID
-            pending[id] = Pending(deadline: deadline, completion: completion)
-            payload.withUnsafeBytes { Frame.write(id: id, kind: .request, payload: $0, to: connection.writer) }
-            connection.flush()
-            loop.schedule(at: deadline, target: self, tag: id)
+        if loop.inEventLoop {
+            send(payload, deadline: deadline, completion: completion)
+        } else {
+            loop.execute { [self] in send(payload, deadline: deadline, completion: completion) }
         }
+    }
+
+    /// Writes the request frame and flushes it, unless a burst of responses is being read (then
+    /// `readResponses` flushes once at its end). Loop only.
+    private func send(_ payload: [UInt8], deadline: UInt64, completion: @escaping @Sendable (Result<[UInt8], NetError>) -> Void) {
+        guard let connection, closedReason == nil else {
+            completion(.failure(.closed(closedReason ?? .local)))
+            return
+        }
+        nextID &+= 1
+        let id = nextID
+        pending[id] = Pending(deadline: deadline, completion: completion)
+        payload.withUnsafeBytes { Frame.write(id: id, kind: .request, payload: $0, to: connection.writer) }
+        if !readingResponses { connection.flush() }
+        armSweep(at: deadline)
     }
 
     /// The async face of ``call(_:timeout:completion:)``.
@@ -93,6 +111,11 @@ public final class MuxClient: TimerTarget, @unchecked Sendable {
 
     private func readResponses(from connection: Connection) throws(NetError) {
         let reader = connection.reader
+        readingResponses = true
+        defer {
+            readingResponses = false
+            connection.flush()
+        }
         while let header = try Frame.next(in: reader, maximumLength: maximumLength) {
             let payload = try! reader.readBinary(header.payloadLength)
             guard let call = pending.removeValue(forKey: header.id) else { continue }  // timed out already
@@ -112,10 +135,32 @@ public final class MuxClient: TimerTarget, @unchecked Sendable {
         for call in failed.values { call.completion(.failure(.closed(reason))) }
     }
 
+    /// Makes sure the sweep runs by `deadline`. Loop only; a heap entry only when `deadline` is
+    /// earlier than the armed one (never, when every call has the same timeout).
+    private func armSweep(at deadline: UInt64) {
+        guard deadline < sweepDeadline else { return }
+        sweepDeadline = deadline
+        loop.schedule(at: deadline, target: self, tag: deadline)
+    }
+
+    /// Fails the calls whose deadline passed and re-arms for the earliest one left.
     func timerFired(tag: UInt64) {
-        guard let call = pending[tag], call.deadline <= loop.now else { return }
-        pending.removeValue(forKey: tag)
-        call.completion(.failure(.timeout))
+        guard tag == sweepDeadline else { return }  // superseded by an earlier deadline
+        sweepDeadline = .max
+        let now = loop.now
+        var earliest = UInt64.max
+        var expired: [UInt64] = []
+        for (id, call) in pending {
+            if call.deadline <= now {
+                expired.append(id)
+            } else {
+                earliest = min(earliest, call.deadline)
+            }
+        }
+        if earliest != .max { armSweep(at: earliest) }
+        for id in expired {
+            pending.removeValue(forKey: id)?.completion(.failure(.timeout))
+        }
     }
 }
 
