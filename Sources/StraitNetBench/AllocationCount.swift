@@ -58,7 +58,8 @@ public struct AllocationCount: Sendable {
 
     private var loadSeconds: Int { Int((warmUpSeconds + countedSeconds).rounded(.up)) + 1 }
 
-    func countHTTP(server name: String, port: Int) throws -> Measurement {
+    func countHTTP(server name: String, port preferred: Int) throws -> Measurement {
+        let port = PeerProcess.availablePort(preferred: preferred)
         let server = try PeerProcess(binaries: binaries, name: name, arguments: [String(port), String(serverThreads), "--count-allocations"], preload: interposer)
         defer { server.stop() }
         try PeerProcess.waitForPort(port)
@@ -72,7 +73,8 @@ public struct AllocationCount: Sendable {
         return try count(in: server)
     }
 
-    func countEcho(peer: String, port: Int) throws -> Measurement {
+    func countEcho(peer: String, port preferred: Int) throws -> Measurement {
+        let port = PeerProcess.availablePort(preferred: preferred)
         let server = try PeerProcess(binaries: binaries, name: peer, arguments: ["serve", String(port), String(serverThreads), "--count-allocations"], preload: interposer)
         defer { server.stop() }
         try PeerProcess.waitForPort(port)

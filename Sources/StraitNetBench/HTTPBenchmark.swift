@@ -13,6 +13,13 @@ public struct HTTPBenchmark: Sendable {
         public var p50Milliseconds: Double
         public var p99Milliseconds: Double
         public var peakRSSKiB: Int
+
+        /// The median of each figure over repeated runs.
+        static func median(_ runs: [Measurement]) -> Measurement {
+            Measurement(
+                requestsPerSecond: StraitNetBench.median(runs.map(\.requestsPerSecond)), p50Milliseconds: StraitNetBench.median(runs.map(\.p50Milliseconds)),
+                p99Milliseconds: StraitNetBench.median(runs.map(\.p99Milliseconds)), peakRSSKiB: runs.map(\.peakRSSKiB).max() ?? 0)
+        }
     }
 
     /// Both servers at one connection count; encodes as one entry of the `"http"` array.
@@ -45,7 +52,9 @@ public struct HTTPBenchmark: Sendable {
     public var connections: [Int] = [64, 256, 1000]
     public var seconds = 10
     public var serverThreads = 2
-    /// Ports in Strait's range for this benchmark.
+    /// Measure each point this many times, alternating the two servers; the median of each figure is reported.
+    public var repeats = 1
+    /// Preferred ports; the next free one in 47000-47999 is taken.
     public var straitnetPort = 47080
     public var swiftnioPort = 47081
 
@@ -55,15 +64,20 @@ public struct HTTPBenchmark: Sendable {
     /// about each step.
     public func run(progress: (String) -> Void = { _ in }) throws -> [Row] {
         try connections.map { count in
-            progress("http: straitnet-http, \(count) connections, \(seconds) s")
-            let straitnet = try measure(server: "straitnet-http", port: straitnetPort, connections: count)
-            progress("http: swiftnio-http, \(count) connections, \(seconds) s")
-            let swiftnio = try measure(server: "swiftnio-http", port: swiftnioPort, connections: count)
-            return Row(connections: count, straitnet: straitnet, swiftnio: swiftnio)
+            var straitnet: [Measurement] = [], swiftnio: [Measurement] = []
+            for round in 1...max(1, repeats) {
+                let suffix = repeats > 1 ? " (\(round)/\(repeats))" : ""
+                progress("http: straitnet-http, \(count) connections, \(seconds) s" + suffix)
+                straitnet.append(try measure(server: "straitnet-http", port: straitnetPort, connections: count))
+                progress("http: swiftnio-http, \(count) connections, \(seconds) s" + suffix)
+                swiftnio.append(try measure(server: "swiftnio-http", port: swiftnioPort, connections: count))
+            }
+            return Row(connections: count, straitnet: .median(straitnet), swiftnio: .median(swiftnio))
         }
     }
 
-    func measure(server name: String, port: Int, connections: Int) throws -> Measurement {
+    func measure(server name: String, port preferred: Int, connections: Int) throws -> Measurement {
+        let port = PeerProcess.availablePort(preferred: preferred)
         let server = try PeerProcess(binaries: binaries, name: name, arguments: [String(port), String(serverThreads)])
         defer { server.stop() }
         try PeerProcess.waitForPort(port)
@@ -112,4 +126,12 @@ public struct HTTPBenchmark: Sendable {
         }
         return 0
     }
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    guard !sorted.isEmpty else { return 0 }
+    let middle = sorted.count / 2
+    return sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
 }

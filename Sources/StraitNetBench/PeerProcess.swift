@@ -79,6 +79,30 @@ final class PeerProcess: @unchecked Sendable {
         process.waitUntilExit()
     }
 
+    /// The first port from `preferred` on (wrapping within 47000-47999, Strait's benchmark range) that
+    /// a server can bind on 127.0.0.1 with `SO_REUSEADDR`. Load generators' closed connections sit in
+    /// TIME_WAIT on ephemeral ports that may fall in this range, and such a port cannot be bound
+    /// for a minute, so every server start asks again.
+    static func availablePort(preferred: Int) -> Int {
+        let range = 47000...47999
+        for offset in 0..<range.count {
+            let port = range.lowerBound + (preferred - range.lowerBound + offset) % range.count
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var one: Int32 = 1
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = UInt16(port).bigEndian
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let bound = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            close(fd)
+            if bound == 0 { return port }
+        }
+        return preferred
+    }
+
     /// Waits until something accepts TCP connections on 127.0.0.1:`port` (5 s at most).
     static func waitForPort(_ port: Int) throws {
         for _ in 0..<200 {

@@ -16,6 +16,14 @@ public struct RPCBenchmark: Sendable {
         public var p99Microseconds: Double
         public var errors: Int
 
+        /// The median of each figure over repeated runs (errors are added up).
+        static func median(_ runs: [Measurement]) -> Measurement {
+            Measurement(
+                calls: Int(StraitNetBench.median(runs.map { Double($0.calls) })), qps: StraitNetBench.median(runs.map(\.qps)),
+                p50Microseconds: StraitNetBench.median(runs.map(\.p50Microseconds)), p99Microseconds: StraitNetBench.median(runs.map(\.p99Microseconds)),
+                errors: runs.reduce(0) { $0 + $1.errors })
+        }
+
         enum CodingKeys: String, CodingKey {
             case calls, qps, errors
             case p50Microseconds = "p50_us"
@@ -55,6 +63,9 @@ public struct RPCBenchmark: Sendable {
     public var callers = [1, 16, 128]
     public var seconds = 5
     public var serverThreads = 2
+    /// Measure each point this many times, alternating the two sides; the median of each figure is reported.
+    public var repeats = 1
+    /// Preferred ports; the next free one in 47000-47999 is taken.
     public var straitnetPort = 47090
     public var swiftnioPort = 47091
 
@@ -64,17 +75,22 @@ public struct RPCBenchmark: Sendable {
         var rows: [Row] = []
         for payload in payloadSizes {
             for count in callers {
-                progress("rpc: straitnet-rpc, \(payload) B, \(count) callers, \(seconds) s")
-                let straitnet = try measure(peer: "straitnet-rpc", port: straitnetPort, payload: payload, callers: count)
-                progress("rpc: swiftnio-rpc, \(payload) B, \(count) callers, \(seconds) s")
-                let swiftnio = try measure(peer: "swiftnio-rpc", port: swiftnioPort, payload: payload, callers: count)
-                rows.append(Row(payloadBytes: payload, callers: count, straitnet: straitnet, swiftnio: swiftnio))
+                var straitnet: [Measurement] = [], swiftnio: [Measurement] = []
+                for round in 1...max(1, repeats) {
+                    let suffix = repeats > 1 ? " (\(round)/\(repeats))" : ""
+                    progress("rpc: straitnet-rpc, \(payload) B, \(count) callers, \(seconds) s" + suffix)
+                    straitnet.append(try measure(peer: "straitnet-rpc", port: straitnetPort, payload: payload, callers: count))
+                    progress("rpc: swiftnio-rpc, \(payload) B, \(count) callers, \(seconds) s" + suffix)
+                    swiftnio.append(try measure(peer: "swiftnio-rpc", port: swiftnioPort, payload: payload, callers: count))
+                }
+                rows.append(Row(payloadBytes: payload, callers: count, straitnet: .median(straitnet), swiftnio: .median(swiftnio)))
             }
         }
         return rows
     }
 
-    func measure(peer: String, port: Int, payload: Int, callers: Int) throws -> Measurement {
+    func measure(peer: String, port preferred: Int, payload: Int, callers: Int) throws -> Measurement {
+        let port = PeerProcess.availablePort(preferred: preferred)
         let server = try PeerProcess(binaries: binaries, name: peer, arguments: ["serve", String(port), String(serverThreads)])
         defer { server.stop() }
         try PeerProcess.waitForPort(port)

@@ -9,7 +9,7 @@ struct BenchNet: ParsableCommand {
         abstract: "StraitNet against SwiftNIO: plaintext HTTP under wrk, echo RPC over one multiplexed connection, heap allocations per request.",
         discussion: """
             Every server and every load client runs in its own process, one at a time, on 127.0.0.1 \
-            (ports 47080-47093). The peers (straitnet-http, swiftnio-http, straitnet-rpc, swiftnio-rpc, \
+            (ports from 47000-47999). The peers (straitnet-http, swiftnio-http, straitnet-rpc, swiftnio-rpc, \
             libMallocInterposerSwift.so) are products of this package and are taken from the folder of \
             this strait binary: build everything with `swift build -c release` and run \
             `.build/release/strait bench net`. HTTP needs wrk.
@@ -22,6 +22,7 @@ struct BenchNet: ParsableCommand {
     @Option(help: "RPC payload sizes in bytes, comma-separated.") var payloads = "128,4096"
     @Option(help: "Concurrent RPC callers, comma-separated.") var callers = "1,16,128"
     @Option(help: "Threads of each server (event loops).") var threads = 2
+    @Option(name: .customLong("repeat"), help: "Measure each HTTP and RPC point this many times, alternating the two sides; the median is reported.") var repetitions = 1
     @Option(help: "Which parts to run, comma-separated: http, rpc, allocations.") var parts = "http,rpc,allocations"
     @Flag(help: "Print one JSON object instead of the tables.") var json = false
     @Option(help: "Also draw HTTP requests/s and RPC calls/s to this SVG file.") var svg: String?
@@ -44,6 +45,7 @@ struct BenchNet: ParsableCommand {
         }
         guard (1...60).contains(duration), (1...60).contains(rpcDuration) else { throw ValidationError("--duration, --rpc-duration: 1 to 60 seconds") }
         guard (1...64).contains(threads) else { throw ValidationError("--threads: 1 to 64") }
+        guard (1...9).contains(repetitions) else { throw ValidationError("--repeat: from 1 to 9") }
 
         let binaries = try Self.productsFolder()
         let quiet = json
@@ -54,6 +56,7 @@ struct BenchNet: ParsableCommand {
             http.connections = connectionCounts
             http.seconds = duration
             http.serverThreads = threads
+            http.repeats = repetitions
             report.http = try http.run(progress: progress)
         }
         if selected.contains("rpc") {
@@ -62,6 +65,7 @@ struct BenchNet: ParsableCommand {
             rpc.callers = callerCounts
             rpc.seconds = rpcDuration
             rpc.serverThreads = threads
+            rpc.repeats = repetitions
             report.rpc = try rpc.run(progress: progress)
         }
         if selected.contains("allocations") {
@@ -75,7 +79,7 @@ struct BenchNet: ParsableCommand {
             encoder.outputFormatting = [.sortedKeys]
             print(String(decoding: try encoder.encode(report), as: UTF8.self))
         } else {
-            print(Self.render(report, threads: threads))
+            print(Self.render(report, threads: threads, repetitions: repetitions))
         }
         if let svg {
             try Self.chart(report).write(toFile: svg, atomically: true, encoding: .utf8)
@@ -95,8 +99,9 @@ struct BenchNet: ParsableCommand {
         return values.compactMap { $0 }
     }
 
-    static func render(_ report: Report, threads: Int) -> String {
+    static func render(_ report: Report, threads: Int, repetitions: Int) -> String {
         var sections: [String] = []
+        let medianNote = repetitions > 1 ? ", median of \(repetitions) runs" : ""
         func f(_ value: Double, _ digits: Int = 2) -> String { String(format: "%.\(digits)f", value) }
         if !report.http.isEmpty {
             var rows = [["conns", "StraitNet req/s", "SwiftNIO req/s", "ratio", "p50 ms S/N", "p99 ms S/N", "p99 ratio", "peak RSS MiB S/N"]]
@@ -108,7 +113,7 @@ struct BenchNet: ParsableCommand {
                     ratio(s.p99Milliseconds, n.p99Milliseconds), "\(f(Double(s.peakRSSKiB) / 1024, 1)) / \(f(Double(n.peakRSSKiB) / 1024, 1))",
                 ])
             }
-            sections.append("HTTP/1.1 plaintext, wrk -t1 --latency, \(threads) server threads each:\n\n" + table(rows))
+            sections.append("HTTP/1.1 plaintext, wrk -t1 --latency, \(threads) server threads each\(medianNote):\n\n" + table(rows))
         }
         if !report.rpc.isEmpty {
             var rows = [["payload", "callers", "StraitNet calls/s", "SwiftNIO calls/s", "ratio", "p50 ms S/N", "p99 ms S/N", "p99 ratio"]]
@@ -120,7 +125,7 @@ struct BenchNet: ParsableCommand {
                     ratio(s.p99Microseconds, n.p99Microseconds),
                 ])
             }
-            var text = "Echo RPC over one multiplexed connection (StraitNet MuxClient / SwiftNIO client), closed-loop callers:\n\n" + table(rows)
+            var text = "Echo RPC over one multiplexed connection (StraitNet MuxClient / SwiftNIO client), closed-loop callers\(medianNote):\n\n" + table(rows)
             let errors = report.rpc.reduce(0) { $0 + $1.straitnet.errors + $1.swiftnio.errors }
             if errors > 0 { text += "\n\n\(errors) calls failed or came back wrong" }
             sections.append(text)
