@@ -98,6 +98,28 @@ extension Loopback {
             }
         }
 
+        @Test("mixed timeouts: a short call behind a long one times out on its own deadline, the long one survives")
+        func mixedTimeouts() async throws {
+            try await withGroup { group in
+                let server = try Self.server(group: group)
+                let client = try await MuxClient.connect(to: server.address, dialer: Dialer(group: group))
+                // The long call arms the client's sweep for 3 s; the short one must re-arm it earlier.
+                let long = Task { try await client.call(Array("slow:400".utf8), timeout: .seconds(3)) }
+                try await Task.sleep(for: .milliseconds(20))
+                let started = ContinuousClock.now
+                await #expect(throws: NetError.timeout) { try await client.call(Array("drop".utf8), timeout: .milliseconds(100)) }
+                let waited = ContinuousClock.now - started
+                #expect(waited >= .milliseconds(100) && waited < .milliseconds(350), "timed out after \(waited)")
+                // Several short deadlines in a row, each expiring in its own sweep.
+                for milliseconds in [60, 30, 90] {
+                    await #expect(throws: NetError.timeout) { try await client.call(Array("drop".utf8), timeout: .milliseconds(milliseconds)) }
+                }
+                #expect(try await long.value == Array("slow:400".utf8), "the sweep fails only calls that are due")
+                client.close()
+                await server.shutdown(gracePeriod: .seconds(1))
+            }
+        }
+
         @Test("calls in flight fail with the close reason when the server shuts down")
         func serverShutdownInFlight() async throws {
             try await withGroup { group in
