@@ -17,7 +17,7 @@ import Synchronization
 /// per timeout period when calls finish in time).
 ///
 /// The client owns its connection: ``close()`` closes it, failing calls in flight with
-/// ``NetError/closed(_:)``.
+/// ``NetError/closed(_:)``. Its loop-confined state is `@exclusivity(unchecked)`, as in ``LinkBuffer``.
 public final class MuxClient: TimerTarget, @unchecked Sendable {
     struct Pending {
         let deadline: UInt64
@@ -26,14 +26,14 @@ public final class MuxClient: TimerTarget, @unchecked Sendable {
 
     public let loop: EventLoop
     let maximumLength: Int
-    private var connection: Connection?
-    private var pending: [UInt64: Pending] = [:]
-    private var nextID: UInt64 = 0
+    @exclusivity(unchecked) private var connection: Connection?
+    @exclusivity(unchecked) private var pending: [UInt64: Pending] = [:]
+    @exclusivity(unchecked) private var nextID: UInt64 = 0
     /// Deadline of the sweep timer that counts (earlier heap entries were superseded); `.max`: none.
-    private var sweepDeadline = UInt64.max
+    @exclusivity(unchecked) private var sweepDeadline = UInt64.max
     /// True while `readResponses` runs: calls made then are flushed once, at its end.
-    private var readingResponses = false
-    private var closedReason: CloseReason?
+    @exclusivity(unchecked) private var readingResponses = false
+    @exclusivity(unchecked) private var closedReason: CloseReason?
     private let closedFlag = ManagedAtomic<Bool>(false)
 
     private init(loop: EventLoop, maximumLength: Int) {
