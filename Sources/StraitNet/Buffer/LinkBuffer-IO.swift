@@ -6,6 +6,7 @@ import Glibc
 
 /// Socket I/O straight over the node chain: `readv` fills the tail's free space (and a fresh node
 /// when that is short), `writev` sends from the readable segments in place. No user-space copy.
+/// A single vector goes through plain `read`/`write`, which spare the kernel the iovec import.
 extension LinkBuffer {
     /// Most segments handed to one `writev`.
     static let maximumWriteVectors = 64
@@ -62,6 +63,7 @@ extension LinkBuffer {
                 count += 1
             }
             lastReadCapacity = tailFree + (spare?.capacity ?? 0)
+            if count == 1 { return try SocketCall.read(fd, vectors[0].iov_base, vectors[0].iov_len) }
             return try SocketCall.readv(fd, vectors.baseAddress!, count)
         }
     }
@@ -87,6 +89,7 @@ extension LinkBuffer {
                 index += 1
                 if index < segments.count { offset = segments[index].start }
             }
+            if count == 1 { return try SocketCall.write(fd, vectors[0].iov_base, vectors[0].iov_len) }
             return try SocketCall.writev(fd, vectors.baseAddress!, count)
         }
         if case .done(let bytes) = result {
