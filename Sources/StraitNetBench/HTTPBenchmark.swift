@@ -97,6 +97,8 @@ public struct HTTPBenchmark: Sendable {
         wrk.standardOutput = output
         wrk.standardError = FileHandle.nullDevice
         try wrk.run()
+        ChildProcesses.add(wrk.processIdentifier)
+        defer { ChildProcesses.remove(wrk.processIdentifier) }
         let report = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         wrk.waitUntilExit()
         return report

@@ -32,6 +32,7 @@ final class PeerProcess: @unchecked Sendable {
             self.lock.withLock { self.collected.append(data) }
         }
         try process.run()
+        ChildProcesses.add(process.processIdentifier)
     }
 
     deinit { stop() }
@@ -71,6 +72,7 @@ final class PeerProcess: @unchecked Sendable {
     }
 
     func stop() {
+        defer { ChildProcesses.remove(process.processIdentifier) }
         guard process.isRunning else { return }
         process.terminate()
         let deadline = Date().addingTimeInterval(1)

@@ -48,6 +48,7 @@ struct BenchNet: ParsableCommand {
         guard (1...9).contains(repetitions) else { throw ValidationError("--repeat: from 1 to 9") }
 
         let binaries = try Self.productsFolder()
+        ChildProcesses.killOnInterrupt()
         let quiet = json
         let progress: (String) -> Void = { line in if !quiet { FileHandle.standardError.write(Data(("  " + line + "\n").utf8)) } }
         var report = Report()
