@@ -13,16 +13,16 @@ extension LinkBuffer {
 
     /// Reads what the socket has, up to about `limit` bytes, into the tail and makes it readable.
     ///
-    /// Uses the tail node's free space first; when that is under `limit`, a second vector points at
-    /// a new pooled node of the missing size, which goes back to the pool if the read did not reach
-    /// it. `.done(0)` is end of stream.
+    /// Uses the tail node's free space first; when that is under half of `limit` (or under 1 KiB),
+    /// a second vector points at a new pooled node of the missing size, which goes back to the pool
+    /// if the read did not reach it. `.done(0)` is end of stream.
     public func read(from fd: CInt, limit: Int) throws(SystemCallError) -> NonBlockingResult<Int> {
         precondition(unflushedBytes == 0, "reading from a socket into a buffer with staged, unflushed bytes")
         var tailFree = 0
         if let last = segments.indices.last, segments[last].writable {
             tailFree = segments[last].node.capacity - segments[last].filled
         }
-        let spare: BufferNode? = tailFree >= min(limit, 1024) ? nil : NodePool.take(minimumCapacity: max(limit - tailFree, 1024))
+        let spare: BufferNode? = tailFree >= 1024 && tailFree * 2 >= limit ? nil : NodePool.take(minimumCapacity: max(limit - tailFree, 1024))
         let result: NonBlockingResult<Int>
         do {
             result = try readVectors(tailFree: tailFree, spare: spare, fd: fd)

@@ -68,6 +68,8 @@ public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
     @exclusivity(unchecked) private var lastReadAt: UInt64 = 0
     /// The peer's FIN or an error was reported: read to the end, never stop at a short read.
     @exclusivity(unchecked) private var peerHungUp = false
+    /// What the next read offers the kernel: ``ConnectionOptions/readChunk`` and up, adapting.
+    @exclusivity(unchecked) private var readSize: Int
     @exclusivity(unchecked) var connectCompletion: (@Sendable (Result<Connection, NetError>) -> Void)?
 
     @exclusivity(unchecked) var nextOnLoop: Connection?
@@ -78,6 +80,7 @@ public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
         self.options = options
         self.handlers = handlers
         self.owner = owner
+        self.readSize = options.readChunk
         if case .workerPool = options.execution { staging = LinkBuffer() } else { staging = nil }
         super.init(fd: fd, loop: loop)
     }
@@ -315,12 +318,18 @@ public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
                 return
             }
             do {
-                switch try reader.read(from: fd, limit: options.readChunk) {
+                // Never offer much more than the input limit leaves room for.
+                switch try reader.read(from: fd, limit: min(readSize, options.inputLimit - reader.readableBytes)) {
                 case .done(0):
                     inputEnded = true
                     return
                 case .done(let count):
                     lastReadAt = loop.now
+                    if count >= reader.lastReadCapacity {
+                        readSize = min(readSize * 4, max(options.maximumReadChunk, options.readChunk))
+                    } else if count < readSize / 8 && readSize > options.readChunk {
+                        readSize = max(readSize / 4, options.readChunk)
+                    }
                     // A short read emptied the socket; the next arrival brings a new edge. A FIN
                     // that came with the data brings none, so after a hang-up read on to the end.
                     if count < reader.lastReadCapacity && !peerHungUp { return }
