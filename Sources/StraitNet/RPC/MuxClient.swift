@@ -10,7 +10,8 @@ import Synchronization
 /// loop; callers on other threads or tasks only hand a request over. A call made on the loop (from
 /// a completion, say) is written at once, and calls made while a burst of responses is being
 /// read go out together in one `writev` at the end of the burst. A call costs the response's
-/// array, plus the hand-over closure when made off the loop and the continuation for the async face.
+/// array (nothing with ``call(_:timeout:borrowingResponse:)``), plus the hand-over closure when
+/// made off the loop and the continuation for the async face.
 ///
 /// Timeouts cost no timer per call: one timer per client fires at the earliest deadline in flight,
 /// fails the calls that are due and re-arms for the next (a scan of the calls in flight, about once
@@ -19,9 +20,22 @@ import Synchronization
 /// The client owns its connection: ``close()`` closes it, failing calls in flight with
 /// ``NetError/closed(_:)``. Its loop-confined state is `@exclusivity(unchecked)`, as in ``LinkBuffer``.
 public final class MuxClient: TimerTarget, @unchecked Sendable {
+    /// What to call with a response: a copy of the payload, or a view of it.
+    enum Completion {
+        case owned(@Sendable (Result<[UInt8], NetError>) -> Void)
+        case borrowed(@Sendable (Result<UnsafeRawBufferPointer, NetError>) -> Void)
+
+        func fail(_ error: NetError) {
+            switch self {
+            case .owned(let completion): completion(.failure(error))
+            case .borrowed(let completion): completion(.failure(error))
+            }
+        }
+    }
+
     struct Pending {
         let deadline: UInt64
-        let completion: @Sendable (Result<[UInt8], NetError>) -> Void
+        let completion: Completion
     }
 
     public let loop: EventLoop
@@ -73,6 +87,18 @@ public final class MuxClient: TimerTarget, @unchecked Sendable {
     /// ``NetError/timeout``, ``NetError/closed(_:)``, or ``NetError/protocolViolation(_:)`` (an error
     /// frame's message).
     public func call(_ payload: [UInt8], timeout: Duration, completion: @escaping @Sendable (Result<[UInt8], NetError>) -> Void) {
+        start(payload, timeout: timeout, completion: .owned(completion))
+    }
+
+    /// Like ``call(_:timeout:completion:)``, but the response payload comes as a view into the
+    /// connection's input, valid only until `completion` returns (copy what must outlive it): no
+    /// allocation for the response. Made on the loop with a completion closure created once, a
+    /// call allocates nothing once warm.
+    public func call(_ payload: [UInt8], timeout: Duration, borrowingResponse completion: @escaping @Sendable (Result<UnsafeRawBufferPointer, NetError>) -> Void) {
+        start(payload, timeout: timeout, completion: .borrowed(completion))
+    }
+
+    private func start(_ payload: [UInt8], timeout: Duration, completion: Completion) {
         let deadline = SocketCall.monotonicNanoseconds() + timeout.nanoseconds
         if loop.inEventLoop {
             send(payload, deadline: deadline, completion: completion)
@@ -83,9 +109,9 @@ public final class MuxClient: TimerTarget, @unchecked Sendable {
 
     /// Writes the request frame and flushes it, unless a burst of responses is being read (then
     /// `readResponses` flushes once at its end). Loop only.
-    private func send(_ payload: [UInt8], deadline: UInt64, completion: @escaping @Sendable (Result<[UInt8], NetError>) -> Void) {
+    private func send(_ payload: [UInt8], deadline: UInt64, completion: Completion) {
         guard let connection, closedReason == nil else {
-            completion(.failure(.closed(closedReason ?? .local)))
+            completion.fail(.closed(closedReason ?? .local))
             return
         }
         nextID &+= 1
@@ -99,7 +125,7 @@ public final class MuxClient: TimerTarget, @unchecked Sendable {
     /// The async face of ``call(_:timeout:completion:)``.
     public func call(_ payload: [UInt8], timeout: Duration) async throws(NetError) -> [UInt8] {
         let result = await withCheckedContinuation { continuation in
-            call(payload, timeout: timeout) { continuation.resume(returning: $0) }
+            call(payload, timeout: timeout, completion: { continuation.resume(returning: $0) })
         }
         return try result.get()
     }
@@ -117,12 +143,20 @@ public final class MuxClient: TimerTarget, @unchecked Sendable {
             connection.flush()
         }
         while let header = try Frame.next(in: reader, maximumLength: maximumLength) {
-            let payload = try! reader.readBinary(header.payloadLength)
-            guard let call = pending.removeValue(forKey: header.id) else { continue }  // timed out already
+            guard let call = pending.removeValue(forKey: header.id) else {
+                try! reader.skip(header.payloadLength)  // timed out already
+                continue
+            }
             switch header.kind {
-            case .response: call.completion(.success(payload))
-            case .error: call.completion(.failure(.protocolViolation(String(decoding: payload, as: UTF8.self))))
-            case .request: throw .protocolViolation("a server sent a request frame")
+            case .response:
+                switch call.completion {
+                case .owned(let completion): completion(.success(try! reader.readBinary(header.payloadLength)))
+                case .borrowed(let completion): completion(.success(try! reader.next(header.payloadLength)))
+                }
+            case .error: call.completion.fail(.protocolViolation(try! reader.readString(header.payloadLength)))
+            case .request:
+                call.completion.fail(.protocolViolation("a server sent a request frame"))
+                throw .protocolViolation("a server sent a request frame")
             }
         }
     }
@@ -132,7 +166,7 @@ public final class MuxClient: TimerTarget, @unchecked Sendable {
         closedFlag.store(true, ordering: .relaxed)
         let failed = pending
         pending.removeAll()
-        for call in failed.values { call.completion(.failure(.closed(reason))) }
+        for call in failed.values { call.completion.fail(.closed(reason)) }
     }
 
     /// Makes sure the sweep runs by `deadline`. Loop only; a heap entry only when `deadline` is
@@ -159,7 +193,7 @@ public final class MuxClient: TimerTarget, @unchecked Sendable {
         }
         if earliest != .max { armSweep(at: earliest) }
         for id in expired {
-            pending.removeValue(forKey: id)?.completion(.failure(.timeout))
+            pending.removeValue(forKey: id)?.completion.fail(.timeout)
         }
     }
 }

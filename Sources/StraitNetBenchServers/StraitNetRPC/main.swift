@@ -4,7 +4,7 @@
 //       A FrameServer that answers every request frame with a response frame carrying the same payload.
 //   straitnet-rpc load PORT PAYLOAD_BYTES CALLERS SECONDS
 //       CALLERS closed-loop callers share one MuxClient (one connection, one loop): each sends a
-//       request, waits for its response, records the latency and sends the next. The first fifth of
+//       request, waits for its response (borrowed, not copied), records the latency and sends the next. The first fifth of
 //       the run (at most 1 s) is warm-up and not recorded. Prints one JSON line:
 //       {"calls":N,"seconds":S,"qps":Q,"p50_us":A,"p99_us":B,"errors":E}
 import BenchAllocationCounter
@@ -99,14 +99,14 @@ final class LoadRun: @unchecked Sendable {
 final class Caller: @unchecked Sendable {
     unowned(unsafe) var run: LoadRun!
     var sentAt: UInt64 = 0
-    lazy var completion: @Sendable (Result<[UInt8], NetError>) -> Void = { [unowned(unsafe) self] result in self.completed(result) }
+    lazy var completion: @Sendable (Result<UnsafeRawBufferPointer, NetError>) -> Void = { [unowned(unsafe) self] result in self.completed(result) }
 
     func issue() {
         sentAt = SocketCall.monotonicNanoseconds()
-        run.client.call(run.payload, timeout: .seconds(10), completion: completion)
+        run.client.call(run.payload, timeout: .seconds(10), borrowingResponse: completion)
     }
 
-    func completed(_ result: Result<[UInt8], NetError>) {
+    func completed(_ result: Result<UnsafeRawBufferPointer, NetError>) {
         let now = SocketCall.monotonicNanoseconds()
         switch result {
         case .success(let response) where response.count == run.payload.count:

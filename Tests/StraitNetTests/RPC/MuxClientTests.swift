@@ -98,6 +98,32 @@ extension Loopback {
             }
         }
 
+        @Test("borrowed responses: the payload as a view during the completion, failures alike")
+        func borrowedResponses() async throws {
+            try await withGroup { group in
+                let server = try Self.server(group: group)
+                let client = try await MuxClient.connect(to: server.address, dialer: Dialer(group: group))
+                let results = Signal<String>()
+                let large = [UInt8]((0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 7) })
+                client.call(Array("borrowed".utf8), timeout: .seconds(2), borrowingResponse: { result in
+                    results.send((try? result.get()).map { String(decoding: $0, as: UTF8.self) } ?? "failed")
+                })
+                client.call(large, timeout: .seconds(2), borrowingResponse: { result in
+                    results.send((try? result.get()).map { Array($0) == large ? "large ok" : "large differs" } ?? "failed")
+                })
+                client.call(Array("drop".utf8), timeout: .milliseconds(50), borrowingResponse: { result in
+                    if case .failure(let error) = result { results.send("\(error)") } else { results.send("answered") }
+                })
+                client.call(Array("fail".utf8), timeout: .seconds(2), borrowingResponse: { result in
+                    if case .failure(let error) = result { results.send("\(error)") } else { results.send("answered") }
+                })
+                let received = await results.wait(count: 4)
+                #expect(Set(received) == ["borrowed", "large ok", "\(NetError.timeout)", "\(NetError.protocolViolation("no such method"))"])
+                client.close()
+                await server.shutdown(gracePeriod: .seconds(1))
+            }
+        }
+
         @Test("mixed timeouts: a short call behind a long one times out on its own deadline, the long one survives")
         func mixedTimeouts() async throws {
             try await withGroup { group in
