@@ -121,10 +121,10 @@ public struct HTTPBenchmark: Sendable {
         return measurement
     }
 
-    /// wrk prints durations as "812.00us", "1.23ms" or "2.01s".
+    /// wrk prints durations as "812.00us", "1.23ms" or "2.01s"; whole microseconds, in milliseconds.
     static func milliseconds(_ text: Substring) -> Double {
         for (suffix, scale) in [("us", 0.001), ("ms", 1.0), ("s", 1000.0)] where text.hasSuffix(suffix) {
-            return (Double(text.dropLast(suffix.count)) ?? 0) * scale
+            return ((Double(text.dropLast(suffix.count)) ?? 0) * scale * 1000).rounded() / 1000
         }
         return 0
     }
