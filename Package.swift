@@ -19,6 +19,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/ordo-one/malloc-interposer", from: "1.6.1"),
     ],
     targets: [
         // Layer 0: C. Debian's libbpf through pkg-config, and the structs shared by kernel programs and Swift.
@@ -82,18 +84,36 @@ let package = Package(
             ]
         ),
         // The two HTTP/1.1 plaintext servers `strait bench net` runs side by side, each in its own process.
-        .executableTarget(name: "straitnet-http", dependencies: ["StraitNet"], path: "Sources/StraitNetBenchServers/StraitNetHTTP"),
+        .executableTarget(name: "straitnet-http", dependencies: ["StraitNet", "BenchAllocationCounter"], path: "Sources/StraitNetBenchServers/StraitNetHTTP"),
         .executableTarget(
             name: "swiftnio-http",
             dependencies: [
+                "BenchAllocationCounter",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             path: "Sources/StraitNetBenchServers/SwiftNIOHTTP"
         ),
-        // Drives the servers above with wrk and reports requests/s, p50, p99; `strait bench net` calls it.
-        .target(name: "StraitNetBench"),
-        .executableTarget(name: "straitnet-bench", dependencies: ["StraitNetBench"], path: "Sources/StraitNetBenchServers/Runner"),
+        // The echo RPC peers: `serve` (a frame echo server) and `load` (closed-loop callers, HdrHistogram latency).
+        .executableTarget(
+            name: "straitnet-rpc",
+            dependencies: ["StraitNet", "StraitSystem", "BenchAllocationCounter", .product(name: "Histogram", package: "hdrhistogram-swift")],
+            path: "Sources/StraitNetBenchServers/StraitNetRPC"
+        ),
+        .executableTarget(
+            name: "swiftnio-rpc",
+            dependencies: [
+                "BenchAllocationCounter",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            path: "Sources/StraitNetBenchServers/SwiftNIORPC"
+        ),
+        // Heap allocations per request in a bench server preloaded with malloc-interposer (`--count-allocations`).
+        .target(name: "BenchAllocationCounter", path: "Sources/StraitNetBenchServers/AllocationCounter"),
+        // Runs the servers above side by side (wrk for HTTP, the load peers for RPC); `strait bench net` calls it.
+        // It links the interposer only so that the build produces the library the servers are preloaded with.
+        .target(name: "StraitNetBench", dependencies: [.product(name: "MallocInterposerSwift", package: "malloc-interposer")]),
 
         // Side-by-side measurement against the peers each issue names.
         .target(
@@ -105,7 +125,7 @@ let package = Package(
         .executableTarget(
             name: "strait",
             dependencies: [
-                "StraitBPF", "StraitAccel", "StraitBench", "StraitSystem", "StraitDrop",
+                "StraitBPF", "StraitAccel", "StraitBench", "StraitSystem", "StraitDrop", "StraitNetBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -19,6 +19,9 @@ public struct SVGChart {
     public var series: [Series]
     /// A horizontal reference line, e.g. the AF_UNIX ceiling.
     public var reference: (label: String, value: Double)?
+    /// What the (log2) x axis counts, and how its ticks read.
+    public var xLabel = "message size (bytes per write)"
+    public var xTick: (Int) -> String = formatBytes
 
     public init(title: String, yLabel: String, series: [Series], reference: (label: String, value: Double)? = nil) {
         self.title = title
@@ -42,11 +45,11 @@ public struct SVGChart {
             <line x1="\(left)" y1="\(height - bottom)" x2="\(width - right)" y2="\(height - bottom)" stroke="black"/>
             <line x1="\(left)" y1="\(top)" x2="\(left)" y2="\(height - bottom)" stroke="black"/>
             <text x="16" y="\(height / 2)" transform="rotate(-90 16 \(height / 2))" text-anchor="middle">\(escape(yLabel))</text>
-            <text x="\(width / 2)" y="\(height - 14)" text-anchor="middle">message size (bytes per write)</text>
+            <text x="\(width / 2)" y="\(height - 14)" text-anchor="middle">\(escape(xLabel))</text>
 
             """
         for x in Set(xs).sorted() {
-            svg += "<text x=\"\(px(x))\" y=\"\(height - bottom + 18)\" text-anchor=\"middle\">\(formatBytes(x))</text>\n"
+            svg += "<text x=\"\(px(x))\" y=\"\(height - bottom + 18)\" text-anchor=\"middle\">\(xTick(x))</text>\n"
         }
         for step in 0...4 {
             let value = maxY / 1.1 * Double(step) / 4

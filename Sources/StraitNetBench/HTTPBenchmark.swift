@@ -8,18 +8,43 @@ import Foundation
 /// (`VmHWM`) and stops it. Servers and wrk talk over 127.0.0.1 only.
 public struct HTTPBenchmark: Sendable {
     /// One server's figures at one connection count.
-    public struct Measurement: Sendable, Codable, Equatable {
+    public struct Measurement: Sendable, Equatable {
         public var requestsPerSecond: Double
         public var p50Milliseconds: Double
         public var p99Milliseconds: Double
         public var peakRSSKiB: Int
+
+        /// The median of each figure over repeated runs.
+        static func median(_ runs: [Measurement]) -> Measurement {
+            Measurement(
+                requestsPerSecond: StraitNetBench.median(runs.map(\.requestsPerSecond)), p50Milliseconds: StraitNetBench.median(runs.map(\.p50Milliseconds)),
+                p99Milliseconds: StraitNetBench.median(runs.map(\.p99Milliseconds)), peakRSSKiB: runs.map(\.peakRSSKiB).max() ?? 0)
+        }
     }
 
-    /// Both servers at one connection count.
-    public struct Row: Sendable, Codable, Equatable {
+    /// Both servers at one connection count; encodes as one entry of the `"http"` array.
+    public struct Row: Sendable, Equatable, Encodable {
         public var connections: Int
         public var straitnet: Measurement
         public var swiftnio: Measurement
+
+        enum Keys: String, CodingKey {
+            case connections, straitnet_rps, swiftnio_rps, straitnet_p50_ms, swiftnio_p50_ms, straitnet_p99_ms, swiftnio_p99_ms
+            case straitnet_peak_rss_kib, swiftnio_peak_rss_kib
+        }
+
+        public func encode(to encoder: Encoder) throws {
+            var container = encoder.container(keyedBy: Keys.self)
+            try container.encode(connections, forKey: .connections)
+            try container.encode(straitnet.requestsPerSecond, forKey: .straitnet_rps)
+            try container.encode(swiftnio.requestsPerSecond, forKey: .swiftnio_rps)
+            try container.encode(straitnet.p50Milliseconds, forKey: .straitnet_p50_ms)
+            try container.encode(swiftnio.p50Milliseconds, forKey: .swiftnio_p50_ms)
+            try container.encode(straitnet.p99Milliseconds, forKey: .straitnet_p99_ms)
+            try container.encode(swiftnio.p99Milliseconds, forKey: .swiftnio_p99_ms)
+            try container.encode(straitnet.peakRSSKiB, forKey: .straitnet_peak_rss_kib)
+            try container.encode(swiftnio.peakRSSKiB, forKey: .swiftnio_peak_rss_kib)
+        }
     }
 
     /// Folder holding the `straitnet-http` and `swiftnio-http` executables (the build's products).
@@ -27,69 +52,56 @@ public struct HTTPBenchmark: Sendable {
     public var connections: [Int] = [64, 256, 1000]
     public var seconds = 10
     public var serverThreads = 2
-    /// Ports in Strait's range for this benchmark.
+    /// Measure each point this many times, alternating the two servers; the median of each figure is reported.
+    public var repeats = 1
+    /// Preferred ports; the next free one in 47000-47999 is taken.
     public var straitnetPort = 47080
     public var swiftnioPort = 47081
 
     public init(binaries: URL) { self.binaries = binaries }
 
-    /// Runs every connection count against both servers, one server at a time.
-    public func run() throws -> [Row] {
+    /// Runs every connection count against both servers, one server at a time; `progress` hears
+    /// about each step.
+    public func run(progress: (String) -> Void = { _ in }) throws -> [Row] {
         try connections.map { count in
-            Row(
-                connections: count,
-                straitnet: try measure(server: "straitnet-http", port: straitnetPort, connections: count),
-                swiftnio: try measure(server: "swiftnio-http", port: swiftnioPort, connections: count))
-        }
-    }
-
-    /// `{"http":[{"connections":N,"straitnet_rps":A,"swiftnio_rps":B,"straitnet_p99_ms":C,"swiftnio_p99_ms":D,...}]}`
-    public static func json(_ rows: [Row]) -> String {
-        let entries = rows.map { row in
-            "{\"connections\":\(row.connections),\"straitnet_rps\":\(row.straitnet.requestsPerSecond),\"swiftnio_rps\":\(row.swiftnio.requestsPerSecond),"
-                + "\"straitnet_p50_ms\":\(row.straitnet.p50Milliseconds),\"swiftnio_p50_ms\":\(row.swiftnio.p50Milliseconds),"
-                + "\"straitnet_p99_ms\":\(row.straitnet.p99Milliseconds),\"swiftnio_p99_ms\":\(row.swiftnio.p99Milliseconds),"
-                + "\"straitnet_peak_rss_kib\":\(row.straitnet.peakRSSKiB),\"swiftnio_peak_rss_kib\":\(row.swiftnio.peakRSSKiB)}"
-        }
-        return "{\"http\":[\(entries.joined(separator: ","))]}"
-    }
-
-    /// A table for people.
-    public static func table(_ rows: [Row]) -> String {
-        var lines = ["conns  server     req/s       p50 ms   p99 ms   peak RSS KiB"]
-        for row in rows {
-            for (name, value) in [("straitnet", row.straitnet), ("swiftnio", row.swiftnio)] {
-                lines.append(
-                    String(format: "%5d  %-9@ %10.0f  %7.2f  %7.2f  %8d", row.connections, name as NSString, value.requestsPerSecond, value.p50Milliseconds, value.p99Milliseconds, value.peakRSSKiB))
+            var straitnet: [Measurement] = [], swiftnio: [Measurement] = []
+            for round in 1...max(1, repeats) {
+                let suffix = repeats > 1 ? " (\(round)/\(repeats))" : ""
+                progress("http: straitnet-http, \(count) connections, \(seconds) s" + suffix)
+                straitnet.append(try measure(server: "straitnet-http", port: straitnetPort, connections: count))
+                progress("http: swiftnio-http, \(count) connections, \(seconds) s" + suffix)
+                swiftnio.append(try measure(server: "swiftnio-http", port: swiftnioPort, connections: count))
             }
-            lines.append(String(format: "       ratio     %10.2fx          %7.2fx", row.straitnet.requestsPerSecond / row.swiftnio.requestsPerSecond, row.straitnet.p99Milliseconds / row.swiftnio.p99Milliseconds))
+            return Row(connections: count, straitnet: .median(straitnet), swiftnio: .median(swiftnio))
         }
-        return lines.joined(separator: "\n")
     }
 
-    func measure(server name: String, port: Int, connections: Int) throws -> Measurement {
-        let server = Process()
-        server.executableURL = binaries.appendingPathComponent(name)
-        server.arguments = [String(port), String(serverThreads)]
-        server.standardOutput = FileHandle.nullDevice
-        try server.run()
-        defer {
-            server.terminate()
-            server.waitUntilExit()
-        }
-        try waitForPort(port)
+    func measure(server name: String, port preferred: Int, connections: Int) throws -> Measurement {
+        let port = PeerProcess.availablePort(preferred: preferred)
+        let server = try PeerProcess(binaries: binaries, name: name, arguments: [String(port), String(serverThreads)])
+        defer { server.stop() }
+        try PeerProcess.waitForPort(port)
+        let report = try Self.wrk(connections: connections, seconds: seconds, port: port)
+        var measurement = try Self.parse(wrk: report)
+        measurement.peakRSSKiB = server.peakRSSKiB
+        return measurement
+    }
+
+    /// Runs `wrk -t1 -cN -dS --latency` against 127.0.0.1:`port` and returns its report.
+    static func wrk(connections: Int, seconds: Int, port: Int) throws -> String {
         let wrk = Process()
         wrk.executableURL = URL(fileURLWithPath: "/usr/bin/wrk")
+        guard FileManager.default.isExecutableFile(atPath: wrk.executableURL!.path) else { throw BenchmarkError.missingPeer("/usr/bin/wrk (apt-get install wrk, or `make deps`)") }
         wrk.arguments = ["-t1", "-c\(connections)", "-d\(seconds)", "--latency", "http://127.0.0.1:\(port)/"]
         let output = Pipe()
         wrk.standardOutput = output
         wrk.standardError = FileHandle.nullDevice
         try wrk.run()
+        ChildProcesses.add(wrk.processIdentifier)
+        defer { ChildProcesses.remove(wrk.processIdentifier) }
         let report = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         wrk.waitUntilExit()
-        var measurement = try Self.parse(wrk: report)
-        measurement.peakRSSKiB = Self.peakRSS(of: server.processIdentifier)
-        return measurement
+        return report
     }
 
     /// Reads "Requests/sec:" and the 50%/99% lines of wrk's `--latency` report.
@@ -109,47 +121,19 @@ public struct HTTPBenchmark: Sendable {
         return measurement
     }
 
-    /// wrk prints durations as "812.00us", "1.23ms" or "2.01s".
+    /// wrk prints durations as "812.00us", "1.23ms" or "2.01s"; whole microseconds, in milliseconds.
     static func milliseconds(_ text: Substring) -> Double {
         for (suffix, scale) in [("us", 0.001), ("ms", 1.0), ("s", 1000.0)] where text.hasSuffix(suffix) {
-            return (Double(text.dropLast(suffix.count)) ?? 0) * scale
+            return ((Double(text.dropLast(suffix.count)) ?? 0) * scale * 1000).rounded() / 1000
         }
         return 0
     }
-
-    static func peakRSS(of pid: Int32) -> Int {
-        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") })
-        else { return 0 }
-        return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? 0
-    }
-
-    private func waitForPort(_ port: Int) throws {
-        for _ in 0..<200 {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = UInt16(port).bigEndian
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            let connected = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            close(fd)
-            if connected == 0 { return }
-            usleep(25_000)
-        }
-        throw BenchmarkError.serverDidNotStart(port)
-    }
 }
 
-public enum BenchmarkError: Error, CustomStringConvertible {
-    case serverDidNotStart(Int)
-    case unreadableReport(String)
-
-    public var description: String {
-        switch self {
-        case .serverDidNotStart(let port): "no server answered on 127.0.0.1:\(port) within 5 s"
-        case .unreadableReport(let report): "could not read wrk's report:\n\(report)"
-        }
-    }
+/// The middle value (the mean of the two middle ones for an even count).
+func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    guard !sorted.isEmpty else { return 0 }
+    let middle = sorted.count / 2
+    return sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
 }

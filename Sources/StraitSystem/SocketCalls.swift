@@ -94,6 +94,19 @@ public enum SocketCall {
         try nonBlockingCall("writev") { Glibc.writev(fd, vectors, CInt(count)) }
     }
 
+    /// `read(2)` into one block: what ``readv(_:_:_:)`` does for a single vector, without the
+    /// kernel importing an iovec array. `.done(0)` is end of stream.
+    @inlinable
+    public static func read(_ fd: CInt, _ buffer: UnsafeMutableRawPointer, _ count: Int) throws(SystemCallError) -> NonBlockingResult<Int> {
+        try nonBlockingCall("read") { Glibc.read(fd, buffer, count) }
+    }
+
+    /// `write(2)` from one block: ``writev(_:_:_:)`` for a single vector. Same `SIGPIPE` caveat.
+    @inlinable
+    public static func write(_ fd: CInt, _ buffer: UnsafeRawPointer, _ count: Int) throws(SystemCallError) -> NonBlockingResult<Int> {
+        try nonBlockingCall("write") { Glibc.write(fd, buffer, count) }
+    }
+
     /// `unlink(2)`, for a Unix socket path left from an earlier run; a missing file is fine.
     @inlinable
     public static func unlinkIfPresent(_ path: String) throws(SystemCallError) {

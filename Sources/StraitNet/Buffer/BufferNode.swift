@@ -12,15 +12,16 @@ import Glibc
 /// keeping `owner` alive. Every ``LinkBuffer`` segment that points into a node holds one reference;
 /// when the last one goes, the node (object and memory together) returns to ``NodePool`` and is
 /// handed out again, so a warm process allocates no nodes.
+/// Its fields change only while one buffer owns the node, hence `@exclusivity(unchecked)`.
 final class BufferNode: @unchecked Sendable {
     /// Start of the node's bytes. Fixed for owned memory; set per use for borrowed bytes.
-    private(set) var base: UnsafeMutableRawPointer
+    @exclusivity(unchecked) private(set) var base: UnsafeMutableRawPointer
     /// How many bytes `base` points at.
-    private(set) var capacity: Int
+    @exclusivity(unchecked) private(set) var capacity: Int
     /// Index into ``NodePool`` size classes; ``NodePool/oversized`` or ``NodePool/borrowed`` otherwise.
     let sizeClass: Int
     /// Keeps borrowed bytes alive; nil for owned memory and for static memory.
-    private(set) var owner: AnyObject?
+    @exclusivity(unchecked) private(set) var owner: AnyObject?
     let references = ManagedAtomic<Int>(0)
 
     /// Owned memory of `capacity` bytes.

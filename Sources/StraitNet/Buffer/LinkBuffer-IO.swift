@@ -6,22 +6,23 @@ import Glibc
 
 /// Socket I/O straight over the node chain: `readv` fills the tail's free space (and a fresh node
 /// when that is short), `writev` sends from the readable segments in place. No user-space copy.
+/// A single vector goes through plain `read`/`write`, which spare the kernel the iovec import.
 extension LinkBuffer {
     /// Most segments handed to one `writev`.
     static let maximumWriteVectors = 64
 
     /// Reads what the socket has, up to about `limit` bytes, into the tail and makes it readable.
     ///
-    /// Uses the tail node's free space first; when that is under `limit`, a second vector points at
-    /// a new pooled node of the missing size, which goes back to the pool if the read did not reach
-    /// it. `.done(0)` is end of stream.
+    /// Uses the tail node's free space first; when that is under half of `limit` (or under 1 KiB),
+    /// a second vector points at a new pooled node of the missing size, which goes back to the pool
+    /// if the read did not reach it. `.done(0)` is end of stream.
     public func read(from fd: CInt, limit: Int) throws(SystemCallError) -> NonBlockingResult<Int> {
         precondition(unflushedBytes == 0, "reading from a socket into a buffer with staged, unflushed bytes")
         var tailFree = 0
         if let last = segments.indices.last, segments[last].writable {
             tailFree = segments[last].node.capacity - segments[last].filled
         }
-        let spare: BufferNode? = tailFree >= min(limit, 1024) ? nil : NodePool.take(minimumCapacity: max(limit - tailFree, 1024))
+        let spare: BufferNode? = tailFree >= 1024 && tailFree * 2 >= limit ? nil : NodePool.take(minimumCapacity: max(limit - tailFree, 1024))
         let result: NonBlockingResult<Int>
         do {
             result = try readVectors(tailFree: tailFree, spare: spare, fd: fd)
@@ -62,6 +63,7 @@ extension LinkBuffer {
                 count += 1
             }
             lastReadCapacity = tailFree + (spare?.capacity ?? 0)
+            if count == 1 { return try SocketCall.read(fd, vectors[0].iov_base, vectors[0].iov_len) }
             return try SocketCall.readv(fd, vectors.baseAddress!, count)
         }
     }
@@ -87,6 +89,7 @@ extension LinkBuffer {
                 index += 1
                 if index < segments.count { offset = segments[index].start }
             }
+            if count == 1 { return try SocketCall.write(fd, vectors[0].iov_base, vectors[0].iov_len) }
             return try SocketCall.writev(fd, vectors.baseAddress!, count)
         }
         if case .done(let bytes) = result {

@@ -27,6 +27,8 @@ protocol ConnectionOwner: AnyObject, Sendable {
 ///
 /// **Ownership.** The loop holds the connection from registration until it closes; the socket is
 /// closed exactly once, by ``close()`` or by the reason in `onDisconnect`.
+///
+/// Loop-confined state is `@exclusivity(unchecked)`, as in ``LinkBuffer``.
 public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
     enum State { case connecting, registered, active, closed }
 
@@ -48,34 +50,37 @@ public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
     /// Per-connection state for the handler (a parser, a session). Loop or handler only.
     public var context: AnyObject?
 
-    var state: State
+    @exclusivity(unchecked) var state: State
     private let closedFlag = ManagedAtomic<Bool>(false)
     /// Why it closed, once closed. Loop thread (or after `onDisconnect`) only.
-    public private(set) var closeReason: CloseReason?
-    private var pendingClose: CloseReason?
-    private var inputEnded = false
-    private var readPaused = false
-    private var writeBlocked = false
-    private var writeBlockedSince: UInt64 = 0
-    private var writeTimerArmed = false
-    private var aboveHighWatermark = false
-    private var inDispatch = false
-    private var handlerRunning = false
-    private var handlerFailure: String?
-    private var draining = false
-    private var lastReadAt: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var closeReason: CloseReason?
+    @exclusivity(unchecked) private var pendingClose: CloseReason?
+    @exclusivity(unchecked) private var inputEnded = false
+    @exclusivity(unchecked) private var readPaused = false
+    @exclusivity(unchecked) private var writeBlocked = false
+    @exclusivity(unchecked) private var writeBlockedSince: UInt64 = 0
+    @exclusivity(unchecked) private var writeTimerArmed = false
+    @exclusivity(unchecked) private var aboveHighWatermark = false
+    @exclusivity(unchecked) private var inDispatch = false
+    @exclusivity(unchecked) private var handlerRunning = false
+    @exclusivity(unchecked) private var handlerFailure: String?
+    @exclusivity(unchecked) private var draining = false
+    @exclusivity(unchecked) private var lastReadAt: UInt64 = 0
     /// The peer's FIN or an error was reported: read to the end, never stop at a short read.
-    private var peerHungUp = false
-    var connectCompletion: (@Sendable (Result<Connection, NetError>) -> Void)?
+    @exclusivity(unchecked) private var peerHungUp = false
+    /// What the next read offers the kernel: ``ConnectionOptions/readChunk`` and up, adapting.
+    @exclusivity(unchecked) private var readSize: Int
+    @exclusivity(unchecked) var connectCompletion: (@Sendable (Result<Connection, NetError>) -> Void)?
 
-    var nextOnLoop: Connection?
-    unowned(unsafe) var previousOnLoop: Connection?
+    @exclusivity(unchecked) var nextOnLoop: Connection?
+    @exclusivity(unchecked) unowned(unsafe) var previousOnLoop: Connection?
 
     init(fd: CInt, loop: EventLoop, state: State, options: ConnectionOptions, handlers: ConnectionHandlers, owner: (any ConnectionOwner)?) {
         self.state = state
         self.options = options
         self.handlers = handlers
         self.owner = owner
+        self.readSize = options.readChunk
         if case .workerPool = options.execution { staging = LinkBuffer() } else { staging = nil }
         super.init(fd: fd, loop: loop)
     }
@@ -313,12 +318,18 @@ public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
                 return
             }
             do {
-                switch try reader.read(from: fd, limit: options.readChunk) {
+                // Never offer much more than the input limit leaves room for.
+                switch try reader.read(from: fd, limit: min(readSize, options.inputLimit - reader.readableBytes)) {
                 case .done(0):
                     inputEnded = true
                     return
                 case .done(let count):
                     lastReadAt = loop.now
+                    if count >= reader.lastReadCapacity {
+                        readSize = min(readSize * 4, max(options.maximumReadChunk, options.readChunk))
+                    } else if count < readSize / 8 && readSize > options.readChunk {
+                        readSize = max(readSize / 4, options.readChunk)
+                    }
                     // A short read emptied the socket; the next arrival brings a new edge. A FIN
                     // that came with the data brings none, so after a hang-up read on to the end.
                     if count < reader.lastReadCapacity && !peerHungUp { return }

@@ -87,8 +87,13 @@ public struct ConnectionOptions: Sendable {
     public var readIdleTimeout: Duration?
     /// Close when output stays blocked (peer not reading) for this long (nil: never).
     public var writeTimeout: Duration?
-    /// Bytes one `readv` aims to read; the node pool's 16 KiB class by default.
+    /// Bytes one `readv` aims to read at first; the node pool's 16 KiB class by default. A read
+    /// that fills all it was offered quadruples the next one, up to ``maximumReadChunk``; reads
+    /// that use under an eighth shrink it back (bulk transfers take fewer syscalls, small
+    /// request/response traffic keeps small nodes).
     public var readChunk = 16 << 10
+    /// Ceiling of the adaptive read size; the node pool's 256 KiB class by default.
+    public var maximumReadChunk = 256 << 10
     /// `TCP_NODELAY` on TCP sockets.
     public var noDelay = true
     /// Where `onRequest` runs.

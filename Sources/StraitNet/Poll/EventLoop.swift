@@ -45,6 +45,7 @@ protocol TimerTarget: AnyObject {
 /// Everything a loop owns (its connections' state, its timer heap) is touched only on its thread;
 /// other threads talk to it through ``execute(_:)``, which queues a task and wakes the loop with an
 /// eventfd write (at most one write per wake-up, however many tasks are queued).
+/// Loop-confined state is `@exclusivity(unchecked)`, as in ``LinkBuffer``.
 public final class EventLoop: @unchecked Sendable {
     /// The loop's position in its group.
     public let index: Int
@@ -54,16 +55,16 @@ public final class EventLoop: @unchecked Sendable {
     private let wakePending = ManagedAtomic<Bool>(false)
     private let stopRequested = ManagedAtomic<Bool>(false)
     private let threadID = ManagedAtomic<UInt>(0)
-    private var timers = Heap<TimerEntry>()
-    private var timerSequence: UInt64 = 0
+    @exclusivity(unchecked) private var timers = Heap<TimerEntry>()
+    @exclusivity(unchecked) private var timerSequence: UInt64 = 0
     /// Monotonic time of the current iteration, in nanoseconds (one clock read per wake-up).
-    private(set) var now: UInt64 = SocketCall.monotonicNanoseconds()
-    private var deferredReleases: [Unmanaged<Selectable>] = []
-    private var runningTasks = Deque<LoopTask>()
+    @exclusivity(unchecked) private(set) var now: UInt64 = SocketCall.monotonicNanoseconds()
+    @exclusivity(unchecked) private var deferredReleases: [Unmanaged<Selectable>] = []
+    @exclusivity(unchecked) private var runningTasks = Deque<LoopTask>()
     /// Head of this loop's intrusive list of live connections.
-    var firstConnection: Connection?
+    @exclusivity(unchecked) var firstConnection: Connection?
     /// Live connections on this loop.
-    private(set) var connectionCount = 0
+    @exclusivity(unchecked) private(set) var connectionCount = 0
     private let finished = Mutex<Bool>(false)
 
     static let eventBatch = 256

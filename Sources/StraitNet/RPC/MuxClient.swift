@@ -6,24 +6,48 @@ import Synchronization
 /// wire format): each call gets a fresh id, responses are matched by id in whatever order they
 /// come, and each call has its own timeout.
 ///
-/// All bookkeeping (the table of calls in flight, their timers) lives on the connection's loop;
-/// callers on any thread or task only hand a request over. A call costs the hand-over closure,
-/// the response's array and, for the async face, the continuation.
+/// All bookkeeping (the table of calls in flight, the timeout sweep) lives on the connection's
+/// loop; callers on other threads or tasks only hand a request over. A call made on the loop (from
+/// a completion, say) is written at once, and calls made while a burst of responses is being
+/// read go out together in one `writev` at the end of the burst. A call costs the response's
+/// array (nothing with ``call(_:timeout:borrowingResponse:)``), plus the hand-over closure when
+/// made off the loop and the continuation for the async face.
+///
+/// Timeouts cost no timer per call: one timer per client fires at the earliest deadline in flight,
+/// fails the calls that are due and re-arms for the next (a scan of the calls in flight, about once
+/// per timeout period when calls finish in time).
 ///
 /// The client owns its connection: ``close()`` closes it, failing calls in flight with
-/// ``NetError/closed(_:)``.
+/// ``NetError/closed(_:)``. Its loop-confined state is `@exclusivity(unchecked)`, as in ``LinkBuffer``.
 public final class MuxClient: TimerTarget, @unchecked Sendable {
+    /// What to call with a response: a copy of the payload, or a view of it.
+    enum Completion {
+        case owned(@Sendable (Result<[UInt8], NetError>) -> Void)
+        case borrowed(@Sendable (Result<UnsafeRawBufferPointer, NetError>) -> Void)
+
+        func fail(_ error: NetError) {
+            switch self {
+            case .owned(let completion): completion(.failure(error))
+            case .borrowed(let completion): completion(.failure(error))
+            }
+        }
+    }
+
     struct Pending {
         let deadline: UInt64
-        let completion: @Sendable (Result<[UInt8], NetError>) -> Void
+        let completion: Completion
     }
 
     public let loop: EventLoop
     let maximumLength: Int
-    private var connection: Connection?
-    private var pending: [UInt64: Pending] = [:]
-    private var nextID: UInt64 = 0
-    private var closedReason: CloseReason?
+    @exclusivity(unchecked) private var connection: Connection?
+    @exclusivity(unchecked) private var pending: [UInt64: Pending] = [:]
+    @exclusivity(unchecked) private var nextID: UInt64 = 0
+    /// Deadline of the sweep timer that counts (earlier heap entries were superseded); `.max`: none.
+    @exclusivity(unchecked) private var sweepDeadline = UInt64.max
+    /// True while `readResponses` runs: calls made then are flushed once, at its end.
+    @exclusivity(unchecked) private var readingResponses = false
+    @exclusivity(unchecked) private var closedReason: CloseReason?
     private let closedFlag = ManagedAtomic<Bool>(false)
 
     private init(loop: EventLoop, maximumLength: Int) {
@@ -63,25 +87,45 @@ public final class MuxClient: TimerTarget, @unchecked Sendable {
     /// ``NetError/timeout``, ``NetError/closed(_:)``, or ``NetError/protocolViolation(_:)`` (an error
     /// frame's message).
     public func call(_ payload: [UInt8], timeout: Duration, completion: @escaping @Sendable (Result<[UInt8], NetError>) -> Void) {
+        start(payload, timeout: timeout, completion: .owned(completion))
+    }
+
+    /// Like ``call(_:timeout:completion:)``, but the response payload comes as a view into the
+    /// connection's input, valid only until `completion` returns (copy what must outlive it): no
+    /// allocation for the response. Made on the loop with a completion closure created once, a
+    /// call allocates nothing once warm.
+    public func call(_ payload: [UInt8], timeout: Duration, borrowingResponse completion: @escaping @Sendable (Result<UnsafeRawBufferPointer, NetError>) -> Void) {
+        start(payload, timeout: timeout, completion: .borrowed(completion))
+    }
+
+    private func start(_ payload: [UInt8], timeout: Duration, completion: Completion) {
         let deadline = SocketCall.monotonicNanoseconds() + timeout.nanoseconds
-        loop.execute { [self] in
-            guard let connection, closedReason == nil else {
-                completion(.failure(.closed(closedReason ?? .local)))
-                return
-            }
-            nextID &+= 1
-            let id = nextID
-            pending[id] = Pending(deadline: deadline, completion: completion)
-            payload.withUnsafeBytes { Frame.write(id: id, kind: .request, payload: $0, to: connection.writer) }
-            connection.flush()
-            loop.schedule(at: deadline, target: self, tag: id)
+        if loop.inEventLoop {
+            send(payload, deadline: deadline, completion: completion)
+        } else {
+            loop.execute { [self] in send(payload, deadline: deadline, completion: completion) }
         }
+    }
+
+    /// Writes the request frame and flushes it, unless a burst of responses is being read (then
+    /// `readResponses` flushes once at its end). Loop only.
+    private func send(_ payload: [UInt8], deadline: UInt64, completion: Completion) {
+        guard let connection, closedReason == nil else {
+            completion.fail(.closed(closedReason ?? .local))
+            return
+        }
+        nextID &+= 1
+        let id = nextID
+        pending[id] = Pending(deadline: deadline, completion: completion)
+        payload.withUnsafeBytes { Frame.write(id: id, kind: .request, payload: $0, to: connection.writer) }
+        if !readingResponses { connection.flush() }
+        armSweep(at: deadline)
     }
 
     /// The async face of ``call(_:timeout:completion:)``.
     public func call(_ payload: [UInt8], timeout: Duration) async throws(NetError) -> [UInt8] {
         let result = await withCheckedContinuation { continuation in
-            call(payload, timeout: timeout) { continuation.resume(returning: $0) }
+            call(payload, timeout: timeout, completion: { continuation.resume(returning: $0) })
         }
         return try result.get()
     }
@@ -93,13 +137,26 @@ public final class MuxClient: TimerTarget, @unchecked Sendable {
 
     private func readResponses(from connection: Connection) throws(NetError) {
         let reader = connection.reader
+        readingResponses = true
+        defer {
+            readingResponses = false
+            connection.flush()
+        }
         while let header = try Frame.next(in: reader, maximumLength: maximumLength) {
-            let payload = try! reader.readBinary(header.payloadLength)
-            guard let call = pending.removeValue(forKey: header.id) else { continue }  // timed out already
+            guard let call = pending.removeValue(forKey: header.id) else {
+                try! reader.skip(header.payloadLength)  // timed out already
+                continue
+            }
             switch header.kind {
-            case .response: call.completion(.success(payload))
-            case .error: call.completion(.failure(.protocolViolation(String(decoding: payload, as: UTF8.self))))
-            case .request: throw .protocolViolation("a server sent a request frame")
+            case .response:
+                switch call.completion {
+                case .owned(let completion): completion(.success(try! reader.readBinary(header.payloadLength)))
+                case .borrowed(let completion): completion(.success(try! reader.next(header.payloadLength)))
+                }
+            case .error: call.completion.fail(.protocolViolation(try! reader.readString(header.payloadLength)))
+            case .request:
+                call.completion.fail(.protocolViolation("a server sent a request frame"))
+                throw .protocolViolation("a server sent a request frame")
             }
         }
     }
@@ -109,13 +166,35 @@ public final class MuxClient: TimerTarget, @unchecked Sendable {
         closedFlag.store(true, ordering: .relaxed)
         let failed = pending
         pending.removeAll()
-        for call in failed.values { call.completion(.failure(.closed(reason))) }
+        for call in failed.values { call.completion.fail(.closed(reason)) }
     }
 
+    /// Makes sure the sweep runs by `deadline`. Loop only; a heap entry only when `deadline` is
+    /// earlier than the armed one (never, when every call has the same timeout).
+    private func armSweep(at deadline: UInt64) {
+        guard deadline < sweepDeadline else { return }
+        sweepDeadline = deadline
+        loop.schedule(at: deadline, target: self, tag: deadline)
+    }
+
+    /// Fails the calls whose deadline passed and re-arms for the earliest one left.
     func timerFired(tag: UInt64) {
-        guard let call = pending[tag], call.deadline <= loop.now else { return }
-        pending.removeValue(forKey: tag)
-        call.completion(.failure(.timeout))
+        guard tag == sweepDeadline else { return }  // superseded by an earlier deadline
+        sweepDeadline = .max
+        let now = loop.now
+        var earliest = UInt64.max
+        var expired: [UInt64] = []
+        for (id, call) in pending {
+            if call.deadline <= now {
+                expired.append(id)
+            } else {
+                earliest = min(earliest, call.deadline)
+            }
+        }
+        if earliest != .max { armSweep(at: earliest) }
+        for id in expired {
+            pending.removeValue(forKey: id)?.completion.fail(.timeout)
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 // HTTP/1.1 plaintext server on StraitNet for `strait bench net`: `GET /` (any request, in fact)
-// gets 200 "Hello, World!" on a kept-alive connection. Usage: straitnet-http PORT [LOOPS]
+// gets 200 "Hello, World!" on a kept-alive connection.
+// Usage: straitnet-http PORT [LOOPS] [--count-allocations]
+import BenchAllocationCounter
 import StraitNet
 
 #if canImport(Glibc)
@@ -12,6 +14,7 @@ let response: StaticString = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nCon
 let arguments = CommandLine.arguments
 let port = arguments.count > 1 ? UInt16(arguments[1]) ?? 47080 : 47080
 let loops = arguments.count > 2 ? Int(arguments[2]) ?? 2 : 2
+let allocations = AllocationCounter.fromArguments(arguments)
 
 // A request ends at its empty line. Lines are consumed as they complete, so a request split
 // across reads needs no state: the empty line, whenever it comes, ends the current request.
@@ -26,6 +29,7 @@ let handlers = ConnectionHandlers(onRequest: { connection in
     let bytes = UnsafeRawBufferPointer(start: response.utf8Start, count: response.utf8CodeUnitCount)
     for _ in 0..<responses { connection.writer.write(bytes) }
     connection.flush()
+    allocations?.requests.add(responses, ordering: .relaxed)
 })
 
 let group = try EventLoopGroup(loopCount: loops)

@@ -1,5 +1,6 @@
 // The SwiftNIO peer of straitnet-http: NIOPosix + NIOHTTP1, same response, same thread count.
-// Usage: swiftnio-http PORT [THREADS]
+// Usage: swiftnio-http PORT [THREADS] [--count-allocations]
+import BenchAllocationCounter
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -7,6 +8,7 @@ import NIOPosix
 let arguments = CommandLine.arguments
 let port = arguments.count > 1 ? Int(arguments[1]) ?? 47081 : 47081
 let threads = arguments.count > 2 ? Int(arguments[2]) ?? 2 : 2
+let allocations = AllocationCounter.fromArguments(arguments)
 
 final class HelloHandler: ChannelInboundHandler, Sendable {
     typealias InboundIn = HTTPServerRequestPart
@@ -25,6 +27,7 @@ final class HelloHandler: ChannelInboundHandler, Sendable {
         context.write(wrapOutboundOut(.head(Self.head)), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(Self.body))), promise: nil)
         context.write(wrapOutboundOut(.end(nil)), promise: nil)
+        allocations?.requests.add(1, ordering: .relaxed)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

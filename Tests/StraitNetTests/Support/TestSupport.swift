@@ -142,3 +142,13 @@ func withGroup<Result>(loops: Int = 2, _ body: (EventLoopGroup) async throws -> 
         throw error
     }
 }
+
+/// Polls `condition` every 2 ms until it holds or `timeout` passes; returns its last value. For
+/// state that other threads settle asynchronously (a peer's close reaching the server, say).
+func eventually(timeout: Duration = .seconds(2), _ condition: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while !condition() && ContinuousClock.now < deadline {
+        try? await Task.sleep(for: .milliseconds(2))
+    }
+    return condition()
+}

@@ -1,0 +1,97 @@
+import Foundation
+
+/// `strait bench net`, part 3: heap allocations per request in each server once warm.
+///
+/// Each server runs with ordo-one/malloc-interposer preloaded (`libMallocInterposerSwift.so` from
+/// the same build folder) and `--count-allocations`, under load: wrk at 64 connections for HTTP,
+/// the side's own load client with 16 callers of 128 B for echo. After a warm-up the benchmark
+/// tells the server `begin`, and `end` a few seconds later; the server reports every allocation its
+/// threads made in between and how many requests it answered. These runs are apart from the timed
+/// ones: the interposer slows every allocation down.
+public struct AllocationCount: Sendable {
+    /// One server's count.
+    public struct Measurement: Sendable, Equatable {
+        public var allocations: Int
+        public var requests: Int
+        public var perRequest: Double { requests > 0 ? Double(allocations) / Double(requests) : .nan }
+    }
+
+    /// Both servers on one path (`http` or `echo`); encodes as one entry of the `"allocations"` array.
+    public struct Row: Sendable, Equatable, Encodable {
+        public var path: String
+        public var straitnet: Measurement
+        public var swiftnio: Measurement
+
+        enum Keys: String, CodingKey {
+            case path, straitnet_per_request, swiftnio_per_request, straitnet_allocations, swiftnio_allocations, straitnet_requests, swiftnio_requests
+        }
+
+        public func encode(to encoder: Encoder) throws {
+            var container = encoder.container(keyedBy: Keys.self)
+            try container.encode(path, forKey: .path)
+            try container.encode(straitnet.perRequest, forKey: .straitnet_per_request)
+            try container.encode(swiftnio.perRequest, forKey: .swiftnio_per_request)
+            try container.encode(straitnet.allocations, forKey: .straitnet_allocations)
+            try container.encode(swiftnio.allocations, forKey: .swiftnio_allocations)
+            try container.encode(straitnet.requests, forKey: .straitnet_requests)
+            try container.encode(swiftnio.requests, forKey: .swiftnio_requests)
+        }
+    }
+
+    public var binaries: URL
+    /// Load before counting starts, then the counted window.
+    public var warmUpSeconds = 1.5
+    public var countedSeconds = 2.0
+    public var serverThreads = 2
+
+    public init(binaries: URL) { self.binaries = binaries }
+
+    var interposer: URL { binaries.appendingPathComponent("libMallocInterposerSwift.so") }
+
+    public func run(progress: (String) -> Void = { _ in }) throws -> [Row] {
+        progress("allocations: http, wrk 64 connections")
+        let http = Row(path: "http", straitnet: try countHTTP(server: "straitnet-http", port: 47082), swiftnio: try countHTTP(server: "swiftnio-http", port: 47083))
+        progress("allocations: echo, 16 callers of 128 B")
+        let echo = Row(path: "echo", straitnet: try countEcho(peer: "straitnet-rpc", port: 47092), swiftnio: try countEcho(peer: "swiftnio-rpc", port: 47093))
+        return [http, echo]
+    }
+
+    private var loadSeconds: Int { Int((warmUpSeconds + countedSeconds).rounded(.up)) + 1 }
+
+    func countHTTP(server name: String, port preferred: Int) throws -> Measurement {
+        let port = PeerProcess.availablePort(preferred: preferred)
+        let server = try PeerProcess(binaries: binaries, name: name, arguments: [String(port), String(serverThreads), "--count-allocations"], preload: interposer)
+        defer { server.stop() }
+        try PeerProcess.waitForPort(port)
+        let seconds = loadSeconds
+        let wrkDone = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            _ = try? HTTPBenchmark.wrk(connections: 64, seconds: seconds, port: port)
+            wrkDone.signal()
+        }
+        defer { wrkDone.wait() }
+        return try count(in: server)
+    }
+
+    func countEcho(peer: String, port preferred: Int) throws -> Measurement {
+        let port = PeerProcess.availablePort(preferred: preferred)
+        let server = try PeerProcess(binaries: binaries, name: peer, arguments: ["serve", String(port), String(serverThreads), "--count-allocations"], preload: interposer)
+        defer { server.stop() }
+        try PeerProcess.waitForPort(port)
+        let load = try PeerProcess(binaries: binaries, name: peer, arguments: ["load", String(port), "128", "16", String(loadSeconds)])
+        defer { load.waitForExit(timeout: Double(loadSeconds) + 15) }
+        return try count(in: server)
+    }
+
+    /// `begin` after the warm-up, `end` after the counted window, and the server's answer.
+    private func count(in server: PeerProcess) throws -> Measurement {
+        usleep(useconds_t(warmUpSeconds * 1e6))
+        server.send("begin")
+        usleep(useconds_t(countedSeconds * 1e6))
+        server.send("end")
+        let line = try server.waitForLine(startingWith: "allocations ", timeout: 5)
+        let fields = line.split(separator: " ")
+        guard fields.count >= 6, let allocations = Int(fields[1]), let requests = Int(fields[5]) else { throw BenchmarkError.unreadableReport(line) }
+        return Measurement(allocations: allocations, requests: requests)
+    }
+}
