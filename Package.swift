@@ -19,6 +19,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // Layer 0: C. Debian's libbpf through pkg-config, and the structs shared by kernel programs and Swift.
@@ -61,6 +64,20 @@ let package = Package(
             plugins: ["BPFCompiler"]
         ),
 
+        // The L4 TCP proxy engine: copy, splice and sockmap datapaths, balancing, health checks.
+        .target(
+            name: "StraitProxy",
+            dependencies: [
+                "StraitBPF", "StraitKernelABI", "StraitSystem", "StraitNet", "CStraitNet",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            exclude: ["bpf"],
+            plugins: ["BPFCompiler"]
+        ),
+
         // The reactor network library: LinkBuffer, epoll reactors, connections, multiplexed RPC.
         .target(name: "CStraitNet"),
         .target(
@@ -90,14 +107,14 @@ let package = Package(
         // Side-by-side measurement against the peers each issue names.
         .target(
             name: "StraitBench",
-            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel"]
+            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitProxy"]
         ),
 
         // Layer 4: the command.
         .executableTarget(
             name: "strait",
             dependencies: [
-                "StraitBPF", "StraitAccel", "StraitBench", "StraitSystem",
+                "StraitBPF", "StraitAccel", "StraitBench", "StraitSystem", "StraitProxy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -116,6 +133,7 @@ let package = Package(
             plugins: ["BPFCompiler"]
         ),
         .testTarget(name: "StraitAccelTests", dependencies: ["StraitAccel", "StraitBPF", "CLibBPF", "StraitTestSupport"]),
+        .testTarget(name: "StraitProxyTests", dependencies: ["StraitProxy", "StraitSystem", "StraitTestSupport"]),
         .testTarget(
             name: "StraitNetTests",
             dependencies: ["StraitNet", .product(name: "PropertyBased", package: "swift-property-based")]
