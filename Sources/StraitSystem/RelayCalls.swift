@@ -21,7 +21,9 @@ public enum RelayCall {
     /// a socket is end of stream.
     @inlinable
     public static func splice(from: CInt, to: CInt, length: Int) throws(SystemCallError) -> NonBlockingResult<Int> {
-        let flags = UInt32(1 | 2 | 4)  // SPLICE_F_MOVE | SPLICE_F_NONBLOCK | SPLICE_F_MORE
+        // SPLICE_F_MOVE | SPLICE_F_NONBLOCK. Not SPLICE_F_MORE: on a socket it acts as MSG_MORE and
+        // holds small writes back, which costs interactive traffic hundreds of milliseconds.
+        let flags = UInt32(1 | 2)
         return try nonBlockingCall("splice") { strait_splice(from, to, length, flags) }
     }
 
