@@ -77,6 +77,8 @@ final class Relay: PollHandler, TickHandler {
     private var switchRequested = false
     private var fastTicking = false
     private var flushWaitStarted: UInt64 = 0
+    private var resetSource: CInt?
+    private var resetSeenAt: UInt64 = 0
 
     init(loop: ProxyLoop, context: ProxyContext, listener: ListenerRuntime, settings: ListenerSettings, client: CInt, clientAddress: SocketAddress?) {
         self.loop = loop
@@ -283,7 +285,14 @@ final class Relay: PollHandler, TickHandler {
 
     private func kernelEvent(fd: CInt, events: UInt32) {
         if events & ProxyLoop.error != 0 {
-            resetFrom(fd)
+            // Bytes the reset side sent before its RST may still sit in the peer's psock backlog;
+            // a reset now would discard them. Let them reach the peer socket first (bounded).
+            if resetSource == nil {
+                resetSource = fd
+                resetSeenAt = loop.now
+                loop.deregister(fd)
+                carryKernelReset()
+            }
             return
         }
         if events & (ProxyLoop.peerHangUp | ProxyLoop.hangUp) != 0 {
@@ -328,6 +337,24 @@ final class Relay: PollHandler, TickHandler {
         }
     }
 
+    /// After a reset on `resetSource`: once its received bytes are all in the peer socket (or
+    /// 100 ms passed), reset the peer too.
+    private func carryKernelReset() {
+        guard phase == .relaying, let source = resetSource, let up = toUpstream, let down = toClient else { return }
+        let (direction, sinkBase) = source == client ? (up, upstreamAckBase) : (down, clientAckBase)
+        var flushed = direction.sinkShut
+        if !flushed, let from = try? RelayCall.streamCounters(direction.source), let to = try? RelayCall.streamCounters(direction.sink),
+           let queued = try? RelayCall.unacknowledgedBytes(direction.sink) {
+            let received = from.received &- (direction.sourceEnded ? 1 : 0)
+            flushed = to.acked &+ UInt64(queued) &- sinkBase >= received
+        }
+        if flushed || loop.now &- resetSeenAt > 100_000_000 {
+            resetFrom(source)
+        } else {
+            setFastTicks(true)
+        }
+    }
+
     private func setFastTicks(_ on: Bool) {
         guard on != fastTicking else { return }
         fastTicking = on
@@ -344,6 +371,10 @@ final class Relay: PollHandler, TickHandler {
             if now >= connectDeadline { finish(.connectTimeout) }
         case .relaying:
             if datapath == .sockmap {
+                if resetSource != nil {
+                    carryKernelReset()
+                    return
+                }
                 if fastTicking { carryKernelHalfClose() }
                 if phase == .relaying, now &- lastKernelCheck >= 1_000_000_000, let pair, let forwarder = context.forwarder {
                     lastKernelCheck = now
