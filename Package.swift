@@ -107,7 +107,7 @@ let package = Package(
         // Side-by-side measurement against the peers each issue names.
         .target(
             name: "StraitBench",
-            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitProxy"]
+            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitProxy", "StraitNet", .product(name: "Logging", package: "swift-log")]
         ),
 
         // Layer 4: the command.
