@@ -13,6 +13,8 @@ public struct ProxyBenchmark: Sendable {
     public var seconds: Double = 3
     public var latencyMessageBytes = 64
     public var datapaths: [Datapath] = [.copy, .splice, .sockmap, .auto]
+    /// Rounds; each round measures every path once (in a rotated order), and the median is reported.
+    public var repeats = 1
     public var progress: @Sendable (String) -> Void = { _ in }
 
     public init() {}
@@ -44,7 +46,7 @@ public struct ProxyBenchmark: Sendable {
     }
 
     /// One way of reaching the server: directly, or through a proxy listening on a port of its own.
-    enum Path: Equatable {
+    enum Path: Hashable {
         case direct, haproxy, strait(Datapath)
     }
 
@@ -60,36 +62,44 @@ public struct ProxyBenchmark: Sendable {
 
         var rows: [Report.Row] = []
         for size in messageSizes {
-            var row = Report.Row(messageBytes: size, directGbitS: 0, haproxyGbitS: 0, straitGbitS: [:])
-            for path in paths {
-                if shouldStop() { throw BenchError.interrupted }
-                let value = try through(path, logger: logger) { serverPort, clientPort in
-                    try Iperf3().throughput(messageBytes: size, seconds: seconds, serverPort: serverPort, clientPort: clientPort)
+            var samples: [Path: [Double]] = [:]
+            for round in 0..<repeats {
+                // Rotate the order each round so slow drift on a shared machine touches every path alike.
+                for index in paths.indices {
+                    let path = paths[(index + round) % paths.count]
+                    if shouldStop() { throw BenchError.interrupted }
+                    let value = try through(path, logger: logger) { serverPort, clientPort in
+                        try Iperf3().throughput(messageBytes: size, seconds: seconds, serverPort: serverPort, clientPort: clientPort)
+                    }
+                    samples[path, default: []].append(value)
+                    progress(String(format: "%@ %@: %.2f Gbit/s", formatBytes(size), name(path), value))
                 }
-                switch path {
-                case .direct: row.directGbitS = value
-                case .haproxy: row.haproxyGbitS = value
-                case .strait(let datapath): row.straitGbitS[datapath.rawValue] = value
-                }
-                progress(String(format: "%@ %@: %.2f Gbit/s", formatBytes(size), name(path), value))
             }
+            var row = Report.Row(messageBytes: size, directGbitS: median(samples[.direct] ?? []), haproxyGbitS: median(samples[.haproxy] ?? []), straitGbitS: [:])
+            for case .strait(let datapath) in paths { row.straitGbitS[datapath.rawValue] = median(samples[.strait(datapath)] ?? []) }
             rows.append(row)
         }
 
-        var latency = Report.Latency(messageBytes: latencyMessageBytes, directP50Us: 0, haproxyP50Us: 0, straitP50Us: [:], directP99Us: 0, haproxyP99Us: 0, straitP99Us: [:])
-        for path in paths {
-            if shouldStop() { throw BenchError.interrupted }
-            let value = try through(path, logger: logger) { serverPort, clientPort in
-                try Sockperf().pingPong(messageBytes: latencyMessageBytes, seconds: seconds, serverPort: serverPort, clientPort: clientPort)
+        var p50: [Path: [Double]] = [:]
+        var p99: [Path: [Double]] = [:]
+        for round in 0..<repeats {
+            for index in paths.indices {
+                let path = paths[(index + round) % paths.count]
+                if shouldStop() { throw BenchError.interrupted }
+                let value = try through(path, logger: logger) { serverPort, clientPort in
+                    try Sockperf().pingPong(messageBytes: latencyMessageBytes, seconds: seconds, serverPort: serverPort, clientPort: clientPort)
+                }
+                p50[path, default: []].append(value.p50Microseconds)
+                p99[path, default: []].append(value.p99Microseconds)
+                progress(String(format: "ping-pong %d B %@: p50 %.1f µs, p99 %.1f µs", latencyMessageBytes, name(path), value.p50Microseconds, value.p99Microseconds))
             }
-            switch path {
-            case .direct: (latency.directP50Us, latency.directP99Us) = (value.p50Microseconds, value.p99Microseconds)
-            case .haproxy: (latency.haproxyP50Us, latency.haproxyP99Us) = (value.p50Microseconds, value.p99Microseconds)
-            case .strait(let datapath):
-                latency.straitP50Us[datapath.rawValue] = value.p50Microseconds
-                latency.straitP99Us[datapath.rawValue] = value.p99Microseconds
-            }
-            progress(String(format: "ping-pong %d B %@: p50 %.1f µs, p99 %.1f µs", latencyMessageBytes, name(path), value.p50Microseconds, value.p99Microseconds))
+        }
+        var latency = Report.Latency(
+            messageBytes: latencyMessageBytes, directP50Us: median(p50[.direct] ?? []), haproxyP50Us: median(p50[.haproxy] ?? []), straitP50Us: [:],
+            directP99Us: median(p99[.direct] ?? []), haproxyP99Us: median(p99[.haproxy] ?? []), straitP99Us: [:])
+        for case .strait(let datapath) in paths {
+            latency.straitP50Us[datapath.rawValue] = median(p50[.strait(datapath)] ?? [])
+            latency.straitP99Us[datapath.rawValue] = median(p99[.strait(datapath)] ?? [])
         }
         return Report(throughput: rows, latency: latency, sockmapUnavailable: unavailable)
     }
@@ -103,8 +113,21 @@ public struct ProxyBenchmark: Sendable {
     }
 
     /// Runs `measure(serverPort, clientPort)` with the proxy of `path` in between (started before,
-    /// stopped after).
+    /// stopped after). A failed run (a peer that lost a port race on a busy machine) is retried
+    /// twice on fresh ports before the error is reported.
     private func through<T>(_ path: Path, logger: Logger, _ measure: (UInt16, UInt16) throws -> T) throws -> T {
+        for attempt in 1...3 {
+            do {
+                return try once(path, logger: logger, measure)
+            } catch {
+                if attempt == 3 { throw error }
+                progress("\(name(path)): \(error); retrying")
+            }
+        }
+        preconditionFailure("unreachable")
+    }
+
+    private func once<T>(_ path: Path, logger: Logger, _ measure: (UInt16, UInt16) throws -> T) throws -> T {
         let serverPort = freePort()
         switch path {
         case .direct:

@@ -35,6 +35,8 @@ public final class Proxy: @unchecked Sendable {
         var config: ProxyConfig?
         var listeners: [ListenerRuntime] = []
         var upstreams: [SocketAddress: UpstreamState] = [:]
+        /// Listeners no longer accepting (removed by a reload, or draining) whose relays may run on.
+        var retired: [ListenerRuntime] = []
         var draining = false
     }
 
@@ -83,7 +85,7 @@ public final class Proxy: @unchecked Sendable {
         }
         if let address = config.metricsAddress {
             do { try startMetricsServer(address) } catch {
-                Task { [self] in await shutdown(drainTimeout: .zero) }
+                abandon()
                 throw error
             }
         }
@@ -98,13 +100,12 @@ public final class Proxy: @unchecked Sendable {
 
     /// Connections being relayed now, over all listeners.
     public var activeConnections: Int {
-        state.withLock { $0.listeners.reduce(0) { $0 + $1.active.load(ordering: .relaxed) } } + retiredActive.load(ordering: .relaxed)
+        state.withLock { state in
+            (state.listeners + state.retired).reduce(0) { $0 + $1.active.load(ordering: .relaxed) }
+        }
     }
-    /// Relays still open on listeners a reload removed.
-    private let retiredActive = Atomic<Int>(0)
-    private var retired: [ListenerRuntime] = []
 
-    /// Applies a configuration: listeners with the same address keep their socket (no refused
+    /// Applies a configuration (from any thread but a proxy loop's): listeners with the same address keep their socket (no refused
     /// connections), new ones are bound, removed ones stop accepting; established relays keep the
     /// settings they started with. Throws without changing anything if a new address cannot be bound.
     public func reload(_ config: ProxyConfig) throws(ProxyError) {
@@ -145,6 +146,7 @@ public final class Proxy: @unchecked Sendable {
                 }
             }
             let removed = state.listeners.filter { old in !next.contains { $0 === old } }
+            state.retired += removed
             state.listeners = next
             state.config = config
             return (bound, kept, removed)
@@ -159,7 +161,6 @@ public final class Proxy: @unchecked Sendable {
         for runtime in removed {
             for loop in loops { onLoop(loop) { loop.deregister(runtime.fd) } }
             closeDescriptor(runtime.fd)
-            retired.append(runtime)
         }
         let clusterList = Array(clusters.values)
         onLoop(loops[0]) { [health] in health.configure(clusterList) }
@@ -183,6 +184,32 @@ public final class Proxy: @unchecked Sendable {
     public func shutdown(drainTimeout: Duration) async {
         let listeners = state.withLock { state -> [ListenerRuntime] in
             state.draining = true
+            defer {
+                state.retired += state.listeners
+                state.listeners = []
+            }
+            return state.listeners
+        }
+        for runtime in listeners {
+            for loop in loops { onLoop(loop) { loop.deregister(runtime.fd) } }
+            closeDescriptor(runtime.fd)
+        }
+        if let metricsServer {
+            await metricsServer.server.shutdown(gracePeriod: .milliseconds(100))
+            metricsServer.group.shutdown()
+            self.metricsServer = nil
+        }
+        let deadline = ContinuousClock.now + drainTimeout
+        while activeConnections > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        for loop in loops { onLoop(loop) { loop.finishAllRelays(.shutdown) } }
+        stopLoops()
+    }
+
+    /// Undoes a start that failed half-way: listeners closed, threads stopped.
+    private func abandon() {
+        let listeners = state.withLock { state -> [ListenerRuntime] in
             defer { state.listeners = [] }
             return state.listeners
         }
@@ -190,22 +217,7 @@ public final class Proxy: @unchecked Sendable {
             for loop in loops { onLoop(loop) { loop.deregister(runtime.fd) } }
             closeDescriptor(runtime.fd)
         }
-        retired += listeners
-        if let metricsServer {
-            await metricsServer.server.shutdown(gracePeriod: .milliseconds(100))
-            metricsServer.group.shutdown()
-            self.metricsServer = nil
-        }
-        let deadline = ContinuousClock.now + drainTimeout
-        while relayCount() > 0 && ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(10))
-        }
-        for loop in loops { onLoop(loop) { loop.finishAllRelays(.shutdown) } }
         stopLoops()
-    }
-
-    private func relayCount() -> Int {
-        retired.reduce(0) { $0 + $1.active.load(ordering: .relaxed) }
     }
 
     private func stopLoops() {

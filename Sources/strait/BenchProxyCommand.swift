@@ -11,6 +11,7 @@ struct BenchProxy: ParsableCommand {
 
     @Option(help: "Message sizes (bytes per write), comma-separated; k and m suffixes.") var sizes = "1k,16k,128k"
     @Option(help: "Seconds per measurement.") var duration: Double = 3
+    @Option(name: .customLong("repeat"), help: "Measure every path this many times, in rotated order; the median is reported.") var repetitions: Int = 1
     @Flag(help: "Print one JSON object instead of the table.") var json = false
     @Option(help: "Also draw throughput by message size to this SVG file.") var svg: String?
 
@@ -21,6 +22,8 @@ struct BenchProxy: ParsableCommand {
         var benchmark = ProxyBenchmark()
         benchmark.messageSizes = parsed
         benchmark.seconds = duration
+        guard (1...9).contains(repetitions) else { throw ValidationError("--repeat: from 1 to 9") }
+        benchmark.repeats = repetitions
         let quiet = json
         benchmark.progress = { line in if !quiet { FileHandle.standardError.write(Data(("  " + line + "\n").utf8)) } }
         let stop = SignalFlag.interrupt()

@@ -12,7 +12,7 @@ public enum Datapath: String, Sendable, CaseIterable, Codable, CustomStringConve
     case splice
     /// An SK_SKB verdict program redirects each socket's bytes to its peer's egress in the kernel.
     case sockmap
-    /// Starts on ``splice`` and moves a connection to ``sockmap`` once its traffic looks
+    /// Starts on ``copy`` and moves a connection to ``sockmap`` once its traffic looks
     /// interactive (small request/response messages); see ``AutoRule``.
     case auto
 

@@ -47,7 +47,9 @@ final class Direction {
 
     /// Most bytes held in userspace per direction (copy) before reading pauses.
     static let bufferLimit = 1 << 20
-    static let readChunk = 64 << 10
+    static let readChunk = 256 << 10
+    /// Most bytes one splice into a pipe asks for (the pipe is sized to 1 MiB where allowed).
+    static let spliceChunk = 1 << 20
 
     init(source: CInt, sink: CInt, mode: Mode) {
         self.source = source
@@ -126,7 +128,7 @@ final class Direction {
                 }
                 guard !sourceEnded && !readingPaused && !pipeFull else { break }
                 let result: NonBlockingResult<Int>
-                do { result = try RelayCall.splice(from: source, to: pipeWrite, length: Self.readChunk) } catch {
+                do { result = try RelayCall.splice(from: source, to: pipeWrite, length: Self.spliceChunk) } catch {
                     throw .source(error)
                 }
                 guard case .done(let count) = result else {

@@ -10,12 +10,13 @@ import Glibc
 ///
 /// Measured on loopback (docs/proxy.md): sockmap redirection wins on small request/response
 /// traffic (lower ping-pong latency than any userspace copy), and loses on bulk transfers (the
-/// psock backlog pushes each message separately, about a fifth of direct throughput), where
-/// splice or copy keep up with a direct connection. So a connection starts on ``startDatapath``;
+/// psock backlog pushes each message separately, about a fifth of direct throughput), where the
+/// userspace copy was the fastest of the three at 1, 16 and 128 KiB writes. So a connection starts
+/// on ``startDatapath`` (copy);
 /// after ``sampleReads`` reads, if bytes flowed both ways and the average read was at most
 /// ``interactiveReadBytes``, it moves to sockmap for good; otherwise it stays.
 public enum AutoRule {
-    public static let startDatapath: Datapath = .splice
+    public static let startDatapath: Datapath = .copy
     public static let sampleReads = 8
     public static let interactiveReadBytes = 2048
 
@@ -75,6 +76,7 @@ final class Relay: PollHandler, TickHandler {
     private var lastKernelCheck: UInt64 = 0
     private var autoPending: Bool
     private var switchRequested = false
+    private var switchRequestedAt: UInt64 = 0
     private var fastTicking = false
     private var flushWaitStarted: UInt64 = 0
     private var resetSource: CInt?
@@ -249,6 +251,7 @@ final class Relay: PollHandler, TickHandler {
             autoPending = false
             if interactive && !up.sourceEnded && !down.sourceEnded {
                 switchRequested = true
+                switchRequestedAt = loop.now
                 up.readingPaused = true
                 down.readingPaused = true
             }
@@ -385,6 +388,14 @@ final class Relay: PollHandler, TickHandler {
                         lastActivity = now
                     }
                 }
+            }
+            // A switch waits for buffered bytes to reach the peers with reading paused; a peer that
+            // only reads after it has written could wait forever, so give up after 50 ms and stay.
+            if switchRequested, now &- switchRequestedAt > 50_000_000, let up = toUpstream, let down = toClient {
+                switchRequested = false
+                up.readingPaused = false
+                down.readingPaused = false
+                pumpAll()
             }
             if phase == .relaying, let idle = settings.config.idleTimeout, now &- lastActivity >= idle.wholeNanoseconds {
                 finish(.idleTimeout)
