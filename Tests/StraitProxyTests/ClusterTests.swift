@@ -197,6 +197,43 @@ struct ClusterTests {
     }
 }
 
+@Suite("Running without BPF, and the metrics endpoint")
+struct OperationTests {
+    @Test("without the kernel datapath, a sockmap listener runs on splice and says why")
+    func withoutKernelDatapath() async throws {
+        let upstream = try ThreadedUpstream(echoHandler)
+        defer { upstream.stop() }
+        let proxy = try Proxy(config: ProxyHarness.config(datapath: .sockmap, upstreams: [upstream.address]), kernelDatapath: false, logger: ProxyHarness.logger)
+        #expect(proxy.sockmapUnavailable != nil)
+        let client = try connectClient(port: proxy.listenerAddresses.values.first!.port!)
+        try client.sendAll(Array("spliced".utf8))
+        #expect(try client.receive(exactly: 7) == Array("spliced".utf8))
+        client.close()
+        for _ in 0..<200 where proxy.activeConnections > 0 { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(ProxyHarness.metric(proxy, "strait_proxy_bytes_total", "datapath=\"splice\"") == 14)
+        await proxy.shutdown(drainTimeout: .zero)
+    }
+
+    @Test("GET /metrics serves the Prometheus text")
+    func metricsEndpoint() async throws {
+        let upstream = try ThreadedUpstream(echoHandler)
+        defer { upstream.stop() }
+        var config = ProxyHarness.config(datapath: .copy, upstreams: [upstream.address])
+        config.metricsAddress = .ip(IPAddress("127.0.0.1")!, port: 0)
+        try await ProxyHarness.with(config) { proxy, port in
+            let client = try connectClient(port: port)
+            try client.sendAll([1, 2, 3])
+            _ = try client.receive(exactly: 3)
+            let scrape = try connectClient(port: try #require(proxy.metricsAddress?.port))
+            try scrape.sendAll(Array("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+            let text = String(decoding: try scrape.receiveToEnd(), as: UTF8.self)
+            #expect(text.hasPrefix("HTTP/1.1 200 OK"))
+            #expect(text.contains("strait_proxy_connections_total{listener=\"test\"} 1"))
+            #expect(text.contains("strait_proxy_connections_active{listener=\"test\"} 1"))
+        }
+    }
+}
+
 @Suite("Balancing")
 struct BalancerTests {
     func addresses(_ count: Int) -> [SocketAddress] {
