@@ -179,6 +179,27 @@ struct ClusterTests {
         }
     }
 
+    /// Nothing sent either way for `idle_timeout`: the proxy closes both sides and counts it. On
+    /// sockmap the proxy cannot see bytes and reads the kernel's per-pair counters instead.
+    @Test("idle connections are closed at the idle timeout", arguments: [Datapath.copy, .splice] + (KernelTestGate.missing == nil ? [Datapath.sockmap] : []))
+    func idleTimeout(datapath: Datapath) async throws {
+        let upstream = try ThreadedUpstream(echoHandler)
+        defer { upstream.stop() }
+        var config = ProxyHarness.config(datapath: datapath, upstreams: [upstream.address])
+        config.listeners[0].idleTimeout = .milliseconds(300)
+        try await ProxyHarness.with(config) { proxy, port in
+            let client = try connectClient(port: port, timeoutSeconds: 5)
+            try client.sendAll([42])
+            #expect(try client.receive(exactly: 1) == [42])
+            let started = ContinuousClock.now
+            #expect(receiveOnce(client) == 0, "\(datapath): closed by the proxy")
+            let waited = ContinuousClock.now - started
+            #expect(waited >= .milliseconds(150) && waited < .seconds(3), "\(datapath): closed after \(waited)")
+            for _ in 0..<100 where ProxyHarness.metric(proxy, "strait_proxy_errors_total", "idle_timeout") < 1 { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(ProxyHarness.metric(proxy, "strait_proxy_errors_total", "kind=\"idle_timeout\"") == 1)
+        }
+    }
+
     @Test("SIGTERM-style drain waits for open connections, then closes them at the deadline")
     func drain() async throws {
         let upstream = try ThreadedUpstream(echoHandler)
@@ -259,6 +280,18 @@ struct BalancerTests {
         #expect(moved == 0, "clients of healthy upstreams stayed put")
         let share = assignment.filter { $0 == members[2] }.count
         #expect(share > 200 && share < 700, "one of five upstreams got \(share) of 2000 clients")
+    }
+
+    @Test("least connections picks the upstream with the fewest active connections per weight")
+    func leastConnections() {
+        let members = addresses(3)
+        let probe = BalancerProbe(kind: .leastConnections, members: members, weights: [1, 2, 1])
+        probe.states[0].active.store(3, ordering: .relaxed)
+        probe.states[1].active.store(4, ordering: .relaxed)  // 2 per unit of weight
+        probe.states[2].active.store(5, ordering: .relaxed)
+        #expect(probe.pick(nil) == members[1])
+        probe.setHealthy(members[1], false)
+        #expect(probe.pick(nil) == members[0])
     }
 
     @Test("weighted round robin follows the weights")
