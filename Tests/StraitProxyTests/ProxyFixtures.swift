@@ -113,8 +113,25 @@ enum ProxyHarness {
             clusters: [ClusterConfig(name: "backend", upstreams: upstreams.map { UpstreamConfig(address: $0) }, balancing: balancing, healthCheck: health)])
     }
 
+    /// The whole test process shares one descriptor table: these tests (4,000 descriptors for 1,000
+    /// relayed connections) run beside others that open 20,000, and a process out of descriptors
+    /// brings down libdispatch. Raise the limit once, as far as root may (64 Ki).
+    static let descriptorHeadroom: Void = {
+        var limit = rlimit()
+        getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
+        let wanted: rlim_t = 65_536
+        if limit.rlim_cur < wanted {
+            var raised = rlimit(rlim_cur: wanted, rlim_max: max(wanted, limit.rlim_max))
+            if setrlimit(CInt(RLIMIT_NOFILE.rawValue), &raised) != 0 {
+                raised = rlimit(rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max)
+                setrlimit(CInt(RLIMIT_NOFILE.rawValue), &raised)
+            }
+        }
+    }()
+
     /// Runs `body` with a started proxy and its listener port; shuts the proxy down after.
     static func with(_ config: ProxyConfig, _ body: (Proxy, UInt16) async throws -> Void) async throws {
+        _ = descriptorHeadroom
         let proxy = try Proxy(config: config, loopCount: 2, kernelDatapath: true, logger: logger)
         do {
             let port = proxy.listenerAddresses.values.first!.port!
