@@ -1,4 +1,5 @@
 import CStraitNet
+import Foundation
 import Dispatch
 import Logging
 import StraitBPF
@@ -51,16 +52,17 @@ public final class Proxy: @unchecked Sendable {
         metrics = ProxyMetrics()
         var forwarder: SockmapForwarder?
         var unavailable: String?
-        if kernelDatapath {
+        if !kernelDatapath {
+            unavailable = "disabled by the caller"
+        } else if let missing = Self.missingCapabilities() {
+            // Checked first so the user reads one plain sentence, not libbpf's load errors.
+            unavailable = "the process lacks \(missing) (run as root, or grant CAP_BPF and CAP_NET_ADMIN)"
+        } else {
             do {
                 forwarder = try SockmapForwarder()
             } catch {
-                unavailable = geteuid() != 0
-                    ? "the process lacks CAP_BPF and CAP_NET_ADMIN (run as root or grant them): \(error)"
-                    : "the kernel refused the SK_SKB programs: \(error)"
+                unavailable = "the kernel refused the SK_SKB programs: \(error)"
             }
-        } else {
-            unavailable = "disabled by the caller"
         }
         context = ProxyContext(forwarder: forwarder, sockmapUnavailable: unavailable, metrics: metrics, logger: logger)
         var created: [ProxyLoop] = []
@@ -89,6 +91,19 @@ public final class Proxy: @unchecked Sendable {
                 throw error
             }
         }
+    }
+
+    /// The capabilities the kernel datapath needs that this process's effective set lacks
+    /// (`CAP_BPF`, or `CAP_SYS_ADMIN` before 5.8, and `CAP_NET_ADMIN`), or nil when it has them.
+    static func missingCapabilities() -> String? {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
+              let mask = UInt64(line.dropFirst("CapEff:".count).trimmingCharacters(in: .whitespaces), radix: 16)
+        else { return nil }
+        let bpf = mask & (1 << 39) != 0 || mask & (1 << 21) != 0  // CAP_BPF or CAP_SYS_ADMIN
+        let netAdmin = mask & (1 << 12) != 0
+        let missing = (bpf ? [] : ["CAP_BPF"]) + (netAdmin ? [] : ["CAP_NET_ADMIN"])
+        return missing.isEmpty ? nil : missing.joined(separator: " and ")
     }
 
     /// The address each listener is bound to, by listener name (with the kernel's port for port 0).
