@@ -244,6 +244,7 @@ public final class Proxy: @unchecked Sendable {
         do {
             let group = try EventLoopGroup(loopCount: 1)
             let metrics = self.metrics
+            let forwarder = context.forwarder
             let server = try Server(address: address, group: group, handlers: ConnectionHandlers(onRequest: { connection in
                 guard connection.reader.distance(to: UInt8(ascii: "\n")) != nil,
                       let request = try? connection.reader.peek(connection.reader.readableBytes)
@@ -251,6 +252,7 @@ public final class Proxy: @unchecked Sendable {
                 let text = String(decoding: request, as: UTF8.self)
                 guard text.contains("\r\n\r\n") else { return }
                 try connection.reader.skip(connection.reader.readableBytes)
+                if let forwarder { metrics.recordKernel(forwarder.counters()) }
                 let body = text.hasPrefix("GET /metrics") ? metrics.exposition() : "see /metrics\n"
                 let status = text.hasPrefix("GET /metrics") ? "200 OK" : "404 Not Found"
                 connection.writer.write(string: "HTTP/1.1 \(status)\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)")

@@ -1,4 +1,5 @@
 import Metrics
+import StraitKernelABI
 import Prometheus
 import Synchronization
 
@@ -70,6 +71,16 @@ public final class ProxyMetrics: Sendable {
 
     func upstreamHealth(cluster: String, upstream: String, up: Bool) {
         gauge("strait_proxy_upstream_up", [("cluster", cluster), ("upstream", upstream)]).record(up ? 1 : 0)
+    }
+
+    /// Copies the kernel datapath's totals (summed over CPUs) into
+    /// `strait_proxy_sockmap_redirected_bytes`, `strait_proxy_sockmap_redirected_messages` and
+    /// `strait_proxy_sockmap_drops{reason="unpaired"|"peer_gone"}`; called before each scrape.
+    func recordKernel(_ counters: strait_proxy_counters) {
+        gauge("strait_proxy_sockmap_redirected_bytes", []).record(Double(counters.redirected_bytes))
+        gauge("strait_proxy_sockmap_redirected_messages", []).record(Double(counters.redirected_messages))
+        gauge("strait_proxy_sockmap_drops", [("reason", "unpaired")]).record(Double(counters.unpaired_drops))
+        gauge("strait_proxy_sockmap_drops", [("reason", "peer_gone")]).record(Double(counters.redirect_failures))
     }
 
     /// The Prometheus text exposition of everything above.
