@@ -21,6 +21,9 @@ let package = Package(
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
         .package(url: "https://github.com/ordo-one/malloc-interposer", from: "1.6.1"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // Layer 0: C. Debian's libbpf through pkg-config, and the structs shared by kernel programs and Swift.
@@ -67,6 +70,19 @@ let package = Package(
         .target(
             name: "StraitDrop",
             dependencies: ["StraitBPF", "StraitKernelABI", "StraitSystem"],
+            exclude: ["bpf"],
+            plugins: ["BPFCompiler"]
+        ),
+        // The L4 TCP proxy engine: copy, splice and sockmap datapaths, balancing, health checks.
+        .target(
+            name: "StraitProxy",
+            dependencies: [
+                "StraitBPF", "StraitKernelABI", "StraitSystem", "StraitNet", "CStraitNet",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
             exclude: ["bpf"],
             plugins: ["BPFCompiler"]
         ),
@@ -118,14 +134,14 @@ let package = Package(
         // Side-by-side measurement against the peers each issue names.
         .target(
             name: "StraitBench",
-            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitDrop"]
+            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitDrop", "StraitProxy", "StraitNet", .product(name: "Logging", package: "swift-log")]
         ),
 
         // Layer 4: the command.
         .executableTarget(
             name: "strait",
             dependencies: [
-                "StraitBPF", "StraitAccel", "StraitBench", "StraitSystem", "StraitDrop", "StraitNetBench",
+                "StraitBPF", "StraitAccel", "StraitBench", "StraitSystem", "StraitDrop", "StraitNetBench", "StraitProxy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -145,6 +161,7 @@ let package = Package(
         ),
         .testTarget(name: "StraitAccelTests", dependencies: ["StraitAccel", "StraitBPF", "CLibBPF", "StraitTestSupport"]),
         .testTarget(name: "StraitDropTests", dependencies: ["StraitDrop", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitTestSupport"]),
+        .testTarget(name: "StraitProxyTests", dependencies: ["StraitProxy", "StraitSystem", "CStraitSystem", "StraitNet", "StraitTestSupport"]),
         .testTarget(
             name: "StraitNetTests",
             dependencies: ["StraitNet", .product(name: "PropertyBased", package: "swift-property-based")]

@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <unistd.h>
 #include <sched.h>
 #include "strait_system.h"
 
@@ -38,4 +39,9 @@ int strait_pin_thread(int cpu) {
     CPU_ZERO(&set);
     CPU_SET(cpu, &set);
     return sched_setaffinity(0, sizeof set, &set);
+}
+int strait_pipe_nonblocking(int fds[2], int size) {
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return -1;
+    if (size > 0) (void)fcntl(fds[0], F_SETPIPE_SZ, size);
+    return 0;
 }

@@ -20,3 +20,9 @@ int strait_interface_driver(const char *name, char *driver, size_t length);
 
 /// sched_setaffinity(2) of the calling thread to the one CPU `cpu`.
 int strait_pin_thread(int cpu);
+/// pipe2(2) with O_NONBLOCK | O_CLOEXEC, sized to `size` bytes (F_SETPIPE_SZ) when non-zero.
+int strait_pipe_nonblocking(int fds[2], int size);
+
+/// The TCP stream counters of `fd` from TCP_INFO: bytes the peer acknowledged (the handshake may
+/// count one), bytes received in order (a received FIN counts one). Returns -1 with errno on failure.
+int strait_tcp_stream_counters(int fd, unsigned long long *bytes_acked, unsigned long long *bytes_received);

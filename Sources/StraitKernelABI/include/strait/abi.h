@@ -4,3 +4,4 @@
 #include <linux/types.h>
 #include "accel.h"
 #include "drop.h"
+#include "proxy.h"

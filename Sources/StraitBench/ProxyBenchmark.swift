@@ -1,0 +1,218 @@
+import Foundation
+import Logging
+import StraitNet
+import StraitProxy
+import StraitSystem
+
+/// `strait bench proxy`: the same iperf3 and sockperf traffic, in one run, directly, through
+/// HAProxy in TCP mode (a child process with a generated config on loopback ports), and through
+/// Strait's proxy on each datapath and on `auto`. Strait runs inside this process with two loops,
+/// HAProxy with two threads, so both get the same two cores.
+public struct ProxyBenchmark: Sendable {
+    public var messageSizes: [Int] = [1024, 16_384, 131_072]
+    public var seconds: Double = 3
+    public var latencyMessageBytes = 64
+    public var datapaths: [Datapath] = [.copy, .splice, .sockmap, .auto]
+    /// Rounds; each round measures every path once (in a rotated order), and the median is reported.
+    public var repeats = 1
+    public var progress: @Sendable (String) -> Void = { _ in }
+
+    public init() {}
+
+    /// Encodes (snake_case) as `{"throughput":[{"message_bytes":N,"direct_gbit_s":A,"haproxy_gbit_s":B,
+    /// "strait_gbit_s":{"copy":…}}],"latency":{"direct_p50_us":…,"haproxy_p50_us":…,"strait_p50_us":{…}}}`.
+    public struct Report: Sendable, Codable {
+        public var throughput: [Row]
+        public var latency: Latency
+        /// Why the sockmap datapath could not run (its columns are then missing), or nil.
+        public var sockmapUnavailable: String?
+
+        public struct Row: Sendable, Codable {
+            public var messageBytes: Int
+            public var directGbitS: Double
+            public var haproxyGbitS: Double
+            public var straitGbitS: [String: Double]
+        }
+
+        public struct Latency: Sendable, Codable {
+            public var messageBytes: Int
+            public var directP50Us: Double
+            public var haproxyP50Us: Double
+            public var straitP50Us: [String: Double]
+            public var directP99Us: Double
+            public var haproxyP99Us: Double
+            public var straitP99Us: [String: Double]
+        }
+    }
+
+    /// One way of reaching the server: directly, or through a proxy listening on a port of its own.
+    enum Path: Hashable {
+        case direct, haproxy, strait(Datapath)
+    }
+
+    public func run(shouldStop: @escaping @Sendable () -> Bool = { false }) throws -> Report {
+        _ = try ProcessRunner.locate("haproxy")
+        var logger = Logger(label: "strait.bench.proxy")
+        logger.logLevel = .error
+        // Probe once whether the kernel datapath loads here.
+        let probe = try? SockmapForwarder()
+        let unavailable: String? = probe == nil ? "the SK_SKB programs did not load (needs root / CAP_BPF + CAP_NET_ADMIN)" : nil
+        let straitPaths = datapaths.filter { unavailable == nil || ($0 != .sockmap && $0 != .auto) }
+        let paths: [Path] = [.direct, .haproxy] + straitPaths.map { .strait($0) }
+
+        var rows: [Report.Row] = []
+        for size in messageSizes {
+            var samples: [Path: [Double]] = [:]
+            for round in 0..<repeats {
+                // Rotate the order each round so slow drift on a shared machine touches every path alike.
+                for index in paths.indices {
+                    let path = paths[(index + round) % paths.count]
+                    if shouldStop() { throw BenchError.interrupted }
+                    let value = try through(path, logger: logger) { serverPort, clientPort in
+                        try Iperf3().throughput(messageBytes: size, seconds: seconds, serverPort: serverPort, clientPort: clientPort)
+                    }
+                    samples[path, default: []].append(value)
+                    progress(String(format: "%@ %@: %.2f Gbit/s", formatBytes(size), name(path), value))
+                }
+            }
+            var row = Report.Row(messageBytes: size, directGbitS: median(samples[.direct] ?? []), haproxyGbitS: median(samples[.haproxy] ?? []), straitGbitS: [:])
+            for case .strait(let datapath) in paths { row.straitGbitS[datapath.rawValue] = median(samples[.strait(datapath)] ?? []) }
+            rows.append(row)
+        }
+
+        var p50: [Path: [Double]] = [:]
+        var p99: [Path: [Double]] = [:]
+        for round in 0..<repeats {
+            for index in paths.indices {
+                let path = paths[(index + round) % paths.count]
+                if shouldStop() { throw BenchError.interrupted }
+                let value = try through(path, logger: logger) { serverPort, clientPort in
+                    try Sockperf().pingPong(messageBytes: latencyMessageBytes, seconds: seconds, serverPort: serverPort, clientPort: clientPort)
+                }
+                p50[path, default: []].append(value.p50Microseconds)
+                p99[path, default: []].append(value.p99Microseconds)
+                progress(String(format: "ping-pong %d B %@: p50 %.1f µs, p99 %.1f µs", latencyMessageBytes, name(path), value.p50Microseconds, value.p99Microseconds))
+            }
+        }
+        var latency = Report.Latency(
+            messageBytes: latencyMessageBytes, directP50Us: median(p50[.direct] ?? []), haproxyP50Us: median(p50[.haproxy] ?? []), straitP50Us: [:],
+            directP99Us: median(p99[.direct] ?? []), haproxyP99Us: median(p99[.haproxy] ?? []), straitP99Us: [:])
+        for case .strait(let datapath) in paths {
+            latency.straitP50Us[datapath.rawValue] = median(p50[.strait(datapath)] ?? [])
+            latency.straitP99Us[datapath.rawValue] = median(p99[.strait(datapath)] ?? [])
+        }
+        return Report(throughput: rows, latency: latency, sockmapUnavailable: unavailable)
+    }
+
+    private func name(_ path: Path) -> String {
+        switch path {
+        case .direct: "direct"
+        case .haproxy: "haproxy"
+        case .strait(let datapath): "strait \(datapath)"
+        }
+    }
+
+    /// Runs `measure(serverPort, clientPort)` with the proxy of `path` in between (started before,
+    /// stopped after). A failed run (a peer that lost a port race on a busy machine) is retried
+    /// twice on fresh ports before the error is reported.
+    private func through<T>(_ path: Path, logger: Logger, _ measure: (UInt16, UInt16) throws -> T) throws -> T {
+        for attempt in 1...3 {
+            do {
+                return try once(path, logger: logger, measure)
+            } catch {
+                if attempt == 3 { throw error }
+                progress("\(name(path)): \(error); retrying")
+            }
+        }
+        preconditionFailure("unreachable")
+    }
+
+    private func once<T>(_ path: Path, logger: Logger, _ measure: (UInt16, UInt16) throws -> T) throws -> T {
+        let serverPort = freePort()
+        switch path {
+        case .direct:
+            return try measure(serverPort, serverPort)
+        case .haproxy:
+            let proxyPort = freePort()
+            let haproxy = try HAProxy.start(listenPort: proxyPort, serverPort: serverPort)
+            defer { haproxy.stop() }
+            return try measure(serverPort, proxyPort)
+        case .strait(let datapath):
+            let upstream = SocketAddress.ip(IPAddress("127.0.0.1")!, port: serverPort)
+            var config = ProxyConfig.quickStart(listen: .ip(IPAddress("127.0.0.1")!, port: 0), upstreams: [upstream], datapath: datapath)
+            config.clusters[0].healthCheck = nil
+            config.accessLog = false
+            let proxy = try Proxy(config: config, loopCount: 2, logger: logger)
+            defer {
+                let done = DispatchSemaphore(value: 0)
+                Task {
+                    await proxy.shutdown(drainTimeout: .zero)
+                    done.signal()
+                }
+                done.wait()
+            }
+            return try measure(serverPort, proxy.listenerAddresses.values.first!.port!)
+        }
+    }
+}
+
+/// HAProxy in TCP mode as a child process: a generated config in a temporary file, two threads,
+/// foreground (`-db`), killed when the measurement ends. Never a system service.
+struct HAProxy {
+    let running: ProcessRunner.Running
+    let configPath: String
+
+    static func start(listenPort: UInt16, serverPort: UInt16) throws -> HAProxy {
+        let config = """
+            global
+                maxconn 4096
+                nbthread 2
+            defaults
+                mode tcp
+                timeout connect 5s
+                timeout client 120s
+                timeout server 120s
+            listen strait_bench
+                bind 127.0.0.1:\(listenPort)
+                server upstream 127.0.0.1:\(serverPort)
+
+            """
+        let path = NSTemporaryDirectory() + "strait-bench-haproxy-\(getpid())-\(listenPort).cfg"
+        try config.write(toFile: path, atomically: true, encoding: .utf8)
+        let running = try ProcessRunner().start(["haproxy", "-db", "-f", path])
+        try waitForListener(port: listenPort, timeout: 5)
+        return HAProxy(running: running, configPath: path)
+    }
+
+    func stop() {
+        running.stop()
+        try? FileManager.default.removeItem(atPath: configPath)
+    }
+}
+
+extension Iperf3 {
+    /// One client stream to `clientPort` (a proxy in front of the server, or the server itself)
+    /// against a one-off server on `serverPort`. Returns the receiver's Gbit/s.
+    public func throughput(messageBytes: Int, seconds: Double, serverPort: UInt16, clientPort: UInt16) throws -> Double {
+        let server = try runner.start(["iperf3", "-s", "-1", "-p", "\(serverPort)", "-B", "127.0.0.1"])
+        defer { server.stop() }
+        try waitForListener(port: serverPort, timeout: 5)
+        let output = try runner.run(
+            ["iperf3", "-c", "127.0.0.1", "-p", "\(clientPort)", "-t", String(format: "%.1f", seconds), "-l", "\(messageBytes)", "-J"],
+            timeout: seconds + 15)
+        return try Self.receivedGbits(fromJSON: output)
+    }
+}
+
+extension Sockperf {
+    /// Ping-pong through `clientPort` to a server on `serverPort`.
+    public func pingPong(messageBytes: Int, seconds: Double, serverPort: UInt16, clientPort: UInt16) throws -> Latency {
+        let server = try runner.start(["sockperf", "sr", "--tcp", "-i", "127.0.0.1", "-p", "\(serverPort)"])
+        defer { server.stop() }
+        try waitForListener(port: serverPort, timeout: 5)
+        let output = try runner.run(
+            ["sockperf", "pp", "--tcp", "-i", "127.0.0.1", "-p", "\(clientPort)", "-t", String(format: "%.0f", max(1, seconds)), "-m", "\(messageBytes)"],
+            timeout: seconds + 15)
+        return try Self.parse(output)
+    }
+}

@@ -1,0 +1,184 @@
+import StraitNet
+#if canImport(Glibc)
+import Glibc
+#endif
+import StraitSystem
+
+/// How a listener moves bytes between a client and its upstream.
+public enum Datapath: String, Sendable, CaseIterable, Codable, CustomStringConvertible {
+    /// Userspace reads into a ``LinkBuffer`` and writes it out (two copies per byte).
+    case copy
+    /// `splice(2)` socket → pipe → socket; pages move, bytes are not copied through userspace.
+    case splice
+    /// An SK_SKB verdict program redirects each socket's bytes to its peer's egress in the kernel.
+    case sockmap
+    /// Starts on ``copy`` and moves a connection to ``sockmap`` once its traffic looks
+    /// interactive (small request/response messages); see ``AutoRule``.
+    case auto
+
+    public var description: String { rawValue }
+}
+
+/// How a cluster picks an upstream for a new connection.
+public enum Balancing: String, Sendable, CaseIterable {
+    /// Smooth weighted round robin (nginx's): spreads by weight without bursts to one upstream.
+    case roundRobin = "round_robin"
+    /// The healthy upstream with the fewest active connections relative to its weight.
+    case leastConnections = "least_connections"
+    /// A hash ring over the client's IP address: the same client lands on the same upstream, and
+    /// when an upstream leaves only the clients it had move.
+    case consistentHash = "consistent_hash"
+}
+
+/// Active TCP health checking of a cluster's upstreams: a connect every `interval`; `fall`
+/// failures in a row mark an upstream down, `rise` successes in a row mark it up again.
+public struct HealthCheck: Sendable, Equatable {
+    public var interval: Duration = .seconds(2)
+    public var timeout: Duration = .seconds(1)
+    public var rise = 2
+    public var fall = 3
+
+    public init(interval: Duration = .seconds(2), timeout: Duration = .seconds(1), rise: Int = 2, fall: Int = 3) {
+        self.interval = interval
+        self.timeout = timeout
+        self.rise = rise
+        self.fall = fall
+    }
+}
+
+/// One upstream server of a cluster.
+public struct UpstreamConfig: Sendable, Equatable {
+    public var address: SocketAddress
+    public var weight: Int
+
+    public init(address: SocketAddress, weight: Int = 1) {
+        self.address = address
+        self.weight = weight
+    }
+}
+
+/// A named set of upstreams and how to choose among them.
+public struct ClusterConfig: Sendable, Equatable {
+    public var name: String
+    public var upstreams: [UpstreamConfig]
+    public var balancing: Balancing
+    /// Nil: no active checks, every upstream is considered up.
+    public var healthCheck: HealthCheck?
+
+    public init(name: String, upstreams: [UpstreamConfig], balancing: Balancing = .roundRobin, healthCheck: HealthCheck? = nil) {
+        self.name = name
+        self.upstreams = upstreams
+        self.balancing = balancing
+        self.healthCheck = healthCheck
+    }
+}
+
+/// A bound address whose connections go to one cluster.
+public struct ListenerConfig: Sendable, Equatable {
+    public var name: String
+    public var address: SocketAddress
+    public var cluster: String
+    public var datapath: Datapath
+    public var connectTimeout: Duration
+    /// Close a connection when neither side sent anything for this long (nil: never). On the
+    /// sockmap datapath userspace cannot see bytes; the kernel's per-pair counters are read instead.
+    public var idleTimeout: Duration?
+    /// Connections above this are accepted and closed at once, and counted.
+    public var maxConnections: Int
+
+    public init(
+        name: String, address: SocketAddress, cluster: String, datapath: Datapath = .auto,
+        connectTimeout: Duration = .seconds(5), idleTimeout: Duration? = .seconds(3600), maxConnections: Int = 10_000
+    ) {
+        self.name = name
+        self.address = address
+        self.cluster = cluster
+        self.datapath = datapath
+        self.connectTimeout = connectTimeout
+        self.idleTimeout = idleTimeout
+        self.maxConnections = maxConnections
+    }
+}
+
+/// A whole proxy configuration: what ``ProxyConfigLoader`` reads from YAML, or what the quick-start
+/// flags build. A plain value; ``Proxy/reload(_:)`` applies a new one.
+public struct ProxyConfig: Sendable, Equatable {
+    public var listeners: [ListenerConfig]
+    public var clusters: [ClusterConfig]
+    /// `host:port` of the Prometheus endpoint (`GET /metrics`); nil: none.
+    public var metricsAddress: SocketAddress?
+    /// How long SIGTERM waits for connections to finish before closing them.
+    public var drainTimeout: Duration
+    /// One log line per finished connection.
+    public var accessLog: Bool
+
+    public init(
+        listeners: [ListenerConfig], clusters: [ClusterConfig], metricsAddress: SocketAddress? = nil,
+        drainTimeout: Duration = .seconds(30), accessLog: Bool = true
+    ) {
+        self.listeners = listeners
+        self.clusters = clusters
+        self.metricsAddress = metricsAddress
+        self.drainTimeout = drainTimeout
+        self.accessLog = accessLog
+    }
+
+    /// The quick start: one listener, one round-robin cluster with health checks.
+    public static func quickStart(listen: SocketAddress, upstreams: [SocketAddress], datapath: Datapath) -> ProxyConfig {
+        ProxyConfig(
+            listeners: [ListenerConfig(name: "default", address: listen, cluster: "default", datapath: datapath)],
+            clusters: [ClusterConfig(name: "default", upstreams: upstreams.map { UpstreamConfig(address: $0) }, healthCheck: HealthCheck())]
+        )
+    }
+}
+
+extension SocketAddress {
+    /// Parses `1.2.3.4:80`, `[2001:db8::1]:80` or `localhost:80`.
+    public init?(parsing text: String) {
+        var host: Substring
+        let portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else { return nil }
+            host = text[text.index(after: text.startIndex)..<close]
+            portText = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { return nil }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+        }
+        if host == "localhost" { host = "127.0.0.1" }
+        guard let port = UInt16(portText), let address = IPAddress(String(host)) else { return nil }
+        self = .ip(address, port: port)
+    }
+}
+
+extension Duration {
+    /// Parses `250ms`, `2s`, `5m`, `1h`, or a bare number of seconds.
+    init?(parsing text: String) {
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
+        for (suffix, scale) in units where text.hasSuffix(suffix) {
+            guard let value = Double(text.dropLast(suffix.count)), value >= 0 else { return nil }
+            self = .nanoseconds(Int64(value * scale * 1e9))
+            return
+        }
+        guard let value = Double(text), value >= 0 else { return nil }
+        self = .nanoseconds(Int64(value * 1e9))
+    }
+}
+
+extension Duration {
+    /// Whole nanoseconds, for the loops' monotonic clock; negative durations count as zero.
+    var wholeNanoseconds: UInt64 {
+        let (seconds, attoseconds) = components
+        guard seconds >= 0 else { return 0 }
+        return UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000)
+    }
+}
+
+extension SocketAddress {
+    /// The socket(2) domain.
+    var domain: CInt {
+        if case .ip(let address, _) = self { return address.isIPv4 ? AF_INET : AF_INET6 }
+        return AF_UNIX
+    }
+}

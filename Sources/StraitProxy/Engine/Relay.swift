@@ -1,0 +1,518 @@
+import Logging
+import StraitNet
+import StraitSystem
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// When `auto` moves a connection from its starting userspace datapath to the kernel one.
+///
+/// Measured on loopback (docs/proxy.md): sockmap redirection wins on small request/response
+/// traffic (lower ping-pong latency than any userspace copy), and loses on bulk transfers (the
+/// psock backlog pushes each message separately, about a fifth of direct throughput), where the
+/// userspace copy was the fastest of the three at 1, 16 and 128 KiB writes. So a connection starts
+/// on ``startDatapath`` (copy);
+/// after ``sampleReads`` reads, if bytes flowed both ways and the average read was at most
+/// ``interactiveReadBytes``, it moves to sockmap for good; otherwise it stays.
+public enum AutoRule {
+    public static let startDatapath: Datapath = .copy
+    public static let sampleReads = 8
+    public static let interactiveReadBytes = 2048
+
+    /// The datapath to move to, or nil to keep sampling (or stay, once decided).
+    static func decide(_ up: Direction, _ down: Direction) -> Bool? {
+        let reads = up.reads + down.reads
+        guard reads >= sampleReads else { return nil }
+        let average = (up.bytesRead + down.bytesRead) / reads
+        return up.reads > 0 && down.reads > 0 && average <= interactiveReadBytes
+    }
+}
+
+/// How a proxied connection ended, for the access log and the error counters.
+enum RelayEnd: String {
+    case completed = "completed"
+    case clientReset = "client_reset"
+    case upstreamReset = "upstream_reset"
+    case connectRefused = "connect_failed"
+    case connectTimeout = "connect_timeout"
+    case noUpstream = "no_upstream"
+    case clientGone = "client_gone"
+    case idleTimeout = "idle_timeout"
+    case shutdown = "shutdown"
+    case failed = "failed"
+}
+
+/// One client connection and its upstream connection, relayed on one loop.
+///
+/// Phases: connecting upstream (the client is polled only for errors), then relaying on the
+/// listener's datapath, then closed. Userspace datapaths pump ``Direction``s; the kernel datapath
+/// only watches for each side's FIN and carries it across once every byte the kernel redirected
+/// has reached the other socket. A reset on one side resets the other (`SO_LINGER` 0).
+final class Relay: PollHandler, TickHandler {
+    enum Phase { case connecting, relaying, closed }
+
+    let loop: ProxyLoop
+    let context: ProxyContext
+    let listener: ListenerRuntime
+    let settings: ListenerSettings
+    let client: CInt
+    let clientAddress: SocketAddress?
+    private(set) var upstream: CInt = -1
+    private var upstreamState: UpstreamState?
+    private(set) var phase = Phase.connecting
+    /// The datapath bytes move on now (never `.auto`).
+    private(set) var datapath: Datapath
+    private var switchedFrom: Datapath?
+    private var toUpstream: Direction?
+    private var toClient: Direction?
+    private var pair: SockmapForwarder.Pair?
+    private var clientAckBase: UInt64 = 0
+    private var upstreamAckBase: UInt64 = 0
+    private var kernelBytesSeen: UInt64 = 0
+    private let startedAt: UInt64
+    private var connectDeadline: UInt64 = 0
+    private var lastActivity: UInt64
+    private var lastKernelCheck: UInt64 = 0
+    private var autoPending: Bool
+    private var switchRequested = false
+    private var switchRequestedAt: UInt64 = 0
+    private var fastTicking = false
+    private var flushWaitStarted: UInt64 = 0
+    private var resetSource: CInt?
+    private var resetSeenAt: UInt64 = 0
+
+    init(loop: ProxyLoop, context: ProxyContext, listener: ListenerRuntime, settings: ListenerSettings, client: CInt, clientAddress: SocketAddress?) {
+        self.loop = loop
+        self.context = context
+        self.listener = listener
+        self.settings = settings
+        self.client = client
+        self.clientAddress = clientAddress
+        startedAt = loop.now
+        lastActivity = loop.now
+        var requested = settings.config.datapath
+        if context.forwarder == nil && (requested == .sockmap || requested == .auto) {
+            requested = requested == .auto ? AutoRule.startDatapath : .splice
+        }
+        autoPending = requested == .auto
+        datapath = requested == .auto ? AutoRule.startDatapath : requested
+    }
+
+    // MARK: Connecting
+
+    /// Picks an upstream and starts connecting. Loop thread.
+    func start() {
+        loop.addTicker(self)
+        clientAckBase = (try? RelayCall.streamCounters(client).acked) ?? 0
+        do {
+            try loop.register(client, events: 0, handler: self)
+        } catch {
+            finish(.failed)
+            return
+        }
+        guard let chosen = settings.cluster.balancer.pick(clientAddress: clientAddress) else {
+            finish(.noUpstream)
+            return
+        }
+        upstreamState = chosen
+        chosen.active.add(1, ordering: .relaxed)
+        guard case .ip = chosen.address else {
+            finish(.failed)
+            return
+        }
+        do throws(SystemCallError) {
+            upstream = try SocketCall.socket(domain: chosen.address.domain, type: CInt(SOCK_STREAM.rawValue))
+            try? SocketCall.setOption(upstream, level: CInt(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
+            _ = try chosen.address.withSockaddrForProxy { pointer, length throws(SystemCallError) in try SocketCall.connect(upstream, pointer, length) }
+            try loop.register(upstream, events: ProxyLoop.output, handler: self)
+        } catch {
+            context.logger.debug("connect to \(chosen.address) failed at once: \(error)")
+            finish(.connectRefused)
+            return
+        }
+        connectDeadline = loop.now + settings.config.connectTimeout.wholeNanoseconds
+    }
+
+    private func connected() {
+        upstreamAckBase = (try? RelayCall.streamCounters(upstream).acked) ?? 0
+        phase = .relaying
+        lastActivity = loop.now
+        if datapath == .sockmap {
+            if joinKernel() { return }
+            datapath = .splice  // the join failed and said why; stay in userspace
+        }
+        do {
+            try startUserspace()
+        } catch {
+            finish(.failed)
+            return
+        }
+        pumpAll()
+    }
+
+    private func startUserspace() throws(SystemCallError) {
+        switch datapath {
+        case .copy:
+            toUpstream = Direction(source: client, sink: upstream, mode: .copy(LinkBuffer()))
+            toClient = Direction(source: upstream, sink: client, mode: .copy(LinkBuffer()))
+        default:
+            let up = try RelayCall.pipe()
+            let down: (read: CInt, write: CInt)
+            do { down = try RelayCall.pipe() } catch {
+                closeDescriptor(up.read)
+                closeDescriptor(up.write)
+                throw error
+            }
+            toUpstream = Direction(source: client, sink: upstream, mode: .splice(pipeRead: up.read, pipeWrite: up.write, inPipe: 0))
+            toClient = Direction(source: upstream, sink: client, mode: .splice(pipeRead: down.read, pipeWrite: down.write, inPipe: 0))
+        }
+    }
+
+    /// Hands both sockets to the kernel. True on success; on failure the sockets are untouched.
+    private func joinKernel() -> Bool {
+        guard let forwarder = context.forwarder else { return false }
+        do {
+            pair = try forwarder.join(client, upstream)
+        } catch {
+            context.metrics.error("sockmap_join")
+            context.logger.warning("sockmap join failed, staying in userspace: \(error)")
+            return false
+        }
+        toUpstream?.releaseResources()
+        toClient?.releaseResources()
+        let up = Direction(source: client, sink: upstream, mode: .kernel)
+        let down = Direction(source: upstream, sink: client, mode: .kernel)
+        if let previous = toUpstream { up.bytesForwarded = previous.bytesForwarded }
+        if let previous = toClient { down.bytesForwarded = previous.bytesForwarded }
+        toUpstream = up
+        toClient = down
+        if datapath != .sockmap { switchedFrom = datapath }
+        datapath = .sockmap
+        updateInterests()
+        return true
+    }
+
+    // MARK: Events
+
+    func handle(fd: CInt, events: UInt32) {
+        switch phase {
+        case .closed:
+            return
+        case .connecting:
+            if fd == client {
+                finish(.clientGone)
+                return
+            }
+            let error = (try? SocketCall.option(upstream, level: SOL_SOCKET, name: SO_ERROR)) ?? EIO
+            if error != 0 {
+                finish(.connectRefused)
+            } else {
+                connected()
+            }
+        case .relaying:
+            if datapath == .sockmap {
+                kernelEvent(fd: fd, events: events)
+                return
+            }
+            if events & ProxyLoop.output != 0 {
+                if toUpstream?.sink == fd { toUpstream?.sinkBlocked = false }
+                if toClient?.sink == fd { toClient?.sinkBlocked = false }
+            }
+            pumpAll()
+            if phase == .relaying, events & ProxyLoop.error != 0 {
+                resetFrom(fd)
+            }
+        }
+    }
+
+    private func pumpAll() {
+        guard let up = toUpstream, let down = toClient else { return }
+        for direction in [up, down] {
+            do {
+                if try direction.pump() { lastActivity = loop.now }
+            } catch {
+                switch error {
+                case .source(let failure):
+                    context.logger.debug("reading failed: \(failure)")
+                    resetFrom(direction.source)
+                case .sink(let failure):
+                    context.logger.debug("writing failed: \(failure)")
+                    resetFrom(direction.sink)
+                }
+                return
+            }
+        }
+        if up.sinkShut && down.sinkShut {
+            finish(.completed)
+            return
+        }
+        if autoPending, let interactive = AutoRule.decide(up, down) {
+            autoPending = false
+            if interactive && !up.sourceEnded && !down.sourceEnded {
+                switchRequested = true
+                switchRequestedAt = loop.now
+                up.readingPaused = true
+                down.readingPaused = true
+            }
+        }
+        if switchRequested && up.pendingBytes == 0 && down.pendingBytes == 0 {
+            switchRequested = false
+            if joinKernel() { return }
+            up.readingPaused = false
+            down.readingPaused = false
+        }
+        updateInterests()
+    }
+
+    private func updateInterests() {
+        guard phase == .relaying, let up = toUpstream, let down = toClient else { return }
+        for (fd, outgoing, incoming) in [(client, up, down), (upstream, down, up)] {
+            if datapath == .sockmap {
+                let done = outgoing.sourceEnded && incoming.sinkShut
+                if done { loop.deregister(fd) } else { loop.update(fd, events: outgoing.sourceEnded ? 0 : ProxyLoop.peerHangUp) }
+                continue
+            }
+            var events: UInt32 = 0
+            if outgoing.wantsInput { events |= ProxyLoop.input }
+            if incoming.wantsOutput { events |= ProxyLoop.output }
+            if events == 0 && outgoing.sourceEnded && incoming.sinkShut {
+                loop.deregister(fd)  // nothing more can happen here; a HUP would only spin
+            } else {
+                loop.update(fd, events: events)
+            }
+        }
+    }
+
+    // MARK: Kernel datapath
+
+    private func kernelEvent(fd: CInt, events: UInt32) {
+        if events & ProxyLoop.error != 0 {
+            // Bytes the reset side sent before its RST may still sit in the peer's psock backlog;
+            // a reset now would discard them. Let them reach the peer socket first (bounded).
+            if resetSource == nil {
+                resetSource = fd
+                resetSeenAt = loop.now
+                loop.deregister(fd)
+                carryKernelReset()
+            }
+            return
+        }
+        if events & (ProxyLoop.peerHangUp | ProxyLoop.hangUp) != 0 {
+            if fd == client { toUpstream?.sourceEnded = true } else { toClient?.sourceEnded = true }
+            carryKernelHalfClose()
+        }
+    }
+
+    /// For each direction whose source sent FIN: once every byte the source received has been
+    /// written into the sink (TCP_INFO bytes acked plus SIOCOUTQ, against the source's bytes
+    /// received less the FIN), shut the sink's write side. Until then, poll every millisecond.
+    private func carryKernelHalfClose() {
+        guard phase == .relaying, let up = toUpstream, let down = toClient else { return }
+        var waiting = false
+        for (direction, sinkBase) in [(up, upstreamAckBase), (down, clientAckBase)] where direction.sourceEnded && !direction.sinkShut {
+            guard let source = try? RelayCall.streamCounters(direction.source),
+                  let sink = try? RelayCall.streamCounters(direction.sink),
+                  let queued = try? RelayCall.unacknowledgedBytes(direction.sink)
+            else {
+                resetFrom(direction.sink)
+                return
+            }
+            let received = source.received &- 1
+            let written = sink.acked &+ UInt64(queued) &- sinkBase
+            if written >= received || (flushWaitStarted != 0 && loop.now &- flushWaitStarted > 10_000_000_000) {
+                if written < received {
+                    context.logger.warning("sockmap half-close: \(received - written) bytes never reached the peer socket in 10 s; closing anyway")
+                }
+                direction.sinkShut = true
+                try? SocketCall.shutdown(direction.sink, how: CInt(SHUT_WR))
+            } else {
+                waiting = true
+            }
+        }
+        setFastTicks(waiting)
+        if waiting && flushWaitStarted == 0 { flushWaitStarted = loop.now }
+        if !waiting { flushWaitStarted = 0 }
+        if up.sinkShut && down.sinkShut {
+            finish(.completed)
+        } else {
+            updateInterests()
+        }
+    }
+
+    /// After a reset on `resetSource`: once its received bytes are all in the peer socket (or
+    /// 100 ms passed), reset the peer too.
+    private func carryKernelReset() {
+        guard phase == .relaying, let source = resetSource, let up = toUpstream, let down = toClient else { return }
+        let (direction, sinkBase) = source == client ? (up, upstreamAckBase) : (down, clientAckBase)
+        var flushed = direction.sinkShut
+        if !flushed, let from = try? RelayCall.streamCounters(direction.source), let to = try? RelayCall.streamCounters(direction.sink),
+           let queued = try? RelayCall.unacknowledgedBytes(direction.sink) {
+            let received = from.received &- (direction.sourceEnded ? 1 : 0)
+            flushed = to.acked &+ UInt64(queued) &- sinkBase >= received
+        }
+        if flushed || loop.now &- resetSeenAt > 100_000_000 {
+            resetFrom(source)
+        } else {
+            setFastTicks(true)
+        }
+    }
+
+    private func setFastTicks(_ on: Bool) {
+        guard on != fastTicking else { return }
+        fastTicking = on
+        loop.fastTickRequests += on ? 1 : -1
+    }
+
+    // MARK: Deadlines
+
+    func tick(now: UInt64) {
+        switch phase {
+        case .closed:
+            return
+        case .connecting:
+            if now >= connectDeadline { finish(.connectTimeout) }
+        case .relaying:
+            if datapath == .sockmap {
+                if resetSource != nil {
+                    carryKernelReset()
+                    return
+                }
+                if fastTicking { carryKernelHalfClose() }
+                if phase == .relaying, now &- lastKernelCheck >= 1_000_000_000, let pair, let forwarder = context.forwarder {
+                    lastKernelCheck = now
+                    let counts = forwarder.redirectedBytes(pair)
+                    let seen = counts.fromFirst &+ counts.fromSecond
+                    if seen != kernelBytesSeen {
+                        kernelBytesSeen = seen
+                        lastActivity = now
+                    }
+                }
+            }
+            // A switch waits for buffered bytes to reach the peers with reading paused; a peer that
+            // only reads after it has written could wait forever, so give up after 50 ms and stay.
+            if switchRequested, now &- switchRequestedAt > 50_000_000, let up = toUpstream, let down = toClient {
+                switchRequested = false
+                up.readingPaused = false
+                down.readingPaused = false
+                pumpAll()
+            }
+            if phase == .relaying, let idle = settings.config.idleTimeout, now &- lastActivity >= idle.wholeNanoseconds {
+                finish(.idleTimeout)
+            }
+        }
+    }
+
+    // MARK: Closing
+
+    /// `fd` reset or failed: reset the other side, close both.
+    private func resetFrom(_ fd: CInt) {
+        finish(fd == client ? .clientReset : .upstreamReset)
+    }
+
+    /// Closes everything, logs the connection, updates counters. Idempotent. Loop thread.
+    func finish(_ end: RelayEnd) {
+        guard phase != .closed else { return }
+        phase = .closed
+        setFastTicks(false)
+        loop.removeTicker(self)
+        loop.deregister(client)
+        if upstream >= 0 { loop.deregister(upstream) }
+        var bytesUp = toUpstream?.bytesForwarded ?? 0
+        var bytesDown = toClient?.bytesForwarded ?? 0
+        if let pair, let forwarder = context.forwarder {
+            let counts = forwarder.redirectedBytes(pair)
+            bytesUp += counts.fromFirst
+            bytesDown += counts.fromSecond
+            forwarder.release(pair)
+        }
+        toUpstream?.releaseResources()
+        toClient?.releaseResources()
+        switch end {
+        case .clientReset:
+            if upstream >= 0 { RelayCall.closeWithReset(upstream) }
+            closeDescriptor(client)
+        case .upstreamReset:
+            RelayCall.closeWithReset(client)
+            closeDescriptor(upstream)
+        default:
+            closeDescriptor(client)
+            if upstream >= 0 { closeDescriptor(upstream) }
+        }
+        upstreamState?.active.subtract(1, ordering: .relaxed)
+        listener.active.subtract(1, ordering: .relaxed)
+        let shownPath = switchedFrom.map { "auto(\($0)→sockmap)" } ?? (settings.config.datapath == .auto ? "auto(\(datapath))" : "\(datapath)")
+        context.metrics.connectionClosed(listener: settings.config.name, datapath: datapath, bytesUp: bytesUp, bytesDown: bytesDown, end: end)
+        if context.accessLog.load(ordering: .relaxed) {
+            let seconds = Double(loop.now &- startedAt) / 1e9
+            context.logger.info("connection", metadata: [
+                "listener": "\(settings.config.name)",
+                "client": "\(clientAddress.map(String.init(describing:)) ?? "?")",
+                "upstream": "\(upstreamState.map { String(describing: $0.address) } ?? "-")",
+                "datapath": "\(shownPath)",
+                "bytes_up": "\(bytesUp)",
+                "bytes_down": "\(bytesDown)",
+                "duration_s": "\(String(format: "%.3f", seconds))",
+                "end": "\(end.rawValue)",
+            ])
+        }
+    }
+}
+
+extension SocketAddress {
+    /// The C form of an IP address for connect(2).
+    func withSockaddrForProxy<Result>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws(SystemCallError) -> Result) throws(SystemCallError) -> Result {
+        var storage = sockaddr_storage()
+        var length = socklen_t(0)
+        switch self {
+        case .ip(.v4(let raw), let port):
+            length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            withUnsafeMutableBytes(of: &storage) { bytes in
+                var address = sockaddr_in()
+                address.sin_family = sa_family_t(AF_INET)
+                address.sin_port = port.bigEndian
+                address.sin_addr.s_addr = raw
+                bytes.storeBytes(of: address, as: sockaddr_in.self)
+            }
+        case .ip(.v6(let raw), let port):
+            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+            withUnsafeMutableBytes(of: &storage) { bytes in
+                var address = sockaddr_in6()
+                address.sin6_family = sa_family_t(AF_INET6)
+                address.sin6_port = port.bigEndian
+                withUnsafeMutableBytes(of: &address.sin6_addr) { $0.copyBytes(from: raw) }
+                bytes.storeBytes(of: address, as: sockaddr_in6.self)
+            }
+        case .unix:
+            throw SystemCallError("connect", .addressFamilyNotSupported)
+        }
+        return try withUnsafePointer(to: &storage) { pointer throws(SystemCallError) in
+            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address throws(SystemCallError) in
+                try body(address, length)
+            }
+        }
+    }
+
+    /// The peer address of an accepted socket.
+    static func peer(of fd: CInt) -> SocketAddress? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let result = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &length) }
+        }
+        guard result == 0 else { return nil }
+        let family = CInt(storage.ss_family)
+        return withUnsafeBytes(of: &storage) { bytes in
+            switch family {
+            case AF_INET:
+                let address = bytes.load(as: sockaddr_in.self)
+                return .ip(.v4(address.sin_addr.s_addr), port: UInt16(bigEndian: address.sin_port))
+            case AF_INET6:
+                let address = bytes.load(as: sockaddr_in6.self)
+                return .ip(.v6(withUnsafeBytes(of: address.sin6_addr) { Array($0) }), port: UInt16(bigEndian: address.sin6_port))
+            default:
+                return nil
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+import Logging
+import StraitNet
+import Synchronization
+
+/// One upstream's live state, shared by every listener and reload that names its address: health
+/// (written by the ``HealthChecker``) and active connections (for least-connections).
+final class UpstreamState: Sendable {
+    let address: SocketAddress
+    let healthy = Atomic<Bool>(true)
+    let active = Atomic<Int>(0)
+
+    init(address: SocketAddress) {
+        self.address = address
+    }
+}
+
+/// A cluster as configured at one reload: its members with weights and the balancer over them.
+/// A new config builds new clusters; relays keep the cluster they started with.
+final class ClusterRuntime: Sendable {
+    let config: ClusterConfig
+    let members: [UpstreamState]
+    let balancer: Balancer
+
+    init(config: ClusterConfig, states: [UpstreamState]) {
+        self.config = config
+        self.members = states
+        self.balancer = Balancer(kind: config.balancing, members: states, weights: config.upstreams.map(\.weight))
+    }
+}
+
+/// How a listener currently behaves; replaced as a whole on reload.
+struct ListenerSettings: Sendable {
+    var config: ListenerConfig
+    var cluster: ClusterRuntime
+}
+
+/// A bound listening socket and its current settings. The socket survives reloads that keep its
+/// address, so clients never see a refused connection during a reload.
+final class ListenerRuntime: Sendable {
+    let fd: CInt
+    let address: SocketAddress
+    let settings: Mutex<ListenerSettings>
+    let active = Atomic<Int>(0)
+
+    init(fd: CInt, address: SocketAddress, settings: ListenerSettings) {
+        self.fd = fd
+        self.address = address
+        self.settings = Mutex(settings)
+    }
+
+    var name: String { settings.withLock { $0.config.name } }
+}
+
+/// What every relay needs from the proxy: the kernel datapath (if loaded), metrics, logs.
+final class ProxyContext: Sendable {
+    let forwarder: SockmapForwarder?
+    /// Why ``forwarder`` is nil, said once at start.
+    let sockmapUnavailable: String?
+    let metrics: ProxyMetrics
+    let logger: Logger
+    let accessLog = Atomic<Bool>(true)
+
+    init(forwarder: SockmapForwarder?, sockmapUnavailable: String?, metrics: ProxyMetrics, logger: Logger) {
+        self.forwarder = forwarder
+        self.sockmapUnavailable = sockmapUnavailable
+        self.metrics = metrics
+        self.logger = logger
+    }
+}

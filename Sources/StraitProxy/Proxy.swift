@@ -1,0 +1,321 @@
+import CStraitNet
+import Foundation
+import Dispatch
+import Logging
+import StraitBPF
+import StraitNet
+import StraitSystem
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An L4 TCP proxy: listeners accept clients, a cluster's balancer picks an upstream, and a
+/// ``Relay`` moves the bytes on the listener's ``Datapath`` until both sides have finished.
+///
+/// Runs `loopCount` epoll threads; every listener socket is polled by every loop
+/// (`EPOLLEXCLUSIVE`, so one wakes per connection) and a relay stays on the loop that accepted it.
+/// Loop 0 also runs the health checks. ``reload(_:)`` swaps the configuration without touching
+/// established relays; ``shutdown(drainTimeout:)`` stops accepting, waits for relays to finish, then
+/// closes what is left.
+///
+/// The kernel datapath needs `CAP_BPF` + `CAP_NET_ADMIN`; without them (or when `kernelDatapath`
+/// is false) the proxy runs `sockmap` listeners on splice and `auto` on its starting datapath, and
+/// ``sockmapUnavailable`` says why (logged once at start).
+public final class Proxy: @unchecked Sendable {
+    public let metrics: ProxyMetrics
+    public let logger: Logger
+    let context: ProxyContext
+    private let loops: [ProxyLoop]
+    private let health: HealthChecker
+    private let state = Mutex<State>(State())
+    private var metricsServer: (group: EventLoopGroup, server: Server)?
+
+    private struct State {
+        var config: ProxyConfig?
+        var listeners: [ListenerRuntime] = []
+        var upstreams: [SocketAddress: UpstreamState] = [:]
+        /// Listeners no longer accepting (removed by a reload, or draining) whose relays may run on.
+        var retired: [ListenerRuntime] = []
+        var draining = false
+    }
+
+    /// Why the kernel datapath is off, or nil when it is on.
+    public var sockmapUnavailable: String? { context.sockmapUnavailable }
+
+    /// Binds every listener and starts. Throws ``ProxyError/bind(listener:address:_:)`` if a listener's
+    /// address is taken.
+    public init(config: ProxyConfig, loopCount: Int = 2, kernelDatapath: Bool = true, logger: Logger = Logger(label: "strait.proxy")) throws(ProxyError) {
+        SocketCall.ignoreBrokenPipe()
+        self.logger = logger
+        metrics = ProxyMetrics()
+        var forwarder: SockmapForwarder?
+        var unavailable: String?
+        if !kernelDatapath {
+            unavailable = "disabled by the caller"
+        } else if let missing = Self.missingCapabilities() {
+            // Checked first so the user reads one plain sentence, not libbpf's load errors.
+            unavailable = "the process lacks \(missing) (run as root, or grant CAP_BPF and CAP_NET_ADMIN)"
+        } else {
+            do {
+                forwarder = try SockmapForwarder()
+            } catch {
+                unavailable = "the kernel refused the SK_SKB programs: \(error)"
+            }
+        }
+        context = ProxyContext(forwarder: forwarder, sockmapUnavailable: unavailable, metrics: metrics, logger: logger)
+        var created: [ProxyLoop] = []
+        do {
+            for index in 0..<max(1, loopCount) { created.append(try ProxyLoop(index: index)) }
+        } catch {
+            for loop in created { loop.stopAndJoin() }
+            throw .system(error)
+        }
+        loops = created
+        health = HealthChecker(loop: created[0], context: context)
+        for loop in loops { loop.start() }
+        if let unavailable, config.listeners.contains(where: { $0.datapath == .sockmap || $0.datapath == .auto }) {
+            logger.warning("sockmap datapath off: \(unavailable); sockmap listeners run on splice, auto ones stay on \(AutoRule.startDatapath)")
+        }
+        loops[0].execute { [health] in loops0Ticker(health) }
+        do {
+            try reload(config)
+        } catch {
+            stopLoops()
+            throw error
+        }
+        if let address = config.metricsAddress {
+            do { try startMetricsServer(address) } catch {
+                abandon()
+                throw error
+            }
+        }
+    }
+
+    /// The capabilities the kernel datapath needs that this process's effective set lacks
+    /// (`CAP_BPF`, or `CAP_SYS_ADMIN` before 5.8, and `CAP_NET_ADMIN`), or nil when it has them.
+    static func missingCapabilities() -> String? {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
+              let mask = UInt64(line.dropFirst("CapEff:".count).trimmingCharacters(in: .whitespaces), radix: 16)
+        else { return nil }
+        let bpf = mask & (1 << 39) != 0 || mask & (1 << 21) != 0  // CAP_BPF or CAP_SYS_ADMIN
+        let netAdmin = mask & (1 << 12) != 0
+        let missing = (bpf ? [] : ["CAP_BPF"]) + (netAdmin ? [] : ["CAP_NET_ADMIN"])
+        return missing.isEmpty ? nil : missing.joined(separator: " and ")
+    }
+
+    /// The address each listener is bound to, by listener name (with the kernel's port for port 0).
+    public var listenerAddresses: [String: SocketAddress] {
+        state.withLock { state in
+            Dictionary(uniqueKeysWithValues: state.listeners.map { ($0.name, $0.address) })
+        }
+    }
+
+    /// Connections being relayed now, over all listeners.
+    public var activeConnections: Int {
+        state.withLock { state in
+            (state.listeners + state.retired).reduce(0) { $0 + $1.active.load(ordering: .relaxed) }
+        }
+    }
+
+    /// Applies a configuration (from any thread but a proxy loop's): listeners with the same address keep their socket (no refused
+    /// connections), new ones are bound, removed ones stop accepting; established relays keep the
+    /// settings they started with. Throws without changing anything if a new address cannot be bound.
+    public func reload(_ config: ProxyConfig) throws(ProxyError) {
+        var clusters: [String: ClusterRuntime] = [:]
+        let (bound, kept, removed): ([ListenerRuntime], [ListenerRuntime], [ListenerRuntime]) = try state.withLock { state throws(ProxyError) in
+            for cluster in config.clusters {
+                let states = cluster.upstreams.map { upstream in
+                    if let existing = state.upstreams[upstream.address] { return existing }
+                    let created = UpstreamState(address: upstream.address)
+                    state.upstreams[upstream.address] = created
+                    return created
+                }
+                clusters[cluster.name] = ClusterRuntime(config: cluster, states: states)
+            }
+            var next: [ListenerRuntime] = []
+            var bound: [ListenerRuntime] = []
+            var kept: [ListenerRuntime] = []
+            for listener in config.listeners {
+                guard let cluster = clusters[listener.cluster] else {
+                    for runtime in bound { closeDescriptor(runtime.fd) }
+                    throw .config(ProxyConfigError(file: "<config>", line: 0, column: 0, message: "listener \(listener.name) names unknown cluster \(listener.cluster)"))
+                }
+                let settings = ListenerSettings(config: listener, cluster: cluster)
+                if listener.address.port != 0, let existing = state.listeners.first(where: { old in old.address == listener.address && !kept.contains { $0 === old } }) {
+                    existing.settings.withLock { $0 = settings }
+                    kept.append(existing)
+                    next.append(existing)
+                    continue
+                }
+                do throws(SystemCallError) {
+                    let socket = try Listener.tcp(listener.address, backlog: 4096)
+                    let runtime = ListenerRuntime(fd: socket.fd, address: socket.address, settings: settings)
+                    bound.append(runtime)
+                    next.append(runtime)
+                } catch {
+                    for runtime in bound { closeDescriptor(runtime.fd) }
+                    throw .bind(listener: listener.name, address: "\(listener.address)", error)
+                }
+            }
+            let removed = state.listeners.filter { old in !next.contains { $0 === old } }
+            state.retired += removed
+            state.listeners = next
+            state.config = config
+            return (bound, kept, removed)
+        }
+        context.accessLog.store(config.accessLog, ordering: .relaxed)
+        for runtime in bound {
+            for loop in loops {
+                let acceptor = Acceptor(loop: loop, listener: runtime, context: context)
+                onLoop(loop) { try? loop.register(runtime.fd, events: ProxyLoop.input | UInt32(EPOLLEXCLUSIVE.rawValue), handler: acceptor) }
+            }
+        }
+        for runtime in removed {
+            for loop in loops { onLoop(loop) { loop.deregister(runtime.fd) } }
+            closeDescriptor(runtime.fd)
+        }
+        let clusterList = Array(clusters.values)
+        onLoop(loops[0]) { [health] in health.configure(clusterList) }
+        logger.info("configuration applied", metadata: [
+            "listeners": "\(config.listeners.count)", "new": "\(bound.count)", "kept": "\(kept.count)", "removed": "\(removed.count)",
+        ])
+    }
+
+    /// Runs `body` on `loop` and waits for it.
+    private func onLoop(_ loop: ProxyLoop, _ body: @escaping () -> Void) {
+        let done = DispatchSemaphore(value: 0)
+        loop.execute {
+            body()
+            done.signal()
+        }
+        done.wait()
+    }
+
+    /// Stops accepting, waits up to `drainTimeout` for relays to finish on their own, then closes
+    /// the rest and stops every thread. Call once.
+    public func shutdown(drainTimeout: Duration) async {
+        let listeners = state.withLock { state -> [ListenerRuntime] in
+            state.draining = true
+            defer {
+                state.retired += state.listeners
+                state.listeners = []
+            }
+            return state.listeners
+        }
+        for runtime in listeners {
+            for loop in loops { onLoop(loop) { loop.deregister(runtime.fd) } }
+            closeDescriptor(runtime.fd)
+        }
+        if let metricsServer {
+            await metricsServer.server.shutdown(gracePeriod: .milliseconds(100))
+            metricsServer.group.shutdown()
+            self.metricsServer = nil
+        }
+        let deadline = ContinuousClock.now + drainTimeout
+        while activeConnections > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        for loop in loops { onLoop(loop) { loop.finishAllRelays(.shutdown) } }
+        stopLoops()
+    }
+
+    /// Undoes a start that failed half-way: listeners closed, threads stopped.
+    private func abandon() {
+        let listeners = state.withLock { state -> [ListenerRuntime] in
+            defer { state.listeners = [] }
+            return state.listeners
+        }
+        for runtime in listeners {
+            for loop in loops { onLoop(loop) { loop.deregister(runtime.fd) } }
+            closeDescriptor(runtime.fd)
+        }
+        stopLoops()
+    }
+
+    private func stopLoops() {
+        onLoop(loops[0]) { [health] in health.stop() }
+        for loop in loops { loop.stopAndJoin() }
+    }
+
+    private func startMetricsServer(_ address: SocketAddress) throws(ProxyError) {
+        do {
+            let group = try EventLoopGroup(loopCount: 1)
+            let metrics = self.metrics
+            let forwarder = context.forwarder
+            let server = try Server(address: address, group: group, handlers: ConnectionHandlers(onRequest: { connection in
+                guard connection.reader.distance(to: UInt8(ascii: "\n")) != nil,
+                      let request = try? connection.reader.peek(connection.reader.readableBytes)
+                else { return }
+                let text = String(decoding: request, as: UTF8.self)
+                guard text.contains("\r\n\r\n") else { return }
+                try connection.reader.skip(connection.reader.readableBytes)
+                if let forwarder { metrics.recordKernel(forwarder.counters()) }
+                let body = text.hasPrefix("GET /metrics") ? metrics.exposition() : "see /metrics\n"
+                let status = text.hasPrefix("GET /metrics") ? "200 OK" : "404 Not Found"
+                connection.writer.write(string: "HTTP/1.1 \(status)\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)")
+                connection.flush()
+                connection.close()
+            }))
+            metricsServer = (group, server)
+            logger.info("metrics on http://\(server.address)/metrics")
+        } catch {
+            throw .system(error)
+        }
+    }
+
+    /// The bound address of the metrics endpoint, if one runs.
+    public var metricsAddress: SocketAddress? { metricsServer?.server.address }
+}
+
+private func loops0Ticker(_ health: HealthChecker) {
+    health.loop.addTicker(health)
+}
+
+/// Accepts on one listener for one loop.
+final class Acceptor: PollHandler {
+    let loop: ProxyLoop
+    let listener: ListenerRuntime
+    let context: ProxyContext
+
+    init(loop: ProxyLoop, listener: ListenerRuntime, context: ProxyContext) {
+        self.loop = loop
+        self.listener = listener
+        self.context = context
+    }
+
+    /// Accepts up to 64 at a time, so other loops get a share of a burst.
+    func handle(fd: CInt, events: UInt32) {
+        for _ in 0..<64 {
+            let accepted = strait_accept4_nonblocking(fd)
+            if accepted < 0 {
+                let error = errno
+                if error != EAGAIN && error != EWOULDBLOCK && error != EINTR && error != ECONNABORTED {
+                    context.metrics.error("accept")
+                    context.logger.warning("accept failed: errno \(error)")
+                }
+                return
+            }
+            let settings = listener.settings.withLock { $0 }
+            if listener.active.load(ordering: .relaxed) >= settings.config.maxConnections {
+                context.metrics.error("limit")
+                closeDescriptor(accepted)
+                continue
+            }
+            try? SocketCall.setOption(accepted, level: CInt(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
+            listener.active.add(1, ordering: .relaxed)
+            context.metrics.connectionOpened(listener: settings.config.name)
+            let relay = Relay(loop: loop, context: context, listener: listener, settings: settings, client: accepted, clientAddress: SocketAddress.peer(of: accepted))
+            relay.start()
+        }
+    }
+}
+
+extension ProxyLoop {
+    /// Closes every relay on this loop (end of a drain). Loop thread.
+    func finishAllRelays(_ end: RelayEnd) {
+        for relay in relays() { relay.finish(end) }
+    }
+}

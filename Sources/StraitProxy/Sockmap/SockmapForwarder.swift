@@ -1,0 +1,146 @@
+import Foundation
+import StraitBPF
+import StraitKernelABI
+import StraitSystem
+import Synchronization
+
+/// The kernel datapath: loads `proxy.bpf.c`, attaches its stream parser and verdict to the
+/// `proxy_socks` SOCKHASH, and puts socket pairs into it from userspace by descriptor.
+///
+/// Nothing is pinned and no cgroup is involved: the maps and links live as long as this object
+/// (one per proxy process). Closing a socket removes it from both hashes; ``release(_:)`` removes
+/// the pair entries.
+///
+/// **Early bytes.** A socket's bytes that arrived before it joined the map (a client that writes
+/// right after connect, or before `accept` returned) sit in its TCP receive queue, and the
+/// strparser only looks there on the next data-ready callback, which may never come. ``join(_:_:)``
+/// raises that callback itself right after insertion (`SO_RCVLOWAT`, whose setter calls
+/// `tcp_data_ready`), so queued bytes go through the verdict first, in order, and nothing is left
+/// behind or read twice. Bytes userspace already read (a ``Relay`` on copy or splice before an
+/// `auto` switch) are written to the peer before the pair joins, so order holds there too.
+public final class SockmapForwarder: @unchecked Sendable {
+    private let object: BPFObject
+    private let socks: TypedMap<UInt64, UInt64>
+    private let targets: TypedMap<UInt64, UInt64>
+    private let pairs: TypedMap<UInt64, strait_proxy_pair>
+    private let stats: TypedMap<UInt32, strait_proxy_counters>
+    private let links: [BPFLink]
+    /// Map updates come from several loops; a pair's entries go in together.
+    private let lock = Mutex<Void>(())
+
+    /// The compiled kernel object shipped with this module.
+    public static var objectPath: String {
+        get throws(BPFError) {
+            guard let path = Bundle.module.path(forResource: "proxy.bpf", ofType: "o") else {
+                throw .unsupported("proxy.bpf.o is missing from the StraitProxy resources: rebuild with `swift build`")
+            }
+            return path
+        }
+    }
+
+    /// Loads and attaches the programs. Throws ``BPFError`` when the process lacks `CAP_BPF` and
+    /// `CAP_NET_ADMIN` or the kernel lacks SOCKHASH stream verdicts; the proxy then runs on copy
+    /// and splice only.
+    public init() throws(BPFError) {
+        object = try BPFObjectSpec(path: try Self.objectPath).load()
+        do throws(BPFError) {
+            let socksMap = try object.map("proxy_socks")
+            socks = try socksMap.typed(key: UInt64.self, value: UInt64.self)
+            targets = try object.map("proxy_targets").typed(key: UInt64.self, value: UInt64.self)
+            pairs = try object.map("proxy_pairs").typed(key: UInt64.self, value: strait_proxy_pair.self)
+            stats = try object.map("proxy_stats").typed(key: UInt32.self, value: strait_proxy_counters.self)
+            let parser = try object.program("strait_proxy_parser").attach(sockmap: socksMap, as: .streamParser)
+            do throws(BPFError) {
+                let verdict = try object.program("strait_proxy_verdict").attach(sockmap: socksMap, as: .streamVerdict)
+                links = [parser, verdict]
+            } catch {
+                try? parser.close()
+                throw error
+            }
+        } catch {
+            object.close()
+            throw error
+        }
+    }
+
+    deinit {
+        for link in links { try? link.close() }
+        object.close()
+    }
+
+    /// Two sockets forwarded to each other in the kernel.
+    public struct Pair: Sendable {
+        public let first: CInt
+        public let second: CInt
+        public let firstCookie: UInt64
+        public let secondCookie: UInt64
+    }
+
+    /// Puts `first` and `second` (connected TCP sockets, owned by the caller) into the maps so that
+    /// each one's received bytes go to the other's egress, including bytes already queued.
+    /// Userspace must not read from or splice these sockets afterwards: a socket with a psock has
+    /// no `splice_read`, and its bytes now belong to the verdict.
+    public func join(_ first: CInt, _ second: CInt) throws(ProxyError) -> Pair {
+        let pair: Pair
+        do {
+            pair = Pair(first: first, second: second, firstCookie: try RelayCall.cookie(first), secondCookie: try RelayCall.cookie(second))
+        } catch {
+            throw .system(error)
+        }
+        do {
+            try lock.withLock { _ throws(BPFError) in
+                try pairs.update(pair.firstCookie, strait_proxy_pair(peer_cookie: pair.secondCookie, bytes: 0, messages: 0))
+                try pairs.update(pair.secondCookie, strait_proxy_pair(peer_cookie: pair.firstCookie, bytes: 0, messages: 0))
+                // Targets first (no programs): each socket is a valid redirect target before either
+                // one can run a verdict.
+                try targets.update(pair.firstCookie, UInt64(first), flags: .noExist)
+                try targets.update(pair.secondCookie, UInt64(second), flags: .noExist)
+                try socks.update(pair.firstCookie, UInt64(first), flags: .noExist)
+                try socks.update(pair.secondCookie, UInt64(second), flags: .noExist)
+            }
+        } catch {
+            release(pair)
+            throw .sockmap(error)
+        }
+        // Bytes queued before the insert: have the strparser look at them now.
+        do {
+            try RelayCall.setReceiveLowWatermark(first, 1)
+            try RelayCall.setReceiveLowWatermark(second, 1)
+        } catch {
+            release(pair)
+            throw .system(error)
+        }
+        return pair
+    }
+
+    /// Bytes the verdict redirected out of each socket of the pair so far.
+    public func redirectedBytes(_ pair: Pair) -> (fromFirst: UInt64, fromSecond: UInt64) {
+        let first = (try? pairs.lookup(pair.firstCookie))??.bytes ?? 0
+        let second = (try? pairs.lookup(pair.secondCookie))??.bytes ?? 0
+        return (first, second)
+    }
+
+    /// Removes the pair from the maps (closing the sockets also takes them out of the hashes).
+    public func release(_ pair: Pair) {
+        lock.withLock { _ in
+            _ = try? socks.delete(pair.firstCookie)
+            _ = try? socks.delete(pair.secondCookie)
+            _ = try? targets.delete(pair.firstCookie)
+            _ = try? targets.delete(pair.secondCookie)
+            _ = try? pairs.delete(pair.firstCookie)
+            _ = try? pairs.delete(pair.secondCookie)
+        }
+    }
+
+    /// Totals over all CPUs.
+    public func counters() -> strait_proxy_counters {
+        var total = strait_proxy_counters()
+        for value in (try? stats.perCPUValues(0)) ?? [] {
+            total.redirected_bytes += value.redirected_bytes
+            total.redirected_messages += value.redirected_messages
+            total.unpaired_drops += value.unpaired_drops
+            total.redirect_failures += value.redirect_failures
+        }
+        return total
+    }
+}

@@ -1,0 +1,81 @@
+// SPDX-License-Identifier: GPL-2.0
+// The proxy's kernel datapath: each proxied socket's received bytes go straight to its peer's
+// egress (tcp_sendmsg from the psock backlog), so userspace never touches the payload.
+//
+// Two SOCKHASH maps, both keyed by socket cookie:
+//  - proxy_targets carries no programs. A pair's two sockets enter it first, so by the time either
+//    socket can run a verdict, its peer is already a valid redirect target.
+//  - proxy_socks carries the stream parser and verdict. Joining it starts the strparser.
+// Bytes that reached a socket before it joined proxy_socks sit in its TCP receive queue; the
+// strparser only looks at the queue on the next data_ready. Userspace raises one (setsockopt
+// SO_RCVLOWAT calls tcp_data_ready) right after insertion, so they go through the verdict, in order,
+// ahead of anything that arrives later. See SockmapForwarder.swift.
+#include <linux/bpf.h>
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+#include <strait/proxy.h>
+
+struct {
+    __uint(type, BPF_MAP_TYPE_SOCKHASH);
+    __uint(max_entries, 65536);
+    __type(key, __u64);
+    __type(value, __u64);
+} proxy_socks SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_SOCKHASH);
+    __uint(max_entries, 65536);
+    __type(key, __u64);
+    __type(value, __u64);
+} proxy_targets SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 65536);
+    __type(key, __u64);
+    __type(value, struct strait_proxy_pair);
+} proxy_pairs SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct strait_proxy_counters);
+} proxy_stats SEC(".maps");
+
+// One message is whatever the strparser has: a TCP stream has no framing to respect.
+SEC("sk_skb/stream_parser")
+int strait_proxy_parser(struct __sk_buff *skb)
+{
+    return skb->len;
+}
+
+SEC("sk_skb/stream_verdict")
+int strait_proxy_verdict(struct __sk_buff *skb)
+{
+    __u32 zero = 0;
+    struct strait_proxy_counters *stats = bpf_map_lookup_elem(&proxy_stats, &zero);
+    __u64 cookie = bpf_get_socket_cookie(skb);
+    struct strait_proxy_pair *pair = bpf_map_lookup_elem(&proxy_pairs, &cookie);
+    if (!pair) {
+        if (stats)
+            stats->unpaired_drops++;
+        return SK_DROP;
+    }
+    __u32 length = skb->len;
+    __u64 peer = pair->peer_cookie;
+    __sync_fetch_and_add(&pair->bytes, length);
+    __sync_fetch_and_add(&pair->messages, 1);
+    long verdict = bpf_sk_redirect_hash(skb, &proxy_targets, &peer, 0);
+    if (stats) {
+        if (verdict == SK_PASS) {
+            stats->redirected_bytes += length;
+            stats->redirected_messages++;
+        } else {
+            stats->redirect_failures++;
+        }
+    }
+    return verdict;
+}
+
+char LICENSE[] SEC("license") = "GPL";
