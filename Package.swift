@@ -61,6 +61,15 @@ let package = Package(
             plugins: ["BPFCompiler"]
         ),
 
+        // Kernel steering of SO_REUSEPORT groups (sk_reuseport policies computed in Swift) and the
+        // listener hand-over that restarts a StraitNet server without losing a connection.
+        .target(
+            name: "StraitSteer",
+            dependencies: ["StraitBPF", "StraitKernelABI", "StraitSystem", "StraitNet"],
+            exclude: ["bpf"],
+            plugins: ["BPFCompiler"]
+        ),
+
         // The reactor network library: LinkBuffer, epoll reactors, connections, multiplexed RPC.
         .target(name: "CStraitNet"),
         .target(
@@ -90,14 +99,14 @@ let package = Package(
         // Side-by-side measurement against the peers each issue names.
         .target(
             name: "StraitBench",
-            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel"]
+            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitSteer", "StraitNet"]
         ),
 
         // Layer 4: the command.
         .executableTarget(
             name: "strait",
             dependencies: [
-                "StraitBPF", "StraitAccel", "StraitBench", "StraitSystem",
+                "StraitBPF", "StraitAccel", "StraitBench", "StraitSystem", "StraitSteer", "StraitNet",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -114,6 +123,10 @@ let package = Package(
             dependencies: ["StraitBPF", "CLibBPF", "StraitSystem", "StraitTestSupport"],
             exclude: ["bpf"],
             plugins: ["BPFCompiler"]
+        ),
+        .testTarget(
+            name: "StraitSteerTests",
+            dependencies: ["StraitSteer", "StraitNet", "StraitBPF", "StraitSystem", "StraitKernelABI", "StraitTestSupport"]
         ),
         .testTarget(name: "StraitAccelTests", dependencies: ["StraitAccel", "StraitBPF", "CLibBPF", "StraitTestSupport"]),
         .testTarget(

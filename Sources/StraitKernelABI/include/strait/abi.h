@@ -3,3 +3,4 @@
 #pragma once
 #include <linux/types.h>
 #include "accel.h"
+#include "steer.h"
