@@ -74,12 +74,13 @@ public enum RestartDrill {
                     old.retire()
                 case .handOver, .strait:
                     let path = "\(controlDirectory)/handover-\(getpid())-\(restart).sock"
-                    let offer = try old.server.offerHandOver(at: path, drainDeadline: .seconds(2), drained: {})
+                    let offer = try ListenerHandOver.Offer(
+                        path: path, package: { ListenerHandOver.Package(listeners: old.server.listenerDescriptors) },
+                        stopAccepting: { old.server.stopAccepting(); old.retire() })
                     defer { offer.close() }
                     let receipt = try ListenerHandOver.take(from: path)
                     generation = try ServerGeneration.start(adopting: receipt.adoptListeners(), loops: loops)
                     try receipt.confirm()
-                    old.retireAfterHandOver()
                 }
                 retiring.append(old)
                 Thread.sleep(forTimeInterval: interval.seconds)
@@ -147,18 +148,16 @@ final class ServerGeneration: @unchecked Sendable {
         }
     }
 
-    /// Stops accepting (closing its listeners) and drains in the background.
+    /// Stops accepting (closing its listener descriptors) and drains in the background, the same
+    /// way in every mode, so the modes differ only in what happens to the listening sockets.
     func retire() {
         retiring = true
         Task { [self] in
-            await server.shutdown(gracePeriod: .seconds(2))
+            await server.drain(idleGrace: .milliseconds(300), deadline: .seconds(2))
             group.shutdown()
             retired.signal()
         }
     }
-
-    /// After a hand-over the offer already stopped the acceptors; drain and stop the loops.
-    func retireAfterHandOver() { retire() }
 
     func waitRetired() { if retiring { retired.wait() } }
 

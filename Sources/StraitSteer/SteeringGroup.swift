@@ -95,7 +95,7 @@ public final class SteeringGroup: SocketSteering, @unchecked Sendable {
                 try publish(members: state.members + [member])
                 if state.attachment == nil { state.attachment = try program.attach(reuseportGroupOf: fd) }
             } catch {
-                try? sockets.removeSocket(at: slot)
+                _ = try? sockets.removeSocket(at: slot)
                 throw error
             }
             state.joined += 1

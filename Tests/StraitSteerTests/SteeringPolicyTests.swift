@@ -232,4 +232,28 @@ struct SteeringPolicyTests {
             }
         }
     }
+
+    @Test("migration: connections queued on a listener that closes are placed by the program on a live one", arguments: [SteeringPolicy.activeBackup, .consistentHash(.fourTuple)])
+    func migration(policy: SteeringPolicy) throws {
+        try TestNamespace.with(migrateRequests: true) { namespace in
+            try namespace.run {
+                let fixture = try GroupFixture(policy: policy, members: 3, udp: false)
+                defer { fixture.close() }
+                #expect(fixture.steering.migrates)
+                let clients = try (0..<60).map { _ in try RawSocket.connect(port: fixture.port) }
+                defer { clients.forEach(closeDescriptor) }
+                closeDescriptor(fixture.sockets[0])
+                fixture.sockets[0] = try RawSocket.udp(port: 0, reusePort: false)
+                let accepted = RawSocket.acceptQueued(fixture.sockets[1]) + RawSocket.acceptQueued(fixture.sockets[2])
+                defer { accepted.forEach(closeDescriptor) }
+                #expect(accepted.count == 60, "every queued connection survived the close")
+                let counters = try fixture.steering.counters()
+                if policy == .activeBackup {
+                    #expect(counters.migrated == 60, "all 60 were queued on the primary and moved")
+                } else {
+                    #expect(counters.migrated > 0 && counters.migrated < 60, "only the closing member's share moved: \(counters.migrated)")
+                }
+            }
+        }
+    }
 }

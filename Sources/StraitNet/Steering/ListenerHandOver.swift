@@ -193,25 +193,29 @@ public enum ListenerHandOver {
 
 extension Server {
     /// Offers this server's listeners (and `extras`) at `path` for a new process to take over.
-    /// When the new process confirms, this server stops accepting at once and drains: running
-    /// requests finish, idle connections close, and whatever is left at `drainDeadline` is closed;
-    /// `drained` is called then. Keep the returned offer alive until the hand-over; close it to cancel.
+    /// When the new process confirms, this server stops accepting at once and drains (see
+    /// ``drain(idleGrace:deadline:)``); `drained` is called when its last connection closed. Keep
+    /// the returned offer alive until the hand-over; close it to cancel.
     public func offerHandOver(
-        at path: String, extras: [CInt] = [], note: String = "", drainDeadline: Duration,
-        drained: @escaping @Sendable () -> Void = {}
+        at path: String, extras: [CInt] = [], note: String = "", idleGrace: Duration = .milliseconds(500),
+        drainDeadline: Duration, drained: @escaping @Sendable () -> Void = {}
     ) throws(SystemCallError) -> ListenerHandOver.Offer {
         let listeners = listenerDescriptors
         return try ListenerHandOver.Offer(
             path: path, package: { ListenerHandOver.Package(listeners: listeners, extras: extras, note: note) },
             stopAccepting: { [self] in
                 stopAcceptingNow()
-                Task { await shutdown(gracePeriod: drainDeadline); drained() }
+                Task {
+                    await drain(idleGrace: idleGrace, deadline: drainDeadline)
+                    drained()
+                }
             })
     }
 
     /// Stops every acceptor and waits until each loop has deregistered and closed its listener
     /// descriptor (the sockets live on in whoever else holds them).
     func stopAcceptingNow() {
+        guard !acceptors.isEmpty else { return }
         let pending = ManagedAtomic<Int>(acceptors.count)
         for acceptor in acceptors {
             acceptor.loop.execute {
