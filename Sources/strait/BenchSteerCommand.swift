@@ -1,0 +1,69 @@
+import ArgumentParser
+import Foundation
+import StraitBench
+import StraitSystem
+
+struct BenchSteer: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "steer",
+        abstract: "SO_REUSEPORT steering: balance, remap on leave, restarts under load, UDP cost per policy, in a private namespace."
+    )
+
+    @Option(help: "Connections (TCP) and sessions (UDP payload) for the balance part.") var connections = 10_000
+    @Option(help: "Restarts per restart mode.") var restarts = 20
+    @Option(help: "Client connections per second during the restarts.") var rate = 2000
+    @Option(help: "Seconds per UDP throughput sample.") var udpSeconds: Double = 1
+    @Option(name: .customLong("repeat"), help: "UDP samples per policy, alternating policies; the median is reported.") var repetitions = 3
+    @Flag(help: "Print one JSON object instead of the tables.") var json = false
+    @Option(help: "Also draw UDP throughput and restart failures to this SVG file.") var svg: String?
+
+    func run() throws {
+        Strait.bootstrapLogging()
+        guard (100...50_000).contains(connections) else { throw ValidationError("--connections: from 100 to 50000") }
+        guard (1...50).contains(restarts) else { throw ValidationError("--restarts: from 1 to 50") }
+        guard (100...5000).contains(rate) else { throw ValidationError("--rate: from 100 to 5000 connections/s") }
+        guard udpSeconds > 0, udpSeconds <= 5 else { throw ValidationError("--udp-seconds: up to 5") }
+        guard (1...9).contains(repetitions) else { throw ValidationError("--repeat: from 1 to 9") }
+        guard geteuid() == 0 else { throw ValidationError("strait bench steer creates a network namespace and loads BPF programs: run it as root") }
+        var benchmark = SteerBenchmark()
+        benchmark.balanceConnections = connections
+        benchmark.restarts = restarts
+        benchmark.restartRate = rate
+        benchmark.udpSeconds = udpSeconds
+        benchmark.udpRepeats = repetitions
+        let quiet = json
+        benchmark.progress = { line in if !quiet { FileHandle.standardError.write(Data(("  " + line + "\n").utf8)) } }
+        let stop = SignalFlag.interrupt()
+        let report = try benchmark.run(shouldStop: { stop.isRaised })
+        if json {
+            try printJSON(report)
+        } else {
+            print(Self.render(report))
+        }
+        if let svg {
+            try report.svg().write(toFile: svg, atomically: true, encoding: .utf8)
+            if !json { print("\nchart written to \(svg)") }
+        }
+    }
+
+    static func render(_ report: SteerBenchmark.Report) -> String {
+        var text = "SO_REUSEPORT steering, kernel \(report.kernel), in a private network namespace.\n\n"
+        text += "Balance over 4 members (max/min; 1.00 is perfect):\n\n"
+        text += table([["policy", "transport", "per member", "max/min"]] + report.balance.map {
+            [$0.policy, $0.transport, $0.perMember.map(String.init).joined(separator: " / "), $0.maxOverMin.isFinite ? String(format: "%.2f", $0.maxOverMin) : "all on one"]
+        })
+        text += "\n\nKeys that change member when one of 8 leaves (ideal 1/8 = 0.125):\n\n"
+        text += table([["policy", "clients", "moved", "fraction"]] + report.remap.map {
+            [$0.policy, "\($0.clients)", "\($0.moved)", String(format: "%.3f", $0.fraction)]
+        })
+        text += "\n\nRestarts under load (short connections; failures must be 0 for Strait):\n\n"
+        text += table([["mode", "restarts", "connections", "failed connects", "resets", "migrated by program"]] + report.restart.map {
+            [$0.mode.rawValue, "\($0.restarts)", "\($0.attempted)", "\($0.failedConnects)", "\($0.resets)", "\($0.migrated)"]
+        })
+        text += "\n\nUDP through a 4-socket group (recvmmsg on 2 loops, one sendmmsg sender, 64 B):\n\n"
+        text += table([["policy", "datagrams/s", "vs kernel hash"]] + report.udp.map {
+            [$0.policy, String(format: "%.0f", $0.datagramsPerSecond), String(format: "%+.1f%%", ($0.relative - 1) * 100)]
+        })
+        return text
+    }
+}
