@@ -15,9 +15,18 @@ public struct SteerBenchmark: Sendable {
     public var restartRate = 2000
     public var udpSeconds = 1.0
     public var udpRepeats = 3
+    /// Microseconds of work per request on the restarted server (a busy server has connections
+    /// waiting in its accept queues, which is what a restart can lose).
+    public var serverWorkMicroseconds = 600
+    /// Which parts to run.
+    public var parts: Set<Part> = Set(Part.allCases)
     public var progress: @Sendable (String) -> Void = { _ in }
 
     public init() {}
+
+    public enum Part: String, Sendable, CaseIterable, Codable {
+        case balance, remap, restart, udp
+    }
 
     public struct Report: Sendable, Codable {
         public var balance: [Balance]
@@ -63,27 +72,28 @@ public struct SteerBenchmark: Sendable {
         defer { try? FileManager.default.removeItem(atPath: controlDirectory) }
 
         var balance: [Report.Balance] = []
-        for policy in Self.tcpPolicies where !shouldStop() {
+        for policy in Self.tcpPolicies where parts.contains(.balance) && !shouldStop() {
             progress("balance: \(balanceConnections) TCP connections over 4 members, \(policy)")
             balance.append(try namespace.run { try tcpBalance(policy) })
         }
-        if !shouldStop() {
+        if parts.contains(.balance) && !shouldStop() {
             progress("balance: \(balanceConnections) UDP sessions over 4 members, payload key")
             balance.append(try namespace.run { try payloadBalance() })
         }
         var remap: [Report.Remap] = []
-        for policy in [SteeringPolicy.kernel, .consistentHash(.fourTuple)] where !shouldStop() {
+        for policy in [SteeringPolicy.kernel, .consistentHash(.fourTuple)] where parts.contains(.remap) && !shouldStop() {
             progress("remap: \(remapClients) clients, one of 8 members leaves, \(policy)")
             remap.append(try namespace.run { try remapFraction(policy) })
         }
         var restart: [RestartDrill.Result] = []
-        for mode in RestartDrill.Mode.allCases where !shouldStop() {
-            progress("restart: \(restarts) restarts under \(restartRate) connections/s, \(mode.rawValue)")
+        for mode in RestartDrill.Mode.allCases where parts.contains(.restart) && !shouldStop() {
+            progress("restart: \(restarts) restarts under \(restartRate) connections/s, \(serverWorkMicroseconds) µs per request, \(mode.rawValue)")
             restart.append(try RestartDrill.run(
-                mode: mode, restarts: restarts, connectionsPerSecond: restartRate, namespace: namespace, controlDirectory: controlDirectory))
+                mode: mode, restarts: restarts, connectionsPerSecond: restartRate, workMicroseconds: serverWorkMicroseconds,
+                namespace: namespace, controlDirectory: controlDirectory))
         }
         var samples: [String: [Double]] = [:]
-        for round in 0..<udpRepeats where !shouldStop() {
+        for round in 0..<udpRepeats where parts.contains(.udp) && !shouldStop() {
             for policy in Self.udpPolicies where !shouldStop() {
                 progress("udp: 4-socket group, \(policy), round \(round + 1) of \(udpRepeats)")
                 samples[policy.description, default: []].append(try udpThroughput(policy, namespace: namespace))
@@ -180,7 +190,7 @@ public struct SteerBenchmark: Sendable {
     // MARK: UDP throughput
 
     /// Datagrams per second received by a 4-socket DatagramGroup (2 loops, recvmmsg) while one thread
-    /// sends 64-byte datagrams with sendmmsg from 64 source ports, for `udpSeconds`.
+    /// sends 64-byte datagrams with sendmmsg from 64 source addresses and ports, for `udpSeconds`.
     func udpThroughput(_ policy: SteeringPolicy, namespace: NetworkNamespace) throws -> Double {
         let loops = try EventLoopGroup(loopCount: 2)
         defer { loops.shutdown() }
@@ -196,7 +206,8 @@ public struct SteerBenchmark: Sendable {
         let port = group.address.port!
         let seconds = udpSeconds
         return try namespace.run {
-            let senders = try (0..<64).map { _ in try BenchSocket.udp(port: 0, reusePort: false) }
+            // 64 senders, each from its own address and port, so every policy has 64 flows to spread.
+            let senders = try (0..<64).map { try BenchSocket.udp(address: BenchSocket.clientAddress($0), port: 0, reusePort: false) }
             defer { senders.forEach(closeDescriptor) }
             let batch = DatagramBatch(capacity: 64, slotSize: 64)
             let destination = IPAddress("127.0.0.1")!
@@ -277,13 +288,13 @@ enum BenchSocket {
         }
     }
 
-    static func udp(port: UInt16, reusePort: Bool) throws -> CInt {
+    static func udp(address: UInt32 = loopback, port: UInt16, reusePort: Bool) throws -> CInt {
         let fd = try SocketCall.socket(domain: AF_INET, type: CInt(SOCK_DGRAM.rawValue))
         do {
             try SocketCall.setOption(fd, level: SOL_SOCKET, name: SO_REUSEADDR, value: 1)
             if reusePort { try SocketCall.setOption(fd, level: SOL_SOCKET, name: SO_REUSEPORT, value: 1) }
             try SocketCall.setOption(fd, level: SOL_SOCKET, name: SO_RCVBUF, value: 4 << 20)
-            try withAddress(loopback, port) { try SocketCall.bind(fd, $0, $1) }
+            try withAddress(address, port) { try SocketCall.bind(fd, $0, $1) }
             return fd
         } catch {
             closeDescriptor(fd)

@@ -38,20 +38,24 @@ public enum RestartDrill {
         public var resets: Int
         /// Connections moved by the kernel off a closing listener (steering program's count).
         public var migrated: Int
+        public var workMicroseconds: Int
         public var seconds: Double
     }
 
     /// Runs one drill. `loops` listeners per server; restarts are spaced evenly over the run.
+    /// `workMicroseconds` of CPU per request on the server models a busy server, whose accept
+    /// queues are not always empty when a restart closes a listener.
     public static func run(
-        mode: Mode, restarts: Int, connectionsPerSecond: Int, loops: Int = 2, interval: Duration = .milliseconds(100),
-        namespace: NetworkNamespace, controlDirectory: String
+        mode: Mode, restarts: Int, connectionsPerSecond: Int, workMicroseconds: Int = 0, loops: Int = 2,
+        interval: Duration = .milliseconds(100), namespace: NetworkNamespace, controlDirectory: String
     ) throws -> Result {
+        let handlers = ServerGeneration.echo(workMicroseconds: workMicroseconds)
         let migrate = mode == .bindAndMigrate || mode == .strait
         try namespace.run { try NamespaceSysctl.write(NamespaceSysctl.tcpMigrateRequests, migrate ? "1" : "0") }
         let steering: SteeringGroup? = migrate ? try SteeringGroup(policy: .consistentHash(.fourTuple)) : nil
         defer { steering?.close() }
 
-        var generation = try namespace.run { try ServerGeneration.start(address: .loopback(port: 0), loops: loops, steering: steering) }
+        var generation = try namespace.run { try ServerGeneration.start(address: .loopback(port: 0), loops: loops, steering: steering, handlers: handlers) }
         let port = generation.server.address.port!
         let load = ClientLoad(port: port, rate: connectionsPerSecond, threads: 2)
         let started = ContinuousClock.now
@@ -68,7 +72,7 @@ public enum RestartDrill {
                 switch mode {
                 case .closeAndBind, .bindAndMigrate:
                     generation = try namespace.run {
-                        try ServerGeneration.start(address: .loopback(port: port), loops: loops, steering: steering)
+                        try ServerGeneration.start(address: .loopback(port: port), loops: loops, steering: steering, handlers: handlers)
                     }
                     if mode == .bindAndMigrate { for fd in old.server.listenerDescriptors { try steering?.memberLeaving(fd) } }
                     old.retire()
@@ -79,7 +83,7 @@ public enum RestartDrill {
                         stopAccepting: { old.server.stopAccepting(); old.retire() })
                     defer { offer.close() }
                     let receipt = try ListenerHandOver.take(from: path)
-                    generation = try ServerGeneration.start(adopting: receipt.adoptListeners(), loops: loops)
+                    generation = try ServerGeneration.start(adopting: receipt.adoptListeners(), loops: loops, handlers: handlers)
                     try receipt.confirm()
                 }
                 retiring.append(old)
@@ -100,7 +104,8 @@ public enum RestartDrill {
         return Result(
             mode: mode, restarts: restarts, attempted: load.attempted.load(ordering: .relaxed),
             succeeded: load.succeeded.load(ordering: .relaxed), failedConnects: load.failedConnects.load(ordering: .relaxed),
-            resets: load.resets.load(ordering: .relaxed), migrated: (try? steering?.counters().migrated) ?? 0, seconds: seconds)
+            resets: load.resets.load(ordering: .relaxed), migrated: (try? steering?.counters().migrated) ?? 0,
+            workMicroseconds: workMicroseconds, seconds: seconds)
     }
 }
 
@@ -116,12 +121,19 @@ final class ServerGeneration: @unchecked Sendable {
         self.server = server
     }
 
-    static let echo = ConnectionHandlers(onRequest: { connection in
-        connection.writer.append(connection.reader)
-        connection.flush()
-    })
+    /// Echoes what arrives, after spinning `workMicroseconds` on the loop.
+    static func echo(workMicroseconds: Int) -> ConnectionHandlers {
+        ConnectionHandlers(onRequest: { connection in
+            if workMicroseconds > 0 {
+                let end = SocketCall.monotonicNanoseconds() + UInt64(workMicroseconds) * 1000
+                while SocketCall.monotonicNanoseconds() < end {}
+            }
+            connection.writer.append(connection.reader)
+            connection.flush()
+        })
+    }
 
-    static func start(address: SocketAddress, loops: Int, steering: SteeringGroup?) throws -> ServerGeneration {
+    static func start(address: SocketAddress, loops: Int, steering: SteeringGroup?, handlers echo: ConnectionHandlers) throws -> ServerGeneration {
         let group = try EventLoopGroup(loopCount: loops)
         do {
             var configuration = ServerConfiguration()
@@ -134,7 +146,7 @@ final class ServerGeneration: @unchecked Sendable {
         }
     }
 
-    static func start(adopting listeners: [Listener], loops: Int) throws -> ServerGeneration {
+    static func start(adopting listeners: [Listener], loops: Int, handlers echo: ConnectionHandlers) throws -> ServerGeneration {
         let group = try EventLoopGroup(loopCount: max(loops, listeners.count))
         do {
             var configuration = ServerConfiguration()

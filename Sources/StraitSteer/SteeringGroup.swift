@@ -72,6 +72,61 @@ public final class SteeringGroup: SocketSteering, @unchecked Sendable {
         try publish(members: [])
     }
 
+    /// Takes over a group another process steered, from the descriptors and note of its
+    /// ``handOverPackage()`` (received as ``ListenerHandOver`` extras). The program stays attached
+    /// throughout; this process now owns the maps and manages membership. `attachedThrough` is any
+    /// listener of the group received in the same hand-over, to detach through later.
+    public init(adopting descriptors: [CInt], note: String, attachedThrough socketFD: CInt?) throws {
+        guard let parsed = HandOverNote(note), descriptors.count == (parsed.policy == .kernel ? 0 : 5) else {
+            descriptors.forEach(closeDescriptor)
+            throw BPFError.unsupported("not a StraitSteer hand-over (\(descriptors.count) descriptors, note '\(note.prefix(80))')")
+        }
+        policy = parsed.policy
+        migrates = parsed.migrates
+        guard policy != .kernel else {
+            program = nil; sockets = nil; config = nil; table = nil; counterMap = nil
+            return
+        }
+        var owned = descriptors
+        func take() -> CInt { owned.removeFirst() }
+        do {
+            program = try BPFProgram.adopt(
+                descriptor: take(), name: parsed.migrates ? "steer_select_or_migrate" : "steer_select",
+                expectedAttachType: parsed.migrates ? BPF_SK_REUSEPORT_SELECT_OR_MIGRATE : BPF_SK_REUSEPORT_SELECT)
+            sockets = try ReuseportSocketArray(BPFMap.adopt(descriptor: take()))
+            config = try BPFMap.adopt(descriptor: take()).typed(key: UInt32.self, value: strait_steer_config.self)
+            table = try BPFMap.adopt(descriptor: take())
+            counterMap = try BPFMap.adopt(descriptor: take()).typed(key: UInt32.self, value: strait_steer_counters.self)
+        } catch {
+            owned.forEach(closeDescriptor)
+            throw error
+        }
+        let attachment = try socketFD.map { fd throws in try ReuseportAttachment.existing(program: program!, attachedThrough: fd) }
+        state.withLock { state in
+            state.members = parsed.members
+            state.joined = (parsed.members.map(\.position).max() ?? -1) + 1
+            state.attachment = attachment
+        }
+    }
+
+    /// Duplicates of the program's and maps' descriptors (the caller sends them, then closes them)
+    /// and a note naming the policy and members, for ``ListenerHandOver`` extras. Empty for `.kernel`.
+    public func handOverPackage() throws -> (descriptors: [CInt], note: String) {
+        let note = HandOverNote(policy: policy, migrates: migrates, members: members).text
+        guard let program, let sockets, let config, let table, let counterMap else { return ([], note) }
+        var descriptors: [CInt] = []
+        do {
+            for duplicate in [program.duplicateDescriptor, sockets.map.duplicateDescriptor, config.map.duplicateDescriptor,
+                              table.duplicateDescriptor, counterMap.map.duplicateDescriptor] {
+                descriptors.append(try duplicate())
+            }
+        } catch {
+            descriptors.forEach(closeDescriptor)
+            throw error
+        }
+        return (descriptors, note)
+    }
+
     deinit { close() }
 
     /// The current members, in joining order.
@@ -199,6 +254,38 @@ public final class SteeringGroup: SocketSteering, @unchecked Sendable {
             try filled.withUnsafeBytes { bytes throws in try table.update(index: 0, bytes: bytes) }
         }
         try config.update(0, settings)
+    }
+}
+
+/// The text that travels with a steering group's descriptors in a hand-over:
+/// `strait-steer 1 <policy> <migrate 0|1> <cookie>:<slot>:<weight>:<position>,...`.
+struct HandOverNote {
+    var policy: SteeringPolicy
+    var migrates: Bool
+    var members: [SteeringGroup.Member]
+
+    init(policy: SteeringPolicy, migrates: Bool, members: [SteeringGroup.Member]) {
+        self.policy = policy
+        self.migrates = migrates
+        self.members = members
+    }
+
+    init?(_ text: String) {
+        let fields = text.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+        guard fields.count == 5, fields[0] == "strait-steer", fields[1] == "1", let policy = SteeringPolicy(parsing: fields[2]) else { return nil }
+        self.policy = policy
+        migrates = fields[3] == "1"
+        var members: [SteeringGroup.Member] = []
+        for entry in fields[4].split(separator: ",") {
+            let parts = entry.split(separator: ":").compactMap { UInt64($0) }
+            guard parts.count == 4, parts[1] < UInt64(STRAIT_STEER_MAX_MEMBERS) else { return nil }
+            members.append(SteeringGroup.Member(cookie: parts[0], slot: UInt32(parts[1]), weight: Int(parts[2]), position: Int(parts[3])))
+        }
+        self.members = members
+    }
+
+    var text: String {
+        "strait-steer 1 \(policy) \(migrates ? 1 : 0) " + members.map { "\($0.cookie):\($0.slot):\($0.weight):\($0.position)" }.joined(separator: ",")
     }
 }
 

@@ -14,6 +14,8 @@ struct BenchSteer: ParsableCommand {
     @Option(help: "Client connections per second during the restarts.") var rate = 2000
     @Option(help: "Seconds per UDP throughput sample.") var udpSeconds: Double = 1
     @Option(name: .customLong("repeat"), help: "UDP samples per policy, alternating policies; the median is reported.") var repetitions = 3
+    @Option(help: "Microseconds of CPU work per request on the restarted server (0: idle server).") var serverWork = 600
+    @Option(help: "Parts to run, comma-separated: balance,remap,restart,udp.") var parts = "balance,remap,restart,udp"
     @Flag(help: "Print one JSON object instead of the tables.") var json = false
     @Option(help: "Also draw UDP throughput and restart failures to this SVG file.") var svg: String?
 
@@ -25,7 +27,12 @@ struct BenchSteer: ParsableCommand {
         guard udpSeconds > 0, udpSeconds <= 5 else { throw ValidationError("--udp-seconds: up to 5") }
         guard (1...9).contains(repetitions) else { throw ValidationError("--repeat: from 1 to 9") }
         guard geteuid() == 0 else { throw ValidationError("strait bench steer creates a network namespace and loads BPF programs: run it as root") }
+        let chosen = parts.split(separator: ",").map { SteerBenchmark.Part(rawValue: String($0)) }
+        guard !chosen.isEmpty, chosen.allSatisfy({ $0 != nil }) else { throw ValidationError("--parts: any of balance,remap,restart,udp") }
+        guard (0...5000).contains(serverWork) else { throw ValidationError("--server-work: from 0 to 5000 µs") }
         var benchmark = SteerBenchmark()
+        benchmark.parts = Set(chosen.compactMap { $0 })
+        benchmark.serverWorkMicroseconds = serverWork
         benchmark.balanceConnections = connections
         benchmark.restarts = restarts
         benchmark.restartRate = rate
@@ -56,7 +63,7 @@ struct BenchSteer: ParsableCommand {
         text += table([["policy", "clients", "moved", "fraction"]] + report.remap.map {
             [$0.policy, "\($0.clients)", "\($0.moved)", String(format: "%.3f", $0.fraction)]
         })
-        text += "\n\nRestarts under load (short connections; failures must be 0 for Strait):\n\n"
+        text += "\n\nRestarts under load (short connections, \(report.restart.first?.workMicroseconds ?? 0) µs of work per request; failures must be 0 for Strait):\n\n"
         text += table([["mode", "restarts", "connections", "failed connects", "resets", "migrated by program"]] + report.restart.map {
             [$0.mode.rawValue, "\($0.restarts)", "\($0.attempted)", "\($0.failedConnects)", "\($0.resets)", "\($0.migrated)"]
         })

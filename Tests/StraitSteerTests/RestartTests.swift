@@ -69,11 +69,11 @@ struct RestartTests {
         }
     }
 
-    @Test("Strait's restart under load: 5 restarts at 2,000 connections/s, zero failed connections")
+    @Test("Strait's restart under load: 10 restarts at 2,000 connections/s on a busy server, zero failed connections")
     func straitRestartUnderLoad() throws {
         try withControlDirectory { directory in
             try TestNamespace.with { namespace in
-                let result = try RestartDrill.run(mode: .strait, restarts: 5, connectionsPerSecond: 2000, namespace: namespace, controlDirectory: directory)
+                let result = try RestartDrill.run(mode: .strait, restarts: 10, connectionsPerSecond: 2000, workMicroseconds: 600, namespace: namespace, controlDirectory: directory)
                 #expect(result.attempted > 1000, "load ran: \(result)")
                 #expect(result.failedConnects == 0, "\(result)")
                 #expect(result.resets == 0, "\(result)")
@@ -82,13 +82,54 @@ struct RestartTests {
         }
     }
 
-    @Test("bind anew and migrate: the old listeners' queues move to the new ones; zero failed connections")
+    @Test("bind anew and migrate, 10 restarts on a busy server: the old listeners' queues move to the new ones; zero failed connections")
     func bindAndMigrateUnderLoad() throws {
         try withControlDirectory { directory in
             try TestNamespace.with { namespace in
-                let result = try RestartDrill.run(mode: .bindAndMigrate, restarts: 5, connectionsPerSecond: 2000, namespace: namespace, controlDirectory: directory)
+                let result = try RestartDrill.run(mode: .bindAndMigrate, restarts: 10, connectionsPerSecond: 2000, workMicroseconds: 600, namespace: namespace, controlDirectory: directory)
                 #expect(result.attempted > 1000, "load ran: \(result)")
                 #expect(result.failedConnects == 0 && result.resets == 0, "\(result)")
+            }
+        }
+    }
+
+    @Test("the steering group travels with the listeners: the new owner sees the same members and can change them")
+    func steeringGroupHandOver() throws {
+        try withControlDirectory { directory in
+            try TestNamespace.with { namespace in
+                let echo = ConnectionHandlers(onRequest: { connection in
+                    connection.writer.append(connection.reader)
+                    connection.flush()
+                })
+                let oldGroup = try EventLoopGroup(loopCount: 2), newGroup = try EventLoopGroup(loopCount: 2)
+                defer { oldGroup.shutdown(); newGroup.shutdown() }
+                let oldSteering = try SteeringGroup(policy: .activeBackup)
+                let old = try namespace.run { try Server.reusePortGroup(address: .loopback(), group: oldGroup, steering: oldSteering, handlers: echo) }
+                let (extras, note) = try oldSteering.handOverPackage()
+                let offer = try old.offerHandOver(at: directory + "/control.sock", extras: extras, note: note, idleGrace: .milliseconds(50), drainDeadline: .seconds(1))
+                defer { offer.close() }
+                let receipt = try ListenerHandOver.take(from: offer.path)
+                extras.forEach(closeDescriptor)
+                let newSteering = try SteeringGroup(adopting: receipt.extras, note: receipt.note, attachedThrough: receipt.listenerDescriptors[0])
+                defer { newSteering.close() }
+                #expect(newSteering.members == oldSteering.members)
+                #expect(newSteering.policy == .activeBackup && newSteering.migrates)
+                let listeners = try receipt.adoptListeners()
+                let new = try Server(listeners: listeners, group: newGroup, handlers: echo)
+                try receipt.confirm()
+                oldSteering.close()  // the old owner's close must not detach: its socket copies are closed
+                // The primary leaves under the new owner; the backup takes every connection.
+                try newSteering.memberLeaving(listeners[0].fd)
+                let before = try newSteering.counters().selected
+                try namespace.run {
+                    for _ in 0..<10 {
+                        let client = TestSocket(fd: try RawSocket.connect(port: new.address.port!))
+                        try client.sendAll(Array("hello".utf8))
+                        #expect(try client.receive(exactly: 5) == Array("hello".utf8))
+                    }
+                }
+                #expect(try newSteering.counters().selected == before + 10, "the adopted program and maps still steer")
+                shutDown(new)
             }
         }
     }

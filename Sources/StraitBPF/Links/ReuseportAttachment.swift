@@ -50,6 +50,18 @@ public final class ReuseportAttachment: @unchecked Sendable {
     }
 }
 
+extension ReuseportAttachment {
+    /// An attachment made elsewhere (by the process that handed this one its sockets and program):
+    /// `program` is already attached to the group of `socketFD`. Lets this process detach it later.
+    public static func existing(program: BPFProgram, attachedThrough socketFD: CInt) throws(BPFError) -> ReuseportAttachment {
+        do {
+            return ReuseportAttachment(program: program, socket: socketFD, socketCookie: try SocketCall.cookie(socketFD))
+        } catch {
+            throw BPFError(error)
+        }
+    }
+}
+
 extension BPFProgram {
     /// Attaches this `sk_reuseport` program to the `SO_REUSEPORT` group of `socketFD` (a bound,
     /// listening TCP socket or a bound UDP socket), replacing any program the group had. Costs one
