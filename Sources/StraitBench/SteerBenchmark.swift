@@ -52,8 +52,12 @@ public struct SteerBenchmark: Sendable {
 
         public struct Throughput: Sendable, Codable {
             public var policy: String
+            /// Median of the samples.
             public var datagramsPerSecond: Double
-            /// Relative to the kernel hash in the same run.
+            /// Lowest and highest sample: the run's noise.
+            public var lowest: Double
+            public var highest: Double
+            /// Median relative to the kernel hash's median in the same run.
             public var relative: Double
         }
     }
@@ -104,7 +108,9 @@ public struct SteerBenchmark: Sendable {
         let udp = Self.udpPolicies.compactMap { policy -> Report.Throughput? in
             guard let values = samples[policy.description], !values.isEmpty else { return nil }
             let rate = median(values)
-            return Report.Throughput(policy: policy.description, datagramsPerSecond: rate, relative: kernelRate > 0 ? rate / kernelRate : 0)
+            return Report.Throughput(
+                policy: policy.description, datagramsPerSecond: rate, lowest: values.min()!, highest: values.max()!,
+                relative: kernelRate > 0 ? rate / kernelRate : 0)
         }
         var name = utsname()
         uname(&name)
@@ -206,26 +212,31 @@ public struct SteerBenchmark: Sendable {
         let port = group.address.port!
         let seconds = udpSeconds
         return try namespace.run {
-            // 64 senders, each from its own address and port, so every policy has 64 flows to spread.
-            let senders = try (0..<64).map { try BenchSocket.udp(address: BenchSocket.clientAddress($0), port: 0, reusePort: false) }
+            // 256 senders, each from its own address and port, so every policy has 256 flows (and
+            // keys) to spread: the comparison is then about the program, not about an uneven split.
+            let senders = try (0..<256).map { try BenchSocket.udp(address: BenchSocket.clientAddress($0), port: 0, reusePort: false) }
             defer { senders.forEach(closeDescriptor) }
             let batch = DatagramBatch(capacity: 64, slotSize: 64)
             let destination = IPAddress("127.0.0.1")!
             var payload = [UInt8](repeating: 0x5A, count: 64)
-            for slot in 0..<64 {
-                payload.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(slot &* 2_654_435_761).bigEndian, as: UInt64.self) }
-                payload.withUnsafeBytes { batch.setPayload($0, at: slot) }
-                batch.setPeer(destination, port: port, at: slot)
-            }
-            batch.count = 64
-            let warmup = Date().addingTimeInterval(0.1)
             var sender = 0
-            while Date() < warmup { _ = try? batch.send(on: senders[sender % 64]); sender += 1 }
+            func prepare() {
+                // Each sender's batch carries its own session key, so payload keys vary like flows.
+                payload.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(sender % 256 &* 2_654_435_761).bigEndian, as: UInt64.self) }
+                for slot in 0..<64 {
+                    payload.withUnsafeBytes { batch.setPayload($0, at: slot) }
+                    batch.setPeer(destination, port: port, at: slot)
+                }
+                batch.count = 64
+            }
+            let warmup = Date().addingTimeInterval(0.1)
+            while Date() < warmup { prepare(); _ = try? batch.send(on: senders[sender % 256]); sender += 1 }
             let start = received.load(ordering: .relaxed)
             let began = Date()
             let end = began.addingTimeInterval(seconds)
             while Date() < end {
-                _ = try? batch.send(on: senders[sender % 64])
+                prepare()
+                _ = try? batch.send(on: senders[sender % 256])
                 sender += 1
             }
             let elapsed = Date().timeIntervalSince(began)

@@ -54,23 +54,32 @@ struct BenchSteer: ParsableCommand {
     }
 
     static func render(_ report: SteerBenchmark.Report) -> String {
-        var text = "SO_REUSEPORT steering, kernel \(report.kernel), in a private network namespace.\n\n"
-        text += "Balance over 4 members (max/min; 1.00 is perfect):\n\n"
-        text += table([["policy", "transport", "per member", "max/min"]] + report.balance.map {
-            [$0.policy, $0.transport, $0.perMember.map(String.init).joined(separator: " / "), $0.maxOverMin.isFinite ? String(format: "%.2f", $0.maxOverMin) : "all on one"]
-        })
-        text += "\n\nKeys that change member when one of 8 leaves (ideal 1/8 = 0.125):\n\n"
-        text += table([["policy", "clients", "moved", "fraction"]] + report.remap.map {
-            [$0.policy, "\($0.clients)", "\($0.moved)", String(format: "%.3f", $0.fraction)]
-        })
-        text += "\n\nRestarts under load (short connections, \(report.restart.first?.workMicroseconds ?? 0) µs of work per request; failures must be 0 for Strait):\n\n"
-        text += table([["mode", "restarts", "connections", "failed connects", "resets", "migrated by program"]] + report.restart.map {
-            [$0.mode.rawValue, "\($0.restarts)", "\($0.attempted)", "\($0.failedConnects)", "\($0.resets)", "\($0.migrated)"]
-        })
-        text += "\n\nUDP through a 4-socket group (recvmmsg on 2 loops, one sendmmsg sender, 64 B):\n\n"
-        text += table([["policy", "datagrams/s", "vs kernel hash"]] + report.udp.map {
-            [$0.policy, String(format: "%.0f", $0.datagramsPerSecond), String(format: "%+.1f%%", ($0.relative - 1) * 100)]
-        })
-        return text
+        var sections = ["SO_REUSEPORT steering, kernel \(report.kernel), in a private network namespace."]
+        if !report.balance.isEmpty {
+            sections.append("Balance over 4 members (max/min; 1.00 is perfect):\n\n" + table([["policy", "transport", "per member", "max/min"]] + report.balance.map {
+                [$0.policy, $0.transport, $0.perMember.map(String.init).joined(separator: " / "), $0.maxOverMin.isFinite ? String(format: "%.2f", $0.maxOverMin) : "all on one"]
+            }))
+        }
+        if !report.remap.isEmpty {
+            sections.append("Keys that change member when one of 8 leaves (ideal 1/8 = 0.125):\n\n" + table([["policy", "clients", "moved", "fraction"]] + report.remap.map {
+                [$0.policy, "\($0.clients)", "\($0.moved)", String(format: "%.3f", $0.fraction)]
+            }))
+        }
+        if let first = report.restart.first {
+            sections.append(
+                "Restarts under load (short connections, \(first.workMicroseconds) µs of work per request; failures must be 0 for Strait):\n\n"
+                    + table([["mode", "restarts", "connections", "failed connects", "resets", "migrated by program"]] + report.restart.map {
+                        [$0.mode.rawValue, "\($0.restarts)", "\($0.attempted)", "\($0.failedConnects)", "\($0.resets)", "\($0.migrated)"]
+                    }))
+        }
+        if !report.udp.isEmpty {
+            sections.append(
+                "UDP through a 4-socket group (recvmmsg on 2 loops, one sendmmsg sender from 256 flows, 64 B):\n\n"
+                    + table([["policy", "datagrams/s (median)", "lowest-highest sample", "vs kernel hash"]] + report.udp.map {
+                        [$0.policy, String(format: "%.0f", $0.datagramsPerSecond), String(format: "%.0f-%.0f", $0.lowest, $0.highest),
+                         String(format: "%+.1f%%", ($0.relative - 1) * 100)]
+                    }))
+        }
+        return sections.joined(separator: "\n\n")
     }
 }
