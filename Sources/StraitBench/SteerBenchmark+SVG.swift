@@ -19,7 +19,11 @@ extension SteerBenchmark.Report {
                 let x = margin + index * slot + slot / 8
                 body += "<rect x=\"\(x)\" y=\"\(baseY - height)\" width=\"\(slot * 3 / 4)\" height=\"\(height)\" fill=\"\(color)\"/>\n"
                 body += "<text x=\"\(x + slot * 3 / 8)\" y=\"\(baseY - height - 4)\" font-size=\"11\" text-anchor=\"middle\">\(escape(bar.text))</text>\n"
-                body += "<text x=\"\(x + slot * 3 / 8)\" y=\"\(baseY + 14)\" font-size=\"10\" text-anchor=\"middle\">\(escape(bar.label))</text>\n"
+                // "payload:0:8:fallback=kernel" reads as "payload" over "0:8:fallback=kernel".
+                let lines = bar.label.split(separator: ":", maxSplits: 1).map(String.init)
+                for (number, line) in lines.enumerated() {
+                    body += "<text x=\"\(x + slot * 3 / 8)\" y=\"\(baseY + 14 + number * 12)\" font-size=\"\(number == 0 ? 11 : 9)\" text-anchor=\"middle\">\(escape(line))</text>\n"
+                }
             }
             body += "<line x1=\"\(margin)\" y1=\"\(baseY)\" x2=\"\(width - margin)\" y2=\"\(baseY)\" stroke=\"#333\"/>\n"
         }

@@ -105,12 +105,10 @@ struct RestartTests {
                 defer { oldGroup.shutdown(); newGroup.shutdown() }
                 let oldSteering = try SteeringGroup(policy: .activeBackup)
                 let old = try namespace.run { try Server.reusePortGroup(address: .loopback(), group: oldGroup, steering: oldSteering, handlers: echo) }
-                let (extras, note) = try oldSteering.handOverPackage()
-                let offer = try old.offerHandOver(at: directory + "/control.sock", extras: extras, note: note, idleGrace: .milliseconds(50), drainDeadline: .seconds(1))
+                let offer = try old.offerHandOver(at: directory + "/control.sock", steering: oldSteering, idleGrace: .milliseconds(50), drainDeadline: .seconds(1))
                 defer { offer.close() }
                 let receipt = try ListenerHandOver.take(from: offer.path)
-                extras.forEach(closeDescriptor)
-                let newSteering = try SteeringGroup(adopting: receipt.extras, note: receipt.note, attachedThrough: receipt.listenerDescriptors[0])
+                let newSteering = try #require(try SteeringGroup.takeOver(from: receipt))
                 defer { newSteering.close() }
                 #expect(newSteering.members == oldSteering.members)
                 #expect(newSteering.policy == .activeBackup && newSteering.migrates)

@@ -30,11 +30,14 @@ public enum ListenerHandOver {
         public var listeners: [CInt]
         public var extras: [CInt]
         public var note: String
+        /// Whether the extras were duplicated for this hand-over alone: the offer closes them once sent.
+        public var closesExtrasAfterSending: Bool
 
-        public init(listeners: [CInt], extras: [CInt] = [], note: String = "") {
+        public init(listeners: [CInt], extras: [CInt] = [], note: String = "", closesExtrasAfterSending: Bool = false) {
             self.listeners = listeners
             self.extras = extras
             self.note = note
+            self.closesExtrasAfterSending = closesExtrasAfterSending
         }
     }
 
@@ -116,6 +119,8 @@ public enum ListenerHandOver {
     public final class Offer: @unchecked Sendable {
         public let path: String
         private let listener: CInt
+        /// The socket file's inode: a later offer at the same path (the next generation's) is not ours to remove.
+        private let inode: UInt64
         private let thread: Mutex<pthread_t?>
         private let result = OutcomeBox()
 
@@ -141,6 +146,7 @@ public enum ListenerHandOver {
                 throw error
             }
             listener = fd
+            inode = Self.inode(of: path) ?? 0
             thread = Mutex(nil)
             let result = self.result
             let started = EventLoopGroup.startThread(name: "strait-handover") {
@@ -161,7 +167,12 @@ public enum ListenerHandOver {
             _ = Glibc.shutdown(listener, CInt(SHUT_RDWR))
             pthread_join(running, nil)
             closeDescriptor(listener)
-            try? SocketCall.unlinkIfPresent(path)
+            if Self.inode(of: path) == inode { try? SocketCall.unlinkIfPresent(path) }
+        }
+
+        static func inode(of path: String) -> UInt64? {
+            var info = stat()
+            return stat(path, &info) == 0 ? UInt64(info.st_ino) : nil
         }
 
         private static func serve(_ listener: CInt, package: () -> Package, stopAccepting: () -> Void) throws(SystemCallError) {
@@ -172,6 +183,7 @@ public enum ListenerHandOver {
             guard request == Array("take".utf8) else { throw SystemCallError("listener hand-over: unexpected request", .badMessage) }
             let offered = package()
             let header = "strait-handover 1 \(offered.listeners.count) \(offered.extras.count)\n\(offered.note)"
+            defer { if offered.closesExtrasAfterSending { offered.extras.forEach(closeDescriptor) } }
             try SocketCall.send(control, bytes: Array(header.utf8), descriptors: offered.listeners + offered.extras)
             let (ready, more) = try SocketCall.receive(control, capacity: 64)
             more.forEach(closeDescriptor)
