@@ -62,4 +62,34 @@ struct DatagramChurnTests {
             #expect(try steering.counters().unavailable == 0, "the program never picked a closed member")
         }
     }
+
+    @Test("the datagram API: recvmmsg batches in, sendmmsg echoes back to each peer, byte for byte")
+    func echoThroughBatches() throws {
+        try TestNamespace.with { namespace in
+            let group = try EventLoopGroup(loopCount: 2)
+            defer { group.shutdown() }
+            let datagrams = try namespace.run {
+                try DatagramGroup(address: .loopback(port: 0), group: group, socketCount: 2) { socket, batch in
+                    for slot in 0..<batch.count { batch.prepareEcho(slot) }
+                    socket.send(batch)
+                }
+            }
+            defer { datagrams.close() }
+            try namespace.run {
+                let client = try RawSocket.udp(port: 0, reusePort: false)
+                defer { closeDescriptor(client) }
+                let sent = (0..<200).map { i in Array("datagram \(i) ".utf8) + [UInt8](repeating: UInt8(i % 251), count: i % 1400) }
+                for datagram in sent { try RawSocket.sendDatagram(client, datagram, toPort: datagrams.address.port!) }
+                var echoed: [[UInt8]] = []
+                let deadline = Date().addingTimeInterval(3)
+                while echoed.count < sent.count && Date() < deadline {
+                    echoed += RawSocket.drainDatagrams(client)
+                    usleep(1000)
+                }
+                #expect(echoed.count == sent.count)
+                #expect(Set(echoed) == Set(sent), "every datagram came back unchanged")
+            }
+            #expect(datagrams.members.map(\.received).reduce(0, +) == 200)
+        }
+    }
 }
