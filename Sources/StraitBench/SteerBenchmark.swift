@@ -59,6 +59,11 @@ public struct SteerBenchmark: Sendable {
             public var highest: Double
             /// Median relative to the kernel hash's median in the same run.
             public var relative: Double
+            /// Datagrams/s one sender pushes through the kernel's receive path (socket lookup, the
+            /// steering program, queueing or dropping at a full socket) with nobody reading: the
+            /// program's cost without the receivers competing for the CPU. Median.
+            public var senderPathPerSecond: Double
+            public var senderPathRelative: Double
         }
     }
 
@@ -97,20 +102,25 @@ public struct SteerBenchmark: Sendable {
                 namespace: namespace, controlDirectory: controlDirectory))
         }
         var samples: [String: [Double]] = [:]
+        var pathSamples: [String: [Double]] = [:]
         for round in 0..<udpRepeats where parts.contains(.udp) && !shouldStop() {
             for policy in Self.udpPolicies where !shouldStop() {
                 progress("udp: 4-socket group, \(policy), round \(round + 1) of \(udpRepeats)")
                 samples[policy.description, default: []].append(try udpThroughput(policy, namespace: namespace))
+                pathSamples[policy.description, default: []].append(try namespace.run { try senderPath(policy) })
             }
         }
         let median = { (values: [Double]) in values.sorted()[values.count / 2] }
         let kernelRate = samples["kernel"].map(median) ?? 0
+        let kernelPath = pathSamples["kernel"].map(median) ?? 0
         let udp = Self.udpPolicies.compactMap { policy -> Report.Throughput? in
             guard let values = samples[policy.description], !values.isEmpty else { return nil }
             let rate = median(values)
+            let path = pathSamples[policy.description].map(median) ?? 0
             return Report.Throughput(
                 policy: policy.description, datagramsPerSecond: rate, lowest: values.min()!, highest: values.max()!,
-                relative: kernelRate > 0 ? rate / kernelRate : 0)
+                relative: kernelRate > 0 ? rate / kernelRate : 0,
+                senderPathPerSecond: path, senderPathRelative: kernelPath > 0 ? path / kernelPath : 0)
         }
         var name = utsname()
         uname(&name)
@@ -194,6 +204,33 @@ public struct SteerBenchmark: Sendable {
     }
 
     // MARK: UDP throughput
+
+    /// Datagrams per second one thread sends into a 4-socket group nobody reads (small receive
+    /// buffers, so most are dropped after the socket was chosen), for `udpSeconds / 2`.
+    func senderPath(_ policy: SteeringPolicy) throws -> Double {
+        let group = try BenchGroup(policy: policy, members: 4, udp: true)
+        defer { group.close() }
+        for fd in group.sockets { try SocketCall.setOption(fd, level: SOL_SOCKET, name: SO_RCVBUF, value: 4096) }
+        let senders = try (0..<256).map { try BenchSocket.udp(address: BenchSocket.clientAddress($0), port: 0, reusePort: false) }
+        defer { senders.forEach(closeDescriptor) }
+        let batch = DatagramBatch(capacity: 64, slotSize: 64)
+        let destination = IPAddress("127.0.0.1")!
+        var payload = [UInt8](repeating: 0x5A, count: 64)
+        var sent = 0, round = 0
+        let end = Date().addingTimeInterval(udpSeconds / 2)
+        let began = Date()
+        while Date() < end {
+            payload.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(round % 256 &* 2_654_435_761).bigEndian, as: UInt64.self) }
+            for slot in 0..<64 {
+                payload.withUnsafeBytes { batch.setPayload($0, at: slot) }
+                batch.setPeer(destination, port: group.port, at: slot)
+            }
+            batch.count = 64
+            if case .done(let count)? = try? batch.send(on: senders[round % 256]) { sent += count }
+            round += 1
+        }
+        return Double(sent) / Date().timeIntervalSince(began)
+    }
 
     /// Datagrams per second received by a 4-socket DatagramGroup (2 loops, recvmmsg) while one thread
     /// sends 64-byte datagrams with sendmmsg from 64 source addresses and ports, for `udpSeconds`.

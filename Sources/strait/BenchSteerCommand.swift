@@ -75,9 +75,10 @@ struct BenchSteer: ParsableCommand {
         if !report.udp.isEmpty {
             sections.append(
                 "UDP through a 4-socket group (recvmmsg on 2 loops, one sendmmsg sender from 256 flows, 64 B):\n\n"
-                    + table([["policy", "datagrams/s (median)", "lowest-highest sample", "vs kernel hash"]] + report.udp.map {
+                    + table([["policy", "received/s (median)", "lowest-highest sample", "vs kernel", "sender path/s", "vs kernel"]] + report.udp.map {
                         [$0.policy, String(format: "%.0f", $0.datagramsPerSecond), String(format: "%.0f-%.0f", $0.lowest, $0.highest),
-                         String(format: "%+.1f%%", ($0.relative - 1) * 100)]
+                         String(format: "%+.1f%%", ($0.relative - 1) * 100), String(format: "%.0f", $0.senderPathPerSecond),
+                         String(format: "%+.1f%%", ($0.senderPathRelative - 1) * 100)]
                     }))
         }
         return sections.joined(separator: "\n\n")

@@ -69,12 +69,12 @@ static __always_inline __u32 finalise(__u32 hash) {
     return hash;
 }
 
-/// Source address then destination address, 4 or 16 bytes each, from the network header.
+/// Source address then destination address, back to back (8 bytes for IPv4, 32 for IPv6), read
+/// from the network header in one call.
 static __always_inline int read_addresses(struct sk_reuseport_md *md, __u8 addresses[32], __u32 *length) {
     if (md->eth_protocol == bpf_htons(ETH_P_IP)) {
         *length = 4;
-        if (bpf_skb_load_bytes_relative(md, 12, addresses, 4, BPF_HDR_START_NET)) return -1;
-        return bpf_skb_load_bytes_relative(md, 16, addresses + 16, 4, BPF_HDR_START_NET);
+        return bpf_skb_load_bytes_relative(md, 12, addresses, 8, BPF_HDR_START_NET);
     }
     if (md->eth_protocol == bpf_htons(ETH_P_IPV6)) {
         *length = 16;
@@ -103,7 +103,7 @@ static __always_inline enum key_result key_hash(struct sk_reuseport_md *md, cons
     if (config->key == STRAIT_STEER_KEY_FOUR_TUPLE) {
         __u8 ports[4] = {};
         if (bpf_skb_load_bytes(md, 0, ports, 4)) return KEY_UNREADABLE;
-        h = fnv1a(h, addresses + 16, length, 16);
+        h = length == 4 ? fnv1a(h, addresses + 4, 4, 4) : fnv1a(h, addresses + 16, 16, 16);
         h = fnv1a(h, ports, 4, 4);
     }
     *hash = finalise(h);
