@@ -86,6 +86,14 @@ let package = Package(
             exclude: ["bpf"],
             plugins: ["BPFCompiler"]
         ),
+        // Kernel steering of SO_REUSEPORT groups (sk_reuseport policies computed in Swift) and the
+        // listener hand-over that restarts a StraitNet server without losing a connection.
+        .target(
+            name: "StraitSteer",
+            dependencies: ["StraitBPF", "StraitKernelABI", "StraitSystem", "StraitNet"],
+            exclude: ["bpf"],
+            plugins: ["BPFCompiler"]
+        ),
 
         // The reactor network library: LinkBuffer, epoll reactors, connections, multiplexed RPC.
         .target(name: "CStraitNet"),
@@ -134,14 +142,14 @@ let package = Package(
         // Side-by-side measurement against the peers each issue names.
         .target(
             name: "StraitBench",
-            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitDrop", "StraitProxy", "StraitNet", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitDrop", "StraitProxy", "StraitSteer", "StraitNet", .product(name: "Logging", package: "swift-log")]
         ),
 
         // Layer 4: the command.
         .executableTarget(
             name: "strait",
             dependencies: [
-                "StraitBPF", "StraitAccel", "StraitBench", "StraitSystem", "StraitDrop", "StraitNetBench", "StraitProxy",
+                "StraitBPF", "StraitAccel", "StraitBench", "StraitSystem", "StraitDrop", "StraitNetBench", "StraitProxy", "StraitSteer", "StraitNet",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -158,6 +166,10 @@ let package = Package(
             dependencies: ["StraitBPF", "CLibBPF", "StraitSystem", "StraitTestSupport"],
             exclude: ["bpf"],
             plugins: ["BPFCompiler"]
+        ),
+        .testTarget(
+            name: "StraitSteerTests",
+            dependencies: ["StraitSteer", "StraitNet", "StraitBPF", "StraitSystem", "StraitKernelABI", "StraitTestSupport"]
         ),
         .testTarget(name: "StraitAccelTests", dependencies: ["StraitAccel", "StraitBPF", "CLibBPF", "StraitTestSupport"]),
         .testTarget(name: "StraitDropTests", dependencies: ["StraitDrop", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitTestSupport"]),

@@ -63,6 +63,26 @@ public final class BPFObjectSpec {
         try libbpfCall("bpf_map__set_max_entries(\(name))") { bpf_map__set_max_entries(map, count) }
     }
 
+    /// Sets the attach type a program is verified for, before load. An `sk_reuseport` program loaded
+    /// for `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE` also chooses where connections queued on a closing
+    /// listener go (with `net.ipv4.tcp_migrate_req=1`); the section name `sk_reuseport/migrate`
+    /// sets the same thing.
+    public func setExpectedAttachType(_ type: bpf_attach_type, forProgram name: String) throws(BPFError) {
+        guard let object, let program = bpf_object__find_program_by_name(object, name) else {
+            throw .missing(kind: "program", name: name, available: programNames)
+        }
+        try libbpfCall("bpf_program__set_expected_attach_type(\(name))") { bpf_program__set_expected_attach_type(program, type) }
+    }
+
+    /// Leaves a program out of ``load()`` (or puts it back): an object can carry variants of which
+    /// the caller loads one.
+    public func setAutoload(_ load: Bool, forProgram name: String) throws(BPFError) {
+        guard let object, let program = bpf_object__find_program_by_name(object, name) else {
+            throw .missing(kind: "program", name: name, available: programNames)
+        }
+        try libbpfCall("bpf_program__set_autoload(\(name))") { bpf_program__set_autoload(program, load) }
+    }
+
     /// Loads every map and program into the kernel. A program the verifier rejects throws
     /// ``BPFError/verifierRejected(program:errno:log:)`` with the verifier's whole log.
     ///
@@ -132,6 +152,6 @@ public final class BPFObject {
             throw .missing(kind: "program", name: name, available: [])
         }
         let fd = try Descriptor.duplicate(bpf_program__fd(program), "dup(program \(name))")
-        return try BPFProgram(descriptor: fd, name: name)
+        return try BPFProgram(descriptor: fd, name: name, expectedAttachType: bpf_program__expected_attach_type(program))
     }
 }

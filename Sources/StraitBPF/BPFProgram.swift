@@ -10,9 +10,13 @@ public final class BPFProgram: @unchecked Sendable {
     public let type: bpf_prog_type
     /// The kernel's id for this program (as `bpftool prog show` lists it).
     public let id: UInt32
+    /// The attach type the program was loaded for (e.g. `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`), when
+    /// it came from an object file; nil for a program opened from a pin (the kernel does not report it).
+    public let expectedAttachType: bpf_attach_type?
 
-    init(descriptor: Descriptor, name fullName: String? = nil) throws(BPFError) {
+    init(descriptor: Descriptor, name fullName: String? = nil, expectedAttachType: bpf_attach_type? = nil) throws(BPFError) {
         self.descriptor = descriptor
+        self.expectedAttachType = expectedAttachType
         var info = bpf_prog_info()
         var length = UInt32(MemoryLayout<bpf_prog_info>.size)
         try libbpfCall("bpf_obj_get_info_by_fd(program)") { bpf_obj_get_info_by_fd(descriptor.rawValue, &info, &length) }

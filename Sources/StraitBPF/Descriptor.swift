@@ -18,6 +18,9 @@ final class Descriptor: @unchecked Sendable {
         rawValue = -1
     }
 
+    /// Gives the descriptor up without closing it (its new owner closes it).
+    func forget() { rawValue = -1 }
+
     static func duplicate(_ fd: CInt, _ what: String) throws(BPFError) -> Descriptor {
         do {
             return Descriptor(taking: try systemCall(what) { fcntl(fd, F_DUPFD_CLOEXEC, 3) })

@@ -26,3 +26,40 @@ int strait_pipe_nonblocking(int fds[2], int size);
 /// The TCP stream counters of `fd` from TCP_INFO: bytes the peer acknowledged (the handshake may
 /// count one), bytes received in order (a received FIN counts one). Returns -1 with errno on failure.
 int strait_tcp_stream_counters(int fd, unsigned long long *bytes_acked, unsigned long long *bytes_received);
+// ---- Socket steering and hand-over (SO_REUSEPORT groups, SCM_RIGHTS, batched datagrams) ----
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+/// setsockopt names from asm-generic/socket.h, spelled out so Swift sees plain constants.
+enum {
+    STRAIT_SO_ATTACH_REUSEPORT_EBPF = 52,
+    STRAIT_SO_COOKIE = 57,
+    STRAIT_SO_DETACH_REUSEPORT_BPF = 68,
+};
+
+/// One datagram of a recvmmsg/sendmmsg batch: a buffer, its length, and the peer's address.
+struct strait_datagram {
+    void *bytes;
+    unsigned int capacity;   // buffer size (receive) or bytes to send (send)
+    unsigned int length;     // bytes received (receive); unused on send
+    struct sockaddr_storage peer;
+    unsigned int peer_length;
+    unsigned int truncated;  // MSG_TRUNC: the datagram was longer than `capacity`
+};
+
+/// recvmmsg(2) of up to `count` datagrams without blocking (MSG_DONTWAIT). Returns how many were
+/// received, or -1 with errno.
+int strait_receive_datagrams(int fd, struct strait_datagram *datagrams, unsigned int count);
+
+/// sendmmsg(2) of up to `count` datagrams to their `peer`s without blocking. Returns how many went
+/// out, or -1 with errno.
+int strait_send_datagrams(int fd, struct strait_datagram *datagrams, unsigned int count);
+
+/// sendmsg(2) of `length` bytes with `fd_count` descriptors attached as SCM_RIGHTS.
+ssize_t strait_send_with_descriptors(int socket, const void *bytes, size_t length, const int *fds, unsigned int fd_count);
+
+/// recvmsg(2) of up to `capacity` bytes and up to `fd_capacity` SCM_RIGHTS descriptors, received
+/// close-on-exec (MSG_CMSG_CLOEXEC). `*fd_count` is set to how many arrived; `*truncated` is
+/// non-zero when the sender attached more descriptors than fit (the kernel closed the extra ones).
+ssize_t strait_receive_with_descriptors(int socket, void *bytes, size_t capacity, int *fds, unsigned int fd_capacity,
+                                        unsigned int *fd_count, int *truncated);

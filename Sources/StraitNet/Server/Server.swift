@@ -36,7 +36,7 @@ public final class Server: ConnectionOwner, @unchecked Sendable {
     public let address: SocketAddress
     let configuration: ServerConfiguration
     let handlers: ConnectionHandlers
-    private var acceptors: [Acceptor] = []
+    var acceptors: [Acceptor] = []
     private let live = ManagedAtomic<Int>(0)
     private let drainingFlag = ManagedAtomic<Bool>(false)
 

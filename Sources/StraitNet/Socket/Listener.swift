@@ -14,7 +14,7 @@ public final class Listener: Sendable {
     /// The bound address; for TCP port 0, the port the kernel chose.
     public let address: SocketAddress
 
-    private init(fd: CInt, address: SocketAddress) {
+    init(fd: CInt, address: SocketAddress) {
         self.fd = fd
         self.address = address
     }

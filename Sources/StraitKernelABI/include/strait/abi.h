@@ -5,3 +5,4 @@
 #include "accel.h"
 #include "drop.h"
 #include "proxy.h"
+#include "steer.h"

@@ -1,0 +1,266 @@
+import Atomics
+import Foundation
+import StraitNet
+import StraitSystem
+
+/// A restart of a TCP server under load, measured: a client opens short connections (connect,
+/// send 5 bytes, read the echo, close) at a fixed rate while the server is replaced `restarts` times,
+/// and every failed connect, reset or short answer is counted.
+///
+/// The "old" and "new" servers are two StraitNet servers with their own loop groups in this
+/// process; the hand-over still goes through a Unix socket with `SCM_RIGHTS`, so the kernel sees
+/// exactly what it sees between two processes (new descriptors for the same sockets). Runs inside
+/// `namespace`, whose `net.ipv4.tcp_migrate_req` it sets per mode; never on the host.
+public enum RestartDrill {
+    public enum Mode: String, Sendable, CaseIterable, Codable {
+        /// The new server binds its own SO_REUSEPORT listeners, then the old one closes its listeners.
+        /// Whatever was queued on them is reset. No steering program, no migration.
+        case closeAndBind = "close-bind"
+        /// The old server hands its listeners to the new one (SCM_RIGHTS) and stops accepting; the
+        /// kernel's hash steers; no migration.
+        case handOver = "fd-hand-over"
+        /// The new server binds anew and joins the steering group; the old one leaves it and closes,
+        /// and the kernel migrates its queued connections (tcp_migrate_req=1, migrate-aware program).
+        case bindAndMigrate = "bind-migrate"
+        /// Strait's restart: hand-over of the listeners plus the migrate-aware steering program and
+        /// tcp_migrate_req=1, so even listeners that are not carried over lose nothing.
+        case strait
+    }
+
+    public struct Result: Sendable, Codable {
+        public var mode: Mode
+        public var restarts: Int
+        public var attempted: Int
+        public var succeeded: Int
+        /// connect() failed (refused, timed out).
+        public var failedConnects: Int
+        /// The connection was reset or closed before the echo came back.
+        public var resets: Int
+        /// Connections moved by the kernel off a closing listener (steering program's count).
+        public var migrated: Int
+        public var workMicroseconds: Int
+        public var seconds: Double
+    }
+
+    /// Runs one drill. `loops` listeners per server; restarts are spaced evenly over the run.
+    /// `workMicroseconds` of CPU per request on the server models a busy server, whose accept
+    /// queues are not always empty when a restart closes a listener.
+    public static func run(
+        mode: Mode, restarts: Int, connectionsPerSecond: Int, workMicroseconds: Int = 0, loops: Int = 2,
+        interval: Duration = .milliseconds(100), namespace: NetworkNamespace, controlDirectory: String
+    ) throws -> Result {
+        let handlers = ServerGeneration.echo(workMicroseconds: workMicroseconds)
+        let migrate = mode == .bindAndMigrate || mode == .strait
+        try namespace.run { try NamespaceSysctl.write(NamespaceSysctl.tcpMigrateRequests, migrate ? "1" : "0") }
+        let steering: SteeringGroup? = migrate ? try SteeringGroup(policy: .consistentHash(.fourTuple)) : nil
+        defer { steering?.close() }
+
+        var generation = try namespace.run { try ServerGeneration.start(address: .loopback(port: 0), loops: loops, steering: steering, handlers: handlers) }
+        let port = generation.server.address.port!
+        let load = ClientLoad(port: port, rate: connectionsPerSecond, threads: 2)
+        let started = ContinuousClock.now
+        let loadDone = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            _ = try? namespace.run { load.run() }
+            loadDone.signal()
+        }
+        var retiring: [ServerGeneration] = []
+        do {
+            Thread.sleep(forTimeInterval: interval.seconds)
+            for restart in 0..<restarts {
+                let old = generation
+                switch mode {
+                case .closeAndBind, .bindAndMigrate:
+                    generation = try namespace.run {
+                        try ServerGeneration.start(address: .loopback(port: port), loops: loops, steering: steering, handlers: handlers)
+                    }
+                    if mode == .bindAndMigrate { for fd in old.server.listenerDescriptors { try steering?.memberLeaving(fd) } }
+                    old.retire()
+                case .handOver, .strait:
+                    let path = "\(controlDirectory)/handover-\(getpid())-\(restart).sock"
+                    let offer = try ListenerHandOver.Offer(
+                        path: path, package: { ListenerHandOver.Package(listeners: old.server.listenerDescriptors) },
+                        stopAccepting: { old.server.stopAccepting(); old.retire() })
+                    defer { offer.close() }
+                    let receipt = try ListenerHandOver.take(from: path)
+                    generation = try ServerGeneration.start(adopting: receipt.adoptListeners(), loops: loops, handlers: handlers)
+                    try receipt.confirm()
+                }
+                retiring.append(old)
+                Thread.sleep(forTimeInterval: interval.seconds)
+            }
+        } catch {
+            load.stop()
+            loadDone.wait()
+            for old in retiring { old.waitRetired() }
+            generation.stopNow()
+            throw error
+        }
+        load.stop()
+        loadDone.wait()
+        let seconds = (ContinuousClock.now - started).seconds
+        for old in retiring { old.waitRetired() }
+        generation.stopNow()
+        return Result(
+            mode: mode, restarts: restarts, attempted: load.attempted.load(ordering: .relaxed),
+            succeeded: load.succeeded.load(ordering: .relaxed), failedConnects: load.failedConnects.load(ordering: .relaxed),
+            resets: load.resets.load(ordering: .relaxed), migrated: (try? steering?.counters().migrated) ?? 0,
+            workMicroseconds: workMicroseconds, seconds: seconds)
+    }
+}
+
+/// One server generation: its loop group and echo server, and how it goes away.
+final class ServerGeneration: @unchecked Sendable {
+    let group: EventLoopGroup
+    let server: Server
+    private let retired = DispatchSemaphore(value: 0)
+    private var retiring = false
+
+    private init(group: EventLoopGroup, server: Server) {
+        self.group = group
+        self.server = server
+    }
+
+    /// Echoes what arrives, after spinning `workMicroseconds` on the loop.
+    static func echo(workMicroseconds: Int) -> ConnectionHandlers {
+        ConnectionHandlers(onRequest: { connection in
+            if workMicroseconds > 0 {
+                let end = SocketCall.monotonicNanoseconds() + UInt64(workMicroseconds) * 1000
+                while SocketCall.monotonicNanoseconds() < end {}
+            }
+            connection.writer.append(connection.reader)
+            connection.flush()
+        })
+    }
+
+    static func start(address: SocketAddress, loops: Int, steering: SteeringGroup?, handlers echo: ConnectionHandlers) throws -> ServerGeneration {
+        let group = try EventLoopGroup(loopCount: loops)
+        do {
+            var configuration = ServerConfiguration()
+            configuration.backlog = 4096
+            let server = try Server.reusePortGroup(address: address, group: group, steering: steering, configuration: configuration, handlers: echo)
+            return ServerGeneration(group: group, server: server)
+        } catch {
+            group.shutdown()
+            throw error
+        }
+    }
+
+    static func start(adopting listeners: [Listener], loops: Int, handlers echo: ConnectionHandlers) throws -> ServerGeneration {
+        let group = try EventLoopGroup(loopCount: max(loops, listeners.count))
+        do {
+            var configuration = ServerConfiguration()
+            configuration.backlog = 4096
+            let server = try Server(listeners: listeners, group: group, configuration: configuration, handlers: echo)
+            return ServerGeneration(group: group, server: server)
+        } catch {
+            for listener in listeners { listener.close() }
+            group.shutdown()
+            throw error
+        }
+    }
+
+    /// Stops accepting (closing its listener descriptors) and drains in the background, the same
+    /// way in every mode, so the modes differ only in what happens to the listening sockets.
+    func retire() {
+        retiring = true
+        Task { [self] in
+            await server.drain(idleGrace: .milliseconds(300), deadline: .seconds(2))
+            group.shutdown()
+            retired.signal()
+        }
+    }
+
+    func waitRetired() { if retiring { retired.wait() } }
+
+    func stopNow() {
+        let done = DispatchSemaphore(value: 0)
+        Task { [self] in
+            await server.shutdown(gracePeriod: .seconds(1))
+            done.signal()
+        }
+        done.wait()
+        group.shutdown()
+    }
+}
+
+/// Short TCP connections at a fixed rate from a few blocking client threads, with failure counts.
+final class ClientLoad: @unchecked Sendable {
+    let port: UInt16
+    let rate: Int
+    let threads: Int
+    let attempted = ManagedAtomic<Int>(0)
+    let succeeded = ManagedAtomic<Int>(0)
+    let failedConnects = ManagedAtomic<Int>(0)
+    let resets = ManagedAtomic<Int>(0)
+    private let stopping = ManagedAtomic<Bool>(false)
+
+    init(port: UInt16, rate: Int, threads: Int) {
+        self.port = port
+        self.rate = rate
+        self.threads = threads
+    }
+
+    func stop() { stopping.store(true, ordering: .relaxed) }
+
+    /// Runs until ``stop()``; call on a thread inside the server's namespace. Client threads are
+    /// started from here so they inherit the namespace.
+    func run() {
+        let group = DispatchGroup()
+        for _ in 0..<threads {
+            group.enter()
+            let thread = Thread { [self] in
+                defer { group.leave() }
+                let period = Double(threads) / Double(rate)
+                var next = Date().timeIntervalSinceReferenceDate
+                while !stopping.load(ordering: .relaxed) {
+                    oneConnection()
+                    next += period
+                    let wait = next - Date().timeIntervalSinceReferenceDate
+                    if wait > 0 { Thread.sleep(forTimeInterval: wait) }
+                }
+            }
+            thread.start()
+        }
+        group.wait()
+    }
+
+    private func oneConnection() {
+        attempted.wrappingIncrement(ordering: .relaxed)
+        let fd = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { failedConnects.wrappingIncrement(ordering: .relaxed); return }
+        defer { Glibc.close(fd) }
+        var timeout = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { failedConnects.wrappingIncrement(ordering: .relaxed); return }
+        let request: [UInt8] = Array("ping\n".utf8)
+        guard Glibc.send(fd, request, request.count, Int32(MSG_NOSIGNAL)) == request.count else {
+            resets.wrappingIncrement(ordering: .relaxed)
+            return
+        }
+        var answer = [UInt8](repeating: 0, count: request.count)
+        var got = 0
+        while got < answer.count {
+            let count = answer.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress! + got, $0.count - got, 0) }
+            if count <= 0 { break }
+            got += count
+        }
+        if got == request.count && answer == request {
+            succeeded.wrappingIncrement(ordering: .relaxed)
+        } else {
+            resets.wrappingIncrement(ordering: .relaxed)
+        }
+    }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}
