@@ -33,7 +33,7 @@ func closedPort() throws -> UInt16 {
 struct ClusterTests {
     @Test("an upstream that refuses closes the client promptly and is counted")
     func upstreamRefuses() async throws {
-        await ProxyHarness.waitForQuietDescriptorTable()
+        _ = ProxyHarness.descriptorHeadroom
         let dead = SocketAddress.ip(IPAddress("127.0.0.1")!, port: try closedPort())
         try await ProxyHarness.with(ProxyHarness.config(datapath: .copy, upstreams: [dead])) { proxy, port in
             let started = ContinuousClock.now
@@ -47,7 +47,7 @@ struct ClusterTests {
 
     @Test("an upstream that never answers the SYN times out and is counted")
     func upstreamTimesOut() async throws {
-        await ProxyHarness.waitForQuietDescriptorTable()
+        _ = ProxyHarness.descriptorHeadroom
         // A listener with a full backlog and no accept: further SYNs are dropped, so connect hangs.
         let stuck = try TestListener(.ipv4)
         _ = listen(stuck.socket.fd, 0)
@@ -77,7 +77,7 @@ struct ClusterTests {
 
     @Test("an upstream that goes down is skipped, and used again when it comes back")
     func healthChecks() async throws {
-        await ProxyHarness.waitForQuietDescriptorTable()
+        _ = ProxyHarness.descriptorHeadroom
         var first: ThreadedUpstream? = try namedUpstream("A")
         let firstPort = first!.port
         let second = try namedUpstream("B")
@@ -110,7 +110,7 @@ struct ClusterTests {
 
     @Test("1,000 concurrent connections, each echoed")
     func thousandConnections() async throws {
-        await ProxyHarness.waitForQuietDescriptorTable()
+        _ = ProxyHarness.descriptorHeadroom
         let group = try EventLoopGroup(loopCount: 1)
         defer { group.shutdown() }
         // The upstream is a StraitNet echo server: one epoll loop, not a thread per connection.
@@ -206,7 +206,7 @@ struct ClusterTests {
 
     @Test("SIGTERM-style drain waits for open connections, then closes them at the deadline")
     func drain() async throws {
-        await ProxyHarness.waitForQuietDescriptorTable()
+        _ = ProxyHarness.descriptorHeadroom
         let upstream = try ThreadedUpstream(echoHandler)
         defer { upstream.stop() }
         let proxy = try Proxy(config: ProxyHarness.config(datapath: .copy, upstreams: [upstream.address]), logger: ProxyHarness.logger)
@@ -227,7 +227,7 @@ struct ClusterTests {
 struct OperationTests {
     @Test("without the kernel datapath, a sockmap listener runs on splice and says why")
     func withoutKernelDatapath() async throws {
-        await ProxyHarness.waitForQuietDescriptorTable()
+        _ = ProxyHarness.descriptorHeadroom
         let upstream = try ThreadedUpstream(echoHandler)
         defer { upstream.stop() }
         let proxy = try Proxy(config: ProxyHarness.config(datapath: .sockmap, upstreams: [upstream.address]), kernelDatapath: false, logger: ProxyHarness.logger)

@@ -114,9 +114,9 @@ enum ProxyHarness {
             clusters: [ClusterConfig(name: "backend", upstreams: upstreams.map { UpstreamConfig(address: $0) }, balancing: balancing, healthCheck: health)])
     }
 
-    /// The whole test process shares one descriptor table: these tests (4,000 descriptors for 1,000
-    /// relayed connections) run beside others that open 20,000, and a process out of descriptors
-    /// brings down libdispatch. Raise the limit once, as far as root may (64 Ki).
+    /// 1,000 relayed connections take 4,000 descriptors and the test process also runs StraitNet's
+    /// 10,000-connection test: raise the limit once, as far as this process may (`make test` runs
+    /// suites one at a time, so they never need their descriptors at once).
     static let descriptorHeadroom: Void = {
         var limit = rlimit()
         getrlimit(CInt(RLIMIT_NOFILE.rawValue), &limit)
@@ -130,57 +130,9 @@ enum ProxyHarness {
         }
     }()
 
-    /// Descriptors this process has open now.
-    static func openDescriptorCount() -> Int {
-        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? 0
-    }
-
-    /// Whether StraitNet's 10,000-connection test runs in this process: a run without `--filter`,
-    /// or one whose filter names it.
-    static let sharesProcessWithManyConnectionsTest: Bool = {
-        let arguments = CommandLine.arguments
-        guard let index = arguments.firstIndex(of: "--filter"), index + 1 < arguments.count else { return true }
-        let filter = arguments[index + 1]
-        return ["StraitNetTests", "Loopback", "ServerTests", "manyConnections"].contains { filter.contains($0) }
-    }()
-
-    /// When the first proxy test asked to wait.
-    static let firstUse = ContinuousClock.now
-    private static let settled = Atomic<Bool>(false)
-    private static let sawRise = Atomic<Bool>(false)
-    private static let polling = Atomic<Bool>(false)
-
-    /// Every suite of the package shares this process's descriptor table. StraitNet's
-    /// 10,000-connection test sizes itself to all but 200 descriptors of the limit (20,000 here,
-    /// which root without CAP_SYS_RESOURCE cannot raise), and a process that runs out makes
-    /// libdispatch trap. So when that test is in the run, proxy tests start after it: once the
-    /// descriptor count has risen above 10,000 and fallen below 2,000 again, plus 1.5 s for its
-    /// final checks. One waiting test at a time lists /proc/self/fd, every 200 ms; no waiting past
-    /// 30 s for the rise, nor past 60 s in all.
-    static func waitForQuietDescriptorTable() async {
-        _ = descriptorHeadroom
-        guard sharesProcessWithManyConnectionsTest else { return }
-        let start = firstUse
-        while !settled.load(ordering: .acquiring) && ContinuousClock.now - start < .seconds(60) {
-            if !polling.exchange(true, ordering: .acquiring) {
-                let count = openDescriptorCount()
-                if count > 10_000 { sawRise.store(true, ordering: .relaxed) }
-                let risen = sawRise.load(ordering: .relaxed)
-                if risen && count < 2_000 {
-                    try? await Task.sleep(for: .milliseconds(1500))
-                    settled.store(true, ordering: .releasing)
-                } else if !risen && ContinuousClock.now - start > .seconds(30) {
-                    settled.store(true, ordering: .releasing)
-                }
-                polling.store(false, ordering: .releasing)
-            }
-            try? await Task.sleep(for: .milliseconds(200))
-        }
-    }
-
     /// Runs `body` with a started proxy and its listener port; shuts the proxy down after.
     static func with(_ config: ProxyConfig, _ body: (Proxy, UInt16) async throws -> Void) async throws {
-        await waitForQuietDescriptorTable()
+        _ = descriptorHeadroom
         let proxy = try Proxy(config: config, loopCount: 2, kernelDatapath: true, logger: logger)
         do {
             let port = proxy.listenerAddresses.values.first!.port!

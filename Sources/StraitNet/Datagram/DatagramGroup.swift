@@ -27,9 +27,15 @@ public final class DatagramGroup: @unchecked Sendable {
     let steering: (any SocketSteering)?
     let handler: Handler
     private let state = Mutex<(members: [DatagramSocket], nextIndex: Int)>(([], 0))
-    /// How long a leaving member keeps reading after the steering stopped choosing it, for
-    /// datagrams the kernel chose it for just before.
+    /// How long a leaving member waits after the steering stopped choosing it before it starts
+    /// draining, for datagrams the kernel chose it for just before.
     public var leaveSettleTime: Duration = .milliseconds(5)
+    /// A leaving member closes once this many drains in a row, `leaveDrainInterval` apart, found its
+    /// queue empty (on a loaded machine a datagram chosen before the map update can still land after
+    /// the first drain), or after `leaveDrainLimit` in all.
+    public var leaveQuietDrains = 3
+    public var leaveDrainInterval: Duration = .milliseconds(2)
+    public var leaveDrainLimit: Duration = .milliseconds(250)
 
     /// Binds `socketCount` sockets (default: one per loop) on `address` and starts reading.
     public init(
@@ -64,11 +70,19 @@ public final class DatagramGroup: @unchecked Sendable {
         }) else { return }
         try steering?.memberLeaving(member.fd)
         let closed = ManagedAtomic<Bool>(false)
-        member.loop.schedule(after: leaveSettleTime) {
+        let (quietDrains, interval, limit) = (leaveQuietDrains, leaveDrainInterval, leaveDrainLimit)
+        @Sendable func drain(quiet: Int, elapsed: Duration) {
+            let before = member.received
             member.readAll()
-            member.close()
-            closed.store(true, ordering: .releasing)
+            let quiet = member.received == before ? quiet + 1 : 0
+            if quiet >= quietDrains || elapsed >= limit {
+                member.close()
+                closed.store(true, ordering: .releasing)
+            } else {
+                member.loop.schedule(after: interval) { drain(quiet: quiet, elapsed: elapsed + interval) }
+            }
         }
+        member.loop.schedule(after: leaveSettleTime) { drain(quiet: 0, elapsed: .zero) }
         while !closed.load(ordering: .acquiring) { usleep(200) }
     }
 
