@@ -181,6 +181,7 @@ public final class SteeringGroup: SocketSteering, @unchecked Sendable {
 
     /// Which member the policy picks for a key's bytes (as ``SteeringHash/key(_:source:sourcePort:destination:destinationPort:)``
     /// builds them, or a payload key), from the table as last written; nil for non-table policies.
+    /// Reads the whole 64 KiB table from the kernel: for tests and diagnostics, not per packet.
     public func member(forKey bytes: [UInt8]) -> Member? {
         guard usesTable, let table, let raw = try? table.bytes(at: 0) else { return nil }
         let bucket = SteeringHash.bucket(bytes)
