@@ -132,6 +132,9 @@ public final class SteeringGroup: SocketSteering, @unchecked Sendable {
     /// The current members, in joining order.
     public var members: [Member] { state.withLock { $0.members } }
 
+    /// The kernel's id of the steering program (as `bpftool prog show` lists it); nil for `.kernel`.
+    public var programID: UInt32? { program?.id }
+
     /// Puts the socket open at `fd` (bound with `SO_REUSEPORT`; listening, for TCP) in the group's
     /// steering; the first member also attaches the program to the group. Cost: two to three bpf(2)
     /// calls and, for table policies, a table rebuild (~1 ms) written in one update.
