@@ -32,6 +32,8 @@ public struct SteerBenchmark: Sendable {
         public var balance: [Balance]
         public var remap: [Remap]
         public var restart: [RestartDrill.Result]
+        /// Strait's restart between real processes (`strait steer serve`, idle echo server).
+        public var restartAcrossProcesses: RestartDrill.Result?
         public var udp: [Throughput]
         public var kernel: String
 
@@ -104,6 +106,11 @@ public struct SteerBenchmark: Sendable {
                     namespace: namespace, controlDirectory: controlDirectory)
             })
         }
+        var acrossProcesses: RestartDrill.Result?
+        if parts.contains(.restart) && !shouldStop() {
+            progress("restart: \(restarts) restarts of `strait steer serve` processes under \(restartRate) connections/s")
+            acrossProcesses = try crossProcessRestart(namespace: namespace, controlDirectory: controlDirectory)
+        }
         var samples: [String: [Double]] = [:]
         var pathSamples: [String: [Double]] = [:]
         for round in 0..<udpRepeats where parts.contains(.udp) && !shouldStop() {
@@ -128,7 +135,7 @@ public struct SteerBenchmark: Sendable {
         var name = utsname()
         uname(&name)
         let release = withUnsafeBytes(of: name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        return Report(balance: balance, remap: remap, restart: restart, udp: udp, kernel: release)
+        return Report(balance: balance, remap: remap, restart: restart, restartAcrossProcesses: acrossProcesses, udp: udp, kernel: release)
     }
 
     /// Runs async work to completion from the command's main thread (never a concurrency thread,

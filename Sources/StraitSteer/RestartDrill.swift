@@ -40,6 +40,21 @@ public enum RestartDrill {
         public var migrated: Int
         public var workMicroseconds: Int
         public var seconds: Double
+
+        public init(
+            mode: Mode, restarts: Int, attempted: Int, succeeded: Int, failedConnects: Int, resets: Int, migrated: Int,
+            workMicroseconds: Int, seconds: Double
+        ) {
+            self.mode = mode
+            self.restarts = restarts
+            self.attempted = attempted
+            self.succeeded = succeeded
+            self.failedConnects = failedConnects
+            self.resets = resets
+            self.migrated = migrated
+            self.workMicroseconds = workMicroseconds
+            self.seconds = seconds
+        }
     }
 
     /// Runs one drill. `loops` listeners per server; restarts are spaced evenly over the run.
@@ -180,28 +195,29 @@ final class ServerGeneration: @unchecked Sendable {
     }
 }
 
-/// Short TCP connections at a fixed rate from a few blocking client threads, with failure counts.
-final class ClientLoad: @unchecked Sendable {
+/// Short TCP connections (connect, send 5 bytes, read the echo, close) to 127.0.0.1:`port` at a
+/// fixed rate from a few blocking client threads, counting each failure.
+public final class ClientLoad: @unchecked Sendable {
     let port: UInt16
     let rate: Int
     let threads: Int
-    let attempted = ManagedAtomic<Int>(0)
-    let succeeded = ManagedAtomic<Int>(0)
-    let failedConnects = ManagedAtomic<Int>(0)
-    let resets = ManagedAtomic<Int>(0)
+    public let attempted = ManagedAtomic<Int>(0)
+    public let succeeded = ManagedAtomic<Int>(0)
+    public let failedConnects = ManagedAtomic<Int>(0)
+    public let resets = ManagedAtomic<Int>(0)
     private let stopping = ManagedAtomic<Bool>(false)
 
-    init(port: UInt16, rate: Int, threads: Int) {
+    public init(port: UInt16, rate: Int, threads: Int) {
         self.port = port
         self.rate = rate
         self.threads = threads
     }
 
-    func stop() { stopping.store(true, ordering: .relaxed) }
+    public func stop() { stopping.store(true, ordering: .relaxed) }
 
     /// Runs until ``stop()``; call on a thread inside the server's namespace. Client threads are
     /// started from here so they inherit the namespace.
-    func run() {
+    public func run() {
         let group = DispatchGroup()
         for _ in 0..<threads {
             group.enter()
