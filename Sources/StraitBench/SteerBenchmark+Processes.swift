@@ -51,6 +51,10 @@ extension SteerBenchmark {
         // Every replaced process must have exited by itself after draining.
         let deadline = Date().addingTimeInterval(5)
         while generations.dropLast().contains(where: { $0.process.isRunning }) && Date() < deadline { usleep(10_000) }
+        let lingering = generations.dropLast().filter { $0.process.isRunning }.count
+        guard lingering == 0 else {
+            throw ProcessRunner.Failure(command: ["strait", "steer", "serve"], status: -1, output: "\(lingering) replaced processes did not drain and exit within 5 s")
+        }
         return RestartDrill.Result(
             mode: .strait, restarts: restarts, attempted: load.attempted.load(ordering: .relaxed),
             succeeded: load.succeeded.load(ordering: .relaxed), failedConnects: load.failedConnects.load(ordering: .relaxed),
