@@ -153,6 +153,7 @@ public final class SteeringGroup: SocketSteering, @unchecked Sendable {
                 try publish(members: state.members + [member])
                 if state.attachment == nil { state.attachment = try program.attach(reuseportGroupOf: fd) }
             } catch {
+                try? publish(members: state.members)
                 _ = try? sockets.removeSocket(at: slot)
                 throw error
             }

@@ -36,6 +36,7 @@ public final class DatagramGroup: @unchecked Sendable {
         address: SocketAddress, group: EventLoopGroup, socketCount: Int? = nil, steering: (any SocketSteering)? = nil,
         handler: @escaping Handler
     ) throws {
+        precondition((socketCount ?? 1) >= 1, "a datagram group needs at least one socket")
         self.group = group
         self.steering = steering
         self.handler = handler
