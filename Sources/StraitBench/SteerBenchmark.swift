@@ -32,6 +32,8 @@ public struct SteerBenchmark: Sendable {
         public var balance: [Balance]
         public var remap: [Remap]
         public var restart: [RestartDrill.Result]
+        /// Strait's restart between real processes (`strait steer serve`, idle echo server).
+        public var restartAcrossProcesses: RestartDrill.Result?
         public var udp: [Throughput]
         public var kernel: String
 
@@ -97,9 +99,17 @@ public struct SteerBenchmark: Sendable {
         var restart: [RestartDrill.Result] = []
         for mode in RestartDrill.Mode.allCases where parts.contains(.restart) && !shouldStop() {
             progress("restart: \(restarts) restarts under \(restartRate) connections/s, \(serverWorkMicroseconds) µs per request, \(mode.rawValue)")
-            restart.append(try RestartDrill.run(
-                mode: mode, restarts: restarts, connectionsPerSecond: restartRate, workMicroseconds: serverWorkMicroseconds,
-                namespace: namespace, controlDirectory: controlDirectory))
+            let (restarts, rate, work) = (restarts, restartRate, serverWorkMicroseconds)
+            restart.append(try Self.waitFor {
+                try await RestartDrill.run(
+                    mode: mode, restarts: restarts, connectionsPerSecond: rate, workMicroseconds: work,
+                    namespace: namespace, controlDirectory: controlDirectory)
+            })
+        }
+        var acrossProcesses: RestartDrill.Result?
+        if parts.contains(.restart) && !shouldStop() {
+            progress("restart: \(restarts) restarts of `strait steer serve` processes under \(restartRate) connections/s")
+            acrossProcesses = try crossProcessRestart(namespace: namespace, controlDirectory: controlDirectory)
         }
         var samples: [String: [Double]] = [:]
         var pathSamples: [String: [Double]] = [:]
@@ -125,7 +135,20 @@ public struct SteerBenchmark: Sendable {
         var name = utsname()
         uname(&name)
         let release = withUnsafeBytes(of: name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        return Report(balance: balance, remap: remap, restart: restart, udp: udp, kernel: release)
+        return Report(balance: balance, remap: remap, restart: restart, restartAcrossProcesses: acrossProcesses, udp: udp, kernel: release)
+    }
+
+    /// Runs async work to completion from the command's main thread (never a concurrency thread,
+    /// so blocking it here cannot starve the tasks it waits for).
+    static func waitFor<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var result: Result<T, Error>!
+        Task {
+            do { result = .success(try await body()) } catch { result = .failure(error) }
+            done.signal()
+        }
+        done.wait()
+        return try result.get()
     }
 
     // MARK: Balance

@@ -40,6 +40,21 @@ public enum RestartDrill {
         public var migrated: Int
         public var workMicroseconds: Int
         public var seconds: Double
+
+        public init(
+            mode: Mode, restarts: Int, attempted: Int, succeeded: Int, failedConnects: Int, resets: Int, migrated: Int,
+            workMicroseconds: Int, seconds: Double
+        ) {
+            self.mode = mode
+            self.restarts = restarts
+            self.attempted = attempted
+            self.succeeded = succeeded
+            self.failedConnects = failedConnects
+            self.resets = resets
+            self.migrated = migrated
+            self.workMicroseconds = workMicroseconds
+            self.seconds = seconds
+        }
     }
 
     /// Runs one drill. `loops` listeners per server; restarts are spaced evenly over the run.
@@ -48,7 +63,7 @@ public enum RestartDrill {
     public static func run(
         mode: Mode, restarts: Int, connectionsPerSecond: Int, workMicroseconds: Int = 0, loops: Int = 2,
         interval: Duration = .milliseconds(100), namespace: NetworkNamespace, controlDirectory: String
-    ) throws -> Result {
+    ) async throws -> Result {
         let handlers = ServerGeneration.echo(workMicroseconds: workMicroseconds)
         let migrate = mode == .bindAndMigrate || mode == .strait
         try namespace.run { try NamespaceSysctl.write(NamespaceSysctl.tcpMigrateRequests, migrate ? "1" : "0") }
@@ -59,14 +74,18 @@ public enum RestartDrill {
         let port = generation.server.address.port!
         let load = ClientLoad(port: port, rate: connectionsPerSecond, threads: 2)
         let started = ContinuousClock.now
-        let loadDone = DispatchSemaphore(value: 0)
+        let loadDone = ManagedAtomic<Bool>(false)
         Thread.detachNewThread {
             _ = try? namespace.run { load.run() }
-            loadDone.signal()
+            loadDone.store(true, ordering: .releasing)
+        }
+        // Waits by polling, never by blocking a concurrency thread on something it would have to run.
+        func waitForLoad() async {
+            while !loadDone.load(ordering: .acquiring) { try? await Task.sleep(for: .milliseconds(5)) }
         }
         var retiring: [ServerGeneration] = []
         do {
-            Thread.sleep(forTimeInterval: interval.seconds)
+            try await Task.sleep(for: interval)
             for restart in 0..<restarts {
                 let old = generation
                 switch mode {
@@ -87,20 +106,20 @@ public enum RestartDrill {
                     try receipt.confirm()
                 }
                 retiring.append(old)
-                Thread.sleep(forTimeInterval: interval.seconds)
+                try await Task.sleep(for: interval)
             }
         } catch {
             load.stop()
-            loadDone.wait()
-            for old in retiring { old.waitRetired() }
-            generation.stopNow()
+            await waitForLoad()
+            for old in retiring { await old.waitRetired() }
+            await generation.stopNow()
             throw error
         }
         load.stop()
-        loadDone.wait()
+        await waitForLoad()
         let seconds = (ContinuousClock.now - started).seconds
-        for old in retiring { old.waitRetired() }
-        generation.stopNow()
+        for old in retiring { await old.waitRetired() }
+        await generation.stopNow()
         return Result(
             mode: mode, restarts: restarts, attempted: load.attempted.load(ordering: .relaxed),
             succeeded: load.succeeded.load(ordering: .relaxed), failedConnects: load.failedConnects.load(ordering: .relaxed),
@@ -113,8 +132,7 @@ public enum RestartDrill {
 final class ServerGeneration: @unchecked Sendable {
     let group: EventLoopGroup
     let server: Server
-    private let retired = DispatchSemaphore(value: 0)
-    private var retiring = false
+    private var retirement: Task<Void, Never>?
 
     private init(group: EventLoopGroup, server: Server) {
         self.group = group
@@ -163,49 +181,43 @@ final class ServerGeneration: @unchecked Sendable {
     /// Stops accepting (closing its listener descriptors) and drains in the background, the same
     /// way in every mode, so the modes differ only in what happens to the listening sockets.
     func retire() {
-        retiring = true
-        Task { [self] in
+        retirement = Task { [self] in
             await server.drain(idleGrace: .milliseconds(300), deadline: .seconds(2))
             group.shutdown()
-            retired.signal()
         }
     }
 
-    func waitRetired() { if retiring { retired.wait() } }
+    func waitRetired() async { await retirement?.value }
 
-    func stopNow() {
-        let done = DispatchSemaphore(value: 0)
-        Task { [self] in
-            await server.shutdown(gracePeriod: .seconds(1))
-            done.signal()
-        }
-        done.wait()
+    func stopNow() async {
+        await server.shutdown(gracePeriod: .seconds(1))
         group.shutdown()
     }
 }
 
-/// Short TCP connections at a fixed rate from a few blocking client threads, with failure counts.
-final class ClientLoad: @unchecked Sendable {
+/// Short TCP connections (connect, send 5 bytes, read the echo, close) to 127.0.0.1:`port` at a
+/// fixed rate from a few blocking client threads, counting each failure.
+public final class ClientLoad: @unchecked Sendable {
     let port: UInt16
     let rate: Int
     let threads: Int
-    let attempted = ManagedAtomic<Int>(0)
-    let succeeded = ManagedAtomic<Int>(0)
-    let failedConnects = ManagedAtomic<Int>(0)
-    let resets = ManagedAtomic<Int>(0)
+    public let attempted = ManagedAtomic<Int>(0)
+    public let succeeded = ManagedAtomic<Int>(0)
+    public let failedConnects = ManagedAtomic<Int>(0)
+    public let resets = ManagedAtomic<Int>(0)
     private let stopping = ManagedAtomic<Bool>(false)
 
-    init(port: UInt16, rate: Int, threads: Int) {
+    public init(port: UInt16, rate: Int, threads: Int) {
         self.port = port
         self.rate = rate
         self.threads = threads
     }
 
-    func stop() { stopping.store(true, ordering: .relaxed) }
+    public func stop() { stopping.store(true, ordering: .relaxed) }
 
     /// Runs until ``stop()``; call on a thread inside the server's namespace. Client threads are
     /// started from here so they inherit the namespace.
-    func run() {
+    public func run() {
         let group = DispatchGroup()
         for _ in 0..<threads {
             group.enter()

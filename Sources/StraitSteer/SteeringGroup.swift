@@ -132,6 +132,9 @@ public final class SteeringGroup: SocketSteering, @unchecked Sendable {
     /// The current members, in joining order.
     public var members: [Member] { state.withLock { $0.members } }
 
+    /// The kernel's id of the steering program (as `bpftool prog show` lists it); nil for `.kernel`.
+    public var programID: UInt32? { program?.id }
+
     /// Puts the socket open at `fd` (bound with `SO_REUSEPORT`; listening, for TCP) in the group's
     /// steering; the first member also attaches the program to the group. Cost: two to three bpf(2)
     /// calls and, for table policies, a table rebuild (~1 ms) written in one update.
@@ -150,6 +153,7 @@ public final class SteeringGroup: SocketSteering, @unchecked Sendable {
                 try publish(members: state.members + [member])
                 if state.attachment == nil { state.attachment = try program.attach(reuseportGroupOf: fd) }
             } catch {
+                try? publish(members: state.members)
                 _ = try? sockets.removeSocket(at: slot)
                 throw error
             }
@@ -181,6 +185,7 @@ public final class SteeringGroup: SocketSteering, @unchecked Sendable {
 
     /// Which member the policy picks for a key's bytes (as ``SteeringHash/key(_:source:sourcePort:destination:destinationPort:)``
     /// builds them, or a payload key), from the table as last written; nil for non-table policies.
+    /// Reads the whole 64 KiB table from the kernel: for tests and diagnostics, not per packet.
     public func member(forKey bytes: [UInt8]) -> Member? {
         guard usesTable, let table, let raw = try? table.bytes(at: 0) else { return nil }
         let bucket = SteeringHash.bucket(bytes)

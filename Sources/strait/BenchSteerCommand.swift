@@ -70,7 +70,9 @@ struct BenchSteer: ParsableCommand {
                 "Restarts under load (short connections, \(first.workMicroseconds) µs of work per request; failures must be 0 for Strait):\n\n"
                     + table([["mode", "restarts", "connections", "failed connects", "resets", "migrated by program"]] + report.restart.map {
                         [$0.mode.rawValue, "\($0.restarts)", "\($0.attempted)", "\($0.failedConnects)", "\($0.resets)", "\($0.migrated)"]
-                    }))
+                    } + (report.restartAcrossProcesses.map { [[
+                        "strait, real processes (idle server)", "\($0.restarts)", "\($0.attempted)", "\($0.failedConnects)", "\($0.resets)", "-",
+                    ]] } ?? [])))
         }
         if !report.udp.isEmpty {
             sections.append(

@@ -7,29 +7,19 @@ import StraitTestSupport
 import Testing
 
 /// A private folder for hand-over control sockets, removed afterwards.
-func withControlDirectory<T>(_ body: (String) throws -> T) throws -> T {
+func withControlDirectory<T>(_ body: (String) async throws -> T) async throws -> T {
     let path = "/tmp/" + uniqueTestName("strait-test-sstr")
     try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(atPath: path) }
-    return try body(path)
-}
-
-/// Shuts a server down from synchronous code.
-func shutDown(_ server: Server) {
-    let done = DispatchSemaphore(value: 0)
-    Task {
-        await server.shutdown(gracePeriod: .seconds(2))
-        done.signal()
-    }
-    done.wait()
+    return try await body(path)
 }
 
 @Suite("StraitSteer: restarts that lose no connection", kernelGate, .serialized)
 struct RestartTests {
     @Test("hand-over: the new server gets the same sockets and serves new clients; the old one closes its idle connection cleanly")
-    func handOverKeepsSockets() throws {
-        try withControlDirectory { directory in
-            try TestNamespace.with { namespace in
+    func handOverKeepsSockets() async throws {
+        try await withControlDirectory { directory in
+            try await TestNamespace.with { namespace in
                 let echo = ConnectionHandlers(onRequest: { connection in
                     connection.writer.append(connection.reader)
                     connection.flush()
@@ -61,8 +51,8 @@ struct RestartTests {
                 #expect(reply == Array("after".utf8))
                 // Draining, the old server closes the idle early connection cleanly (FIN, not reset).
                 #expect(try early.receiveToEnd().isEmpty)
-                shutDown(new)
-                for _ in 0..<200 where !drained.load(ordering: .relaxed) { usleep(10_000) }
+                await new.shutdown(gracePeriod: .seconds(2))
+                for _ in 0..<200 where !drained.load(ordering: .relaxed) { try await Task.sleep(for: .milliseconds(10)) }
                 let oldDrained = drained.load(ordering: .relaxed)
                 #expect(oldDrained, "the old server drained after the hand-over")
             }
@@ -70,10 +60,10 @@ struct RestartTests {
     }
 
     @Test("Strait's restart under load: 10 restarts at 2,000 connections/s on a busy server, zero failed connections")
-    func straitRestartUnderLoad() throws {
-        try withControlDirectory { directory in
-            try TestNamespace.with { namespace in
-                let result = try RestartDrill.run(mode: .strait, restarts: 10, connectionsPerSecond: 2000, workMicroseconds: 600, namespace: namespace, controlDirectory: directory)
+    func straitRestartUnderLoad() async throws {
+        try await withControlDirectory { directory in
+            try await TestNamespace.with { namespace in
+                let result = try await RestartDrill.run(mode: .strait, restarts: 10, connectionsPerSecond: 2000, workMicroseconds: 600, namespace: namespace, controlDirectory: directory)
                 #expect(result.attempted > 1000, "load ran: \(result)")
                 #expect(result.failedConnects == 0, "\(result)")
                 #expect(result.resets == 0, "\(result)")
@@ -83,10 +73,10 @@ struct RestartTests {
     }
 
     @Test("bind anew and migrate, 10 restarts on a busy server: the old listeners' queues move to the new ones; zero failed connections")
-    func bindAndMigrateUnderLoad() throws {
-        try withControlDirectory { directory in
-            try TestNamespace.with { namespace in
-                let result = try RestartDrill.run(mode: .bindAndMigrate, restarts: 10, connectionsPerSecond: 2000, workMicroseconds: 600, namespace: namespace, controlDirectory: directory)
+    func bindAndMigrateUnderLoad() async throws {
+        try await withControlDirectory { directory in
+            try await TestNamespace.with { namespace in
+                let result = try await RestartDrill.run(mode: .bindAndMigrate, restarts: 10, connectionsPerSecond: 2000, workMicroseconds: 600, namespace: namespace, controlDirectory: directory)
                 #expect(result.attempted > 1000, "load ran: \(result)")
                 #expect(result.failedConnects == 0 && result.resets == 0, "\(result)")
             }
@@ -94,9 +84,9 @@ struct RestartTests {
     }
 
     @Test("the steering group travels with the listeners: the new owner sees the same members and can change them")
-    func steeringGroupHandOver() throws {
-        try withControlDirectory { directory in
-            try TestNamespace.with { namespace in
+    func steeringGroupHandOver() async throws {
+        try await withControlDirectory { directory in
+            try await TestNamespace.with { namespace in
                 let echo = ConnectionHandlers(onRequest: { connection in
                     connection.writer.append(connection.reader)
                     connection.flush()
@@ -127,7 +117,7 @@ struct RestartTests {
                     }
                 }
                 #expect(try newSteering.counters().selected == before + 10, "the adopted program and maps still steer")
-                shutDown(new)
+                await new.shutdown(gracePeriod: .seconds(2))
             }
         }
     }

@@ -13,6 +13,17 @@ public enum TestNamespace {
         }
         return try body(namespace)
     }
+
+    /// The same, for async tests: await inside instead of blocking a concurrency thread.
+    public static func with<T>(migrateRequests: Bool = false, _ body: (NetworkNamespace) async throws -> T) async throws -> T {
+        _ = LeftoverSweep.once
+        let namespace = try NetworkNamespace.create(uniqueTestName("strait-ns"))
+        defer { namespace.delete() }
+        if migrateRequests {
+            try namespace.run { try NamespaceSysctl.write(NamespaceSysctl.tcpMigrateRequests, "1") }
+        }
+        return try await body(namespace)
+    }
 }
 
 /// Raw sockets for steering tests: plain descriptors the caller closes, all on 127.0.0.1 of the

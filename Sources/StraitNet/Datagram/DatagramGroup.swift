@@ -42,6 +42,7 @@ public final class DatagramGroup: @unchecked Sendable {
         address: SocketAddress, group: EventLoopGroup, socketCount: Int? = nil, steering: (any SocketSteering)? = nil,
         handler: @escaping Handler
     ) throws {
+        precondition((socketCount ?? 1) >= 1, "a datagram group needs at least one socket")
         self.group = group
         self.steering = steering
         self.handler = handler
@@ -61,7 +62,8 @@ public final class DatagramGroup: @unchecked Sendable {
     }
 
     /// Takes `member` out of the steering, lets it read what was already steered to it, then closes
-    /// it. Returns when it is closed.
+    /// it. Returns when it is closed; blocks the caller meanwhile (a few milliseconds), so never
+    /// call it from one of the group's loops.
     public func removeMember(_ member: DatagramSocket) throws {
         guard state.withLock({ state in
             guard let index = state.members.firstIndex(where: { $0 === member }) else { return false }
