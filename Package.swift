@@ -136,6 +136,7 @@ let package = Package(
             plugins: ["BPFCompiler"]
         ),
         .testTarget(name: "StraitAccelTests", dependencies: ["StraitAccel", "StraitBPF", "CLibBPF", "StraitTestSupport"]),
+        .testTarget(name: "StraitNetBenchTests", dependencies: ["StraitNetBench"]),
         .testTarget(
             name: "StraitNetTests",
             dependencies: ["StraitNet", .product(name: "PropertyBased", package: "swift-property-based")]
