@@ -70,6 +70,9 @@ public final class LinkBuffer {
 
     /// Default size of a node the writer adds when the tail is full (a 4 KiB size class).
     public static let defaultNodeSize = 4096
+    /// Largest tail node a fully read buffer keeps for the next bytes (16 KiB, the default read
+    /// size); larger ones, from bulk reads, go back to the pool so idle connections stay small.
+    public static let largestIdleTail = 16 << 10
 
     public init() {}
 
@@ -101,6 +104,14 @@ public final class LinkBuffer {
             flushIndex = max(0, flushIndex - 1)
             readOffset = segments[0].start
         } else if head.writable && head.node.isUniquelyReferenced {
+            if head.node.capacity > Self.largestIdleTail {
+                // A large node from a bulk read: back to the pool rather than held by an idle buffer.
+                segments.removeFirst().node.release()
+                readIndex = 0
+                readOffset = 0
+                flushIndex = 0
+                return
+            }
             // The lone tail, fully read and seen by no slice: reuse it from its first byte.
             segments[0].start = 0
             segments[0].end = 0
