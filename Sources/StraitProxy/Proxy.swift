@@ -39,6 +39,8 @@ public final class Proxy: @unchecked Sendable {
         /// Listeners no longer accepting (removed by a reload, or draining) whose relays may run on.
         var retired: [ListenerRuntime] = []
         var draining = false
+        /// Listening sockets handed over by the previous process, used instead of binding anew.
+        var inherited: [SocketAddress: CInt] = [:]
     }
 
     /// Why the kernel datapath is off, or nil when it is on.
@@ -46,7 +48,14 @@ public final class Proxy: @unchecked Sendable {
 
     /// Binds every listener and starts. Throws ``ProxyError/bind(listener:address:_:)`` if a listener's
     /// address is taken.
-    public init(config: ProxyConfig, loopCount: Int = 2, kernelDatapath: Bool = true, logger: Logger = Logger(label: "strait.proxy")) throws(ProxyError) {
+    ///
+    /// `inheriting` holds listening sockets taken from the previous proxy in a restart (see
+    /// `ListenerHandOver`): a listener whose address is among them accepts on that same socket, so
+    /// its queue carries over; the proxy owns them from here on and closes any it does not use.
+    public init(
+        config: ProxyConfig, loopCount: Int = 2, kernelDatapath: Bool = true, inheriting inherited: [SocketAddress: CInt] = [:],
+        logger: Logger = Logger(label: "strait.proxy")
+    ) throws(ProxyError) {
         SocketCall.ignoreBrokenPipe()
         self.logger = logger
         metrics = ProxyMetrics()
@@ -79,6 +88,11 @@ public final class Proxy: @unchecked Sendable {
             logger.warning("sockmap datapath off: \(unavailable); sockmap listeners run on splice, auto ones stay on \(AutoRule.startDatapath)")
         }
         loops[0].execute { [health] in loops0Ticker(health) }
+        state.withLock { $0.inherited = inherited }
+        defer {
+            let unused = state.withLock { state in defer { state.inherited = [:] }; return state.inherited }
+            for fd in unused.values { closeDescriptor(fd) }
+        }
         do {
             try reload(config)
         } catch {
@@ -150,6 +164,12 @@ public final class Proxy: @unchecked Sendable {
                     next.append(existing)
                     continue
                 }
+                if let fd = state.inherited.removeValue(forKey: listener.address) {
+                    let runtime = ListenerRuntime(fd: fd, address: listener.address, settings: settings)
+                    bound.append(runtime)
+                    next.append(runtime)
+                    continue
+                }
                 do throws(SystemCallError) {
                     let socket = try Listener.tcp(listener.address, backlog: 4096)
                     let runtime = ListenerRuntime(fd: socket.fd, address: socket.address, settings: settings)
@@ -197,6 +217,24 @@ public final class Proxy: @unchecked Sendable {
     /// Stops accepting, waits up to `drainTimeout` for relays to finish on their own, then closes
     /// the rest and stops every thread. Call once.
     public func shutdown(drainTimeout: Duration) async {
+        stopAccepting()
+        if let metricsServer {
+            await metricsServer.server.shutdown(gracePeriod: .milliseconds(100))
+            metricsServer.group.shutdown()
+            self.metricsServer = nil
+        }
+        let deadline = ContinuousClock.now + drainTimeout
+        while activeConnections > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        for loop in loops { onLoop(loop) { loop.finishAllRelays(.shutdown) } }
+        stopLoops()
+    }
+
+    /// Stops accepting: every listener leaves the loops and this process closes its socket (a
+    /// successor that took the same sockets keeps accepting on them). Established relays go on.
+    /// Calling it again does nothing.
+    public func stopAccepting() {
         let listeners = state.withLock { state -> [ListenerRuntime] in
             state.draining = true
             defer {
@@ -209,17 +247,12 @@ public final class Proxy: @unchecked Sendable {
             for loop in loops { onLoop(loop) { loop.deregister(runtime.fd) } }
             closeDescriptor(runtime.fd)
         }
-        if let metricsServer {
-            await metricsServer.server.shutdown(gracePeriod: .milliseconds(100))
-            metricsServer.group.shutdown()
-            self.metricsServer = nil
-        }
-        let deadline = ContinuousClock.now + drainTimeout
-        while activeConnections > 0 && ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(10))
-        }
-        for loop in loops { onLoop(loop) { loop.finishAllRelays(.shutdown) } }
-        stopLoops()
+    }
+
+    /// The listening sockets and their addresses, to hand to a successor in a restart. They stay
+    /// this proxy's until ``stopAccepting()``.
+    public var listenerSockets: [(address: SocketAddress, fd: CInt)] {
+        state.withLock { $0.listeners.map { ($0.address, $0.fd) } }
     }
 
     /// Undoes a start that failed half-way: listeners closed, threads stopped.
