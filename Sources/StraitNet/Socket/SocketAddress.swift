@@ -38,8 +38,8 @@ public enum SocketAddress: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
-    /// Calls `body` with the C form of the address.
-    func withSockaddr<Result>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws(SystemCallError) -> Result) throws(SystemCallError) -> Result {
+    /// Calls `body` with the C form of the address (sockaddr_in, sockaddr_in6 or sockaddr_un).
+    public func withSockaddr<Result>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws(SystemCallError) -> Result) throws(SystemCallError) -> Result {
         var storage = sockaddr_storage()
         let length: socklen_t
         switch self {

@@ -81,7 +81,7 @@ final class HealthChecker: TickHandler, PollHandler {
             target.probe = fd
             target.probeDeadline = now + target.check.timeout.wholeNanoseconds
             byProbe[fd] = target
-            let immediate = try target.state.address.withSockaddrForProxy { pointer, length throws(SystemCallError) in try SocketCall.connect(fd, pointer, length) }
+            let immediate = try target.state.address.withSockaddr { pointer, length throws(SystemCallError) in try SocketCall.connect(fd, pointer, length) }
             if immediate {
                 record(target, success: true)
             } else {

@@ -124,7 +124,7 @@ final class Relay: PollHandler, TickHandler {
         do throws(SystemCallError) {
             upstream = try SocketCall.socket(domain: chosen.address.domain, type: CInt(SOCK_STREAM.rawValue))
             try? SocketCall.setOption(upstream, level: CInt(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
-            _ = try chosen.address.withSockaddrForProxy { pointer, length throws(SystemCallError) in try SocketCall.connect(upstream, pointer, length) }
+            _ = try chosen.address.withSockaddr { pointer, length throws(SystemCallError) in try SocketCall.connect(upstream, pointer, length) }
             try loop.register(upstream, events: ProxyLoop.output, handler: self)
         } catch {
             context.logger.debug("connect to \(chosen.address) failed at once: \(error)")
@@ -460,39 +460,6 @@ final class Relay: PollHandler, TickHandler {
 }
 
 extension SocketAddress {
-    /// The C form of an IP address for connect(2).
-    func withSockaddrForProxy<Result>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws(SystemCallError) -> Result) throws(SystemCallError) -> Result {
-        var storage = sockaddr_storage()
-        var length = socklen_t(0)
-        switch self {
-        case .ip(.v4(let raw), let port):
-            length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            withUnsafeMutableBytes(of: &storage) { bytes in
-                var address = sockaddr_in()
-                address.sin_family = sa_family_t(AF_INET)
-                address.sin_port = port.bigEndian
-                address.sin_addr.s_addr = raw
-                bytes.storeBytes(of: address, as: sockaddr_in.self)
-            }
-        case .ip(.v6(let raw), let port):
-            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
-            withUnsafeMutableBytes(of: &storage) { bytes in
-                var address = sockaddr_in6()
-                address.sin6_family = sa_family_t(AF_INET6)
-                address.sin6_port = port.bigEndian
-                withUnsafeMutableBytes(of: &address.sin6_addr) { $0.copyBytes(from: raw) }
-                bytes.storeBytes(of: address, as: sockaddr_in6.self)
-            }
-        case .unix:
-            throw SystemCallError("connect", .addressFamilyNotSupported)
-        }
-        return try withUnsafePointer(to: &storage) { pointer throws(SystemCallError) in
-            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address throws(SystemCallError) in
-                try body(address, length)
-            }
-        }
-    }
-
     /// The peer address of an accepted socket.
     static func peer(of fd: CInt) -> SocketAddress? {
         var storage = sockaddr_storage()
