@@ -191,8 +191,13 @@ public final class EventLoop: @unchecked Sendable {
             for slot in 0..<count {
                 let event = events[slot]
                 if event.data.u64 == 0 {
-                    wakePending.store(false, ordering: .sequentiallyConsistent)
+                    // Drain first, then clear the flag. The other order loses wake-ups: a producer
+                    // that sees the flag cleared writes the eventfd, the drain then eats its write,
+                    // and epoll (edge-triggered, re-polling the now empty eventfd) reports nothing,
+                    // while the flag stays set, so no later producer writes again and their tasks
+                    // wait until some I/O or timer happens to wake the loop.
                     try? EpollCall.drain(wakeDescriptor)
+                    wakePending.store(false, ordering: .sequentiallyConsistent)
                     continue
                 }
                 let source = Unmanaged<Selectable>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(event.data.u64))!).takeUnretainedValue()
