@@ -191,11 +191,11 @@ public final class EventLoop: @unchecked Sendable {
             for slot in 0..<count {
                 let event = events[slot]
                 if event.data.u64 == 0 {
-                    // Drain before clearing the flag: a producer that signals after the drain sees
-                    // the flag still set only if its task will be run by this iteration's
-                    // runTasks(); one that signals after the clear wakes the next epoll_wait.
-                    // (Clearing first let a signal be drained away while the flag stayed set,
-                    // and the loop then slept for ever.)
+                    // Drain first, then clear the flag. The other order loses wake-ups: a producer
+                    // that sees the flag cleared writes the eventfd, the drain then eats its write,
+                    // and epoll (edge-triggered, re-polling the now empty eventfd) reports nothing,
+                    // while the flag stays set, so no later producer writes again and their tasks
+                    // wait until some I/O or timer happens to wake the loop.
                     try? EpollCall.drain(wakeDescriptor)
                     wakePending.store(false, ordering: .sequentiallyConsistent)
                     continue
