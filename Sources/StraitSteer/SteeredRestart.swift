@@ -3,7 +3,7 @@ import StraitSystem
 
 extension Server {
     /// Offers this server's listeners *and* its steering group at `path` for the next process to
-    /// take over (see docs/steer.md, "Restarting a server"). The steering's program and map
+    /// take over (see the README, "Restarting a server in place"). The steering's program and map
     /// descriptors are duplicated when a taker arrives, so the members it names are current, and
     /// closed once sent. When the taker confirms, this server stops accepting and drains
     /// (``Server/drain(idleGrace:deadline:)``); `drained` runs after its last connection closed.

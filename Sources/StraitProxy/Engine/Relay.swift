@@ -8,7 +8,7 @@ import Glibc
 
 /// When `auto` moves a connection from its starting userspace datapath to the kernel one.
 ///
-/// Measured on loopback (docs/proxy.md): sockmap redirection wins on small request/response
+/// Measured on loopback (README, "strait proxy"): sockmap redirection wins on small request/response
 /// traffic (lower ping-pong latency than any userspace copy), and loses on bulk transfers (the
 /// psock backlog pushes each message separately, about a fifth of direct throughput), where the
 /// userspace copy was the fastest of the three at 1, 16 and 128 KiB writes. So a connection starts
