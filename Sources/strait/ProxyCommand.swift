@@ -32,7 +32,7 @@ private let defaultHandOverSocket = "/run/strait-proxy.handover"
 struct ProxyRun: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "run", abstract: "Run the proxy (the default).")
 
-    @Option(help: "YAML configuration file (see the README, "strait proxy").") var config: String?
+    @Option(help: "YAML configuration file (see the README, section strait proxy).") var config: String?
     @Option(help: "Validate this configuration file and exit: prints FILE:LINE:COLUMN: what was expected.") var check: String?
     @Option(help: "Quick start: the address to listen on, host:port.") var listen: String?
     @Option(help: "Quick start: upstream addresses, comma-separated host:port.") var upstream: String?
