@@ -34,15 +34,9 @@ struct BenchAccel: ParsableCommand {
         benchmark.seconds = duration
         benchmark.repeats = repetitions
         benchmark.includeAlwaysRedirect = withAlways
-        let quiet = json
-        benchmark.progress = { line in if !quiet { FileHandle.standardError.write(Data(("  " + line + "\n").utf8)) } }
-        let stop = SignalFlag.interrupt()
-        let report = try benchmark.run(shouldStop: { stop.isRaised })
-
-        if json {
-            try printJSON(report)
-        } else {
-            print(Self.render(report))
+        let report = try runBenchmark(json: json, render: Self.render) { progress, shouldStop in
+            benchmark.progress = progress
+            return try benchmark.run(shouldStop: shouldStop)
         }
         if let svg {
             var series = [
@@ -79,6 +73,22 @@ struct BenchAccel: ParsableCommand {
         ])
         return text
     }
+}
+
+/// Runs a benchmark the way every `strait bench` command does: progress lines on standard error
+/// (none with `--json`), Ctrl-C ending it cleanly (what it started is removed), then one JSON object
+/// or the rendered table on standard output.
+func runBenchmark<Report: Encodable>(
+    json: Bool, render: (Report) -> String,
+    _ run: (_ progress: @escaping @Sendable (String) -> Void, _ shouldStop: @escaping @Sendable () -> Bool) throws -> Report
+) throws -> Report {
+    let progress: @Sendable (String) -> Void = { line in
+        if !json { FileHandle.standardError.write(Data(("  " + line + "\n").utf8)) }
+    }
+    let stop = SignalFlag.interrupt()
+    let report = try run(progress, { stop.isRaised })
+    if json { try printJSON(report) } else { print(render(report)) }
+    return report
 }
 
 func ratio(_ value: Double, _ base: Double) -> String {

@@ -24,11 +24,10 @@ struct BenchDrop: ParsableCommand {
         benchmark.prefixCounts = counts
         benchmark.seconds = duration
         benchmark.cpu = cpu
-        let quiet = json
-        benchmark.progress = { line in if !quiet { FileHandle.standardError.write(Data(("  " + line + "\n").utf8)) } }
-        let stop = SignalFlag.interrupt()
-        let report = try benchmark.run(shouldStop: { stop.isRaised })
-        if json { try printJSON(report) } else { print(Self.render(report)) }
+        let report = try runBenchmark(json: json, render: Self.render) { progress, shouldStop in
+            benchmark.progress = progress
+            return try benchmark.run(shouldStop: shouldStop)
+        }
         if let svg {
             try DropBenchmarkChart(report: report).render().write(toFile: svg, atomically: true, encoding: .utf8)
             if !json { print("\nchart written to \(svg)") }

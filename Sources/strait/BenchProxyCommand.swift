@@ -24,14 +24,9 @@ struct BenchProxy: ParsableCommand {
         benchmark.seconds = duration
         guard (1...9).contains(repetitions) else { throw ValidationError("--repeat: from 1 to 9") }
         benchmark.repeats = repetitions
-        let quiet = json
-        benchmark.progress = { line in if !quiet { FileHandle.standardError.write(Data(("  " + line + "\n").utf8)) } }
-        let stop = SignalFlag.interrupt()
-        let report = try benchmark.run(shouldStop: { stop.isRaised })
-        if json {
-            try printJSON(report)
-        } else {
-            print(Self.render(report))
+        let report = try runBenchmark(json: json, render: Self.render) { progress, shouldStop in
+            benchmark.progress = progress
+            return try benchmark.run(shouldStop: shouldStop)
         }
         if let svg {
             let colors = ["copy": "#2ca02c", "splice": "#9467bd", "sockmap": "#d62728", "auto": "#1f77b4"]

@@ -38,14 +38,9 @@ struct BenchSteer: ParsableCommand {
         benchmark.restartRate = rate
         benchmark.udpSeconds = udpSeconds
         benchmark.udpRepeats = repetitions
-        let quiet = json
-        benchmark.progress = { line in if !quiet { FileHandle.standardError.write(Data(("  " + line + "\n").utf8)) } }
-        let stop = SignalFlag.interrupt()
-        let report = try benchmark.run(shouldStop: { stop.isRaised })
-        if json {
-            try printJSON(report)
-        } else {
-            print(Self.render(report))
+        let report = try runBenchmark(json: json, render: Self.render) { progress, shouldStop in
+            benchmark.progress = progress
+            return try benchmark.run(shouldStop: shouldStop)
         }
         if let svg {
             try report.svg().write(toFile: svg, atomically: true, encoding: .utf8)

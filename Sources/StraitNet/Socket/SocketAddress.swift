@@ -82,8 +82,25 @@ public enum SocketAddress: Sendable, Hashable, CustomStringConvertible {
     static func local(of fd: CInt) throws(SystemCallError) -> SocketAddress {
         var storage = sockaddr_storage()
         _ = try SocketCall.localAddress(fd, into: &storage)
+        return SocketAddress(storage: storage)
+    }
+
+    /// The peer of a connected socket (`getpeername`), or nil when it has none or is not IP.
+    public static func peer(of fd: CInt) -> SocketAddress? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let result = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &length) }
+        }
+        guard result == 0, [AF_INET, AF_INET6].contains(CInt(storage.ss_family)) else { return nil }
+        return SocketAddress(storage: storage)
+    }
+
+    /// Decodes an address the kernel filled in (sockaddr_in, sockaddr_in6 or sockaddr_un).
+    init(storage: sockaddr_storage) {
+        var storage = storage
         let family = CInt(storage.ss_family)
-        return withUnsafeBytes(of: &storage) { bytes in
+        self = withUnsafeBytes(of: &storage) { bytes in
             switch family {
             case AF_INET:
                 let address = bytes.load(as: sockaddr_in.self)

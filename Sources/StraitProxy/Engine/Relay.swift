@@ -458,28 +458,3 @@ final class Relay: PollHandler, TickHandler {
         }
     }
 }
-
-extension SocketAddress {
-    /// The peer address of an accepted socket.
-    static func peer(of fd: CInt) -> SocketAddress? {
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let result = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &length) }
-        }
-        guard result == 0 else { return nil }
-        let family = CInt(storage.ss_family)
-        return withUnsafeBytes(of: &storage) { bytes in
-            switch family {
-            case AF_INET:
-                let address = bytes.load(as: sockaddr_in.self)
-                return .ip(.v4(address.sin_addr.s_addr), port: UInt16(bigEndian: address.sin_port))
-            case AF_INET6:
-                let address = bytes.load(as: sockaddr_in6.self)
-                return .ip(.v6(withUnsafeBytes(of: address.sin6_addr) { Array($0) }), port: UInt16(bigEndian: address.sin6_port))
-            default:
-                return nil
-            }
-        }
-    }
-}
