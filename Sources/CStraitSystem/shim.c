@@ -54,9 +54,10 @@ int strait_pipe_nonblocking(int fds[2], int size) {
 
 #define STRAIT_BATCH_MAX 256
 
-int strait_receive_datagrams(int fd, struct strait_datagram *datagrams, unsigned int count) {
-    struct mmsghdr headers[STRAIT_BATCH_MAX];
-    struct iovec vectors[STRAIT_BATCH_MAX];
+/// Points one mmsghdr and iovec at each datagram: the peer address is filled in when receiving and
+/// used (if set) when sending. Returns the count, capped at STRAIT_BATCH_MAX.
+static unsigned int prepare_batch(struct mmsghdr *headers, struct iovec *vectors,
+                                  struct strait_datagram *datagrams, unsigned int count, int receiving) {
     if (count > STRAIT_BATCH_MAX) count = STRAIT_BATCH_MAX;
     memset(headers, 0, sizeof(struct mmsghdr) * count);
     for (unsigned int i = 0; i < count; i++) {
@@ -64,9 +65,21 @@ int strait_receive_datagrams(int fd, struct strait_datagram *datagrams, unsigned
         vectors[i].iov_len = datagrams[i].capacity;
         headers[i].msg_hdr.msg_iov = &vectors[i];
         headers[i].msg_hdr.msg_iovlen = 1;
-        headers[i].msg_hdr.msg_name = &datagrams[i].peer;
-        headers[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
+        if (receiving) {
+            headers[i].msg_hdr.msg_name = &datagrams[i].peer;
+            headers[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
+        } else {
+            headers[i].msg_hdr.msg_name = datagrams[i].peer_length ? &datagrams[i].peer : NULL;
+            headers[i].msg_hdr.msg_namelen = datagrams[i].peer_length;
+        }
     }
+    return count;
+}
+
+int strait_receive_datagrams(int fd, struct strait_datagram *datagrams, unsigned int count) {
+    struct mmsghdr headers[STRAIT_BATCH_MAX];
+    struct iovec vectors[STRAIT_BATCH_MAX];
+    count = prepare_batch(headers, vectors, datagrams, count, 1);
     int received = recvmmsg(fd, headers, count, MSG_DONTWAIT, NULL);
     for (int i = 0; i < received; i++) {
         datagrams[i].length = headers[i].msg_len;
@@ -79,16 +92,7 @@ int strait_receive_datagrams(int fd, struct strait_datagram *datagrams, unsigned
 int strait_send_datagrams(int fd, struct strait_datagram *datagrams, unsigned int count) {
     struct mmsghdr headers[STRAIT_BATCH_MAX];
     struct iovec vectors[STRAIT_BATCH_MAX];
-    if (count > STRAIT_BATCH_MAX) count = STRAIT_BATCH_MAX;
-    memset(headers, 0, sizeof(struct mmsghdr) * count);
-    for (unsigned int i = 0; i < count; i++) {
-        vectors[i].iov_base = datagrams[i].bytes;
-        vectors[i].iov_len = datagrams[i].capacity;
-        headers[i].msg_hdr.msg_iov = &vectors[i];
-        headers[i].msg_hdr.msg_iovlen = 1;
-        headers[i].msg_hdr.msg_name = datagrams[i].peer_length ? &datagrams[i].peer : NULL;
-        headers[i].msg_hdr.msg_namelen = datagrams[i].peer_length;
-    }
+    count = prepare_batch(headers, vectors, datagrams, count, 0);
     return sendmmsg(fd, headers, count, MSG_DONTWAIT);
 }
 

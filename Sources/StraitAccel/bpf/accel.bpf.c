@@ -191,6 +191,16 @@ static __always_inline int peer_key_of_msg(struct sk_msg_md *msg, struct strait_
     return -1;
 }
 
+// The same connection seen from the other end: local and remote swapped.
+static __always_inline void reverse(const struct strait_sock_key *key, struct strait_sock_key *out)
+{
+    *out = *key;
+    __builtin_memcpy(out->local_ip, key->remote_ip, 16);
+    __builtin_memcpy(out->remote_ip, key->local_ip, 16);
+    out->local_port = key->remote_port;
+    out->remote_port = key->local_port;
+}
+
 static __always_inline int policy_allows(const struct strait_accel_config *cfg, const struct strait_sock_key *key)
 {
     if (bpf_map_lookup_elem(&exclude_ports, &key->local_port) || bpf_map_lookup_elem(&exclude_ports, &key->remote_port))
@@ -265,11 +275,8 @@ static __always_inline void release(struct bpf_sock_ops *skops, struct strait_ac
     stop_watching(skops);
     if (bpf_map_delete_elem(&socks, key) != 0)
         return;
-    struct strait_sock_key peer = *key;
-    __builtin_memcpy(peer.local_ip, key->remote_ip, 16);
-    __builtin_memcpy(peer.remote_ip, key->local_ip, 16);
-    peer.local_port = key->remote_port;
-    peer.remote_port = key->local_port;
+    struct strait_sock_key peer;
+    reverse(key, &peer);
     struct strait_accel_inbound *peer_inbound = bpf_map_lookup_elem(&inbound, &peer);
     if (peer_inbound)
         peer_inbound->sender_left = 1;
@@ -340,14 +347,11 @@ int strait_accel_sockops(struct bpf_sock_ops *skops)
     return 1;
 }
 
-// Emits an event about the sender, whose key is the peer's key with the two ends swapped back.
+// Emits an event about the sender, whose key is the peer's key reversed.
 static __always_inline void report(const struct strait_accel_sock_state *state, const struct strait_sock_key *peer, __u32 kind, __u32 detail)
 {
-    struct strait_sock_key self = *peer;
-    __builtin_memcpy(self.local_ip, peer->remote_ip, 16);
-    __builtin_memcpy(self.remote_ip, peer->local_ip, 16);
-    self.local_port = peer->remote_port;
-    self.remote_port = peer->local_port;
+    struct strait_sock_key self;
+    reverse(peer, &self);
     emit(&self, state->socket_cookie, kind, detail);
 }
 
@@ -365,11 +369,8 @@ static __always_inline void settle(struct strait_accel_sock_state *state, const 
 static __always_inline void observe_send(struct sk_msg_md *msg, const struct strait_accel_config *cfg,
                                          struct strait_accel_sock_state *state, const struct strait_sock_key *peer, __u32 size)
 {
-    struct strait_sock_key self = *peer;
-    __builtin_memcpy(self.local_ip, peer->remote_ip, 16);
-    __builtin_memcpy(self.remote_ip, peer->local_ip, 16);
-    self.local_port = peer->remote_port;
-    self.remote_port = peer->local_port;
+    struct strait_sock_key self;
+    reverse(peer, &self);
     struct strait_accel_inbound *received = bpf_map_lookup_elem(&inbound, &self);
     __u32 inbound_now = received ? (__u32)received->messages : 0;
     struct tcp_sock *tcp = bpf_skc_to_tcp_sock(msg->sk);
