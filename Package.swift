@@ -32,7 +32,8 @@ let package = Package(
             pkgConfig: "libbpf",
             providers: [.apt(["libbpf-dev"])]
         ),
-        .target(name: "StraitKernelABI"),
+        // include/: structs shared with Swift. bpf/: helpers for kernel programs only.
+        .target(name: "StraitKernelABI", exclude: ["bpf"]),
         .target(name: "CStraitSystem"),
 
         // Layer 1: every syscall wrapped once, with its errno.

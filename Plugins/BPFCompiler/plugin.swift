@@ -17,10 +17,14 @@ struct BPFCompiler: BuildToolPlugin {
         let headers = try FileManager.default.contentsOfDirectory(atPath: bpfDirectory.path())
             .filter { $0.hasSuffix(".h") }
             .map { bpfDirectory.appending(path: $0) }
+        // Shared structs (also imported by Swift) and kernel-only helpers (never imported by Swift).
         let abiInclude = context.package.directoryURL.appending(path: "Sources/StraitKernelABI/include")
-        let abiHeaders = (try? FileManager.default.subpathsOfDirectory(atPath: abiInclude.path()))?
-            .filter { $0.hasSuffix(".h") }
-            .map { abiInclude.appending(path: $0) } ?? []
+        let kernelInclude = context.package.directoryURL.appending(path: "Sources/StraitKernelABI/bpf")
+        let abiHeaders = [abiInclude, kernelInclude].flatMap { folder in
+            ((try? FileManager.default.subpathsOfDirectory(atPath: folder.path())) ?? [])
+                .filter { $0.hasSuffix(".h") }
+                .map { folder.appending(path: $0) }
+        }
         let clang = try context.tool(named: "clang").url
 
         return sources.map { source in
@@ -34,6 +38,7 @@ struct BPFCompiler: BuildToolPlugin {
                     "-D__TARGET_ARCH_x86",
                     "-I", bpfDirectory.path(),
                     "-I", abiInclude.path(),
+                    "-I", kernelInclude.path(),
                     "-I", "/usr/include/x86_64-linux-gnu",
                     "-c", input.path(), "-o", output.path(),
                 ],

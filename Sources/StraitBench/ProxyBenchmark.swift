@@ -8,11 +8,14 @@ import StraitSystem
 /// HAProxy in TCP mode (a child process with a generated config on loopback ports), and through
 /// Strait's proxy on each datapath and on `auto`. Strait runs inside this process with two loops,
 /// HAProxy with two threads, so both get the same two cores.
+///
+/// iperf3 and sockperf (client and server) run in a private cgroup on every path, which Strait's
+/// `skmsg` and `auto` runs name as their endpoints cgroup; the cgroup is removed at the end.
 public struct ProxyBenchmark: Sendable {
     public var messageSizes: [Int] = [1024, 16_384, 131_072]
     public var seconds: Double = 3
     public var latencyMessageBytes = 64
-    public var datapaths: [Datapath] = [.copy, .splice, .sockmap, .auto]
+    public var datapaths: [Datapath] = [.copy, .splice, .sockmap, .skmsg, .auto]
     /// Rounds; each round measures every path once (in a rotated order), and the median is reported.
     public var repeats = 1
     public var progress: @Sendable (String) -> Void = { _ in }
@@ -57,8 +60,17 @@ public struct ProxyBenchmark: Sendable {
         // Probe once whether the kernel datapath loads here.
         let probe = try? SockmapForwarder()
         let unavailable: String? = probe == nil ? "the SK_SKB programs did not load (needs root / CAP_BPF + CAP_NET_ADMIN)" : nil
-        let straitPaths = datapaths.filter { unavailable == nil || ($0 != .sockmap && $0 != .auto) }
+        let straitPaths = datapaths.filter { unavailable == nil || ($0 != .sockmap && $0 != .auto && $0 != .skmsg) }
         let paths: [Path] = [.direct, .haproxy] + straitPaths.map { .strait($0) }
+        let cgroup = try Cgroup.root().makeChild(named: "strait-bench-proxy-\(getpid())")
+        defer {
+            for pid in cgroup.processes() { kill(pid, SIGKILL) }
+            for _ in 0..<50 where cgroup.exists {
+                if (try? cgroup.remove()) != nil { break }
+                usleep(20_000)
+            }
+        }
+        let endpoints = Endpoints(cgroupPath: cgroup.path)
 
         var rows: [Report.Row] = []
         for size in messageSizes {
@@ -68,8 +80,8 @@ public struct ProxyBenchmark: Sendable {
                 for index in paths.indices {
                     let path = paths[(index + round) % paths.count]
                     if shouldStop() { throw BenchError.interrupted }
-                    let value = try through(path, logger: logger) { serverPort, clientPort in
-                        try Iperf3().throughput(messageBytes: size, seconds: seconds, serverPort: serverPort, clientPort: clientPort)
+                    let value = try through(path, endpoints: endpoints, logger: logger) { serverPort, clientPort in
+                        try Iperf3().throughput(messageBytes: size, seconds: seconds, serverPort: serverPort, clientPort: clientPort, launcher: endpoints.launcher)
                     }
                     samples[path, default: []].append(value)
                     progress(String(format: "%@ %@: %.2f Gbit/s", formatBytes(size), name(path), value))
@@ -86,8 +98,8 @@ public struct ProxyBenchmark: Sendable {
             for index in paths.indices {
                 let path = paths[(index + round) % paths.count]
                 if shouldStop() { throw BenchError.interrupted }
-                let value = try through(path, logger: logger) { serverPort, clientPort in
-                    try Sockperf().pingPong(messageBytes: latencyMessageBytes, seconds: seconds, serverPort: serverPort, clientPort: clientPort)
+                let value = try through(path, endpoints: endpoints, logger: logger) { serverPort, clientPort in
+                    try Sockperf().pingPong(messageBytes: latencyMessageBytes, seconds: seconds, serverPort: serverPort, clientPort: clientPort, launcher: endpoints.launcher)
                 }
                 p50[path, default: []].append(value.p50Microseconds)
                 p99[path, default: []].append(value.p99Microseconds)
@@ -115,10 +127,10 @@ public struct ProxyBenchmark: Sendable {
     /// Runs `measure(serverPort, clientPort)` with the proxy of `path` in between (started before,
     /// stopped after). A failed run (a peer that lost a port race on a busy machine) is retried
     /// twice on fresh ports before the error is reported.
-    private func through<T>(_ path: Path, logger: Logger, _ measure: (UInt16, UInt16) throws -> T) throws -> T {
+    private func through<T>(_ path: Path, endpoints: Endpoints, logger: Logger, _ measure: (UInt16, UInt16) throws -> T) throws -> T {
         for attempt in 1...3 {
             do {
-                return try once(path, logger: logger, measure)
+                return try once(path, endpoints: endpoints, logger: logger, measure)
             } catch {
                 if attempt == 3 { throw error }
                 progress("\(name(path)): \(error); retrying")
@@ -127,7 +139,7 @@ public struct ProxyBenchmark: Sendable {
         preconditionFailure("unreachable")
     }
 
-    private func once<T>(_ path: Path, logger: Logger, _ measure: (UInt16, UInt16) throws -> T) throws -> T {
+    private func once<T>(_ path: Path, endpoints: Endpoints, logger: Logger, _ measure: (UInt16, UInt16) throws -> T) throws -> T {
         let serverPort = freePort()
         switch path {
         case .direct:
@@ -142,6 +154,7 @@ public struct ProxyBenchmark: Sendable {
             var config = ProxyConfig.quickStart(listen: .ip(IPAddress("127.0.0.1")!, port: 0), upstreams: [upstream], datapath: datapath)
             config.clusters[0].healthCheck = nil
             config.accessLog = false
+            if datapath == .skmsg || datapath == .auto { config.endpointsCgroup = endpoints.cgroupPath }
             let proxy = try Proxy(config: config, loopCount: 2, logger: logger)
             defer {
                 let done = DispatchSemaphore(value: 0)
@@ -154,6 +167,12 @@ public struct ProxyBenchmark: Sendable {
             return try measure(serverPort, proxy.listenerAddresses.values.first!.port!)
         }
     }
+}
+
+/// Where the benchmark's clients and servers run: a private cgroup.
+struct Endpoints {
+    let cgroupPath: String
+    var launcher: Launcher { Launcher(cgroupPath: cgroupPath) }
 }
 
 /// HAProxy in TCP mode as a child process: a generated config in a temporary file, two threads,
@@ -193,12 +212,12 @@ struct HAProxy {
 extension Iperf3 {
     /// One client stream to `clientPort` (a proxy in front of the server, or the server itself)
     /// against a one-off server on `serverPort`. Returns the receiver's Gbit/s.
-    public func throughput(messageBytes: Int, seconds: Double, serverPort: UInt16, clientPort: UInt16) throws -> Double {
-        let server = try runner.start(["iperf3", "-s", "-1", "-p", "\(serverPort)", "-B", "127.0.0.1"])
+    public func throughput(messageBytes: Int, seconds: Double, serverPort: UInt16, clientPort: UInt16, launcher: Launcher) throws -> Double {
+        let server = try runner.start(launcher.command(["iperf3", "-s", "-1", "-p", "\(serverPort)", "-B", "127.0.0.1"]))
         defer { server.stop() }
         try waitForListener(port: serverPort, timeout: 5)
         let output = try runner.run(
-            ["iperf3", "-c", "127.0.0.1", "-p", "\(clientPort)", "-t", String(format: "%.1f", seconds), "-l", "\(messageBytes)", "-J"],
+            launcher.command(["iperf3", "-c", "127.0.0.1", "-p", "\(clientPort)", "-t", String(format: "%.1f", seconds), "-l", "\(messageBytes)", "-J"]),
             timeout: seconds + 15)
         return try Self.receivedGbits(fromJSON: output)
     }
@@ -206,12 +225,12 @@ extension Iperf3 {
 
 extension Sockperf {
     /// Ping-pong through `clientPort` to a server on `serverPort`.
-    public func pingPong(messageBytes: Int, seconds: Double, serverPort: UInt16, clientPort: UInt16) throws -> Latency {
-        let server = try runner.start(["sockperf", "sr", "--tcp", "-i", "127.0.0.1", "-p", "\(serverPort)"])
+    public func pingPong(messageBytes: Int, seconds: Double, serverPort: UInt16, clientPort: UInt16, launcher: Launcher) throws -> Latency {
+        let server = try runner.start(launcher.command(["sockperf", "sr", "--tcp", "-i", "127.0.0.1", "-p", "\(serverPort)"]))
         defer { server.stop() }
         try waitForListener(port: serverPort, timeout: 5)
         let output = try runner.run(
-            ["sockperf", "pp", "--tcp", "-i", "127.0.0.1", "-p", "\(clientPort)", "-t", String(format: "%.0f", max(1, seconds)), "-m", "\(messageBytes)"],
+            launcher.command(["sockperf", "pp", "--tcp", "-i", "127.0.0.1", "-p", "\(clientPort)", "-t", String(format: "%.0f", max(1, seconds)), "-m", "\(messageBytes)"]),
             timeout: seconds + 15)
         return try Self.parse(output)
     }

@@ -73,7 +73,21 @@ public final class Proxy: @unchecked Sendable {
                 unavailable = "the kernel refused the SK_SKB programs: \(error)"
             }
         }
-        context = ProxyContext(forwarder: forwarder, sockmapUnavailable: unavailable, metrics: metrics, logger: logger)
+        var endpoints: EndpointForwarder?
+        if let path = config.endpointsCgroup {
+            if let unavailable {
+                logger.warning("skmsg datapath off: \(unavailable); skmsg listeners run on copy")
+            } else {
+                do {
+                    endpoints = try EndpointForwarder(cgroup: Cgroup(path: path))
+                } catch {
+                    throw .sockmap(error)
+                }
+            }
+        } else if config.listeners.contains(where: { $0.datapath == .skmsg }) {
+            logger.warning("skmsg datapath off: no `endpoints_cgroup` is configured (the cgroup v2 directory of the local clients and servers); skmsg listeners run on copy")
+        }
+        context = ProxyContext(forwarder: forwarder, sockmapUnavailable: unavailable, endpoints: endpoints, metrics: metrics, logger: logger)
         var created: [ProxyLoop] = []
         do {
             for index in 0..<max(1, loopCount) { created.append(try ProxyLoop(index: index)) }
@@ -187,6 +201,16 @@ public final class Proxy: @unchecked Sendable {
             return (bound, kept, removed)
         }
         context.accessLog.store(config.accessLog, ordering: .relaxed)
+        if let endpoints = context.endpoints {
+            if config.endpointsCgroup != endpoints.cgroup.path {
+                logger.warning("`endpoints_cgroup` changed to \(config.endpointsCgroup ?? "none"); it applies at the next start (`strait proxy restart`), \(endpoints.cgroup.path) stays until then")
+            }
+            do {
+                try endpoints.mark(listeners: (kept + bound).map(\.address), upstreams: config.clusters.flatMap { $0.upstreams.map(\.address) })
+            } catch {
+                logger.warning("skmsg datapath: cannot update the endpoint filter: \(error)")
+            }
+        }
         for runtime in bound {
             for loop in loops {
                 let acceptor = Acceptor(loop: loop, listener: runtime, context: context)

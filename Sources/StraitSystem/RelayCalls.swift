@@ -47,6 +47,15 @@ public enum RelayCall {
         return value
     }
 
+    /// The cookie of the network namespace a socket lives in (`SO_NETNS_COOKIE`, Linux 5.14+), as
+    /// BPF programs see it through `bpf_get_netns_cookie`.
+    public static func networkNamespaceCookie(_ fd: CInt) throws(SystemCallError) -> UInt64 {
+        var value: UInt64 = 0
+        var length = socklen_t(MemoryLayout<UInt64>.size)
+        try systemCall("getsockopt SO_NETNS_COOKIE") { Glibc.getsockopt(fd, SOL_SOCKET, 71, &value, &length) }
+        return value
+    }
+
     /// TCP_INFO's `tcpi_bytes_acked` and `tcpi_bytes_received`.
     public static func streamCounters(_ fd: CInt) throws(SystemCallError) -> (acked: UInt64, received: UInt64) {
         var acked: UInt64 = 0

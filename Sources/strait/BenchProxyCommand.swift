@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import StraitBench
+import StraitProxy
 import StraitSystem
 
 struct BenchProxy: ParsableCommand {
@@ -12,6 +13,7 @@ struct BenchProxy: ParsableCommand {
     @Option(help: "Message sizes (bytes per write), comma-separated; k and m suffixes.") var sizes = "1k,16k,128k"
     @Option(help: "Seconds per measurement.") var duration: Double = 3
     @Option(name: .customLong("repeat"), help: "Measure every path this many times, in rotated order; the median is reported.") var repetitions: Int = 1
+    @Option(help: "Strait datapaths to measure, comma-separated (direct and HAProxy always run).") var datapaths = Datapath.allCases.map(\.rawValue).joined(separator: ",")
     @Flag(help: "Print one JSON object instead of the table.") var json = false
     @Option(help: "Also draw throughput by message size to this SVG file.") var svg: String?
 
@@ -24,12 +26,18 @@ struct BenchProxy: ParsableCommand {
         benchmark.seconds = duration
         guard (1...9).contains(repetitions) else { throw ValidationError("--repeat: from 1 to 9") }
         benchmark.repeats = repetitions
+        benchmark.datapaths = try datapaths.split(separator: ",").map { name in
+            guard let datapath = Datapath(rawValue: String(name)) else {
+                throw ValidationError("--datapaths: \(name) is not one of \(Datapath.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return datapath
+        }
         let report = try runBenchmark(json: json, render: Self.render) { progress, shouldStop in
             benchmark.progress = progress
             return try benchmark.run(shouldStop: shouldStop)
         }
         if let svg {
-            let colors = ["copy": "#2ca02c", "splice": "#9467bd", "sockmap": "#d62728", "auto": "#1f77b4"]
+            let colors = ["copy": "#2ca02c", "splice": "#9467bd", "sockmap": "#d62728", "skmsg": "#8c564b", "auto": "#1f77b4"]
             var series = [
                 SVGChart.Series(name: "direct", color: "#888888", points: report.throughput.map { ($0.messageBytes, $0.directGbitS) }),
                 SVGChart.Series(name: "HAProxy (TCP mode)", color: "#ff7f0e", points: report.throughput.map { ($0.messageBytes, $0.haproxyGbitS) }),
@@ -44,7 +52,7 @@ struct BenchProxy: ParsableCommand {
     }
 
     static func datapathOrder(_ report: ProxyBenchmark.Report) -> [String] {
-        ["copy", "splice", "sockmap", "auto"].filter { path in report.throughput.first?.straitGbitS[path] != nil }
+        Datapath.allCases.map(\.rawValue).filter { path in report.throughput.first?.straitGbitS[path] != nil }
     }
 
     static func render(_ report: ProxyBenchmark.Report) -> String {
@@ -67,7 +75,7 @@ struct BenchProxy: ParsableCommand {
             latencyRows.append(["strait \(path)", String(format: "%.1f", p50), String(format: "%.1f", latency.straitP99Us[path] ?? 0), ratio(p50, latency.directP50Us), ratio(p50, latency.haproxyP50Us)])
         }
         var text = "TCP proxy on loopback, iperf3 one stream:\n\n" + table(rows) + "\n\n" + table(latencyRows)
-        if let why = report.sockmapUnavailable { text += "\n\nsockmap and auto not measured: \(why)" }
+        if let why = report.sockmapUnavailable { text += "\n\nsockmap, skmsg and auto not measured: \(why)" }
         return text
     }
 }

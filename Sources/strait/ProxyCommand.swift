@@ -36,7 +36,8 @@ struct ProxyRun: ParsableCommand {
     @Option(help: "Validate this configuration file and exit: prints FILE:LINE:COLUMN: what was expected.") var check: String?
     @Option(help: "Quick start: the address to listen on, host:port.") var listen: String?
     @Option(help: "Quick start: upstream addresses, comma-separated host:port.") var upstream: String?
-    @Option(help: "Quick start: auto, sockmap, splice or copy.") var datapath: String = "auto"
+    @Option(help: "Quick start: auto, skmsg, sockmap, splice or copy.") var datapath: String = "auto"
+    @Option(help: "Quick start: the cgroup v2 directory of local clients and servers whose sockets may use the skmsg datapath.") var endpointsCgroup: String?
     @Option(help: "Quick start: serve Prometheus metrics on this host:port.") var metrics: String?
     @Option(help: "Event loop threads.") var threads: Int = 2
     @Option(help: "Write the process id here, for `strait proxy reload`.") var pidFile: String = defaultPidFile
@@ -190,8 +191,11 @@ struct ProxyRun: ParsableCommand {
             guard let address = SocketAddress(parsing: String(item)) else { throw ValidationError("--upstream: expected host:port, got \(item)") }
             upstreams.append(address)
         }
-        guard let path = Datapath(rawValue: datapath) else { throw ValidationError("--datapath: one of auto, sockmap, splice, copy") }
+        guard let path = Datapath(rawValue: datapath) else {
+            throw ValidationError("--datapath: one of \(Datapath.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
         var quick = ProxyConfig.quickStart(listen: listenAddress, upstreams: upstreams, datapath: path)
+        quick.endpointsCgroup = endpointsCgroup
         if let metrics {
             guard let address = SocketAddress(parsing: metrics) else { throw ValidationError("--metrics: expected host:port") }
             quick.metricsAddress = address

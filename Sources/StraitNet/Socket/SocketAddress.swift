@@ -79,7 +79,7 @@ public enum SocketAddress: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// The address a socket is bound to (`getsockname`).
-    static func local(of fd: CInt) throws(SystemCallError) -> SocketAddress {
+    public static func local(of fd: CInt) throws(SystemCallError) -> SocketAddress {
         var storage = sockaddr_storage()
         _ = try SocketCall.localAddress(fd, into: &storage)
         return SocketAddress(storage: storage)

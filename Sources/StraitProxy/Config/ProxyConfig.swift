@@ -12,8 +12,13 @@ public enum Datapath: String, Sendable, CaseIterable, Codable, CustomStringConve
     case splice
     /// An SK_SKB verdict program redirects each socket's bytes to its peer's egress in the kernel.
     case sockmap
-    /// Starts on ``copy`` and moves a connection to ``sockmap`` once its traffic looks
-    /// interactive (small request/response messages); see ``AutoRule``.
+    /// For endpoints on this host inside the configured endpoints cgroup: an `sk_msg` program puts
+    /// each endpoint's sends straight into the proxy's socket facing the other endpoint (see
+    /// ``EndpointForwarder``); other connections, and bytes sent before the switch, go on ``copy``.
+    case skmsg
+    /// Per connection: ``skmsg`` where an endpoint is local and in the endpoints cgroup, else
+    /// starts on ``copy`` and moves to ``sockmap`` once its traffic looks interactive (small
+    /// request/response messages); see ``AutoRule``.
     case auto
 
     public var description: String { rawValue }
@@ -111,16 +116,20 @@ public struct ProxyConfig: Sendable, Equatable {
     public var drainTimeout: Duration
     /// One log line per finished connection.
     public var accessLog: Bool
+    /// The cgroup v2 directory whose processes' sockets may use the ``Datapath/skmsg`` datapath
+    /// (local clients and upstream servers); nil: that datapath is off. Read at start only.
+    public var endpointsCgroup: String?
 
     public init(
         listeners: [ListenerConfig], clusters: [ClusterConfig], metricsAddress: SocketAddress? = nil,
-        drainTimeout: Duration = .seconds(30), accessLog: Bool = true
+        drainTimeout: Duration = .seconds(30), accessLog: Bool = true, endpointsCgroup: String? = nil
     ) {
         self.listeners = listeners
         self.clusters = clusters
         self.metricsAddress = metricsAddress
         self.drainTimeout = drainTimeout
         self.accessLog = accessLog
+        self.endpointsCgroup = endpointsCgroup
     }
 
     /// The quick start: one listener, one round-robin cluster with health checks.

@@ -28,7 +28,7 @@ public struct ProxyConfigError: Error, Equatable, CustomStringConvertible {
 ///   - name: web
 ///     bind: 127.0.0.1:6000
 ///     cluster: backend
-///     datapath: auto            # auto | sockmap | splice | copy
+///     datapath: auto            # auto | skmsg | sockmap | splice | copy
 ///     connect_timeout: 2s
 ///     idle_timeout: 1h
 ///     max_connections: 10000
@@ -42,6 +42,7 @@ public struct ProxyConfigError: Error, Equatable, CustomStringConvertible {
 /// metrics: 127.0.0.1:9100
 /// drain_timeout: 30s
 /// access_log: true
+/// endpoints_cgroup: /sys/fs/cgroup/unified/apps   # local endpoints that may use skmsg
 /// ```
 public enum ProxyConfigLoader {
     /// Reads and checks the file at `path`.
@@ -153,7 +154,7 @@ private struct Reader {
     }
 
     func config(_ root: Node) throws(ProxyConfigError) -> ProxyConfig {
-        let top = try fields(root, "the configuration", allowed: ["listeners", "clusters", "metrics", "drain_timeout", "access_log"])
+        let top = try fields(root, "the configuration", allowed: ["listeners", "clusters", "metrics", "drain_timeout", "access_log", "endpoints_cgroup"])
         var clusters: [ClusterConfig] = []
         for node in try list(try required(top, "clusters", in: root, "the configuration"), "`clusters`") {
             let cluster = try self.cluster(node)
@@ -177,6 +178,11 @@ private struct Reader {
         if let node = top["metrics"] { config.metricsAddress = try address(node, "`metrics`") }
         if let node = top["drain_timeout"] { config.drainTimeout = try duration(node, "`drain_timeout`") }
         if let node = top["access_log"] { config.accessLog = try boolean(node, "`access_log`") }
+        if let node = top["endpoints_cgroup"] {
+            let path = try string(node, "`endpoints_cgroup` (a cgroup v2 directory)")
+            guard path.hasPrefix("/") else { throw error(node, "expected `endpoints_cgroup` as an absolute path to a cgroup v2 directory") }
+            config.endpointsCgroup = path
+        }
         return config
     }
 

@@ -6,7 +6,11 @@ import StraitSystem
 import Glibc
 #endif
 
-/// When `auto` moves a connection from its starting userspace datapath to the kernel one.
+/// How `auto` picks a connection's datapath.
+///
+/// When an endpoint of the connection is a local socket in the endpoints cgroup, `auto` is
+/// ``Datapath/skmsg``: measured on loopback (README, "strait proxy"), it moves bulk streams at about
+/// direct-connection speed and adds no hop to a round trip. Otherwise:
 ///
 /// Measured on loopback (README, "strait proxy"): sockmap redirection wins on small request/response
 /// traffic (lower ping-pong latency than any userspace copy), and loses on bulk transfers (the
@@ -67,6 +71,13 @@ final class Relay: PollHandler, TickHandler {
     private var toUpstream: Direction?
     private var toClient: Direction?
     private var pair: SockmapForwarder.Pair?
+    /// The skmsg routes, while the relay may use that datapath, and the forwarded counts last told
+    /// to the kernel.
+    private var route: EndpointForwarder.Route?
+    private var publishedUp: UInt64 = 0
+    private var publishedDown: UInt64 = 0
+    private var lastStreamCheck: UInt64 = 0
+    private var streamBytesSeen: UInt64 = 0
     private var clientAckBase: UInt64 = 0
     private var upstreamAckBase: UInt64 = 0
     private var kernelBytesSeen: UInt64 = 0
@@ -95,6 +106,7 @@ final class Relay: PollHandler, TickHandler {
         if context.forwarder == nil && (requested == .sockmap || requested == .auto) {
             requested = requested == .auto ? AutoRule.startDatapath : .splice
         }
+        if requested == .skmsg && context.endpoints == nil { requested = .copy }
         autoPending = requested == .auto
         datapath = requested == .auto ? AutoRule.startDatapath : requested
     }
@@ -148,12 +160,13 @@ final class Relay: PollHandler, TickHandler {
             finish(.failed)
             return
         }
+        if datapath == .skmsg || (autoPending && context.endpoints != nil) { armEndpoints() }
         pumpAll()
     }
 
     private func startUserspace() throws(SystemCallError) {
         switch datapath {
-        case .copy:
+        case .copy, .skmsg:
             toUpstream = Direction(source: client, sink: upstream, mode: .copy(LinkBuffer()))
             toClient = Direction(source: upstream, sink: client, mode: .copy(LinkBuffer()))
         default:
@@ -171,7 +184,11 @@ final class Relay: PollHandler, TickHandler {
 
     /// Hands both sockets to the kernel. True on success; on failure the sockets are untouched.
     private func joinKernel() -> Bool {
-        guard let forwarder = context.forwarder else { return false }
+        guard let forwarder = context.forwarder, !endpointsRouted else { return false }
+        if let route {
+            context.endpoints?.release(route)
+            self.route = nil
+        }
         do {
             pair = try forwarder.join(client, upstream)
         } catch {
@@ -247,6 +264,7 @@ final class Relay: PollHandler, TickHandler {
             finish(.completed)
             return
         }
+        if route != nil { publishForwarded(up, down) }
         if autoPending, let interactive = AutoRule.decide(up, down) {
             autoPending = false
             if interactive && !up.sourceEnded && !down.sourceEnded {
@@ -282,6 +300,68 @@ final class Relay: PollHandler, TickHandler {
                 loop.update(fd, events: events)
             }
         }
+    }
+
+    // MARK: skmsg datapath
+
+    /// Routes local endpoints' sends straight into the proxy's sockets (``EndpointForwarder``). The
+    /// relay keeps copying whatever still arrives on its sockets: bytes sent before an endpoint
+    /// switches, and everything from an endpoint that is not local.
+    private func armEndpoints() {
+        guard let endpoints = context.endpoints, let up = toUpstream, let down = toClient else { return }
+        do {
+            route = try endpoints.arm(clientSide: client, upstreamSide: upstream, forwardedUp: up.bytesForwarded, forwardedDown: down.bytesForwarded)
+        } catch {
+            context.metrics.error("skmsg_routes")
+            context.logger.warning("skmsg routes failed, staying on copy: \(error)")
+            return
+        }
+        publishedUp = up.bytesForwarded
+        publishedDown = down.bytesForwarded
+        settleAuto()
+    }
+
+    /// Whether an endpoint of this relay is local and routed.
+    private var endpointsRouted: Bool { route.map { $0.clientTracked || $0.upstreamTracked } ?? false }
+
+    /// `auto` with a local endpoint is skmsg for good.
+    private func settleAuto() {
+        guard autoPending, endpointsRouted else { return }
+        autoPending = false
+        datapath = .skmsg
+    }
+
+    /// After pumps: an upstream server's socket may be established a moment after the proxy's
+    /// connect returned, so look for untracked endpoints for a few milliseconds; then tell the
+    /// kernel what the relay has forwarded, so a waiting endpoint can switch.
+    private func publishForwarded(_ up: Direction, _ down: Direction) {
+        guard let endpoints = context.endpoints, var current = route else { return }
+        if !(current.clientTracked && current.upstreamTracked) && loop.now &- startedAt < Self.endpointLookWindow {
+            endpoints.refresh(&current, forwardedUp: up.bytesForwarded, forwardedDown: down.bytesForwarded)
+            if current.clientTracked != route?.clientTracked { publishedUp = up.bytesForwarded }
+            if current.upstreamTracked != route?.upstreamTracked { publishedDown = down.bytesForwarded }
+            route = current
+            settleAuto()
+        }
+        if up.bytesForwarded != publishedUp {
+            endpoints.publish(current, .client, forwarded: up.bytesForwarded)
+            publishedUp = up.bytesForwarded
+        }
+        if down.bytesForwarded != publishedDown {
+            endpoints.publish(current, .upstream, forwarded: down.bytesForwarded)
+            publishedDown = down.bytesForwarded
+        }
+    }
+
+    static let endpointLookWindow: UInt64 = 20_000_000
+
+    /// Bytes each way through the proxy's sockets, counted by TCP (acknowledged plus queued), which
+    /// includes what endpoints redirected into them.
+    private func streamBytes() -> (up: UInt64, down: UInt64)? {
+        guard let up = try? RelayCall.streamCounters(upstream), let down = try? RelayCall.streamCounters(client),
+              let upQueued = try? RelayCall.unacknowledgedBytes(upstream), let downQueued = try? RelayCall.unacknowledgedBytes(client)
+        else { return nil }
+        return (up.acked &+ UInt64(upQueued) &- upstreamAckBase, down.acked &+ UInt64(downQueued) &- clientAckBase)
     }
 
     // MARK: Kernel datapath
@@ -397,6 +477,14 @@ final class Relay: PollHandler, TickHandler {
                 down.readingPaused = false
                 pumpAll()
             }
+            // Bytes an endpoint redirects never wake the relay: TCP's counters show them.
+            if endpointsRouted, now &- lastStreamCheck >= 1_000_000_000 {
+                lastStreamCheck = now
+                if let sent = streamBytes(), sent.up &+ sent.down != streamBytesSeen {
+                    streamBytesSeen = sent.up &+ sent.down
+                    lastActivity = now
+                }
+            }
             if phase == .relaying, let idle = settings.config.idleTimeout, now &- lastActivity >= idle.wholeNanoseconds {
                 finish(.idleTimeout)
             }
@@ -425,6 +513,14 @@ final class Relay: PollHandler, TickHandler {
             bytesUp += counts.fromFirst
             bytesDown += counts.fromSecond
             forwarder.release(pair)
+        }
+        if let route, let endpoints = context.endpoints {
+            if let sent = streamBytes() {
+                bytesUp = max(bytesUp, sent.up)
+                bytesDown = max(bytesDown, sent.down)
+            }
+            endpoints.release(route)
+            if !endpointsRouted && datapath == .skmsg { datapath = .copy }
         }
         toUpstream?.releaseResources()
         toClient?.releaseResources()

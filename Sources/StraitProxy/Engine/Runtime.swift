@@ -59,10 +59,13 @@ final class ProxyContext: Sendable {
     let metrics: ProxyMetrics
     let logger: Logger
     let accessLog = Atomic<Bool>(true)
+    /// The skmsg datapath, when an endpoints cgroup is configured and the programs attached.
+    let endpoints: EndpointForwarder?
 
-    init(forwarder: SockmapForwarder?, sockmapUnavailable: String?, metrics: ProxyMetrics, logger: Logger) {
+    init(forwarder: SockmapForwarder?, sockmapUnavailable: String?, endpoints: EndpointForwarder?, metrics: ProxyMetrics, logger: Logger) {
         self.forwarder = forwarder
         self.sockmapUnavailable = sockmapUnavailable
+        self.endpoints = endpoints
         self.metrics = metrics
         self.logger = logger
     }

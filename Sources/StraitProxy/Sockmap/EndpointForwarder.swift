@@ -1,0 +1,199 @@
+import Foundation
+import StraitBPF
+import StraitKernelABI
+import StraitNet
+import StraitSystem
+import Synchronization
+
+/// The `skmsg` datapath: for clients and upstream servers running on this host, inside the
+/// endpoints cgroup, each endpoint's `sendmsg` puts its bytes straight into the proxy's socket that
+/// faces the other endpoint (an `sk_msg` egress redirect), in the sender's own system call.
+/// Userspace never touches the payload and no workqueue runs, so a relayed stream costs about what
+/// a direct connection costs; the proxy's two connections still carry FIN and RST, so half-close,
+/// resets and accounting work as on `copy`.
+///
+/// Loads `endpoint.bpf.c`, attaches its `sk_msg` program to the endpoint hash and its `sock_ops`
+/// program to `cgroup` as BPF links, which go away with this object (nothing is pinned, nothing
+/// outlives the proxy). Only sockets created in `cgroup` (or below) are accelerated; others relay
+/// on `copy`, their bytes untouched.
+///
+/// **Order.** An endpoint's bytes sent before its ``Route`` exists travel its own connection and
+/// are copied by the proxy. The kernel switches a direction to redirecting at the first send that
+/// finds every earlier byte already written by the proxy (``publish(_:_:)`` keeps that count), so
+/// the switch never reorders, loses or duplicates bytes. A sender that never pauses with bytes in
+/// flight stays on `copy`.
+public final class EndpointForwarder: @unchecked Sendable {
+    private let object: BPFObject
+    private let socks: TypedMap<strait_sock_key, UInt64>
+    private let targets: TypedMap<UInt64, UInt64>
+    private let filter: TypedMap<strait_endpoint_filter_key, UInt8>
+    private let routes: TypedMap<strait_sock_key, strait_endpoint_route>
+    private let stats: TypedMap<UInt32, strait_endpoint_counters>
+    private var links: [BPFLink] = []
+    /// The cgroup whose sockets are endpoints.
+    public let cgroup: Cgroup
+    private let lock = Mutex<Void>(())
+
+    /// Loads the programs and attaches them. Throws ``BPFError`` without the capabilities for BPF,
+    /// or when `cgroup` is not a cgroup v2 directory.
+    public init(cgroup: Cgroup) throws(BPFError) {
+        self.cgroup = cgroup
+        object = try BPFObjectSpec(resource: "endpoint", in: Bundle.module).load()
+        do throws(BPFError) {
+            let socksMap = try object.map("endpoint_socks")
+            socks = try socksMap.typed(key: strait_sock_key.self, value: UInt64.self)
+            targets = try object.map("endpoint_targets").typed(key: UInt64.self, value: UInt64.self)
+            filter = try object.map("endpoint_filter").typed(key: strait_endpoint_filter_key.self, value: UInt8.self)
+            routes = try object.map("endpoint_routes").typed(key: strait_sock_key.self, value: strait_endpoint_route.self)
+            stats = try object.map("endpoint_stats").typed(key: UInt32.self, value: strait_endpoint_counters.self)
+            // sk_msg first, so no socket enters the hash before its send hook is there.
+            links.append(try object.program("strait_endpoint_msg").attach(sockmap: socksMap, as: .messageVerdict))
+            links.append(try object.program("strait_endpoint_sockops").attach(cgroup: cgroup))
+        } catch {
+            for link in links { try? link.close() }
+            object.close()
+            throw error
+        }
+    }
+
+    deinit {
+        for link in links.reversed() { try? link.close() }
+        object.close()
+    }
+
+    /// Which sockets count as endpoints from now on: clients connecting to one of `listeners` and
+    /// servers accepting on one of `upstreams`. A wildcard listener address matches any address on
+    /// its port. Sockets established earlier keep what was decided for them.
+    public func mark(listeners: [SocketAddress], upstreams: [SocketAddress]) throws(BPFError) {
+        let wanted = listeners.compactMap { Self.filterKey($0, role: STRAIT_ENDPOINT_CLIENT) } + upstreams.compactMap { Self.filterKey($0, role: STRAIT_ENDPOINT_UPSTREAM) }
+        try lock.withLock { _ throws(BPFError) in
+            for key in wanted { try filter.update(key, 1) }
+            for key in try filter.keys() where !wanted.contains(where: { Self.same($0, key) }) { _ = try filter.delete(key) }
+        }
+    }
+
+    /// One relay's routes: which endpoint sockets are local and switchable, and where their bytes go.
+    public struct Route: Sendable {
+        /// The client endpoint's own key (its address first), and whether it is tracked.
+        let clientKey: strait_sock_key
+        /// The upstream server endpoint's own key, and whether it is tracked.
+        let upstreamKey: strait_sock_key
+        let clientSideCookie: UInt64
+        let upstreamSideCookie: UInt64
+        public internal(set) var clientTracked: Bool
+        public internal(set) var upstreamTracked: Bool
+    }
+
+    /// Which endpoint a published count belongs to.
+    public enum Sender: Sendable { case client, upstream }
+
+    /// Makes the proxy's sockets `clientSide` (accepted from the client) and `upstreamSide`
+    /// (connected to the upstream) redirect targets, and routes each tracked endpoint's sends into
+    /// the socket facing the other endpoint. `forwardedUp`/`forwardedDown`: bytes the proxy has
+    /// already written each way. Untracked endpoints get no route; ``refresh(_:forwardedUp:forwardedDown:)`` looks again.
+    public func arm(clientSide: CInt, upstreamSide: CInt, forwardedUp: UInt64, forwardedDown: UInt64) throws(ProxyError) -> Route {
+        var route: Route
+        do {
+            route = Route(
+                clientKey: try Self.remoteEndpointKey(of: clientSide), upstreamKey: try Self.remoteEndpointKey(of: upstreamSide),
+                clientSideCookie: try RelayCall.cookie(clientSide), upstreamSideCookie: try RelayCall.cookie(upstreamSide),
+                clientTracked: false, upstreamTracked: false)
+        } catch {
+            throw .system(error)
+        }
+        do {
+            try lock.withLock { _ throws(BPFError) in
+                try targets.update(route.clientSideCookie, UInt64(clientSide), flags: .noExist)
+                try targets.update(route.upstreamSideCookie, UInt64(upstreamSide), flags: .noExist)
+            }
+        } catch {
+            release(route)
+            throw .sockmap(error)
+        }
+        refresh(&route, forwardedUp: forwardedUp, forwardedDown: forwardedDown)
+        return route
+    }
+
+    /// Routes the endpoints of `route` that have become tracked since the last look (an upstream
+    /// server's socket may be established a moment after the proxy's connect returns).
+    public func refresh(_ route: inout Route, forwardedUp: UInt64, forwardedDown: UInt64) {
+        if !route.clientTracked, (try? socks.lookup(route.clientKey)) ?? nil != nil {
+            route.clientTracked = (try? routes.update(route.clientKey, strait_endpoint_route(target_cookie: route.upstreamSideCookie, forwarded: forwardedUp))) != nil
+        }
+        if !route.upstreamTracked, (try? socks.lookup(route.upstreamKey)) ?? nil != nil {
+            route.upstreamTracked = (try? routes.update(route.upstreamKey, strait_endpoint_route(target_cookie: route.clientSideCookie, forwarded: forwardedDown))) != nil
+        }
+    }
+
+    /// Tells the kernel that the proxy has written `forwarded` bytes of `sender`'s in total into
+    /// the socket facing the other endpoint. Called after writes, while the sender has not yet
+    /// switched: one map update (a system call) per call.
+    public func publish(_ route: Route, _ sender: Sender, forwarded: UInt64) {
+        switch sender {
+        case .client where route.clientTracked:
+            try? routes.update(route.clientKey, strait_endpoint_route(target_cookie: route.upstreamSideCookie, forwarded: forwarded))
+        case .upstream where route.upstreamTracked:
+            try? routes.update(route.upstreamKey, strait_endpoint_route(target_cookie: route.clientSideCookie, forwarded: forwarded))
+        default:
+            break
+        }
+    }
+
+    /// Ends the routes. Sends an endpoint makes afterwards take its own connection (which the
+    /// proxy is closing).
+    public func release(_ route: Route) {
+        lock.withLock { _ in
+            _ = try? routes.delete(route.clientKey)
+            _ = try? routes.delete(route.upstreamKey)
+            _ = try? targets.delete(route.clientSideCookie)
+            _ = try? targets.delete(route.upstreamSideCookie)
+        }
+    }
+
+    /// Totals over all CPUs.
+    public func counters() -> strait_endpoint_counters {
+        var total = strait_endpoint_counters()
+        for value in (try? stats.perCPUValues(0)) ?? [] {
+            total.endpoints_tracked += value.endpoints_tracked
+            total.directions_switched += value.directions_switched
+            total.redirected_bytes += value.redirected_bytes
+            total.redirected_messages += value.redirected_messages
+            total.passed_bytes += value.passed_bytes
+            total.redirect_failures += value.redirect_failures
+        }
+        return total
+    }
+
+    // MARK: Keys
+
+    /// The key the endpoint at the far end of `fd` (a proxy socket) has for its own socket: its
+    /// address first, the proxy socket's address second, in the proxy socket's namespace.
+    static func remoteEndpointKey(of fd: CInt) throws(SystemCallError) -> strait_sock_key {
+        let local = try SocketAddress.local(of: fd)
+        guard let peer = SocketAddress.peer(of: fd), case .ip(let peerIP, let peerPort) = peer, case .ip(let localIP, let localPort) = local else {
+            throw SystemCallError("getpeername", .socketNotConnected)
+        }
+        var key = strait_sock_key()
+        key.netns_cookie = try RelayCall.networkNamespaceCookie(fd)
+        withUnsafeMutableBytes(of: &key.local_ip) { $0.copyBytes(from: peerIP.ipv6Mapped) }
+        withUnsafeMutableBytes(of: &key.remote_ip) { $0.copyBytes(from: localIP.ipv6Mapped) }
+        key.local_port = peerPort
+        key.remote_port = localPort
+        return key
+    }
+
+    static func filterKey(_ address: SocketAddress, role: strait_endpoint_role) -> strait_endpoint_filter_key? {
+        guard case .ip(let ip, let port) = address else { return nil }
+        var key = strait_endpoint_filter_key()
+        if ip.ipv6Mapped.dropFirst(ip.isIPv4 ? 12 : 0).contains(where: { $0 != 0 }) {  // not a wildcard address
+            withUnsafeMutableBytes(of: &key.ip) { $0.copyBytes(from: ip.ipv6Mapped) }
+        }
+        key.port = port
+        key.role = UInt16(role.rawValue)
+        return key
+    }
+
+    static func same(_ a: strait_endpoint_filter_key, _ b: strait_endpoint_filter_key) -> Bool {
+        withUnsafeBytes(of: a) { x in withUnsafeBytes(of: b) { y in x.elementsEqual(y) } }
+    }
+}
