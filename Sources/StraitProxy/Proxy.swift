@@ -3,6 +3,7 @@ import Foundation
 import Dispatch
 import Logging
 import StraitBPF
+import StraitKernelABI
 import StraitNet
 import StraitSystem
 import Synchronization
@@ -45,6 +46,10 @@ public final class Proxy: @unchecked Sendable {
 
     /// Why the kernel datapath is off, or nil when it is on.
     public var sockmapUnavailable: String? { context.sockmapUnavailable }
+
+    /// The skmsg datapath's kernel totals (endpoints tracked, directions switched, bytes redirected),
+    /// or nil when no endpoints cgroup is configured.
+    public var skmsgCounters: strait_endpoint_counters? { context.endpoints?.counters() }
 
     /// Binds every listener and starts. Throws ``ProxyError/bind(listener:address:_:)`` if a listener's
     /// address is taken.
