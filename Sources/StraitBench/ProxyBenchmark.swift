@@ -26,7 +26,10 @@ public struct ProxyBenchmark: Sendable {
     /// "strait_gbit_s":{"copy":…}}],"latency":{"direct_p50_us":…,"haproxy_p50_us":…,"strait_p50_us":{…}}}`.
     public struct Report: Sendable, Codable {
         public var throughput: [Row]
+        /// Ping-pong with the scheduler free to place every process (the measurement).
         public var latency: Latency
+        /// The same with every process on one CPU, so no round trip waits for a cross-CPU wake-up.
+        public var latencyOneCpu: Latency
         /// Why the sockmap datapath could not run (its columns are then missing), or nil.
         public var sockmapUnavailable: String?
 
@@ -92,6 +95,19 @@ public struct ProxyBenchmark: Sendable {
             rows.append(row)
         }
 
+        let latency = try pingPong(paths, endpoints: endpoints, logger: logger, label: "", shouldStop: shouldStop)
+        // The same again with this process and every child on one CPU: the datapath without the
+        // cross-CPU wake-ups that dominate round trips on a small VM.
+        let original = try ProcessRunner().run(["taskset", "-c", "-p", "\(getpid())"], timeout: 5)
+            .split(separator: ":").last.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) } ?? "0"
+        _ = try ProcessRunner().run(["taskset", "-a", "-c", "-p", "0", "\(getpid())"], timeout: 5)
+        defer { _ = try? ProcessRunner().run(["taskset", "-a", "-c", "-p", original, "\(getpid())"], timeout: 5) }
+        let oneCPU = try pingPong(paths, endpoints: endpoints, logger: logger, label: " (one CPU)", shouldStop: shouldStop)
+        return Report(throughput: rows, latency: latency, latencyOneCpu: oneCPU, sockmapUnavailable: unavailable)
+    }
+
+    /// sockperf ping-pong over every path, `repeats` rounds in rotated order; medians.
+    private func pingPong(_ paths: [Path], endpoints: Endpoints, logger: Logger, label: String, shouldStop: () -> Bool) throws -> Report.Latency {
         var p50: [Path: [Double]] = [:]
         var p99: [Path: [Double]] = [:]
         for round in 0..<repeats {
@@ -103,7 +119,7 @@ public struct ProxyBenchmark: Sendable {
                 }
                 p50[path, default: []].append(value.p50Microseconds)
                 p99[path, default: []].append(value.p99Microseconds)
-                progress(String(format: "ping-pong %d B %@: p50 %.1f µs, p99 %.1f µs", latencyMessageBytes, name(path), value.p50Microseconds, value.p99Microseconds))
+                progress(String(format: "ping-pong %d B%@ %@: p50 %.1f µs, p99 %.1f µs", latencyMessageBytes, label, name(path), value.p50Microseconds, value.p99Microseconds))
             }
         }
         var latency = Report.Latency(
@@ -113,7 +129,7 @@ public struct ProxyBenchmark: Sendable {
             latency.straitP50Us[datapath.rawValue] = median(p50[.strait(datapath)] ?? [])
             latency.straitP99Us[datapath.rawValue] = median(p99[.strait(datapath)] ?? [])
         }
-        return Report(throughput: rows, latency: latency, sockmapUnavailable: unavailable)
+        return latency
     }
 
     private func name(_ path: Path) -> String {

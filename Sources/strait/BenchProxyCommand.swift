@@ -66,15 +66,17 @@ struct BenchProxy: ParsableCommand {
             }
             rows.append(line)
         }
-        let latency = report.latency
-        var latencyRows = [["ping-pong \(latency.messageBytes) B", "p50 µs", "p99 µs", "p50 ÷direct", "p50 ÷HAProxy"]]
-        latencyRows.append(["direct", String(format: "%.1f", latency.directP50Us), String(format: "%.1f", latency.directP99Us), "1.00x", ratio(latency.directP50Us, latency.haproxyP50Us)])
-        latencyRows.append(["HAProxy", String(format: "%.1f", latency.haproxyP50Us), String(format: "%.1f", latency.haproxyP99Us), ratio(latency.haproxyP50Us, latency.directP50Us), "1.00x"])
-        for path in paths {
-            let p50 = latency.straitP50Us[path] ?? 0
-            latencyRows.append(["strait \(path)", String(format: "%.1f", p50), String(format: "%.1f", latency.straitP99Us[path] ?? 0), ratio(p50, latency.directP50Us), ratio(p50, latency.haproxyP50Us)])
+        var text = "TCP proxy on loopback, iperf3 one stream:\n\n" + table(rows)
+        for (latency, placement) in [(report.latency, "CPUs as scheduled"), (report.latencyOneCpu, "all on one CPU")] {
+            var latencyRows = [["ping-pong \(latency.messageBytes) B, \(placement)", "p50 µs", "p99 µs", "p50 ÷direct", "p50 ÷HAProxy"]]
+            latencyRows.append(["direct", String(format: "%.1f", latency.directP50Us), String(format: "%.1f", latency.directP99Us), "1.00x", ratio(latency.directP50Us, latency.haproxyP50Us)])
+            latencyRows.append(["HAProxy", String(format: "%.1f", latency.haproxyP50Us), String(format: "%.1f", latency.haproxyP99Us), ratio(latency.haproxyP50Us, latency.directP50Us), "1.00x"])
+            for path in paths {
+                let p50 = latency.straitP50Us[path] ?? 0
+                latencyRows.append(["strait \(path)", String(format: "%.1f", p50), String(format: "%.1f", latency.straitP99Us[path] ?? 0), ratio(p50, latency.directP50Us), ratio(p50, latency.haproxyP50Us)])
+            }
+            text += "\n\n" + table(latencyRows)
         }
-        var text = "TCP proxy on loopback, iperf3 one stream:\n\n" + table(rows) + "\n\n" + table(latencyRows)
         if let why = report.sockmapUnavailable { text += "\n\nsockmap, skmsg and auto not measured: \(why)" }
         return text
     }

@@ -19,10 +19,6 @@
 
 // CO-RE views of kernel structs: only the fields read here; libbpf relocates the offsets
 // against the running kernel's BTF.
-struct tcp_sock {
-    __u32 copied_seq;
-} __attribute__((preserve_access_index));
-
 struct sock___strait {
     void *sk_user_data;
 } __attribute__((preserve_access_index));

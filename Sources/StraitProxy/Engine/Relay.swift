@@ -343,11 +343,12 @@ final class Relay: PollHandler, TickHandler {
             route = current
             settleAuto()
         }
-        if up.bytesForwarded != publishedUp {
+        // An endpoint can switch only once the relay holds none of its bytes: publish then.
+        if up.bytesForwarded != publishedUp && up.pendingBytes == 0 {
             endpoints.publish(current, .client, forwarded: up.bytesForwarded)
             publishedUp = up.bytesForwarded
         }
-        if down.bytesForwarded != publishedDown {
+        if down.bytesForwarded != publishedDown && down.pendingBytes == 0 {
             endpoints.publish(current, .upstream, forwarded: down.bytesForwarded)
             publishedDown = down.bytesForwarded
         }
@@ -355,13 +356,15 @@ final class Relay: PollHandler, TickHandler {
 
     static let endpointLookWindow: UInt64 = 20_000_000
 
-    /// Bytes each way through the proxy's sockets, counted by TCP (acknowledged plus queued), which
-    /// includes what endpoints redirected into them.
+    /// Bytes relayed each way: what went through the proxy's sockets, counted by TCP (acknowledged
+    /// plus queued, including what endpoints redirected into them), plus what endpoints sent
+    /// straight into each other's receive queues.
     private func streamBytes() -> (up: UInt64, down: UInt64)? {
         guard let up = try? RelayCall.streamCounters(upstream), let down = try? RelayCall.streamCounters(client),
               let upQueued = try? RelayCall.unacknowledgedBytes(upstream), let downQueued = try? RelayCall.unacknowledgedBytes(client)
         else { return nil }
-        return (up.acked &+ UInt64(upQueued) &- upstreamAckBase, down.acked &+ UInt64(downQueued) &- clientAckBase)
+        let direct = route.flatMap { route in context.endpoints?.ingressBytes(route) } ?? (fromClient: 0, fromUpstream: 0)
+        return (up.acked &+ UInt64(upQueued) &- upstreamAckBase &+ direct.fromClient, down.acked &+ UInt64(downQueued) &- clientAckBase &+ direct.fromUpstream)
     }
 
     // MARK: Kernel datapath

@@ -7,10 +7,11 @@ import Synchronization
 
 /// The `skmsg` datapath: for clients and upstream servers running on this host, inside the
 /// endpoints cgroup, each endpoint's `sendmsg` puts its bytes straight into the proxy's socket that
-/// faces the other endpoint (an `sk_msg` egress redirect), in the sender's own system call.
-/// Userspace never touches the payload and no workqueue runs, so a relayed stream costs about what
-/// a direct connection costs; the proxy's two connections still carry FIN and RST, so half-close,
-/// resets and accounting work as on `copy`.
+/// faces the other endpoint (an `sk_msg` egress redirect), in the sender's own system call; and when
+/// both endpoints are local, straight into the other endpoint's receive queue (an ingress redirect)
+/// once that endpoint has read what reached it over TCP. Userspace never touches the payload and no
+/// workqueue runs, so a relayed stream costs about what a direct connection costs; the proxy's two
+/// connections still carry FIN and RST, so half-close, resets and accounting work as on `copy`.
 ///
 /// Loads `endpoint.bpf.c`, attaches its `sk_msg` program to the endpoint hash and its `sock_ops`
 /// program to `cgroup` as BPF links, which go away with this object (nothing is pinned, nothing
@@ -28,6 +29,7 @@ public final class EndpointForwarder: @unchecked Sendable {
     private let targets: TypedMap<UInt64, UInt64>
     private let filter: TypedMap<strait_endpoint_filter_key, UInt8>
     private let routes: TypedMap<strait_sock_key, strait_endpoint_route>
+    private let progress: TypedMap<strait_sock_key, strait_endpoint_progress>
     private let stats: TypedMap<UInt32, strait_endpoint_counters>
     private var links: [BPFLink] = []
     /// The cgroup whose sockets are endpoints.
@@ -45,6 +47,7 @@ public final class EndpointForwarder: @unchecked Sendable {
             targets = try object.map("endpoint_targets").typed(key: UInt64.self, value: UInt64.self)
             filter = try object.map("endpoint_filter").typed(key: strait_endpoint_filter_key.self, value: UInt8.self)
             routes = try object.map("endpoint_routes").typed(key: strait_sock_key.self, value: strait_endpoint_route.self)
+            progress = try object.map("endpoint_progress").typed(key: strait_sock_key.self, value: strait_endpoint_progress.self)
             stats = try object.map("endpoint_stats").typed(key: UInt32.self, value: strait_endpoint_counters.self)
             // sk_msg first, so no socket enters the hash before its send hook is there.
             links.append(try object.program("strait_endpoint_msg").attach(sockmap: socksMap, as: .messageVerdict))
@@ -117,26 +120,39 @@ public final class EndpointForwarder: @unchecked Sendable {
     /// Routes the endpoints of `route` that have become tracked since the last look (an upstream
     /// server's socket may be established a moment after the proxy's connect returns).
     public func refresh(_ route: inout Route, forwardedUp: UInt64, forwardedDown: UInt64) {
-        if !route.clientTracked, (try? socks.lookup(route.clientKey)) ?? nil != nil {
-            route.clientTracked = (try? routes.update(route.clientKey, strait_endpoint_route(target_cookie: route.upstreamSideCookie, forwarded: forwardedUp))) != nil
-        }
-        if !route.upstreamTracked, (try? socks.lookup(route.upstreamKey)) ?? nil != nil {
-            route.upstreamTracked = (try? routes.update(route.upstreamKey, strait_endpoint_route(target_cookie: route.clientSideCookie, forwarded: forwardedDown))) != nil
-        }
+        let clientFound = !route.clientTracked && (try? socks.lookup(route.clientKey)) ?? nil != nil
+        let upstreamFound = !route.upstreamTracked && (try? socks.lookup(route.upstreamKey)) ?? nil != nil
+        guard clientFound || upstreamFound else { return }
+        route.clientTracked = route.clientTracked || clientFound
+        route.upstreamTracked = route.upstreamTracked || upstreamFound
+        // Both values again: each names whether its peer is tracked, which may just have changed.
+        if route.clientTracked { write(route, .client, forwarded: forwardedUp) }
+        if route.upstreamTracked { write(route, .upstream, forwarded: forwardedDown) }
     }
 
     /// Tells the kernel that the proxy has written `forwarded` bytes of `sender`'s in total into
     /// the socket facing the other endpoint. Called after writes, while the sender has not yet
     /// switched: one map update (a system call) per call.
     public func publish(_ route: Route, _ sender: Sender, forwarded: UInt64) {
-        switch sender {
-        case .client where route.clientTracked:
-            try? routes.update(route.clientKey, strait_endpoint_route(target_cookie: route.upstreamSideCookie, forwarded: forwarded))
-        case .upstream where route.upstreamTracked:
-            try? routes.update(route.upstreamKey, strait_endpoint_route(target_cookie: route.clientSideCookie, forwarded: forwarded))
-        default:
-            break
+        if sender == .client ? route.clientTracked : route.upstreamTracked { write(route, sender, forwarded: forwarded) }
+    }
+
+    private func write(_ route: Route, _ sender: Sender, forwarded: UInt64) {
+        let value = switch sender {
+        case .client:
+            strait_endpoint_route(target_cookie: route.upstreamSideCookie, forwarded: forwarded, peer_key: route.upstreamKey, peer_tracked: route.upstreamTracked ? 1 : 0, reserved: 0)
+        case .upstream:
+            strait_endpoint_route(target_cookie: route.clientSideCookie, forwarded: forwarded, peer_key: route.clientKey, peer_tracked: route.clientTracked ? 1 : 0, reserved: 0)
         }
+        try? routes.update(sender == .client ? route.clientKey : route.upstreamKey, value)
+    }
+
+    /// Bytes each endpoint of `route` sent straight into the other's receive queue: they never
+    /// cross the proxy's sockets, so TCP's counters there miss them.
+    public func ingressBytes(_ route: Route) -> (fromClient: UInt64, fromUpstream: UInt64) {
+        let client = route.clientTracked ? ((try? progress.lookup(route.clientKey)) ?? nil)?.ingress ?? 0 : 0
+        let upstream = route.upstreamTracked ? ((try? progress.lookup(route.upstreamKey)) ?? nil)?.ingress ?? 0 : 0
+        return (client, upstream)
     }
 
     /// Ends the routes. Sends an endpoint makes afterwards take its own connection (which the
@@ -156,6 +172,8 @@ public final class EndpointForwarder: @unchecked Sendable {
         for value in (try? stats.perCPUValues(0)) ?? [] {
             total.endpoints_tracked += value.endpoints_tracked
             total.directions_switched += value.directions_switched
+            total.directions_to_ingress += value.directions_to_ingress
+            total.directions_to_stack += value.directions_to_stack
             total.redirected_bytes += value.redirected_bytes
             total.redirected_messages += value.redirected_messages
             total.passed_bytes += value.passed_bytes

@@ -2,18 +2,26 @@
 // The proxy's skmsg datapath, for endpoints on this host: a client's send goes straight into the
 // proxy's upstream socket (and an upstream server's send into the proxy's client socket) inside
 // the sender's own sendmsg, so the bytes never cross the endpoint's connection to the proxy, never
-// wake the proxy and never sit in a workqueue. The proxy keeps both TCP connections for FIN, RST
-// and accounting.
+// wake the proxy and never sit in a workqueue; once the other endpoint is tracked too and has read
+// everything that reached it over TCP, they go straight into its receive queue, skipping TCP/IP
+// altogether. The proxy keeps both TCP connections for FIN, RST and accounting.
 //
 // sock_ops (attached to the endpoints' cgroup) puts an established socket into `endpoint_socks`
 // when it is a client of a proxy listener or the server side of a proxy upstream
 // (`endpoint_filter`), so its sends run `strait_endpoint_msg`.
 //
-// Order. Bytes an endpoint sends before its route exists take its own connection; the proxy reads
-// and writes them into the target socket. The endpoint switches to redirecting at the first send
-// that finds `route->forwarded == state->passed`: every byte it passed is then already in the
-// target's send queue, so the redirected bytes queue behind them. Until that moment it keeps
-// passing, so a switch never reorders, loses or duplicates a byte.
+// Order. A direction moves PASSING -> EGRESS -> INGRESS, and may end on STACK from any of them.
+//  - Bytes sent before the route exists take the endpoint's own connection; the proxy writes them
+//    into the target socket. EGRESS starts at the first send that finds
+//    `route->forwarded == state->passed`: every byte passed is already in the target's send queue,
+//    so the redirected bytes queue behind them.
+//  - The other endpoint reads its ingress queue before its TCP queue (tcp_bpf_recvmsg), so INGRESS
+//    starts only when it has read every byte sent to it over TCP: its `tcp_read` (published at its
+//    own sends) equals what went into the target socket (`forwarded + egress`). A FIN the proxy
+//    carries later sits in the TCP queue, behind the redirected bytes, as it should.
+//  - STACK (the relay ended, or the adaptive rule in strait/proxy.h found small streaming writes)
+//    is always safe: redirected bytes are in the target's send queue, or in the other endpoint's
+//    ingress queue, which it reads first, ahead of anything the proxy copies later.
 #include <linux/bpf.h>
 #include <linux/types.h>
 #include <bpf/bpf_helpers.h>
@@ -52,6 +60,13 @@ struct {
 } endpoint_routes SEC(".maps");
 
 struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 65536);
+    __type(key, struct strait_sock_key);
+    __type(value, struct strait_endpoint_progress);
+} endpoint_progress SEC(".maps");
+
+struct {
     __uint(type, BPF_MAP_TYPE_SK_STORAGE);
     __uint(map_flags, BPF_F_NO_PREALLOC);
     __type(key, int);
@@ -86,6 +101,11 @@ int strait_endpoint_sockops(struct bpf_sock_ops *skops)
 {
     struct strait_sock_key key;
     int wanted = 0;
+    if (skops->op == BPF_SOCK_OPS_STATE_CB) {
+        if (skops->args[1] == BPF_TCP_CLOSE && key_of_sockops(skops, &key) == 0)
+            bpf_map_delete_elem(&endpoint_progress, &key);
+        return 1;
+    }
     if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && skops->op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
         return 1;
     if (key_of_sockops(skops, &key) < 0)
@@ -97,11 +117,20 @@ int strait_endpoint_sockops(struct bpf_sock_ops *skops)
     struct bpf_sock *sk = skops->sk;
     if (!wanted || !sk)
         return 1;
-    // Storage first: a socket in the hash always has its counters.
-    if (!bpf_sk_storage_get(&endpoint_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE))
+    // Storage and progress first: a socket in the hash always has both.
+    struct strait_endpoint_state *state = bpf_sk_storage_get(&endpoint_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+    if (!state)
         return 1;
-    if (bpf_sock_hash_update(skops, &endpoint_socks, &key, BPF_ANY) != 0)
+    state->self = key;
+    state->base_seq = skops->rcv_nxt;  // nothing is read yet: copied_seq == rcv_nxt
+    struct strait_endpoint_progress fresh = {};
+    if (bpf_map_update_elem(&endpoint_progress, &key, &fresh, BPF_ANY) != 0)
         return 1;
+    if (bpf_sock_hash_update(skops, &endpoint_socks, &key, BPF_ANY) != 0) {
+        bpf_map_delete_elem(&endpoint_progress, &key);
+        return 1;
+    }
+    bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);  // to drop `endpoint_progress` at close
     struct strait_endpoint_counters *c = counters();
     if (c)
         c->endpoints_tracked++;
@@ -117,37 +146,68 @@ int strait_endpoint_msg(struct sk_msg_md *msg)
     if (!sk || !c)
         return SK_PASS;
     struct strait_endpoint_state *state = bpf_sk_storage_get(&endpoint_state, sk, 0, 0);
-    if (!state)
-        return SK_PASS;
+    if (!state || state->mode == STRAIT_ENDPOINT_STACK)
+        goto pass;
+    struct strait_endpoint_progress *own = bpf_map_lookup_elem(&endpoint_progress, &state->self);
+    struct tcp_sock *tcp = bpf_skc_to_tcp_sock(sk);
+    __u32 read = tcp ? tcp->copied_seq - state->base_seq : 0;
+    if (own)
+        own->tcp_read = read;
+    struct strait_endpoint_route *route = bpf_map_lookup_elem(&endpoint_routes, &state->self);
+    if (!route) {
+        // No route yet (PASSING), or the relay is gone: its sockets are closing, and the endpoint's
+        // own connection is where its sends belong from now on.
+        if (state->mode != STRAIT_ENDPOINT_PASSING)
+            state->mode = STRAIT_ENDPOINT_STACK;
+        goto pass;
+    }
     if (state->mode == STRAIT_ENDPOINT_PASSING) {
-        struct strait_sock_key peer, self;
-        if (peer_key_of_msg(msg, &peer) < 0)
-            return SK_PASS;
-        reverse(&peer, &self);
-        struct strait_endpoint_route *route = bpf_map_lookup_elem(&endpoint_routes, &self);
-        if (!route || route->forwarded != state->passed) {
-            state->passed += size;
-            c->passed_bytes += size;
-            return SK_PASS;
-        }
-        state->target_cookie = route->target_cookie;
-        state->mode = STRAIT_ENDPOINT_REDIRECTING;
+        if (route->forwarded != state->passed)
+            goto pass;
+        state->mode = STRAIT_ENDPOINT_EGRESS;
         c->directions_switched++;
     }
-    if (state->mode == STRAIT_ENDPOINT_REDIRECTING) {
-        __u64 target = state->target_cookie;
-        if (bpf_msg_redirect_hash(msg, &endpoint_targets, &target, 0) == SK_PASS) {
-            state->redirected += size;
+    struct strait_sock_key peer = route->peer_key;
+    struct strait_endpoint_progress *other = route->peer_tracked ? bpf_map_lookup_elem(&endpoint_progress, &peer) : 0;
+    if (!state->settled) {
+        __u32 inbound = other ? (__u32)other->ingress : 0;
+        if (size >= STRAIT_ENDPOINT_BULK_BYTES || (state->sends > 0 && (read != state->last_read || inbound != state->last_inbound))) {
+            state->settled = 1;
+        } else if (++state->sends >= STRAIT_ENDPOINT_PROBE_SENDS) {
+            state->mode = STRAIT_ENDPOINT_STACK;
+            c->directions_to_stack++;
+            goto pass;
+        }
+        state->last_read = read;
+        state->last_inbound = inbound;
+    }
+    if (state->mode == STRAIT_ENDPOINT_EGRESS && other && other->tcp_read == (__u32)(route->forwarded + state->egress)) {
+        state->mode = STRAIT_ENDPOINT_INGRESS;
+        c->directions_to_ingress++;
+    }
+    if (state->mode == STRAIT_ENDPOINT_INGRESS) {
+        if (bpf_msg_redirect_hash(msg, &endpoint_socks, &peer, BPF_F_INGRESS) == SK_PASS) {
+            if (own)
+                __sync_fetch_and_add(&own->ingress, size);
             c->redirected_bytes += size;
             c->redirected_messages++;
             return SK_PASS;
         }
-        // The proxy closed its socket: the relay is over, and the endpoint's own connection (now
-        // closing too) is where its sends belong.
-        state->mode = STRAIT_ENDPOINT_ENDED;
-        c->redirect_failures++;
+    } else {
+        __u64 target = route->target_cookie;
+        if (bpf_msg_redirect_hash(msg, &endpoint_targets, &target, 0) == SK_PASS) {
+            state->egress += size;
+            c->redirected_bytes += size;
+            c->redirected_messages++;
+            return SK_PASS;
+        }
     }
-    state->passed += size;
+    // The target has closed: so is the relay, and the endpoint's own connection takes the bytes.
+    state->mode = STRAIT_ENDPOINT_STACK;
+    c->redirect_failures++;
+pass:
+    if (state)
+        state->passed += size;
     c->passed_bytes += size;
     return SK_PASS;
 }

@@ -1,5 +1,5 @@
 // Kernel-side helpers shared by Strait's sock_ops and sk_msg programs: building a socket's
-// `strait_sock_key` (see strait/accel.h) from the program context. BPF only; Swift never sees it.
+// `strait_sock_key` (see strait/accel.h) from the program context, and the CO-RE views they read. BPF only; Swift never sees it.
 #pragma once
 #include <linux/bpf.h>
 #include <linux/types.h>
@@ -12,6 +12,12 @@
 
 #define AF_INET 2
 #define AF_INET6 10
+
+// CO-RE view of the kernel's tcp_sock (from bpf_skc_to_tcp_sock): only the fields read here;
+// libbpf relocates the offsets against the running kernel's BTF.
+struct tcp_sock {
+    __u32 copied_seq;
+} __attribute__((preserve_access_index));
 
 static __always_inline void map_ipv4(__u8 out[16], __u32 address)
 {
