@@ -307,6 +307,7 @@ public final class Proxy: @unchecked Sendable {
             let group = try EventLoopGroup(loopCount: 1)
             let metrics = self.metrics
             let forwarder = context.forwarder
+            let endpoints = context.endpoints
             let server = try Server(address: address, group: group, handlers: ConnectionHandlers(onRequest: { connection in
                 guard connection.reader.distance(to: UInt8(ascii: "\n")) != nil,
                       let request = try? connection.reader.peek(connection.reader.readableBytes)
@@ -315,6 +316,7 @@ public final class Proxy: @unchecked Sendable {
                 guard text.contains("\r\n\r\n") else { return }
                 try connection.reader.skip(connection.reader.readableBytes)
                 if let forwarder { metrics.recordKernel(forwarder.counters()) }
+                if let endpoints { metrics.recordEndpoints(endpoints.counters()) }
                 let body = text.hasPrefix("GET /metrics") ? metrics.exposition() : "see /metrics\n"
                 let status = text.hasPrefix("GET /metrics") ? "200 OK" : "404 Not Found"
                 connection.writer.write(string: "HTTP/1.1 \(status)\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)")

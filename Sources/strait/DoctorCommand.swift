@@ -57,7 +57,7 @@ struct DoctorCommand: ParsableCommand {
         let root = "run as root (sudo), or grant the capability to the binary with setcap"
 
         let effective = capabilities()
-        for (bit, name, users) in [(39, "CAP_BPF", ["accel", "proxy.sockmap", "drop", "steer"]), (12, "CAP_NET_ADMIN", ["accel", "proxy.sockmap", "drop", "steer"]), (21, "CAP_SYS_ADMIN", ["accel"])] {
+        for (bit, name, users) in [(39, "CAP_BPF", ["accel", "proxy.sockmap", "proxy.skmsg", "drop", "steer"]), (12, "CAP_NET_ADMIN", ["accel", "proxy.sockmap", "proxy.skmsg", "drop", "steer"]), (21, "CAP_SYS_ADMIN", ["accel"])] {
             let has = effective.map { $0 & (1 << UInt64(bit)) != 0 } ?? false
             checks.append(Check(name: name, ok: has, detail: has ? "effective" : "not in the effective set", neededBy: users, fix: root))
         }
@@ -71,14 +71,14 @@ struct DoctorCommand: ParsableCommand {
         let cgroup = Cgroup.v2MountPoint()
         checks.append(Check(
             name: "cgroup v2", ok: cgroup != nil, detail: cgroup.map { "mounted at \($0)" } ?? "not mounted",
-            neededBy: ["accel"], fix: "mount -t cgroup2 none /sys/fs/cgroup/unified (or boot with systemd.unified_cgroup_hierarchy)"))
+            neededBy: ["accel", "proxy.skmsg"], fix: "mount -t cgroup2 none /sys/fs/cgroup/unified (or boot with systemd.unified_cgroup_hierarchy)"))
 
         let btf = FileManager.default.fileExists(atPath: "/sys/kernel/btf/vmlinux")
-        checks.append(Check(name: "kernel BTF", ok: btf, detail: btf ? "/sys/kernel/btf/vmlinux" : "absent", neededBy: ["accel"], fix: "a kernel built with CONFIG_DEBUG_INFO_BTF=y"))
+        checks.append(Check(name: "kernel BTF", ok: btf, detail: btf ? "/sys/kernel/btf/vmlinux" : "absent", neededBy: ["accel", "proxy.skmsg"], fix: "a kernel built with CONFIG_DEBUG_INFO_BTF=y"))
 
         let programs: [(String, bpf_prog_type, [String])] = [
-            ("program sock_ops", BPF_PROG_TYPE_SOCK_OPS, ["accel"]),
-            ("program sk_msg", BPF_PROG_TYPE_SK_MSG, ["accel"]),
+            ("program sock_ops", BPF_PROG_TYPE_SOCK_OPS, ["accel", "proxy.skmsg"]),
+            ("program sk_msg", BPF_PROG_TYPE_SK_MSG, ["accel", "proxy.skmsg"]),
             ("program sk_skb", BPF_PROG_TYPE_SK_SKB, ["proxy.sockmap"]),
             ("program sk_reuseport", BPF_PROG_TYPE_SK_REUSEPORT, ["steer"]),
             ("program xdp", BPF_PROG_TYPE_XDP, ["drop"]),
@@ -88,8 +88,8 @@ struct DoctorCommand: ParsableCommand {
             checks.append(Check(name: name, ok: answer == .supported, detail: answer.rawValue, neededBy: users, fix: answer == .unknown ? root : nil))
         }
         let maps: [(String, bpf_map_type, [String])] = [
-            ("map sockhash", BPF_MAP_TYPE_SOCKHASH, ["accel", "proxy.sockmap"]),
-            ("map sk_storage", BPF_MAP_TYPE_SK_STORAGE, ["accel"]),
+            ("map sockhash", BPF_MAP_TYPE_SOCKHASH, ["accel", "proxy.sockmap", "proxy.skmsg"]),
+            ("map sk_storage", BPF_MAP_TYPE_SK_STORAGE, ["accel", "proxy.skmsg"]),
             ("map ringbuf", BPF_MAP_TYPE_RINGBUF, ["accel"]),
             ("map lpm_trie", BPF_MAP_TYPE_LPM_TRIE, ["accel", "drop"]),
             ("map reuseport_sockarray", BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, ["steer"]),
@@ -99,9 +99,9 @@ struct DoctorCommand: ParsableCommand {
             checks.append(Check(name: name, ok: answer == .supported, detail: answer.rawValue, neededBy: users, fix: answer == .unknown ? root : nil))
         }
         let helpers: [(String, bpf_func_id, bpf_prog_type, [String])] = [
-            ("helper msg_redirect_hash", BPF_FUNC_msg_redirect_hash, BPF_PROG_TYPE_SK_MSG, ["accel"]),
-            ("helper get_netns_cookie (sk_msg)", BPF_FUNC_get_netns_cookie, BPF_PROG_TYPE_SK_MSG, ["accel"]),
-            ("helper sock_hash_update", BPF_FUNC_sock_hash_update, BPF_PROG_TYPE_SOCK_OPS, ["accel"]),
+            ("helper msg_redirect_hash", BPF_FUNC_msg_redirect_hash, BPF_PROG_TYPE_SK_MSG, ["accel", "proxy.skmsg"]),
+            ("helper get_netns_cookie (sk_msg)", BPF_FUNC_get_netns_cookie, BPF_PROG_TYPE_SK_MSG, ["accel", "proxy.skmsg"]),
+            ("helper sock_hash_update", BPF_FUNC_sock_hash_update, BPF_PROG_TYPE_SOCK_OPS, ["accel", "proxy.skmsg"]),
             ("helper sk_redirect_hash", BPF_FUNC_sk_redirect_hash, BPF_PROG_TYPE_SK_SKB, ["proxy.sockmap"]),
             ("helper sk_select_reuseport", BPF_FUNC_sk_select_reuseport, BPF_PROG_TYPE_SK_REUSEPORT, ["steer"]),
         ]
@@ -111,7 +111,7 @@ struct DoctorCommand: ParsableCommand {
         }
 
         var ready: [String: Bool] = [:]
-        for part in ["accel", "proxy.sockmap", "drop", "steer"] {
+        for part in ["accel", "proxy.sockmap", "proxy.skmsg", "drop", "steer"] {
             ready[part] = checks.filter { $0.neededBy.contains(part) }.allSatisfy(\.ok)
         }
         ready["proxy (copy, splice)"] = true

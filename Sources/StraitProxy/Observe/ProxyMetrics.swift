@@ -83,6 +83,20 @@ public final class ProxyMetrics: Sendable {
         gauge("strait_proxy_sockmap_drops", [("reason", "peer_gone")]).record(Double(counters.redirect_failures))
     }
 
+    /// Copies the skmsg datapath's totals into `strait_proxy_skmsg_endpoints_tracked`,
+    /// `strait_proxy_skmsg_redirected_bytes`, `strait_proxy_skmsg_redirected_messages`,
+    /// `strait_proxy_skmsg_passed_bytes` and `strait_proxy_skmsg_directions{to="egress"|"ingress"|"stack"}`
+    /// (directions that switched); called before each scrape.
+    func recordEndpoints(_ counters: strait_endpoint_counters) {
+        gauge("strait_proxy_skmsg_endpoints_tracked", []).record(Double(counters.endpoints_tracked))
+        gauge("strait_proxy_skmsg_redirected_bytes", []).record(Double(counters.redirected_bytes))
+        gauge("strait_proxy_skmsg_redirected_messages", []).record(Double(counters.redirected_messages))
+        gauge("strait_proxy_skmsg_passed_bytes", []).record(Double(counters.passed_bytes))
+        gauge("strait_proxy_skmsg_directions", [("to", "egress")]).record(Double(counters.directions_switched))
+        gauge("strait_proxy_skmsg_directions", [("to", "ingress")]).record(Double(counters.directions_to_ingress))
+        gauge("strait_proxy_skmsg_directions", [("to", "stack")]).record(Double(counters.directions_to_stack))
+    }
+
     /// The Prometheus text exposition of everything above.
     public func exposition() -> String { registry.emitToString() }
 }
