@@ -364,7 +364,11 @@ final class Relay: PollHandler, TickHandler {
               let upQueued = try? RelayCall.unacknowledgedBytes(upstream), let downQueued = try? RelayCall.unacknowledgedBytes(client)
         else { return nil }
         let direct = route.flatMap { route in context.endpoints?.ingressBytes(route) } ?? (fromClient: 0, fromUpstream: 0)
-        return (up.acked &+ UInt64(upQueued) &- upstreamAckBase &+ direct.fromClient, down.acked &+ UInt64(downQueued) &- clientAckBase &+ direct.fromUpstream)
+        // Once a side's write half is shut, its FIN is counted too (it takes a sequence number).
+        let finUp: UInt64 = toUpstream?.sinkShut == true ? 1 : 0
+        let finDown: UInt64 = toClient?.sinkShut == true ? 1 : 0
+        return (up.acked &+ UInt64(upQueued) &- upstreamAckBase &- finUp &+ direct.fromClient,
+                down.acked &+ UInt64(downQueued) &- clientAckBase &- finDown &+ direct.fromUpstream)
     }
 
     // MARK: Kernel datapath

@@ -161,6 +161,9 @@ public final class EndpointForwarder: @unchecked Sendable {
         lock.withLock { _ in
             _ = try? routes.delete(route.clientKey)
             _ = try? routes.delete(route.upstreamKey)
+            // A routed endpoint's progress (its ingress byte count) outlives its socket until here.
+            if route.clientTracked { _ = try? progress.delete(route.clientKey) }
+            if route.upstreamTracked { _ = try? progress.delete(route.upstreamKey) }
             _ = try? targets.delete(route.clientSideCookie)
             _ = try? targets.delete(route.upstreamSideCookie)
         }

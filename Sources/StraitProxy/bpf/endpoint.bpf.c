@@ -102,7 +102,9 @@ int strait_endpoint_sockops(struct bpf_sock_ops *skops)
     struct strait_sock_key key;
     int wanted = 0;
     if (skops->op == BPF_SOCK_OPS_STATE_CB) {
-        if (skops->args[1] == BPF_TCP_CLOSE && key_of_sockops(skops, &key) == 0)
+        // A relayed endpoint's progress holds its ingress byte count: the proxy reads it and
+        // deletes it when the relay ends. Others go with their socket.
+        if (skops->args[1] == BPF_TCP_CLOSE && key_of_sockops(skops, &key) == 0 && !bpf_map_lookup_elem(&endpoint_routes, &key))
             bpf_map_delete_elem(&endpoint_progress, &key);
         return 1;
     }
@@ -130,7 +132,7 @@ int strait_endpoint_sockops(struct bpf_sock_ops *skops)
         bpf_map_delete_elem(&endpoint_progress, &key);
         return 1;
     }
-    bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);  // to drop `endpoint_progress` at close
+    bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);  // to drop its progress at close
     struct strait_endpoint_counters *c = counters();
     if (c)
         c->endpoints_tracked++;

