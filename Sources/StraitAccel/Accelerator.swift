@@ -158,7 +158,7 @@ public final class Accelerator {
 
     /// Counters summed over CPUs.
     public func counters() throws -> strait_accel_counters {
-        strait_accel_counters.sum(try stats.perCPUValues(0))
+        try stats.summedOverCPUs(0)
     }
 
     /// The sockets in the hash now.

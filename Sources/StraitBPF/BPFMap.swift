@@ -135,6 +135,19 @@ public struct TypedMap<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked
         return (0..<BPFMap.possibleCPUs).map { buffer.loadUnaligned(fromByteOffset: $0 * stride, as: Value.self) }
     }
 
+    /// For a per-CPU map whose values are structs of `UInt64` counters only (the layout every
+    /// Strait counter struct has): each field summed over CPUs; zeros when `key` is absent.
+    public func summedOverCPUs(_ key: Key) throws(BPFError) -> Value {
+        precondition(MemoryLayout<Value>.size % 8 == 0, "\(Value.self) is not made of UInt64 counters")
+        var total = [UInt64](repeating: 0, count: MemoryLayout<Value>.size / 8)
+        for slot in try perCPUValues(key) {
+            withUnsafeBytes(of: slot) { raw in
+                for index in total.indices { total[index] &+= raw.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self) }
+            }
+        }
+        return total.withUnsafeBytes { $0.loadUnaligned(as: Value.self) }
+    }
+
     /// Creates or replaces (or, with flags, only one of the two).
     public func update(_ key: Key, _ value: Value, flags: BPFMap.UpdateFlags = .any) throws(BPFError) {
         precondition(!map.isPerCPU, "per-CPU map \(map.name): use updatePerCPU")

@@ -3,16 +3,6 @@ import StraitSystem
 
 // Swift faces of the structs in StraitKernelABI/include/strait/drop.h.
 
-extension strait_drop_counter {
-    /// Adds per-CPU slots together.
-    static func sum(_ slots: [strait_drop_counter]) -> strait_drop_counter {
-        slots.reduce(into: strait_drop_counter()) { total, slot in
-            total.packets += slot.packets
-            total.bytes += slot.bytes
-        }
-    }
-}
-
 extension strait_drop_config {
     var flagsOfActiveSet: UInt32 { active_set & 1 == 0 ? set_flags.0 : set_flags.1 }
 

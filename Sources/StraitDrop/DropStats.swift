@@ -47,11 +47,11 @@ extension Dropper {
     public func stats() throws -> DropStats {
         let configuration = try currentConfig()
         let verdictCounts = try DropVerdict.allCases.map { verdict in
-            let total = strait_drop_counter.sum(try verdicts.perCPUValues(verdict.rawValue))
+            let total = try verdicts.summedOverCPUs(verdict.rawValue)
             return DropStats.VerdictCount(verdict: verdict.description, dropped: verdict.isDrop, packets: total.packets, bytes: total.bytes)
         }
         let ruleCounts = try rulesWithIDs(in: sets[Int(configuration.active_set & 1)]).map { rule, id in
-            let total = strait_drop_counter.sum(try ruleHits.perCPUValues(id))
+            let total = try ruleHits.summedOverCPUs(id)
             return DropStats.RuleCount(rule: rule, packets: total.packets, bytes: total.bytes)
         }
         return DropStats(

@@ -171,18 +171,7 @@ public final class EndpointForwarder: @unchecked Sendable {
 
     /// Totals over all CPUs.
     public func counters() -> strait_endpoint_counters {
-        var total = strait_endpoint_counters()
-        for value in (try? stats.perCPUValues(0)) ?? [] {
-            total.endpoints_tracked += value.endpoints_tracked
-            total.directions_switched += value.directions_switched
-            total.directions_to_ingress += value.directions_to_ingress
-            total.directions_to_stack += value.directions_to_stack
-            total.redirected_bytes += value.redirected_bytes
-            total.redirected_messages += value.redirected_messages
-            total.passed_bytes += value.passed_bytes
-            total.redirect_failures += value.redirect_failures
-        }
-        return total
+        (try? stats.summedOverCPUs(0)) ?? strait_endpoint_counters()
     }
 
     // MARK: Keys

@@ -134,13 +134,6 @@ public final class SockmapForwarder: @unchecked Sendable {
 
     /// Totals over all CPUs.
     public func counters() -> strait_proxy_counters {
-        var total = strait_proxy_counters()
-        for value in (try? stats.perCPUValues(0)) ?? [] {
-            total.redirected_bytes += value.redirected_bytes
-            total.redirected_messages += value.redirected_messages
-            total.unpaired_drops += value.unpaired_drops
-            total.redirect_failures += value.redirect_failures
-        }
-        return total
+        (try? stats.summedOverCPUs(0)) ?? strait_proxy_counters()
     }
 }
