@@ -174,7 +174,7 @@ let package = Package(
         ),
         .testTarget(name: "StraitAccelTests", dependencies: ["StraitAccel", "StraitBPF", "CLibBPF", "StraitTestSupport"]),
         .testTarget(name: "StraitDropTests", dependencies: ["StraitDrop", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitTestSupport"]),
-        .testTarget(name: "StraitProxyTests", dependencies: ["StraitProxy", "StraitSystem", "CStraitSystem", "StraitNet", "StraitTestSupport"]),
+        .testTarget(name: "StraitProxyTests", dependencies: ["StraitProxy", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitNet", "StraitTestSupport"]),
         .testTarget(name: "StraitNetBenchTests", dependencies: ["StraitNetBench"]),
         .testTarget(
             name: "StraitNetTests",

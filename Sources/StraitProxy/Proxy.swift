@@ -83,8 +83,12 @@ public final class Proxy: @unchecked Sendable {
             if let unavailable {
                 logger.warning("skmsg datapath off: \(unavailable); skmsg listeners run on copy")
             } else {
+                let cgroup = Cgroup(path: path)
+                guard cgroup.exists else {
+                    throw .config(ProxyConfigError(file: "<config>", line: 0, column: 0, message: "`endpoints_cgroup` \(path) does not exist: it must be an existing cgroup v2 directory (create it under \(Cgroup.v2MountPoint() ?? "the cgroup v2 mount") and run the local clients and servers in it)"))
+                }
                 do {
-                    endpoints = try EndpointForwarder(cgroup: Cgroup(path: path))
+                    endpoints = try EndpointForwarder(cgroup: cgroup)
                 } catch {
                     throw .sockmap(error)
                 }

@@ -29,6 +29,13 @@ public final class TestCgroup: @unchecked Sendable {
         return try body(fixture)
     }
 
+    /// The same for an async `body` (a proxy test that awaits its shutdown).
+    public static func with<T>(_ body: (TestCgroup) async throws -> T) async throws -> T {
+        let fixture = try TestCgroup(name: uniqueTestName())
+        defer { fixture.tearDown() }
+        return try await body(fixture)
+    }
+
     /// Runs `body` with this process inside the cgroup: sockets it creates belong to the cgroup
     /// for life. The process goes back to its own cgroup afterwards.
     public func inside<T>(_ body: () throws -> T) throws -> T {
