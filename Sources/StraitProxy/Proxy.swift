@@ -215,7 +215,13 @@ public final class Proxy: @unchecked Sendable {
                 logger.warning("`endpoints_cgroup` changed to \(config.endpointsCgroup ?? "none"); it applies at the next start (`strait proxy restart`), \(endpoints.cgroup.path) stays until then")
             }
             do {
-                try endpoints.mark(listeners: (kept + bound).map(\.address), upstreams: config.clusters.flatMap { $0.upstreams.map(\.address) })
+                // Only listeners that may use skmsg: a tracked socket gets the kernel's sockmap receive
+                // path, whose blocking reads can return EAGAIN (README, limitations).
+                let routed = config.listeners.filter { $0.datapath == .skmsg || $0.datapath == .auto }
+                let clusters = Set(routed.map(\.cluster))
+                try endpoints.mark(
+                    listeners: (kept + bound).filter { runtime in routed.contains { $0.name == runtime.name } }.map(\.address),
+                    upstreams: config.clusters.filter { clusters.contains($0.name) }.flatMap { $0.upstreams.map(\.address) })
             } catch {
                 logger.warning("skmsg datapath: cannot update the endpoint filter: \(error)")
             }
@@ -301,9 +307,12 @@ public final class Proxy: @unchecked Sendable {
         stopLoops()
     }
 
+    /// Stops the loops, then detaches the skmsg programs from the endpoints cgroup: from here on no
+    /// socket there is tracked, whoever still holds this proxy.
     private func stopLoops() {
         onLoop(loops[0]) { [health] in health.stop() }
         for loop in loops { loop.stopAndJoin() }
+        context.endpoints?.detach()
     }
 
     private func startMetricsServer(_ address: SocketAddress) throws(ProxyError) {

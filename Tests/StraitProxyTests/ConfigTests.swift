@@ -48,7 +48,7 @@ struct ConfigTests {
     /// Each mistake: the text, and the line, column and words the error must carry.
     @Test("every mistake names file, line, column and what was expected", arguments: [
         ("listeners: []\nclusters: []\n", 2, 11, "`clusters` as a non-empty list"),
-        ("clusters:\n  - name: b\n    upstreams: [127.0.0.1:1]\nlisteners:\n  - bind: 127.0.0.1:6000\n    cluster: b\n    datapath: kernel\n", 7, 15, "one of copy, splice, sockmap, auto"),
+        ("clusters:\n  - name: b\n    upstreams: [127.0.0.1:1]\nlisteners:\n  - bind: 127.0.0.1:6000\n    cluster: b\n    datapath: kernel\n", 7, 15, "one of copy, splice, sockmap, skmsg, auto"),
         ("clusters:\n  - name: b\n    upstreams: [127.0.0.1:1]\nlisteners:\n  - bind: 127.0.0.1:99999\n    cluster: b\n", 5, 11, "host:port"),
         ("clusters:\n  - name: b\n    upstreams: [127.0.0.1:1]\nlisteners:\n  - bind: 127.0.0.1:6000\n    cluster: nope\n", 6, 14, "unknown cluster `nope`"),
         ("clusters:\n  - name: b\n    upstreams: [127.0.0.1:1]\n    helth_check: {}\nlisteners:\n  - bind: 127.0.0.1:6000\n    cluster: b\n", 4, 5, "unknown key `helth_check`"),

@@ -726,8 +726,8 @@ struct SkmsgTests {
     /// left no data: the wake-up of an incoming RST gives EAGAIN first and ECONNRESET only on the
     /// next call, and the write-space wake-ups of a concurrent sender give EAGAIN too. Plain TCP
     /// blocks until data, end of stream or the error. Programs that treat EAGAIN from a blocking
-    /// socket as an error break on tracked endpoints (on every listener, whatever its datapath, as
-    /// soon as `endpoints_cgroup` is set).
+    /// socket as an error break on tracked endpoints, so only the endpoints of skmsg and auto
+    /// listeners are tracked: those of a copy listener keep plain TCP.
     @Test("a tracked endpoint's blocking recv behaves as on plain TCP", .enabled(if: KernelTestGate.enabled, Comment(rawValue: KernelTestGate.comment)))
     func blockingReceiveOnTrackedEndpoint() async throws {
         for tracked in [false, true] {
@@ -770,9 +770,7 @@ struct SkmsgTests {
                 socket.close()
             }
             defer { upstream.stop() }
-            // A copy listener: its endpoints are tracked too (and never switch), so every byte
-            // they send takes their own connection and its ACKs wake the reader.
-            try await ProxyHarness.with(Self.config(cg, datapath: .copy, upstreams: [upstream.address])) { proxy, port in
+            try await ProxyHarness.with(Self.config(cg, datapath: .skmsg, upstreams: [upstream.address])) { proxy, port in
                 let client = try Self.client(port: port, in: cg)
                 let writer = Thread { try? client.sendAll([UInt8](repeating: 7, count: 16 << 20), chunk: 65_536) }
                 writer.start()
@@ -783,10 +781,26 @@ struct SkmsgTests {
                     if got == 0 || (got < 0 && got != -Int(EAGAIN)) { break }
                 }
                 while !writer.isFinished { usleep(1000) }
+                #expect(proxy.skmsgCounters?.endpoints_tracked == 2)
                 #expect(results.suffix(2) == [4, 0], "the reply, then the end: \(results)")
                 withKnownIssue("kernel tcp_bpf_recvmsg: write-space wake-ups make a blocking recv return EAGAIN", isIntermittent: true) {
                     #expect(!results.contains(-Int(EAGAIN)), "blocking recv results: \(results)")
                 }
+            }
+        }
+    }
+
+    @Test("a copy listener's endpoints stay plain TCP sockets, even with an endpoints cgroup", .enabled(if: KernelTestGate.enabled, Comment(rawValue: KernelTestGate.comment)))
+    func copyListenerEndpointsUntracked() async throws {
+        try await TestCgroup.with { cg in
+            let upstream = try Self.upstream(in: cg, polledEchoHandler)
+            defer { upstream.stop() }
+            try await ProxyHarness.with(Self.config(cg, datapath: .copy, upstreams: [upstream.address])) { proxy, port in
+                let client = try Self.client(port: port, in: cg)
+                let message = Array("plain".utf8)
+                try client.sendAll(message)
+                #expect(try client.receive(exactly: message.count) == message)
+                #expect(proxy.skmsgCounters?.endpoints_tracked == 0)
             }
         }
     }

@@ -127,9 +127,11 @@ final class HealthChecker: TickHandler, PollHandler {
         context.logger.notice("upstream \(up ? "up" : "down")", metadata: ["cluster": "\(target.cluster)", "upstream": "\(target.state.address)"])
     }
 
-    /// Closes probes in flight. Loop thread.
+    /// Closes probes in flight and leaves the loop's tickers (which would otherwise keep this
+    /// checker, and through it the proxy's context and kernel attachments, alive). Loop thread.
     func stop() {
         for target in targets { endProbe(target) }
         targets = []
+        loop.removeTicker(self)
     }
 }

@@ -248,6 +248,8 @@ final class Relay: PollHandler, TickHandler {
         for direction in [up, down] {
             do {
                 if try direction.pump() { lastActivity = loop.now }
+                // At once, before the other direction's pump: a reply may already be on its way.
+                if route != nil { publishForwarded(up, down) }
             } catch {
                 switch error {
                 case .source(let failure):
@@ -264,7 +266,6 @@ final class Relay: PollHandler, TickHandler {
             finish(.completed)
             return
         }
-        if route != nil { publishForwarded(up, down) }
         if autoPending, let interactive = AutoRule.decide(up, down) {
             autoPending = false
             if interactive && !up.sourceEnded && !down.sourceEnded {
@@ -312,6 +313,12 @@ final class Relay: PollHandler, TickHandler {
         do {
             route = try endpoints.arm(clientSide: client, upstreamSide: upstream, forwardedUp: up.bytesForwarded, forwardedDown: down.bytesForwarded)
         } catch {
+            if case .sockmap(let failure) = error, failure.errno == .notSupported {
+                // A socket past ESTABLISHED (its peer already sent FIN) cannot join a sockhash; the
+                // little that is left of this connection goes on copy.
+                context.logger.debug("skmsg skipped: a side has already half-closed")
+                return
+            }
             context.metrics.error("skmsg_routes")
             context.logger.warning("skmsg routes failed, staying on copy: \(error)")
             return
@@ -542,10 +549,11 @@ final class Relay: PollHandler, TickHandler {
             closeDescriptor(client)
             if upstream >= 0 { closeDescriptor(upstream) }
         }
-        upstreamState?.active.subtract(1, ordering: .relaxed)
-        listener.active.subtract(1, ordering: .relaxed)
         let shownPath = switchedFrom.map { "auto(\($0)→sockmap)" } ?? (settings.config.datapath == .auto ? "auto(\(datapath))" : "\(datapath)")
         context.metrics.connectionClosed(listener: settings.config.name, datapath: datapath, bytesUp: bytesUp, bytesDown: bytesDown, end: end)
+        // After the counters: whoever sees the connection gone sees its bytes counted.
+        upstreamState?.active.subtract(1, ordering: .relaxed)
+        listener.active.subtract(1, ordering: .relaxed)
         if context.accessLog.load(ordering: .relaxed) {
             let seconds = Double(loop.now &- startedAt) / 1e9
             context.logger.info("connection", metadata: [

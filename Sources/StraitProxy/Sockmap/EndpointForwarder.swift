@@ -60,8 +60,17 @@ public final class EndpointForwarder: @unchecked Sendable {
     }
 
     deinit {
-        for link in links.reversed() { try? link.close() }
+        detach()
         object.close()
+    }
+
+    /// Detaches `sock_ops` from the cgroup, then `sk_msg` from the hash: new sockets are no longer
+    /// tracked, and tracked ones send on their own connections. Idempotent.
+    public func detach() {
+        lock.withLock { _ in
+            for link in links.reversed() { try? link.close() }
+            links = []
+        }
     }
 
     /// Which sockets count as endpoints from now on: clients connecting to one of `listeners` and

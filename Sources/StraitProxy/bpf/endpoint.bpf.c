@@ -12,9 +12,10 @@
 //
 // Order. A direction moves PASSING -> EGRESS -> INGRESS, and may end on STACK from any of them.
 //  - Bytes sent before the route exists take the endpoint's own connection; the proxy writes them
-//    into the target socket. EGRESS starts at the first send that finds
-//    `route->forwarded == state->passed`: every byte passed is already in the target's send queue,
-//    so the redirected bytes queue behind them.
+//    into the target socket. EGRESS starts at the first send that finds `route->forwarded` equal to
+//    what the endpoint's own connection has queued (its write_seq since establishment, which counts
+//    every byte, even one whose send began before the socket joined the hash): every byte passed is
+//    then already in the target's send queue, so the redirected bytes queue behind them.
 //  - The other endpoint reads its ingress queue before its TCP queue (tcp_bpf_recvmsg), so INGRESS
 //    starts only when it has read every byte sent to it over TCP: its `tcp_read` (published at its
 //    own sends) equals what went into the target socket (`forwarded + egress`). A FIN the proxy
@@ -124,7 +125,8 @@ int strait_endpoint_sockops(struct bpf_sock_ops *skops)
     if (!state)
         return 1;
     state->self = key;
-    state->base_seq = skops->rcv_nxt;  // nothing is read yet: copied_seq == rcv_nxt
+    state->base_seq = skops->rcv_nxt;        // nothing is read yet: copied_seq == rcv_nxt
+    state->base_write_seq = skops->snd_nxt;  // nothing is queued yet: write_seq == snd_nxt
     struct strait_endpoint_progress fresh = {};
     if (bpf_map_update_elem(&endpoint_progress, &key, &fresh, BPF_ANY) != 0)
         return 1;
@@ -152,7 +154,9 @@ int strait_endpoint_msg(struct sk_msg_md *msg)
         goto pass;
     struct strait_endpoint_progress *own = bpf_map_lookup_elem(&endpoint_progress, &state->self);
     struct tcp_sock *tcp = bpf_skc_to_tcp_sock(sk);
-    __u32 read = tcp ? tcp->copied_seq - state->base_seq : 0;
+    if (!tcp)
+        goto pass;
+    __u32 read = tcp->copied_seq - state->base_seq;
     if (own)
         own->tcp_read = read;
     struct strait_endpoint_route *route = bpf_map_lookup_elem(&endpoint_routes, &state->self);
@@ -164,7 +168,7 @@ int strait_endpoint_msg(struct sk_msg_md *msg)
         goto pass;
     }
     if (state->mode == STRAIT_ENDPOINT_PASSING) {
-        if (route->forwarded != state->passed)
+        if ((__u32)route->forwarded != tcp->write_seq - state->base_write_seq)
             goto pass;
         state->mode = STRAIT_ENDPOINT_EGRESS;
         c->directions_switched++;
@@ -208,8 +212,6 @@ int strait_endpoint_msg(struct sk_msg_md *msg)
     state->mode = STRAIT_ENDPOINT_STACK;
     c->redirect_failures++;
 pass:
-    if (state)
-        state->passed += size;
     c->passed_bytes += size;
     return SK_PASS;
 }

@@ -17,6 +17,7 @@
 // libbpf relocates the offsets against the running kernel's BTF.
 struct tcp_sock {
     __u32 copied_seq;
+    __u32 write_seq;
 } __attribute__((preserve_access_index));
 
 static __always_inline void map_ipv4(__u8 out[16], __u32 address)

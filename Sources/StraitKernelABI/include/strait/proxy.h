@@ -69,10 +69,12 @@ enum strait_endpoint_mode {
 /// Per endpoint socket (socket-local storage), written only by the kernel.
 struct strait_endpoint_state {
     struct strait_sock_key self;  // this socket's own key
-    __u64 passed;         // bytes sent through the endpoint's own connection
     __u64 egress;         // bytes sent into the proxy's socket
     __u32 mode;           // enum strait_endpoint_mode
     __u32 base_seq;       // copied_seq when established: TCP bytes read = copied_seq - base_seq
+    __u32 base_write_seq; // write_seq when established: bytes queued on the endpoint's own
+                          // connection = write_seq - base_write_seq, however they got there
+    __u32 reserved;
     __u32 settled;        // 1: the adaptive rule keeps this direction redirecting
     __u32 sends;          // redirected sends while unsettled
     __u32 last_read;      // TCP bytes read, and bytes the other endpoint put straight into this
