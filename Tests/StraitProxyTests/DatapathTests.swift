@@ -245,35 +245,10 @@ struct DatapathTests {
     /// have no splice_read, which must not matter because the proxy's peers are never in the map.
     @Test("a peer that uses splice, sockmap datapath", .enabled(if: KernelTestGate.enabled, Comment(rawValue: KernelTestGate.comment)))
     func splicingPeer() async throws {
-        let upstream = try ThreadedUpstream { socket in
-            var fds: [CInt] = [0, 0]
-            guard pipe(&fds) == 0 else { return }
-            defer { close(fds[0]); close(fds[1]) }
-            while true {
-                let got = strait_splice(socket.fd, fds[1], 1 << 16, 0)
-                if got <= 0 { break }
-                var left = got
-                while left > 0 {
-                    let sent = strait_splice(fds[0], socket.fd, left, 0)
-                    if sent <= 0 { return }
-                    left -= sent
-                }
-            }
-            try? socket.shutdownWrite()
-            socket.close()
-        }
+        let upstream = try ThreadedUpstream(spliceEchoHandler)
         defer { upstream.stop() }
         try await ProxyHarness.with(ProxyHarness.config(datapath: .sockmap, upstreams: [upstream.address])) { _, port in
-            let client = try connectClient(port: port)
-            let writer = Thread {
-                try? client.send(clientPattern, count: 4 << 20, chunk: 65_536)
-                try? client.shutdownWrite()
-            }
-            writer.start()
-            let result = try client.receiveAndVerify(clientPattern)
-            #expect(result.count == 4 << 20)
-            #expect(result.firstMismatch == nil)
-            while !writer.isFinished { usleep(1000) }
+            try echoFourMiB(through: try connectClient(port: port))
         }
     }
 }

@@ -5,6 +5,7 @@ import StraitNet
 import StraitProxy
 import StraitSystem
 import StraitTestSupport
+import Testing
 import Synchronization
 
 /// A blocking upstream server on 127.0.0.1 (ephemeral port) that runs `handler` on its own thread
@@ -62,6 +63,40 @@ func echoHandler(_ socket: TestSocket) {
         do { try buffer.withUnsafeBytes { try socket.sendAll(UnsafeRawBufferPointer(rebasing: $0[0..<got])) } } catch { break }
     }
     socket.close()
+}
+
+/// Echoes through a pipe with splice(2) (a reader the kernel serves with `tcp_splice_read`), then
+/// half-closes and closes.
+func spliceEchoHandler(_ socket: TestSocket) {
+    var fds: [CInt] = [0, 0]
+    guard pipe(&fds) == 0 else { return }
+    defer { close(fds[0]); close(fds[1]) }
+    while true {
+        let got = strait_splice(socket.fd, fds[1], 1 << 16, 0)
+        if got <= 0 { break }
+        var left = got
+        while left > 0 {
+            let sent = strait_splice(fds[0], socket.fd, left, 0)
+            if sent <= 0 { return }
+            left -= sent
+        }
+    }
+    try? socket.shutdownWrite()
+    socket.close()
+}
+
+/// Sends 4 MiB of the client pattern through `client` to an echoing upstream while reading the
+/// echo back (`read`, by default a blocking one), then checks every byte.
+func echoFourMiB(through client: TestSocket, read: (TestSocket) throws -> (count: Int, firstMismatch: Int?) = { try $0.receiveAndVerify(clientPattern) }) throws {
+    let writer = Thread {
+        try? client.send(clientPattern, count: 4 << 20, chunk: 65_536)
+        try? client.shutdownWrite()
+    }
+    writer.start()
+    let result = try read(client)
+    #expect(result.count == 4 << 20)
+    #expect(result.firstMismatch == nil)
+    while !writer.isFinished { usleep(1000) }
 }
 
 /// A connected blocking client socket to 127.0.0.1:`port`.

@@ -804,4 +804,21 @@ struct SkmsgTests {
             }
         }
     }
+
+    /// A tracked socket with bytes redirected into its receive queue cannot be read with splice
+    /// (tcp_bpf has no `splice_read`), so splicing servers belong outside the endpoints cgroup;
+    /// there, with the client inside and switching to egress, splice gets every byte.
+    @Test("a splicing upstream outside the endpoints cgroup gets every byte", .enabled(if: KernelTestGate.enabled, Comment(rawValue: KernelTestGate.comment)))
+    func splicingUpstreamOutside() async throws {
+        try await TestCgroup.with { cg in
+            let upstream = try Self.upstream(in: nil, spliceEchoHandler)
+            defer { upstream.stop() }
+            try await ProxyHarness.with(Self.config(cg, upstreams: [upstream.address])) { proxy, port in
+                // Polled reads: a tracked socket's blocking recv may return EAGAIN (see above).
+                try echoFourMiB(through: try Self.client(port: port, in: cg)) { try $0.polledReceiveAndVerify(clientPattern) }
+                #expect(proxy.skmsgCounters?.endpoints_tracked == 1, "only the client is tracked")
+                #expect((proxy.skmsgCounters?.redirected_bytes ?? 0) > 0, "the client's bytes took the egress redirect")
+            }
+        }
+    }
 }
