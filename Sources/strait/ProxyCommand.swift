@@ -10,10 +10,12 @@ import Synchronization
 struct ProxyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "proxy",
-        abstract: "An L4 TCP proxy whose forwarding can run inside the kernel (sockmap), or in userspace (splice, copy).",
+        abstract: "An L4 TCP proxy whose forwarding can run inside the kernel (sockmap, skmsg), or in userspace (splice, copy).",
         discussion: """
             strait proxy --config strait.yaml
             strait proxy --listen 127.0.0.1:6000 --upstream 127.0.0.1:5201,127.0.0.1:5202 --datapath auto
+            strait proxy --listen 127.0.0.1:6000 --upstream 127.0.0.1:5201 --endpoints-cgroup /sys/fs/cgroup/unified/apps
+                                           (local clients and servers in that cgroup: their sends skip the proxy)
             strait proxy --check strait.yaml
             strait proxy reload            (SIGHUP to the running proxy: re-read its config file)
             strait proxy restart           (SIGUSR2: a new process takes the listening sockets; none lost)
