@@ -19,16 +19,20 @@ let upstreamPattern = PatternStream(seed: 0x5550_5354)
 
 /// Upstream side of a duplex transfer: reads a 16-byte header (bytes up, bytes down), then at the
 /// same time verifies the client's pattern to end of stream and sends its own pattern, then FIN.
-func duplexHandler(_ log: TransferLog) -> @Sendable (TestSocket) -> Void {
+/// `polled`: reads wait in poll(2) and never block in recv (a tracked skmsg endpoint's blocking recv
+/// may return EAGAIN).
+func duplexHandler(_ log: TransferLog, polled: Bool = false) -> @Sendable (TestSocket) -> Void {
     { socket in
-        guard let header = try? socket.receive(exactly: 16), header.count == 16 else { return }
+        let header = polled ? try? socket.polledReceive(exactly: 16) : try? socket.receive(exactly: 16)
+        guard let header, header.count == 16 else { return }
         let down = header[8..<16].withUnsafeBytes { Int(UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))) }
         let writer = Thread {
             try? socket.send(upstreamPattern, count: down, chunk: 200_003)
             try? socket.shutdownWrite()
         }
         writer.start()
-        if let result = try? socket.receiveAndVerify(clientPattern) { log.add(result) }
+        let result = polled ? try? socket.polledReceiveAndVerify(clientPattern) : try? socket.receiveAndVerify(clientPattern)
+        if let result { log.add(result) }
         while !writer.isFinished { usleep(1000) }
         socket.close()
     }
@@ -248,7 +252,16 @@ struct DatapathTests {
         let upstream = try ThreadedUpstream(spliceEchoHandler)
         defer { upstream.stop() }
         try await ProxyHarness.with(ProxyHarness.config(datapath: .sockmap, upstreams: [upstream.address])) { _, port in
-            try echoFourMiB(through: try connectClient(port: port))
+            let client = try connectClient(port: port)
+            let writer = Thread {
+                try? client.send(clientPattern, count: 4 << 20, chunk: 65_536)
+                try? client.shutdownWrite()
+            }
+            writer.start()
+            let result = try client.receiveAndVerify(clientPattern)
+            #expect(result.count == 4 << 20)
+            #expect(result.firstMismatch == nil)
+            while !writer.isFinished { usleep(1000) }
         }
     }
 }

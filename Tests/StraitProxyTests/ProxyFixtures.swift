@@ -5,7 +5,6 @@ import StraitNet
 import StraitProxy
 import StraitSystem
 import StraitTestSupport
-import Testing
 import Synchronization
 
 /// A blocking upstream server on 127.0.0.1 (ephemeral port) that runs `handler` on its own thread
@@ -83,20 +82,6 @@ func spliceEchoHandler(_ socket: TestSocket) {
     }
     try? socket.shutdownWrite()
     socket.close()
-}
-
-/// Sends 4 MiB of the client pattern through `client` to an echoing upstream while reading the
-/// echo back (`read`, by default a blocking one), then checks every byte.
-func echoFourMiB(through client: TestSocket, read: (TestSocket) throws -> (count: Int, firstMismatch: Int?) = { try $0.receiveAndVerify(clientPattern) }) throws {
-    let writer = Thread {
-        try? client.send(clientPattern, count: 4 << 20, chunk: 65_536)
-        try? client.shutdownWrite()
-    }
-    writer.start()
-    let result = try read(client)
-    #expect(result.count == 4 << 20)
-    #expect(result.firstMismatch == nil)
-    while !writer.isFinished { usleep(1000) }
 }
 
 /// A connected blocking client socket to 127.0.0.1:`port`.
