@@ -26,5 +26,9 @@ extension Accelerator {
             try BPFLink.open(pinned: path(.sockopsLink, in: pinDirectory)).detach()
         }
         try BPFFS.removeTree(pinDirectory)
+        // The default folder's parent (/sys/fs/bpf/strait) was made by enable too: drop it if empty.
+        if pinDirectory == defaultPinDirectory {
+            _ = rmdir((pinDirectory as NSString).deletingLastPathComponent)
+        }
     }
 }

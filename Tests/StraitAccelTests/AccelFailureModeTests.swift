@@ -74,6 +74,42 @@ struct AccelFailureModeTests {
         }
     }
 
+    /// A blocking recv on a socket in the hash goes through tcp_bpf_recvmsg, whose wait returns
+    /// EAGAIN after a wake-up that brought no data: the peer's reset gives EAGAIN first and
+    /// ECONNRESET on the next call, where plain TCP gives ECONNRESET at once.
+    @Test("a blocking recv woken by the peer's reset gets ECONNRESET, at the second read when accelerated")
+    func blockingReceiveOnReset() throws {
+        for accelerated in [false, true] {
+            try AccelFixture.with { fixture in
+                let (client, server) = try accelerated ? fixture.pair() : TestCgroup.outside { try TestListener(.ipv4).connectPair() }
+                try client.sendAll([1])
+                _ = try server.receive(exactly: 1)
+                let resetter = Thread {
+                    usleep(100_000)
+                    var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+                    setsockopt(server.fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+                    server.close()
+                }
+                resetter.start()
+                var results: [Int] = []
+                var buffer = [UInt8](repeating: 0, count: 16)
+                for _ in 0..<2 {
+                    let got = buffer.withUnsafeMutableBytes { recv(client.fd, $0.baseAddress, $0.count, 0) }
+                    results.append(got >= 0 ? got : -Int(errno))
+                }
+                while !resetter.isFinished { usleep(1000) }
+                #expect(results.contains(-Int(ECONNRESET)), "the reset surfaces within two reads: \(results)")
+                if accelerated {
+                    withKnownIssue("kernel tcp_bpf_recvmsg: a blocking recv woken by the RST returns EAGAIN, then ECONNRESET") {
+                        #expect(results.first == -Int(ECONNRESET), "accelerated: \(results)")
+                    }
+                } else {
+                    #expect(results.first == -Int(ECONNRESET), "plain TCP: \(results)")
+                }
+            }
+        }
+    }
+
     /// tcp_bpf has no splice_read: a receiver that splices a socket whose peer redirects into it
     /// sees EOF while the bytes sit in the ingress queue. Such services are kept on the stack by
     /// `--exclude-ports`, and then splice gets every byte.
