@@ -20,7 +20,7 @@ import Synchronization
 ///
 /// **Order.** An endpoint's bytes sent before its ``Route`` exists travel its own connection and
 /// are copied by the proxy. The kernel switches a direction to redirecting at the first send that
-/// finds every earlier byte already written by the proxy (``publish(_:_:)`` keeps that count), so
+/// finds every earlier byte already written by the proxy (``publish(_:_:forwarded:)`` keeps that count), so
 /// the switch never reorders, loses or duplicates bytes. A sender that never pauses with bytes in
 /// flight stays on `copy`.
 public final class EndpointForwarder: @unchecked Sendable {
@@ -86,12 +86,13 @@ public final class EndpointForwarder: @unchecked Sendable {
 
     /// One relay's routes: which endpoint sockets are local and switchable, and where their bytes go.
     public struct Route: Sendable {
-        /// The client endpoint's own key (its address first), and whether it is tracked.
+        /// Each endpoint's key for its own socket (its address first).
         let clientKey: strait_sock_key
-        /// The upstream server endpoint's own key, and whether it is tracked.
         let upstreamKey: strait_sock_key
+        /// The cookies of the proxy's sockets facing the client and the upstream.
         let clientSideCookie: UInt64
         let upstreamSideCookie: UInt64
+        /// Whether each endpoint is in the endpoint hash (local, in the cgroup) and so routed.
         public internal(set) var clientTracked: Bool
         public internal(set) var upstreamTracked: Bool
     }

@@ -174,7 +174,9 @@ int strait_endpoint_msg(struct sk_msg_md *msg)
         c->directions_switched++;
     }
     struct strait_sock_key peer = route->peer_key;
-    struct strait_endpoint_progress *other = route->peer_tracked ? bpf_map_lookup_elem(&endpoint_progress, &peer) : 0;
+    // The other endpoint's progress matters only until this direction settles and reaches ingress.
+    int look = route->peer_tracked && (!state->settled || state->mode == STRAIT_ENDPOINT_EGRESS);
+    struct strait_endpoint_progress *other = look ? bpf_map_lookup_elem(&endpoint_progress, &peer) : 0;
     if (!state->settled) {
         __u32 inbound = other ? (__u32)other->ingress : 0;
         if (size >= STRAIT_ENDPOINT_BULK_BYTES || (state->sends > 0 && (read != state->last_read || inbound != state->last_inbound))) {
