@@ -24,6 +24,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // Layer 0: C. Debian's libbpf through pkg-config, and the structs shared by kernel programs and Swift.
@@ -140,6 +141,20 @@ let package = Package(
         // It links the interposer only so that the build produces the library the servers are preloaded with.
         .target(name: "StraitNetBench", dependencies: [.product(name: "MallocInterposerSwift", package: "malloc-interposer")]),
 
+        // The node agent: one file of desired state (accel, drop, proxy) reconciled into the kernel,
+        // kept on SIGHUP, served as one /metrics, /healthz, /readyz endpoint (`strait agent`).
+        .target(
+            name: "StraitAgent",
+            dependencies: [
+                "StraitAccel", "StraitBPF", "StraitDrop", "StraitKernelABI", "StraitNet", "StraitProxy", "StraitSystem",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ]
+        ),
+
         // Side-by-side measurement against the peers each issue names.
         .target(
             name: "StraitBench",
@@ -151,6 +166,7 @@ let package = Package(
             name: "strait",
             dependencies: [
                 "StraitBPF", "StraitAccel", "StraitBench", "StraitSystem", "StraitDrop", "StraitNetBench", "StraitProxy", "StraitSteer", "StraitNet",
+                "StraitAgent",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -176,6 +192,10 @@ let package = Package(
         .testTarget(name: "StraitDropTests", dependencies: ["StraitDrop", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitTestSupport"]),
         .testTarget(name: "StraitProxyTests", dependencies: ["StraitProxy", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitNet", "StraitTestSupport"]),
         .testTarget(name: "StraitNetBenchTests", dependencies: ["StraitNetBench"]),
+        .testTarget(
+            name: "StraitAgentTests",
+            dependencies: ["StraitAgent", "StraitAccel", "StraitDrop", "StraitProxy", "StraitBPF", "StraitSystem", "StraitNet", "StraitTestSupport"]
+        ),
         .testTarget(
             name: "StraitNetTests",
             dependencies: ["StraitNet", .product(name: "PropertyBased", package: "swift-property-based")]

@@ -184,7 +184,9 @@ public final class Dropper: @unchecked Sendable {
 
     /// Detaches from `interface`. When no interface remains, the program, the maps and their rules
     /// are removed too: nothing of strait drop stays in the kernel. Keep rules in a file and `load` it.
-    public func detach(interface: String) throws {
+    /// With `removingWhenLast` false the program, maps and rules stay even then (the node agent
+    /// re-attaching its only interface in another mode keeps its rules and their counters).
+    public func detach(interface: String, removingWhenLast: Bool = true) throws {
         try locked {
             guard let attachment = attachments().first(where: { $0.interface == interface }) else {
                 throw DropError.notAttached(interface)
@@ -194,7 +196,7 @@ public final class Dropper: @unchecked Sendable {
             if attachment.live { try BPFLink.open(pinned: pin).detach() }
             try BPFFS.unpin(pin)
         }
-        if attachments().isEmpty { try BPFFS.removeTree(pinDirectory) }
+        if removingWhenLast && attachments().isEmpty { try BPFFS.removeTree(pinDirectory) }
     }
 
     /// Detaches every pinned link and removes everything under `pinDirectory`, whatever its state

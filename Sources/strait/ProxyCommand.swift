@@ -105,8 +105,18 @@ struct ProxyRun: ParsableCommand {
             logger.notice("listening", metadata: ["listener": "\(name)", "address": "\(address)"])
         }
         if proxy.sockmapUnavailable == nil { logger.notice("sockmap datapath available") }
+        // systemd (Type=notify): started once every listener accepts. A successor also names itself
+        // the main process, so systemd follows it (the unit needs NotifyAccess=all).
+        let notifier = ServiceNotifier()
+        let listening = "accepting on \(proxy.listenerAddresses.count) listener(s)"
+        if receipt != nil {
+            try? notifier.send(.mainProcess(getpid()), .ready, .status(listening + " (took over from the previous process)"))
+        } else {
+            try? notifier.send(.ready, .status(listening))
+        }
 
         var current = loaded
+        var successor: pid_t?
         while true {
             let signal = ProxySignals.next()
             if signal == SIGHUP {
@@ -114,21 +124,28 @@ struct ProxyRun: ParsableCommand {
                     logger.notice("reload asked, but the proxy runs from command-line flags: nothing to re-read")
                     continue
                 }
+                try? notifier.send(.reloading)
                 do {
                     let next = try ProxyConfigLoader.load(path: path)
                     try proxy.reload(next)
                     current = next
+                    try? notifier.send(.ready, .status("configuration reloaded; accepting on \(proxy.listenerAddresses.count) listener(s)"))
                 } catch {
                     logger.error("reload rejected, keeping the running configuration: \(error)")
+                    try? notifier.send(.ready, .status("reload rejected, running the previous configuration: \(error)"))
                 }
                 continue
             }
             if signal == SIGUSR2 {
-                startSuccessor(logger: logger)
+                successor = startSuccessor(logger: logger) ?? successor
                 continue
             }
             if signal == ProxySignals.handedOver {
                 logger.notice("successor accepts on the listening sockets; this process stopped accepting")
+                // systemd follows the successor from here; no STOPPING=1, which would stop the unit.
+                if let successor { try? notifier.send(.mainProcess(successor), .status("handed the listening sockets to process \(successor); draining")) }
+            } else {
+                try? notifier.send(.stopping, .status("draining \(proxy.activeConnections) connection(s)"))
             }
             logger.notice("draining", metadata: ["deadline": "\(current.drainTimeout)", "open": "\(proxy.activeConnections)"])
             let done = DispatchSemaphore(value: 0)
@@ -155,7 +172,8 @@ struct ProxyRun: ParsableCommand {
 
     /// Starts the next proxy process: this binary with the same arguments plus `--take-over`. It
     /// takes the listening sockets from this process's offer; this one then drains and exits.
-    private func startSuccessor(logger: Logger) {
+    /// Returns the successor's process id, or nil when it could not be started.
+    private func startSuccessor(logger: Logger) -> pid_t? {
         var arguments = Array(CommandLine.arguments.dropFirst())
         if let index = arguments.firstIndex(of: "--take-over") { arguments.removeSubrange(index...min(index + 1, arguments.count - 1)) }
         arguments += ["--take-over", handoverSocket]
@@ -165,8 +183,10 @@ struct ProxyRun: ParsableCommand {
         do {
             try process.run()
             logger.notice("restart: started the successor", metadata: ["pid": "\(process.processIdentifier)"])
+            return process.processIdentifier
         } catch {
             logger.error("restart: could not start the successor, this process keeps running: \(error)")
+            return nil
         }
     }
 

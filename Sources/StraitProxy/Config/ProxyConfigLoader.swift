@@ -55,20 +55,28 @@ public enum ProxyConfigLoader {
 
     /// Checks YAML text; `file` names it in errors.
     public static func parse(_ yaml: String, file: String) throws(ProxyConfigError) -> ProxyConfig {
-        let root: Node
+        guard let root = try compose(yaml, file: file) else {
+            throw ProxyConfigError(file: file, line: 1, column: 1, message: "expected a mapping with `listeners` and `clusters`, found an empty document")
+        }
+        return try config(from: root, file: file)
+    }
+
+    /// Checks a proxy configuration that is one subtree of a larger document (the `proxy` section of
+    /// `strait agent`'s file): errors carry that document's line and column.
+    public static func config(from node: Node, file: String) throws(ProxyConfigError) -> ProxyConfig {
+        try ConfigNodeReader(file: file).config(node)
+    }
+
+    /// Parses YAML into a node tree with positions (nil for an empty document); a syntax error is
+    /// reported at its line and column.
+    public static func compose(_ yaml: String, file: String) throws(ProxyConfigError) -> Node? {
         do {
-            guard let node = try Yams.compose(yaml: yaml) else {
-                throw ProxyConfigError(file: file, line: 1, column: 1, message: "expected a mapping with `listeners` and `clusters`, found an empty document")
-            }
-            root = node
-        } catch let error as ProxyConfigError {
-            throw error
+            return try Yams.compose(yaml: yaml)
         } catch let error as YamlError {
             throw syntaxError(error, file: file)
         } catch {
             throw ProxyConfigError(file: file, line: 0, column: 0, message: "\(error)")
         }
-        return try Reader(file: file).config(root)
     }
 
     private static func syntaxError(_ error: YamlError, file: String) -> ProxyConfigError {
@@ -81,16 +89,21 @@ public enum ProxyConfigLoader {
     }
 }
 
-/// Walks the node tree; every failure carries the node's mark.
-private struct Reader {
-    let file: String
+/// Walks a YAML node tree; every failure carries the node's mark. The proxy's loader and the
+/// agent's (`strait agent`, which embeds the proxy schema) read scalars, lists and mappings with it.
+public struct ConfigNodeReader: Sendable {
+    /// The file named in errors.
+    public let file: String
 
-    func error(_ node: Node, _ message: String) -> ProxyConfigError {
+    public init(file: String) { self.file = file }
+
+    /// A located error at `node`.
+    public func error(_ node: Node, _ message: String) -> ProxyConfigError {
         ProxyConfigError(file: file, line: node.mark?.line ?? 0, column: node.mark?.column ?? 0, message: message)
     }
 
     /// The mapping's entries by key, after checking that every key is one of `allowed`.
-    func fields(_ node: Node, _ what: String, allowed: [String]) throws(ProxyConfigError) -> [String: Node] {
+    public func fields(_ node: Node, _ what: String, allowed: [String]) throws(ProxyConfigError) -> [String: Node] {
         guard let mapping = node.mapping else { throw error(node, "expected \(what) as a mapping of \(allowed.joined(separator: ", "))") }
         var result: [String: Node] = [:]
         for (key, value) in mapping {
@@ -102,38 +115,44 @@ private struct Reader {
         return result
     }
 
-    func required(_ fields: [String: Node], _ key: String, in node: Node, _ what: String) throws(ProxyConfigError) -> Node {
+    /// The value of `key`, or an error at `node` saying `what` needs it.
+    public func required(_ fields: [String: Node], _ key: String, in node: Node, _ what: String) throws(ProxyConfigError) -> Node {
         guard let value = fields[key] else { throw error(node, "\(what) needs `\(key)`") }
         return value
     }
 
-    func string(_ node: Node, _ what: String) throws(ProxyConfigError) -> String {
+    /// A non-empty scalar.
+    public func string(_ node: Node, _ what: String) throws(ProxyConfigError) -> String {
         guard let scalar = node.scalar, !scalar.string.isEmpty else { throw error(node, "expected \(what) as a string") }
         return scalar.string
     }
 
-    func integer(_ node: Node, _ what: String, range: ClosedRange<Int>) throws(ProxyConfigError) -> Int {
+    /// An integer scalar within `range`.
+    public func integer(_ node: Node, _ what: String, range: ClosedRange<Int>) throws(ProxyConfigError) -> Int {
         guard let text = node.scalar?.string, let value = Int(text), range.contains(value) else {
             throw error(node, "expected \(what) as an integer in \(range.lowerBound)...\(range.upperBound)")
         }
         return value
     }
 
-    func duration(_ node: Node, _ what: String) throws(ProxyConfigError) -> Duration {
+    /// A duration scalar: `250ms`, `2s`, `5m`, `1h` or bare seconds.
+    public func duration(_ node: Node, _ what: String) throws(ProxyConfigError) -> Duration {
         guard let text = node.scalar?.string, let value = Duration(parsing: text) else {
             throw error(node, "expected \(what) as a duration such as 250ms, 2s, 5m or 1h")
         }
         return value
     }
 
-    func address(_ node: Node, _ what: String) throws(ProxyConfigError) -> SocketAddress {
+    /// A `host:port` scalar with a numeric IP (or localhost).
+    public func address(_ node: Node, _ what: String) throws(ProxyConfigError) -> SocketAddress {
         guard let text = node.scalar?.string, let value = SocketAddress(parsing: text) else {
             throw error(node, "expected \(what) as host:port with a numeric IP (127.0.0.1:6000, [2001:db8::1]:6000)")
         }
         return value
     }
 
-    func boolean(_ node: Node, _ what: String) throws(ProxyConfigError) -> Bool {
+    /// `true`/`yes`/`on` or `false`/`no`/`off`.
+    public func boolean(_ node: Node, _ what: String) throws(ProxyConfigError) -> Bool {
         switch node.scalar?.string.lowercased() {
         case "true", "yes", "on": return true
         case "false", "no", "off": return false
@@ -141,14 +160,16 @@ private struct Reader {
         }
     }
 
-    func choice<T: RawRepresentable & CaseIterable>(_ node: Node, _ what: String) throws(ProxyConfigError) -> T where T.RawValue == String {
+    /// One of an enumeration's raw values.
+    public func choice<T: RawRepresentable & CaseIterable>(_ node: Node, _ what: String) throws(ProxyConfigError) -> T where T.RawValue == String {
         guard let text = node.scalar?.string, let value = T(rawValue: text) else {
             throw error(node, "expected \(what) as one of \(T.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         return value
     }
 
-    func list(_ node: Node, _ what: String) throws(ProxyConfigError) -> [Node] {
+    /// A non-empty sequence.
+    public func list(_ node: Node, _ what: String) throws(ProxyConfigError) -> [Node] {
         guard let sequence = node.sequence, !sequence.isEmpty else { throw error(node, "expected \(what) as a non-empty list") }
         return Array(sequence)
     }

@@ -1,0 +1,84 @@
+import StraitSystem
+
+/// A minimal HTTP/1.1 endpoint for operations: `GET` (or `HEAD`) of a few exact paths, each
+/// answered by a closure with a status and a plain-text body, one request per connection. What
+/// Prometheus scrapes (`/metrics`) and what a kubelet or load balancer probes (`/healthz`,
+/// `/readyz`); not a web server.
+///
+/// Paths match exactly (a query string is ignored): `/metricsx` and `/metrics/` are 404. Other
+/// methods get 405. The endpoint owns one ``EventLoopGroup`` thread and its ``Server``; the route
+/// closures run on that thread, so a slow one delays the next request, never the caller's work.
+/// ``shutdown()`` stops both.
+public final class PlainHTTPEndpoint: @unchecked Sendable {
+    /// What a route answers.
+    public struct Response: Sendable {
+        public var status: Int
+        public var body: String
+        /// The `Content-Type`; Prometheus' text format by default.
+        public var contentType: String
+
+        public init(status: Int = 200, body: String, contentType: String = "text/plain; version=0.0.4; charset=utf-8") {
+            self.status = status
+            self.body = body
+            self.contentType = contentType
+        }
+    }
+
+    /// The bound address (with the kernel's port when port 0 was asked for).
+    public var address: SocketAddress { server.address }
+    private let group: EventLoopGroup
+    private let server: Server
+
+    /// Binds `address` and serves `routes` (exact path → answer).
+    public init(address: SocketAddress, routes: [String: @Sendable () -> Response]) throws(SystemCallError) {
+        group = try EventLoopGroup(loopCount: 1)
+        do {
+            server = try Server(address: address, group: group, handlers: ConnectionHandlers(onRequest: { connection in
+                guard let available = try? connection.reader.peek(connection.reader.readableBytes) else { return }
+                let text = String(decoding: available, as: UTF8.self)
+                guard text.contains("\r\n\r\n") || text.contains("\n\n") else {
+                    if text.utf8.count > 16384 { connection.close() }  // no header end within 16 KiB: not a probe
+                    return
+                }
+                try connection.reader.skip(connection.reader.readableBytes)
+                let response = Self.answer(requestHead: text, routes: routes)
+                let isHead = text.hasPrefix("HEAD ")
+                connection.writer.write(string: "HTTP/1.1 \(response.status) \(Self.reason(response.status))\r\nContent-Type: \(response.contentType)\r\nContent-Length: \(response.body.utf8.count)\r\nConnection: close\r\n\r\n" + (isHead ? "" : response.body))
+                connection.flush()
+                connection.close()
+            }))
+        } catch {
+            group.shutdown()
+            throw error
+        }
+    }
+
+    /// Routes one request head: the request line's method and exact path.
+    static func answer(requestHead: String, routes: [String: @Sendable () -> Response]) -> Response {
+        let requestLine = requestHead.prefix { $0 != "\r" && $0 != "\n" }.split(separator: " ")
+        guard requestLine.count >= 2 else { return Response(status: 400, body: "bad request\n") }
+        guard requestLine[0] == "GET" || requestLine[0] == "HEAD" else { return Response(status: 405, body: "only GET and HEAD\n") }
+        let path = String(requestLine[1].prefix { $0 != "?" })
+        guard let route = routes[path] else {
+            return Response(status: 404, body: "not found; try " + routes.keys.sorted().joined(separator: ", ") + "\n")
+        }
+        return route()
+    }
+
+    static func reason(_ status: Int) -> String {
+        switch status {
+        case 200: "OK"
+        case 400: "Bad Request"
+        case 404: "Not Found"
+        case 405: "Method Not Allowed"
+        case 503: "Service Unavailable"
+        default: "Status"
+        }
+    }
+
+    /// Stops accepting, closes open connections and stops the thread. Call once.
+    public func shutdown() async {
+        await server.shutdown(gracePeriod: .milliseconds(100))
+        group.shutdown()
+    }
+}
