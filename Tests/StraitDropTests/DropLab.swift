@@ -48,7 +48,7 @@ final class DropLab: @unchecked Sendable {
         }
         pinRoot = BPFFS.defaultMount + "/" + uniqueTestName()
         do {
-            try Self.wire(receiver: receiver, sender: sender, receiverInterface: receiverInterface, senderInterface: senderInterface, subnet: subnet)
+            try NetworkNamespace.wireVethPair(receiver: receiver, sender: sender, receiverInterface: receiverInterface, senderInterface: senderInterface, subnet: subnet)
             try BPFFS.ensureMounted()
             try BPFFS.makeDirectory(pinRoot)
             dropper = try Dropper.open(pinDirectory: pinRoot + "/drop", create: true)
@@ -63,18 +63,6 @@ final class DropLab: @unchecked Sendable {
             try? BPFFS.removeTree(pinRoot)
             throw error
         }
-    }
-
-    static func wire(receiver: NetworkNamespace, sender: NetworkNamespace, receiverInterface: String, senderInterface: String, subnet: Int) throws {
-        try NetworkNamespace.runIP(["-n", receiver.name, "link", "add", receiverInterface, "type", "veth", "peer", "name", senderInterface, "netns", sender.name])
-        try NetworkNamespace.runIP(["-n", receiver.name, "addr", "add", "198.18.\(subnet).1/24", "dev", receiverInterface])
-        try NetworkNamespace.runIP(["-n", receiver.name, "addr", "add", "2001:db8:\(subnet)::1/64", "dev", receiverInterface, "nodad"])
-        for host in [2, 3] {
-            try NetworkNamespace.runIP(["-n", sender.name, "addr", "add", "198.18.\(subnet).\(host)/24", "dev", senderInterface])
-            try NetworkNamespace.runIP(["-n", sender.name, "addr", "add", "2001:db8:\(subnet)::\(host)/64", "dev", senderInterface, "nodad"])
-        }
-        try NetworkNamespace.runIP(["-n", receiver.name, "link", "set", receiverInterface, "up"])
-        try NetworkNamespace.runIP(["-n", sender.name, "link", "set", senderInterface, "up"])
     }
 
     /// Runs `body` with a fresh lab; tears it down afterwards whatever happens.
