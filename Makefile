@@ -5,6 +5,10 @@ SWIFT ?= swift
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # Build: libbpf through pkg-config. Benchmarks and tests: the peers and iproute2 for namespaces.
 APT_PACKAGES := pkg-config libbpf-dev libelf-dev zlib1g-dev iproute2 bpftool iperf3 sockperf haproxy wrk nftables iptables
+# The deploy checks: systemd-analyze (package systemd) lints the units, kubernetes-validate (PyPI,
+# schemas bundled: it runs offline) the manifests.
+APT_PACKAGES += systemd
+PIP_PACKAGES := kubernetes-validate
 
 .PHONY: demo test deps build release clean
 
@@ -18,6 +22,9 @@ deps:
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+	@for package in $(PIP_PACKAGES); do \
+		python3 -m pip show -q $$package >/dev/null 2>&1 || python3 -m pip install -q $$package; \
+	done
 
 build: deps
 	$(SWIFT) build

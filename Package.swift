@@ -194,7 +194,10 @@ let package = Package(
         .testTarget(name: "StraitNetBenchTests", dependencies: ["StraitNetBench"]),
         .testTarget(
             name: "StraitAgentTests",
-            dependencies: ["StraitAgent", "StraitAccel", "StraitDrop", "StraitProxy", "StraitBPF", "StraitSystem", "StraitNet", "StraitTestSupport"]
+            dependencies: [
+                "StraitAgent", "StraitAccel", "StraitDrop", "StraitProxy", "StraitBPF", "StraitSystem", "StraitNet", "StraitTestSupport",
+                .product(name: "Yams", package: "Yams"),
+            ]
         ),
         .testTarget(
             name: "StraitNetTests",
