@@ -78,7 +78,7 @@ struct ServiceNotifierTests {
         #expect(try notifier.send(.ready) == false)
     }
 
-    @Test("strait agent: READY=1 once serving, RELOADING=1 then READY=1 on SIGHUP (the new listener accepts), STOPPING=1 on SIGTERM")
+    @Test("strait agent: READY=1 once serving, RELOADING=1 then READY=1 on SIGHUP and on a file change (new listeners accept), STOPPING=1 on SIGTERM")
     func agentProcess() throws {
         let binary = try #require(BuiltProducts.executable("strait"), "build the strait product first (make test does)")
         let socket = try NotifySocket()
@@ -86,7 +86,7 @@ struct ServiceNotifierTests {
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let upstream = try TestListener(.ipv4)
-        let first = try TestListener(.ipv4).port, second = try TestListener(.ipv4).port  // bound and released: free
+        let first = try TestListener(.ipv4).port, second = try TestListener(.ipv4).port, third = try TestListener(.ipv4).port  // bound and released: free
         func file(_ ports: [UInt16]) -> String {
             """
             metrics: 127.0.0.1:0
@@ -102,7 +102,7 @@ struct ServiceNotifierTests {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["agent", "--config", config, "--pin-root", folder + "/no-pins",  // no accel or drop section: nothing is pinned
-                              "--state-file", folder + "/state.json", "--log-level", "error"]
+                              "--state-file", folder + "/state.json", "--watch-interval", "0.2", "--log-level", "error"]
         process.environment = ProcessInfo.processInfo.environment.merging(["NOTIFY_SOCKET": socket.address]) { $1 }
         try process.run()
         defer { if process.isRunning { process.terminate() } }
@@ -113,8 +113,13 @@ struct ServiceNotifierTests {
         let reload = socket.until("READY=1")
         #expect(reload.first?.hasPrefix("RELOADING=1\nMONOTONIC_USEC=") == true, "\(reload)")
         #expect(reload.last?.contains("READY=1") == true, "\(reload)")
-        let client = try connectLoopback(port: second)
-        client.close()
+        try connectLoopback(port: second).close()
+
+        // No signal: the watcher sees the new bytes (as when Kubernetes updates a mounted ConfigMap).
+        try file([first, second, third]).write(toFile: config, atomically: true, encoding: .utf8)
+        let watched = socket.until("READY=1")
+        #expect(watched.first?.hasPrefix("RELOADING=1") == true && watched.last?.contains("READY=1") == true, "\(watched)")
+        try connectLoopback(port: third).close()
 
         process.terminate()
         #expect(socket.until("STOPPING=1").last?.contains("STOPPING=1") == true)
