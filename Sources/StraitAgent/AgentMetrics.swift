@@ -18,20 +18,25 @@ final class AgentMetrics: Sendable {
     private let lastReconcile: Gauge
 
     init(version: String) {
-        registry.makeGauge(name: "strait_build_info", labels: [("version", version)], help: "The running Strait build (always 1).").set(to: 1.0)
-        inSync = registry.makeGauge(name: "strait_agent_in_sync", help: "1 when the kernel state matched the agent file at the last check.")
-        lastReconcile = registry.makeGauge(name: "strait_agent_last_reconcile_timestamp_seconds", help: "When the agent last reconciled (Unix time).")
+        registry.makeGauge(descriptor: Self.name("build", unit: "info", subsystem: nil, "The running Strait build (always 1)."), labels: [("version", version)]).set(to: 1.0)
+        inSync = registry.makeGauge(descriptor: Self.name("in_sync", unit: "", "1 when the kernel state matched the agent file at the last check."))
+        lastReconcile = registry.makeGauge(descriptor: Self.name("last_reconcile_timestamp", unit: "seconds", "When the agent last reconciled (Unix time)."))
     }
 
     func reconciled(_ changes: [PartChange], at seconds: Double) {
         for change in changes {
-            registry.makeCounter(name: "strait_agent_reconciles_total", labels: [("part", change.part), ("action", change.action.rawValue)], help: "Reconciles by part and what they did.").increment()
+            registry.makeCounter(descriptor: Self.name("reconciles", unit: "total", "Reconciles by part and what they did."), labels: [("part", change.part), ("action", change.action.rawValue)]).increment()
         }
         lastReconcile.set(to: seconds)
     }
 
     func reload(applied: Bool) {
-        registry.makeCounter(name: "strait_agent_reloads_total", labels: [("result", applied ? "applied" : "rejected")], help: "Reloads (SIGHUP, file change) by result.").increment()
+        registry.makeCounter(descriptor: Self.name("reloads", unit: "total", "Reloads (SIGHUP, file change) by result."), labels: [("result", applied ? "applied" : "rejected")]).increment()
+    }
+
+    /// `strait_<subsystem>_<name>_<unit>`, with its help line.
+    private static func name(_ name: String, unit: String, subsystem: String? = "agent", _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "strait", subsystem: subsystem, metricName: name, unitName: unit, helpText: help)
     }
 
     func setInSync(_ value: Bool) { inSync.set(to: value ? 1.0 : 0.0) }

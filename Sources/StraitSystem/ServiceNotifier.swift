@@ -54,11 +54,10 @@ public struct ServiceNotifier: Sendable {
         }
     }
 
-    /// Sends the states as one datagram (systemd applies them together). Returns false when not
-    /// supervised; throws when the datagram could not be sent.
-    @discardableResult
-    public func send(_ states: State...) throws(SystemCallError) -> Bool {
-        guard let socketPath else { return false }
+    /// Sends the states as one datagram (systemd applies them together); does nothing when not
+    /// supervised (``isEnabled`` is false). Throws when the datagram could not be sent.
+    public func send(_ states: State...) throws(SystemCallError) {
+        guard let socketPath else { return }
         let message = states.map(\.assignment).joined(separator: "\n") + "\n"
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
@@ -78,6 +77,5 @@ public struct ServiceNotifier: Sendable {
                 }
             }
         }
-        return true
     }
 }

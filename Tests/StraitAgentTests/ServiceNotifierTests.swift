@@ -61,7 +61,7 @@ struct ServiceNotifierTests {
         let socket = try NotifySocket(abstract: abstract)
         let notifier = ServiceNotifier(environment: ["NOTIFY_SOCKET": socket.address])
         #expect(notifier.isEnabled)
-        #expect(try notifier.send(.ready, .status("serving\ntwo lines")))
+        try notifier.send(.ready, .status("serving\ntwo lines"))
         #expect(socket.next() == "READY=1\nSTATUS=serving two lines\n")
         try notifier.send(.reloading)
         let reloading = try #require(socket.next()).split(separator: "\n")
@@ -75,7 +75,7 @@ struct ServiceNotifierTests {
     func unsupervised() throws {
         let notifier = ServiceNotifier(environment: [:])
         #expect(!notifier.isEnabled)
-        #expect(try notifier.send(.ready) == false)
+        try notifier.send(.ready)  // a no-op, not an error
     }
 
     @Test("strait agent: READY=1 once serving, RELOADING=1 then READY=1 on SIGHUP and on a file change (new listeners accept), STOPPING=1 on SIGTERM")
