@@ -7,6 +7,19 @@ import StraitProxy
 import StraitSystem
 import Synchronization
 
+/// Why the agent could not start (a file that does not check is an ``AgentConfigError``).
+public enum AgentError: Error, CustomStringConvertible {
+    /// The `metrics` address could not be bound.
+    case endpoint(address: String, SystemCallError)
+
+    public var description: String {
+        switch self {
+        case .endpoint(let address, let error):
+            "cannot serve /metrics, /healthz and /readyz on \(address): \(error). Free that port or set another `metrics:` address in the file; the kernel state was reconciled and stays"
+        }
+    }
+}
+
 /// One node's agent: holds the desired state of one file and keeps the kernel at it.
 ///
 /// ``start()`` checks the file, reconciles (adopting pins that already match, so restarting the
@@ -88,7 +101,21 @@ public final class Agent: @unchecked Sendable {
         let loaded = try AgentConfigLoader.load(path: options.configPath)
         let outcome = lock.withLock { apply(loaded) }
         let address = options.metricsAddress ?? loaded.metricsAddress
-        let endpoint = try PlainHTTPEndpoint(address: address, routes: [
+        let endpoint: PlainHTTPEndpoint
+        do {
+            endpoint = try serve(on: address)
+        } catch {
+            throw AgentError.endpoint(address: "\(address)", error)
+        }
+        lock.withLock { self.endpoint = endpoint }
+        logger.notice("serving", metadata: ["metrics": "http://\(endpoint.address)/metrics"])
+        try? options.notifier.send(.ready, .status(Self.summary(outcome)))
+        return outcome
+    }
+
+    /// Binds the endpoint: `/metrics`, `/healthz` (the process serves), `/readyz` (the kernel matches the file).
+    private func serve(on address: SocketAddress) throws(SystemCallError) -> PlainHTTPEndpoint {
+        try PlainHTTPEndpoint(address: address, routes: [
             "/metrics": { [weak self] in .init(body: self?.metricsText() ?? "") },
             "/healthz": { .init(body: "ok\n", contentType: "text/plain; charset=utf-8") },
             "/readyz": { [weak self] in
@@ -98,10 +125,6 @@ public final class Agent: @unchecked Sendable {
                     : .init(status: 503, body: differences.joined(separator: "\n") + "\n", contentType: "text/plain; charset=utf-8")
             },
         ])
-        lock.withLock { self.endpoint = endpoint }
-        logger.notice("serving", metadata: ["metrics": "http://\(endpoint.address)/metrics"])
-        try? options.notifier.send(.ready, .status(Self.summary(outcome)))
-        return outcome
     }
 
     /// Re-reads the file and applies only what differs from the kernel. A file that does not check

@@ -173,6 +173,9 @@ public struct KernelReconciler: Sendable {
             }
             let existed = Dropper.isLoaded(pinDirectory: directory)
             let dropper = try Dropper.open(pinDirectory: directory, create: true)
+            // Owned from here (cleanup removes it), even if what follows fails.
+            let recorded = state.dropInterfaces ?? []
+            state.dropInterfaces = recorded
             var changes: [String] = []
             let current = try dropper.ruleSet()
             if current.mode != wanted.rules.mode || Set(current.rules) != Set(wanted.rules.rules) {
@@ -182,7 +185,6 @@ public struct KernelReconciler: Sendable {
                 let removed = Set(current.rules).subtracting(wanted.rules.rules).count
                 changes.append("rules +\(added) -\(removed)" + (current.mode != wanted.rules.mode ? ", \(wanted.rules.mode)-list mode" : ""))
             }
-            let recorded = state.dropInterfaces ?? []
             var made: [DropInterface] = []
             for interface in wanted.interfaces {
                 let attached = dropper.attachments().first { $0.interface == interface.name }
@@ -201,6 +203,7 @@ public struct KernelReconciler: Sendable {
                     try dropper.attach(interface: name, mode: mode)
                 }
                 made.append(interface)
+                // Recorded as it goes, so a failure half-way leaves a true record of the namespaces.
                 state.dropInterfaces = made + recorded.filter { old in !made.contains { $0.name == old.name } }
                 changes.append((attached == nil ? "attached " : "re-attached ") + Self.describe(interface))
             }
