@@ -136,6 +136,41 @@ struct AgentReconcileTests {
         }
     }
 
+    @Test("a section removed from the file removes what the agent made of it, and only that")
+    func removedSections() async throws {
+        try await AgentLab.with { lab in
+            try lab.write(lab.yaml(proxy: false))
+            let agent = lab.agent()
+            try agent.start()
+            defer { Task { await agent.stop() } }
+
+            // Only the proxy remains: accel and drop, which this agent made, go.
+            try lab.write("metrics: 127.0.0.1:0\n")
+            let outcome = agent.reload()
+            #expect(outcome.changes.map(\.action) == [.removed, .removed, .unchanged], "\(outcome.changes)")
+            #expect(!Accelerator.isEnabled(pinDirectory: lab.paths.accelDirectory))
+            #expect(!Dropper.isLoaded(pinDirectory: lab.paths.dropDirectory))
+            #expect(try lab.xdpProgramID() == 0)
+            #expect(AgentState.read(lab.paths.stateFile) == AgentState())
+
+            // Acceleration enabled by hand is not the agent's: a file without accel leaves it on.
+            _ = try Accelerator.enable(cgroup: lab.cgroup.cgroup, pinDirectory: lab.paths.accelDirectory)
+            #expect(agent.reload().changes.first?.action == .unchanged)
+            #expect(Accelerator.isEnabled(pinDirectory: lab.paths.accelDirectory))
+            // Named again in the file, it is adopted as it is (same link), and owned from then on.
+            let link = try lab.linkID(lab.accelLinkPath)
+            var policy = AccelPolicy()
+            policy.adaptive = false
+            _ = try Accelerator.enable(cgroup: lab.cgroup.cgroup, policy: policy, pinDirectory: lab.paths.accelDirectory)
+            try lab.write("metrics: 127.0.0.1:0\naccel:\n  cgroup: \(lab.cgroup.cgroup.path)\n  mode: always\n")
+            let adopted = agent.reload()
+            #expect(adopted.changes.first?.action == .unchanged, "\(adopted.changes)")
+            #expect(try lab.linkID(lab.accelLinkPath) == link)
+            #expect(AgentState.read(lab.paths.stateFile).accelCgroup == lab.cgroup.cgroup.path)
+            await agent.stop()
+        }
+    }
+
     @Test("a file that does not check is rejected whole; the running state stays")
     func brokenFileKeepsState() async throws {
         try await AgentLab.with { lab in
