@@ -12,6 +12,7 @@ public enum AgentError: Error, CustomStringConvertible {
     /// The `metrics` address could not be bound.
     case endpoint(address: String, SystemCallError)
 
+    /// What went wrong and what to do, on one line.
     public var description: String {
         switch self {
         case .endpoint(let address, let error):
@@ -34,7 +35,9 @@ public enum AgentError: Error, CustomStringConvertible {
 public final class Agent: @unchecked Sendable {
     /// What the agent is started with (the command line's options).
     public struct Options: Sendable {
+        /// The agent file, re-read at every reload.
         public var configPath: String
+        /// The pin root and the state file.
         public var paths: AgentPaths
         /// The build, for `strait_build_info`.
         public var version: String
@@ -45,6 +48,7 @@ public final class Agent: @unchecked Sendable {
         /// Overrides the file's `metrics` address (tests bind port 0).
         public var metricsAddress: SocketAddress?
 
+        /// The defaults are the installed paths, the version unknown, and `NOTIFY_SOCKET` from the environment.
         public init(
             configPath: String, paths: AgentPaths = AgentPaths(), version: String = "unknown", notifier: ServiceNotifier = ServiceNotifier(),
             proxyThreads: Int = 2, metricsAddress: SocketAddress? = nil
@@ -68,7 +72,9 @@ public final class Agent: @unchecked Sendable {
         public var differences: [String]
     }
 
+    /// What the agent was started with.
     public let options: Options
+    /// Where reconcile results and rejected reloads are logged.
     public let logger: Logger
     private let reconciler: KernelReconciler
     private let metrics: AgentMetrics
@@ -78,6 +84,7 @@ public final class Agent: @unchecked Sendable {
     private var proxy: Proxy?
     private var endpoint: PlainHTTPEndpoint?
 
+    /// Reads the state record; nothing is applied before ``start()``.
     public init(options: Options, logger: Logger = Logger(label: "strait.agent")) {
         self.options = options
         self.logger = logger

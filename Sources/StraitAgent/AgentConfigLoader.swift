@@ -14,8 +14,10 @@ public struct AgentConfigError: Error, CustomStringConvertible {
     /// in `drop`; the `proxy` section reports its first mistake (the proxy's own loader stops there).
     public let problems: [ProxyConfigError]
 
+    /// Problems as found; ``AgentConfigLoader`` sorts them by position.
     public init(problems: [ProxyConfigError]) { self.problems = problems }
 
+    /// One problem a line, `FILE:LINE:COLUMN: message`.
     public var description: String { problems.map(\.description).joined(separator: "\n") }
 }
 

@@ -10,15 +10,18 @@ import UnixSignals
 /// file's bytes change (a Kubernetes ConfigMap update swaps the mounted file; no signal comes).
 /// On graceful shutdown it stops the agent: the proxy drains, the kernel state stays pinned.
 public struct AgentService: Service {
+    /// The agent this service runs (started by ``run()``).
     public let agent: Agent
     /// How often to compare the file with what was last read; nil: only SIGHUP reloads.
     public let watchInterval: Duration?
 
+    /// Only SIGHUP reloads unless `watchInterval` is given.
     public init(agent: Agent, watchInterval: Duration? = nil) {
         self.agent = agent
         self.watchInterval = watchInterval
     }
 
+    /// Starts the agent (throwing if the file does not check), reloads until graceful shutdown, then stops it.
     public func run() async throws {
         try agent.start()
         let agent = self.agent

@@ -14,15 +14,20 @@ public struct AgentPaths: Sendable, Equatable {
     /// after a reboot, and the agent re-applies its file from nothing.
     public var stateFile: String
 
+    /// `/sys/fs/bpf/strait`, the one-shot commands' root.
     public static let defaultPinRoot = BPFFS.defaultMount + "/strait"
+    /// `/run/strait/agent-state.json`.
     public static let defaultStateFile = "/run/strait/agent-state.json"
 
+    /// The installed paths by default; tests pass private ones.
     public init(pinRoot: String = AgentPaths.defaultPinRoot, stateFile: String = AgentPaths.defaultStateFile) {
         self.pinRoot = pinRoot
         self.stateFile = stateFile
     }
 
+    /// accel's pins (what `strait accel --pin-directory` takes).
     public var accelDirectory: String { pinRoot + "/accel" }
+    /// drop's pins.
     public var dropDirectory: String { pinRoot + "/drop" }
 }
 
@@ -36,6 +41,7 @@ public struct AgentState: Codable, Sendable, Equatable {
     /// The drop attachments the agent made; nil: the agent holds no drop state.
     public var dropInterfaces: [DropInterface]?
 
+    /// An empty record: the agent made nothing.
     public init(accelCgroup: String? = nil, dropInterfaces: [DropInterface]? = nil) {
         self.accelCgroup = accelCgroup
         self.dropInterfaces = dropInterfaces
@@ -60,6 +66,7 @@ public struct AgentState: Codable, Sendable, Equatable {
 
 /// What one reconcile did to one part.
 public struct PartChange: Sendable, Equatable, CustomStringConvertible {
+    /// The kind of change, as `strait_agent_reconciles_total{action}` counts it.
     public enum Action: String, Sendable {
         /// The kernel already matched: pins adopted as they were, nothing written.
         case unchanged
@@ -73,17 +80,21 @@ public struct PartChange: Sendable, Equatable, CustomStringConvertible {
         case failed
     }
 
+    /// `accel`, `drop` or `proxy`.
     public var part: String
+    /// What was done.
     public var action: Action
     /// What changed, or why it failed.
     public var detail: String
 
+    /// A change with an optional detail.
     public init(part: String, action: Action, detail: String = "") {
         self.part = part
         self.action = action
         self.detail = detail
     }
 
+    /// `part: action (detail)`, as logged.
     public var description: String { "\(part): \(action.rawValue)" + (detail.isEmpty ? "" : " (\(detail))") }
 }
 
@@ -94,8 +105,10 @@ public struct PartChange: Sendable, Equatable, CustomStringConvertible {
 /// left as they are, so no link is replaced (no accelerated socket leaves the hash) and no rule
 /// map is rewritten (no packet sees a gap, counters keep counting).
 public struct KernelReconciler: Sendable {
+    /// Where the pins are.
     public let paths: AgentPaths
 
+    /// A reconciler over `paths`; it holds no descriptor between calls.
     public init(paths: AgentPaths) { self.paths = paths }
 
     // MARK: accel

@@ -12,11 +12,14 @@ import StraitSystem
 public final class PlainHTTPEndpoint: @unchecked Sendable {
     /// What a route answers.
     public struct Response: Sendable {
+        /// The HTTP status code (200, 404, 503…).
         public var status: Int
+        /// The body, sent with its `Content-Length`.
         public var body: String
         /// The `Content-Type`; Prometheus' text format by default.
         public var contentType: String
 
+        /// A 200 in the Prometheus text format by default.
         public init(status: Int = 200, body: String, contentType: String = "text/plain; version=0.0.4; charset=utf-8") {
             self.status = status
             self.body = body

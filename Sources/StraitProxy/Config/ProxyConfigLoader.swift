@@ -95,6 +95,7 @@ public struct ConfigNodeReader: Sendable {
     /// The file named in errors.
     public let file: String
 
+    /// A reader whose errors name `file`.
     public init(file: String) { self.file = file }
 
     /// A located error at `node`.
