@@ -23,11 +23,13 @@ public struct AgentService: Service {
 
     /// Starts the agent (throwing if the file does not check), reloads until graceful shutdown, then stops it.
     public func run() async throws {
+        // Trap SIGHUP before READY=1 can make systemd send one (its default action would end the
+        // process); one that arrives during the start is queued and reloads right after it.
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
         try agent.start()
         let agent = self.agent
         let path = agent.options.configPath
         let interval = watchInterval
-        let hangups = await UnixSignalsSequence(trapping: .sighup)
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 for await _ in hangups.cancelOnGracefulShutdown() {
