@@ -105,9 +105,9 @@ public struct AccelCalibration: Sendable, Codable, Equatable {
 
 extension Accelerator {
     /// Measures ``AccelCalibration`` on this machine, over loopback, in a cgroup and pin folder of
-    /// its own (`strait-calibrate-PID` under the cgroup v2 root, or the plan's parent, and under bpffs), which it removes
-    /// before returning, also on failure. A second accelerator, always redirecting, is enabled on
-    /// that cgroup for the redirected runs.
+    /// its own (`strait-calibrate-PID` under the cgroup v2 root, or the plan's parent, and under
+    /// bpffs), which it removes before returning, also on failure. A second accelerator, always
+    /// redirecting, is enabled on that cgroup for the redirected runs.
     ///
     /// `running`, when given, is an accelerator already enabled (possibly on an ancestor cgroup,
     /// such as the root): the calibration's ports go into its `bypass_ports` map while it runs, so
@@ -190,8 +190,9 @@ extension Accelerator {
     }
 
     /// Measures again (``measureCalibration(plan:bypassing:)``, with this accelerator's sockets left
-    /// alone), puts the result in force and returns it as stored. New bulk sends follow it at once, unless the bulk
-    /// decision is by hand (``AccelPolicy/BulkDecision/byHand``), which keeps overriding it.
+    /// alone), puts the result in force and returns it as stored. New directions follow it at once,
+    /// unless the bulk decision is by hand (``AccelPolicy/BulkDecision/byHand``), which keeps
+    /// overriding it.
     @discardableResult
     public func calibrate(plan: AccelCalibration.Plan = .init()) throws -> AccelCalibration {
         let result = try Self.measureCalibration(plan: plan, bypassing: self)
