@@ -34,6 +34,7 @@ release: deps
 
 ## Side by side on this machine: what the kernel supports, then plain TCP against accelerated.
 demo: release
+	$(SWIFT) build -c release --product straitnet-http
 	$(SUDO) .build/release/strait doctor
 	$(SUDO) .build/release/strait bench accel --duration 2
 

@@ -158,7 +158,7 @@ let package = Package(
         // Side-by-side measurement against the peers each issue names.
         .target(
             name: "StraitBench",
-            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitDrop", "StraitProxy", "StraitSteer", "StraitNet", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitDrop", "StraitProxy", "StraitSteer", "StraitNet", "StraitNetBench", .product(name: "Logging", package: "swift-log")]
         ),
 
         // Layer 4: the command.

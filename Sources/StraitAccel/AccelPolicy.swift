@@ -15,14 +15,28 @@ public struct AccelPolicy: Sendable, Equatable, Codable {
     /// or alternates sends with receives; a direction that streams small writes goes back to the
     /// stack, where TCP batches them better. Off: every direction redirects from its first send.
     public var adaptive: Bool = true
-    /// A send of at least this many bytes keeps its direction redirecting.
+    /// A send of at least this many bytes is bulk: it settles its direction, on redirect or on the
+    /// stack as ``bulkDecision`` says.
     public var bulkBytes: UInt32 = 16384
+    /// Who decides whether a bulk send redirects. Default ``BulkDecision/calibrated``.
+    public var bulkDecision: BulkDecision = .calibrated
     /// Sends after which a direction with neither bulk nor request/response traffic goes to the stack.
     public var probeSends: UInt32 = 32
     /// Sends that follow a receive (request/response) after which a direction keeps redirecting.
     public var idleSends: UInt32 = 3
 
     public init() {}
+
+    /// Whether bulk sends redirect by this machine's measurement or by hand.
+    public enum BulkDecision: String, Sendable, Codable {
+        /// By the calibration in force (``AccelCalibration``): only bulk sizes measured faster
+        /// redirected on this machine redirect; the others go to the stack. Until something was
+        /// measured, every bulk send redirects.
+        case calibrated
+        /// Every send of at least ``AccelPolicy/bulkBytes`` redirects, whatever was measured: what
+        /// `--bulk-bytes` sets, for an operator who knows better or a test that needs one path.
+        case byHand = "by-hand"
+    }
 
     /// Parses the CIDR strings, naming the first bad one.
     public func parsedCIDRs() throws(AccelError) -> [IPPrefix] {
@@ -32,13 +46,18 @@ public struct AccelPolicy: Sendable, Equatable, Codable {
         }
     }
 
-    func config(redirect: Bool) -> strait_accel_config {
+    /// The config map's value. `calibratedSizeClasses` is the calibration's mask, used unless the
+    /// bulk decision is by hand (then every bulk size redirects).
+    func config(redirect: Bool, calibratedSizeClasses: UInt32) -> strait_accel_config {
         var flags: UInt32 = 0
         if redirect { flags |= STRAIT_ACCEL_REDIRECT.rawValue }
         if !ports.isEmpty { flags |= STRAIT_ACCEL_PORT_FILTER.rawValue }
         if !cidrs.isEmpty { flags |= STRAIT_ACCEL_CIDR_FILTER.rawValue }
         if adaptive { flags |= STRAIT_ACCEL_ADAPTIVE.rawValue }
-        return strait_accel_config(flags: flags, bulk_bytes: bulkBytes, probe_sends: probeSends, idle_sends: idleSends)
+        if bulkDecision == .byHand { flags |= STRAIT_ACCEL_BULK_BY_HAND.rawValue }
+        return strait_accel_config(
+            flags: flags, bulk_bytes: bulkBytes, probe_sends: probeSends, idle_sends: idleSends,
+            redirect_size_classes: bulkDecision == .byHand ? .max : calibratedSizeClasses, reserved: 0)
     }
 
     init(config: strait_accel_config, ports: [UInt16], excludePorts: [UInt16], cidrs: [String]) {
@@ -47,6 +66,7 @@ public struct AccelPolicy: Sendable, Equatable, Codable {
         self.cidrs = cidrs.sorted()
         adaptive = config.flags & STRAIT_ACCEL_ADAPTIVE.rawValue != 0
         bulkBytes = config.bulk_bytes
+        bulkDecision = config.flags & STRAIT_ACCEL_BULK_BY_HAND.rawValue != 0 ? .byHand : .calibrated
         probeSends = config.probe_sends
         idleSends = config.idle_sends
     }
@@ -57,11 +77,14 @@ public enum AccelError: Error, CustomStringConvertible {
     case badPolicy(String)
     case notEnabled(String)
     case enabledElsewhere(current: String, requested: String)
+    case calibrationFailed(String)
 
     public var description: String {
         switch self {
         case .badPolicy(let why): "bad acceleration policy: \(why)"
         case .notEnabled(let directory): "acceleration is not enabled (nothing pinned at \(directory)): run `strait accel enable` first"
+        case .calibrationFailed(let why):
+            "calibration failed: \(why). Enable with --no-calibrate (bulk sends then redirect as set by --bulk-bytes), or retry on a less loaded machine"
         case .enabledElsewhere(let current, let requested):
             "acceleration is already enabled on cgroup \(current), not \(requested): run `strait accel disable` first, or enable with --cgroup \(current)"
         }

@@ -8,6 +8,11 @@ public struct AccelStatus: Sendable, Codable {
     public var policy: AccelPolicy?
     public var socketsTracked: Int
     public var counters: Counters
+    /// The measurement in force (nil when none was made: `--no-calibrate`, or bulk set by hand).
+    public var calibration: AccelCalibration?
+    /// Bulk send sizes (from ``AccelPolicy/bulkBytes`` up) that redirect now; the others go to the
+    /// stack. Upper bound `Int.max`: and larger.
+    public var redirectedBulkSizes: [Range<Int>]
 
     /// The per-CPU counters, summed.
     public struct Counters: Sendable, Codable {
@@ -47,7 +52,9 @@ extension Accelerator {
     /// Status of the accelerator pinned under `pinDirectory`; `enabled: false` when nothing is pinned.
     public static func status(pinDirectory: String = defaultPinDirectory) throws -> AccelStatus {
         guard isEnabled(pinDirectory: pinDirectory) else {
-            return AccelStatus(enabled: false, pinDirectory: pinDirectory, cgroup: nil, policy: nil, socketsTracked: 0, counters: .init())
+            return AccelStatus(
+                enabled: false, pinDirectory: pinDirectory, cgroup: nil, policy: nil, socketsTracked: 0, counters: .init(),
+                calibration: nil, redirectedBulkSizes: [])
         }
         let accelerator = try open(pinDirectory: pinDirectory)
         return AccelStatus(
@@ -55,6 +62,8 @@ extension Accelerator {
             cgroup: try accelerator.cgroup()?.path,
             policy: try accelerator.policy(),
             socketsTracked: try accelerator.trackedSockets().count,
-            counters: .init(try accelerator.counters()))
+            counters: .init(try accelerator.counters()),
+            calibration: try accelerator.calibration(),
+            redirectedBulkSizes: try accelerator.redirectedBulkSizes())
     }
 }

@@ -22,10 +22,13 @@ public final class Accelerator {
     let cidrs: TypedMap<strait_lpm_key, UInt8>
     let stats: TypedMap<UInt32, strait_accel_counters>
     let events: BPFMap
+    let bypassPorts: TypedMap<UInt16, UInt8>
+    let calibrationRecord: TypedMap<UInt32, strait_accel_calibration>
 
     enum Pin: String, CaseIterable {
-        case socks, config, ports, cidrs, stats, inbound, events
+        case socks, config, ports, cidrs, stats, inbound, events, calibration
         case excludePorts = "exclude_ports"
+        case bypassPorts = "bypass_ports"
         case sockState = "sock_state"
         case sockopsProgram = "prog_sockops", messageProgram = "prog_msg"
         case sockopsLink = "link_sockops", messageLink = "link_msg"
@@ -49,6 +52,8 @@ public final class Accelerator {
         cidrs = try open(.cidrs).typed(key: strait_lpm_key.self, value: UInt8.self)
         stats = try open(.stats).typed(key: UInt32.self, value: strait_accel_counters.self)
         events = try open(.events)
+        bypassPorts = try open(.bypassPorts).typed(key: UInt16.self, value: UInt8.self)
+        calibrationRecord = try open(.calibration).typed(key: UInt32.self, value: strait_accel_calibration.self)
     }
 
     /// Whether acceleration is enabled (its links are pinned) under `pinDirectory`.
@@ -62,11 +67,15 @@ public final class Accelerator {
         return try Accelerator(pinDirectory: pinDirectory)
     }
 
-    /// Loads the programs, pins them with their maps, attaches `sock_ops` to `cgroup` and `sk_msg` to
-    /// the socket hash, and returns. Idempotent: when already enabled on the same cgroup it only
-    /// applies `policy`. Sockets established before this call are not accelerated.
+    /// Loads the programs, pins them with their maps, measures this machine (``AccelCalibration``,
+    /// about 3.5 s, before anything is attached) unless `calibration` is nil or the policy's bulk
+    /// decision is by hand, attaches `sock_ops` to `cgroup` and `sk_msg` to the socket hash, and
+    /// returns. Idempotent: when already enabled on the same cgroup it only applies `policy` (the
+    /// calibration in force stays; ``calibrate(plan:)`` measures again). Sockets established before
+    /// this call are not accelerated.
     public static func enable(
-        cgroup: Cgroup, policy: AccelPolicy = AccelPolicy(), pinDirectory: String = defaultPinDirectory
+        cgroup: Cgroup, policy: AccelPolicy = AccelPolicy(), pinDirectory: String = defaultPinDirectory,
+        calibration: AccelCalibration.Plan? = AccelCalibration.Plan()
     ) throws -> Accelerator {
         let prefixes = try policy.parsedCIDRs()
         if isEnabled(pinDirectory: pinDirectory) {
@@ -84,7 +93,7 @@ public final class Accelerator {
         try BPFFS.makeDirectory(pinDirectory)
         do {
             let object = try BPFObjectSpec(resource: "accel", in: Bundle.module).load()
-            for pin in [Pin.socks, .config, .ports, .excludePorts, .cidrs, .stats, .inbound, .sockState, .events] {
+            for pin in [Pin.socks, .config, .ports, .excludePorts, .bypassPorts, .cidrs, .stats, .inbound, .sockState, .events, .calibration] {
                 try object.map(pin.rawValue).pin(at: path(pin, in: pinDirectory))
             }
             let sockops = try object.program("strait_accel_sockops")
@@ -93,6 +102,9 @@ public final class Accelerator {
             try message.pin(at: path(.messageProgram, in: pinDirectory))
 
             let accelerator = try Accelerator(pinDirectory: pinDirectory)
+            if let calibration, policy.bulkDecision == .calibrated {
+                try accelerator.store(try measureCalibration(plan: calibration))
+            }
             try accelerator.apply(policy, prefixes: prefixes, redirect: true)
             // sk_msg first, so no socket enters the hash before its send hook is there.
             let messageLink = try message.attach(sockmap: accelerator.socks.map, as: .messageVerdict)
@@ -104,6 +116,13 @@ public final class Accelerator {
             try? BPFFS.removeTree(pinDirectory)
             throw error
         }
+    }
+
+    /// The bulk sizes that redirect now (adaptive mode), from the config map: the calibration's
+    /// answer, or every size from `bulkBytes` up when the decision is by hand.
+    public func redirectedBulkSizes() throws -> [Range<Int>] {
+        let configuration = try config.lookup(0) ?? strait_accel_config()
+        return AccelCalibration.redirectedRanges(sizeClasses: configuration.redirect_size_classes, bulkBytes: configuration.bulk_bytes)
     }
 
     /// The current policy, read back from the maps.
@@ -132,7 +151,7 @@ public final class Accelerator {
         for port in policy.excludePorts { try excludePorts.update(port, 1) }
         let wanted = prefixes.map(Self.lpmKey)
         for key in wanted { try cidrs.update(key, 1) }
-        try config.update(0, policy.config(redirect: redirect))
+        try config.update(0, policy.config(redirect: redirect, calibratedSizeClasses: try calibratedSizeClasses()))
         for port in try ports.keys() where !policy.ports.contains(port) { try ports.delete(port) }
         for port in try excludePorts.keys() where !policy.excludePorts.contains(port) { try excludePorts.delete(port) }
         for key in try cidrs.keys() where !wanted.contains(where: { Self.same($0, key) }) { try cidrs.delete(key) }

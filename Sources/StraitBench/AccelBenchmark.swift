@@ -1,20 +1,38 @@
 import Foundation
 import StraitAccel
 import StraitBPF
+import StraitNetBench
 import StraitSystem
 
-/// `strait bench accel`: iperf3 throughput per message size and sockperf ping-pong latency, plain TCP
-/// against accelerated, one after the other in one run, inside a private cgroup that the benchmark
-/// creates and removes. Plain and accelerated runs alternate so that drift on a noisy machine
-/// touches both alike.
+/// `strait bench accel`: iperf3 throughput per message size and CPU placement, sockperf ping-pong
+/// latency, and keep-alive HTTP/1.1 requests/s (wrk against `straitnet-http`), plain TCP against
+/// accelerated, one after the other in one run, inside a private cgroup that the benchmark creates
+/// and removes. Plain and accelerated runs alternate so that drift on a noisy machine touches both
+/// alike. The accelerator is enabled as `strait accel enable` does, calibration included, and the
+/// report carries the calibration in force.
 public struct AccelBenchmark: Sendable {
-    public var messageSizes: [Int] = [64, 256, 1024, 4096, 16_384, 65_536, 262_144]
+    /// Where iperf3's client and server run: both on CPU 0, or client on CPU 0 and server on CPU 1.
+    public enum Placement: String, Sendable, Codable, CaseIterable {
+        case same, split
+
+        /// iperf3's `-A client,server`.
+        var affinity: String { self == .same ? "0,0" : "0,1" }
+    }
+
+    public var messageSizes: [Int] = [64, 256, 1024, 4096, 16_384, 65_536, 262_144, 1 << 20]
+    public var placements: [Placement] = Placement.allCases
     public var seconds: Double = 3
     public var repeats: Int = 1
     public var latencyMessageBytes = 64
     public var policy = AccelPolicy()
+    /// The calibration `enable` runs; nil skips it (every bulk size redirects, or `--bulk-bytes`).
+    public var calibration: AccelCalibration.Plan? = AccelCalibration.Plan()
     /// Also measure every direction redirecting from its first send (the classic sk_msg setup).
     public var includeAlwaysRedirect = false
+    /// The `straitnet-http` executable for the keep-alive HTTP row; nil leaves the row out.
+    public var httpServer: String?
+    /// wrk connections for the HTTP row (one wrk thread, one server loop).
+    public var httpConnections = 16
     public var progress: @Sendable (String) -> Void = { _ in }
 
     public init() {}
@@ -23,12 +41,18 @@ public struct AccelBenchmark: Sendable {
     public struct Report: Sendable, Codable {
         public var throughput: [Row]
         public var latency: Latency
+        /// wrk against straitnet-http, small responses on kept-alive connections; nil when not run.
+        public var http: HTTP?
         /// One AF_UNIX stream at 64 KiB writes, measured in the same run: the ceiling.
         public var afUnixGbitS: Double
         public var mode: String
+        /// The calibration the accelerated runs used (nil when skipped) and the bulk sizes it redirects.
+        public var calibration: AccelCalibration?
+        public var redirectedBulkSizes: String
 
         public struct Row: Sendable, Codable {
             public var messageBytes: Int
+            public var placement: Placement
             public var plainGbitS: Double
             public var acceleratedGbitS: Double
             public var alwaysRedirectGbitS: Double?
@@ -40,6 +64,14 @@ public struct AccelBenchmark: Sendable {
             public var acceleratedP50Us: Double
             public var plainP99Us: Double
             public var acceleratedP99Us: Double
+        }
+
+        public struct HTTP: Sendable, Codable {
+            public var connections: Int
+            public var plainRequestsPerSecond: Double
+            public var acceleratedRequestsPerSecond: Double
+            public var plainP50Ms: Double
+            public var acceleratedP50Ms: Double
         }
     }
 
@@ -59,35 +91,41 @@ public struct AccelBenchmark: Sendable {
                 usleep(20_000)
             }
         }
-        let accelerator = try Accelerator.enable(cgroup: cgroup, policy: policy, pinDirectory: pinDirectory + "/accel")
+        if calibration != nil { progress("calibrating (as `strait accel enable` does)") }
+        let accelerator = try Accelerator.enable(cgroup: cgroup, policy: policy, pinDirectory: pinDirectory + "/accel", calibration: calibration)
         defer { try? accelerator.disable() }
+        let calibrated = try accelerator.calibration()
+        let bulkSizes = AccelCalibration.describe(try accelerator.redirectedBulkSizes())
+        progress("bulk sends redirected: \(bulkSizes)")
 
         let iperf = Iperf3()
         let inside = Launcher(cgroupPath: cgroup.path)
         var rows: [Report.Row] = []
-        for size in messageSizes {
-            var plain: [Double] = [], accelerated: [Double] = [], always: [Double] = []
-            for round in 0..<repeats {
-                if shouldStop() { throw BenchError.interrupted }
-                // Alternate which goes first, so slow drift does not favour one side.
-                let order = round % 2 == 0 ? [false, true] : [true, false]
-                for useAcceleration in order {
-                    let value = try iperf.throughput(messageBytes: size, seconds: seconds, port: freePort(), launcher: useAcceleration ? inside : .plain)
-                    if useAcceleration { accelerated.append(value) } else { plain.append(value) }
+        for placement in placements {
+            for size in messageSizes {
+                var plain: [Double] = [], accelerated: [Double] = [], always: [Double] = []
+                for round in 0..<repeats {
+                    if shouldStop() { throw BenchError.interrupted }
+                    // Alternate which goes first, so slow drift does not favour one side.
+                    for useAcceleration in round % 2 == 0 ? [false, true] : [true, false] {
+                        let value = try iperf.throughput(
+                            messageBytes: size, seconds: seconds, port: freePort(), affinity: placement.affinity, launcher: useAcceleration ? inside : .plain)
+                        if useAcceleration { accelerated.append(value) } else { plain.append(value) }
+                    }
+                    if includeAlwaysRedirect {
+                        var classic = policy
+                        classic.adaptive = false
+                        try accelerator.setPolicy(classic)
+                        always.append(try iperf.throughput(messageBytes: size, seconds: seconds, port: freePort(), affinity: placement.affinity, launcher: inside))
+                        try accelerator.setPolicy(policy)
+                    }
                 }
-                if includeAlwaysRedirect {
-                    var classic = policy
-                    classic.adaptive = false
-                    try accelerator.setPolicy(classic)
-                    always.append(try iperf.throughput(messageBytes: size, seconds: seconds, port: freePort(), launcher: inside))
-                    try accelerator.setPolicy(policy)
-                }
+                let row = Report.Row(
+                    messageBytes: size, placement: placement, plainGbitS: median(plain), acceleratedGbitS: median(accelerated),
+                    alwaysRedirectGbitS: always.isEmpty ? nil : median(always))
+                progress(String(format: "%@ %@: plain %.2f Gbit/s, accelerated %.2f Gbit/s", placement.rawValue, formatBytes(size), row.plainGbitS, row.acceleratedGbitS))
+                rows.append(row)
             }
-            let row = Report.Row(
-                messageBytes: size, plainGbitS: median(plain), acceleratedGbitS: median(accelerated),
-                alwaysRedirectGbitS: always.isEmpty ? nil : median(always))
-            progress(String(format: "%@: plain %.2f Gbit/s, accelerated %.2f Gbit/s", formatBytes(size), row.plainGbitS, row.acceleratedGbitS))
-            rows.append(row)
         }
 
         let sockperf = Sockperf()
@@ -105,8 +143,28 @@ public struct AccelBenchmark: Sendable {
             plainP99Us: median(plainLatency.map(\.p99Microseconds)), acceleratedP99Us: median(acceleratedLatency.map(\.p99Microseconds)))
         progress(String(format: "ping-pong %d B: p50 plain %.1f µs, accelerated %.1f µs", latencyMessageBytes, latency.plainP50Us, latency.acceleratedP50Us))
 
+        var http: Report.HTTP?
+        if let httpServer {
+            let wrk = Wrk(server: httpServer)
+            var plain: [HTTPBenchmark.Measurement] = [], accelerated: [HTTPBenchmark.Measurement] = []
+            for round in 0..<repeats {
+                if shouldStop() { throw BenchError.interrupted }
+                for useAcceleration in round % 2 == 0 ? [false, true] : [true, false] {
+                    let value = try wrk.keepAlive(connections: httpConnections, seconds: seconds, port: freePort(), launcher: useAcceleration ? inside : .plain)
+                    if useAcceleration { accelerated.append(value) } else { plain.append(value) }
+                }
+            }
+            http = Report.HTTP(
+                connections: httpConnections,
+                plainRequestsPerSecond: median(plain.map(\.requestsPerSecond)), acceleratedRequestsPerSecond: median(accelerated.map(\.requestsPerSecond)),
+                plainP50Ms: median(plain.map(\.p50Milliseconds)), acceleratedP50Ms: median(accelerated.map(\.p50Milliseconds)))
+            progress(String(format: "keep-alive HTTP: plain %.0f req/s, accelerated %.0f req/s", http!.plainRequestsPerSecond, http!.acceleratedRequestsPerSecond))
+        }
+
         let unix = try UnixStream.throughput(messageBytes: 65_536, seconds: seconds)
-        return Report(throughput: rows, latency: latency, afUnixGbitS: unix, mode: policy.adaptive ? "adaptive" : "always")
+        return Report(
+            throughput: rows, latency: latency, http: http, afUnixGbitS: unix, mode: policy.adaptive ? "adaptive" : "always",
+            calibration: calibrated, redirectedBulkSizes: bulkSizes)
     }
 }
 
@@ -126,13 +184,6 @@ func median(_ values: [Double]) -> Double {
     guard !values.isEmpty else { return 0 }
     let sorted = values.sorted()
     return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
-}
-
-/// `64 B`, `4 KiB`, `256 KiB`.
-public func formatBytes(_ count: Int) -> String {
-    if count >= 1 << 20 && count % (1 << 20) == 0 { return "\(count >> 20) MiB" }
-    if count >= 1024 && count % 1024 == 0 { return "\(count >> 10) KiB" }
-    return "\(count) B"
 }
 
 /// Parses `64,256,1k,4k,64k` (k = 1024, m = 1048576).

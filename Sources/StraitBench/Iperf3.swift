@@ -1,4 +1,5 @@
 import Foundation
+import StraitNetBench
 
 /// iperf3 (from Debian) as the throughput peer: one server per run, one client stream.
 public struct Iperf3: Sendable {
@@ -7,14 +8,14 @@ public struct Iperf3: Sendable {
     public init() {}
 
     /// Runs one client stream of `messageBytes` writes for `seconds` against a fresh one-off server
-    /// on `port`, both started through `launcher` (which may place them in a cgroup). Returns the
-    /// receiver's Gbit/s.
-    public func throughput(messageBytes: Int, seconds: Double, port: UInt16, launcher: Launcher) throws -> Double {
+    /// on `port`, both started through `launcher` (which may place them in a cgroup), pinned as
+    /// iperf3's `-A client,server` says when `affinity` is given. Returns the receiver's Gbit/s.
+    public func throughput(messageBytes: Int, seconds: Double, port: UInt16, affinity: String? = nil, launcher: Launcher) throws -> Double {
         let server = try runner.start(launcher.command(["iperf3", "-s", "-1", "-p", "\(port)", "-B", "127.0.0.1"]))
         defer { server.stop() }
         try waitForListener(port: port, timeout: 5)
         let output = try runner.run(
-            launcher.command(["iperf3", "-c", "127.0.0.1", "-p", "\(port)", "-t", String(Int(seconds.rounded())), "-l", "\(messageBytes)", "-J"]),
+            launcher.command(["iperf3", "-c", "127.0.0.1", "-p", "\(port)", "-t", String(Int(seconds.rounded())), "-l", "\(messageBytes)", "-J"] + (affinity.map { ["-A", $0] } ?? [])),
             timeout: seconds + 15)
         return try Self.receivedGbits(fromJSON: output)
     }
@@ -68,6 +69,28 @@ public struct Sockperf: Sendable {
             throw ProcessRunner.Failure(command: ["sockperf"], status: 0, output: "no percentiles in sockperf's output: \(text.suffix(400))")
         }
         return Latency(p50Microseconds: p50, p99Microseconds: p99)
+    }
+}
+
+/// wrk (from Debian) against `straitnet-http` (StraitNet's HTTP/1.1 bench server): small responses
+/// on kept-alive connections, the request/response traffic of a real service.
+public struct Wrk: Sendable {
+    public let runner = ProcessRunner()
+    /// Path of the `straitnet-http` executable.
+    public let server: String
+
+    public init(server: String) { self.server = server }
+
+    /// One wrk thread with `connections` connections for `seconds` against a fresh server with one
+    /// event loop on `port`, both started through `launcher`.
+    public func keepAlive(connections: Int, seconds: Double, port: UInt16, launcher: Launcher) throws -> HTTPBenchmark.Measurement {
+        let process = try runner.start(launcher.command([server, "\(port)", "1"]))
+        defer { process.stop() }
+        try waitForListener(port: port, timeout: 5)
+        let output = try runner.run(
+            launcher.command(["wrk", "-t1", "-c\(connections)", "-d\(Int(seconds.rounded()))s", "--latency", "http://127.0.0.1:\(port)/"]),
+            timeout: seconds + 15)
+        return try HTTPBenchmark.parse(wrk: output)
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import StraitSystem
 
 /// A line chart of throughput by message size (log2 x axis), written as a standalone SVG.
 public struct SVGChart {

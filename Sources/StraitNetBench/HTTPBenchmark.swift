@@ -104,8 +104,8 @@ public struct HTTPBenchmark: Sendable {
         return report
     }
 
-    /// Reads "Requests/sec:" and the 50%/99% lines of wrk's `--latency` report.
-    static func parse(wrk report: String) throws -> Measurement {
+    /// Reads "Requests/sec:" and the 50%/99% lines of wrk's `--latency` report (`strait bench accel` reads its wrk runs with it too).
+    public static func parse(wrk report: String) throws -> Measurement {
         var measurement = Measurement(requestsPerSecond: 0, p50Milliseconds: 0, p99Milliseconds: 0, peakRSSKiB: 0)
         for line in report.split(separator: "\n") {
             let fields = line.split(separator: " ", omittingEmptySubsequences: true)

@@ -8,7 +8,7 @@ struct AccelCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "accel",
         abstract: "Same-host TCP acceleration: sockets on this host exchange data without TCP/IP (sock_ops + sk_msg).",
-        subcommands: [Enable.self, Disable.self, Status.self, Policy.self, Trace.self]
+        subcommands: [Enable.self, Disable.self, Status.self, Policy.self, Calibrate.self, Trace.self]
     )
 
     struct PolicyOptions: ParsableArguments {
@@ -20,8 +20,10 @@ struct AccelCommand: ParsableCommand {
         var cidrs: String?
         @Option(help: "adaptive (default): a direction that streams small writes goes back to the stack; always: every direction redirects.")
         var mode: Mode?
-        @Option(help: "Adaptive mode: a send of at least this many bytes keeps its direction accelerated.")
+        @Option(help: "Adaptive mode: a send of at least this many bytes keeps its direction accelerated, whatever the calibration measured (overrides it).")
         var bulkBytes: UInt32?
+        @Flag(help: "Adaptive mode: bulk sends follow this machine's calibration again (undoes --bulk-bytes).")
+        var calibratedBulk = false
 
         enum Mode: String, ExpressibleByArgument { case adaptive, always }
 
@@ -43,7 +45,14 @@ struct AccelCommand: ParsableCommand {
                 do { _ = try policy.parsedCIDRs() } catch { throw ValidationError("--cidrs: \(error)") }
             }
             if let mode { policy.adaptive = mode == .adaptive }
-            if let bulkBytes { policy.bulkBytes = bulkBytes }
+            if calibratedBulk {
+                policy.bulkBytes = AccelPolicy().bulkBytes
+                policy.bulkDecision = .calibrated
+            }
+            if let bulkBytes {
+                policy.bulkBytes = bulkBytes
+                policy.bulkDecision = .byHand
+            }
             return policy
         }
     }
@@ -53,6 +62,8 @@ struct AccelCommand: ParsableCommand {
         @Option(help: "The cgroup v2 whose sockets are accelerated. Default: the root of cgroup v2 (every process).")
         var cgroup: String?
         @OptionGroup var policy: PolicyOptions
+        @Flag(help: "Skip the calibration (about 3.5 s of loopback traffic in a private cgroup); every bulk size then redirects, unless --bulk-bytes says otherwise.")
+        var noCalibrate = false
         @Option(help: .hidden) var pinDirectory: String = Accelerator.defaultPinDirectory
 
         func run() throws {
@@ -60,8 +71,43 @@ struct AccelCommand: ParsableCommand {
             let target = try cgroup.map(Cgroup.init(path:)) ?? Cgroup.root()
             guard target.exists else { throw ValidationError("--cgroup \(target.path) is not a cgroup v2 directory") }
             let base = Accelerator.isEnabled(pinDirectory: pinDirectory) ? try Accelerator.open(pinDirectory: pinDirectory).policy() : AccelPolicy()
-            let accelerator = try Accelerator.enable(cgroup: target, policy: try policy.applied(to: base), pinDirectory: pinDirectory)
+            let accelerator = try Accelerator.enable(
+                cgroup: target, policy: try policy.applied(to: base), pinDirectory: pinDirectory, calibration: noCalibrate ? nil : AccelCalibration.Plan())
             print("acceleration enabled on cgroup \(target.path); pinned under \(accelerator.pinDirectory)")
+            print(try Calibrate.summary(of: accelerator))
+        }
+    }
+
+    struct Calibrate: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Measure again where redirect beats plain TCP on this machine (loopback, private cgroup, about 3.5 s) and put the result in force.",
+            discussion: "Accelerated sockets are not touched; bulk sends of new directions follow the new result. --bulk-bytes, when set, keeps overriding it.")
+        @Flag(help: "Print JSON.") var json = false
+        @Option(help: .hidden) var pinDirectory: String = Accelerator.defaultPinDirectory
+
+        func run() throws {
+            Strait.bootstrapLogging()
+            let accelerator = try Accelerator.open(pinDirectory: pinDirectory)
+            let result = try accelerator.calibrate()
+            if json { return try printJSON(result) }
+            print(try Self.summary(of: accelerator))
+        }
+
+        /// The bulk sizes in force and the measurement behind them, as `status` prints them.
+        static func summary(of accelerator: Accelerator) throws -> String {
+            let policy = try accelerator.policy()
+            guard policy.adaptive else { return "mode always: every direction redirects from its first send" }
+            let sizes = AccelCalibration.describe(try accelerator.redirectedBulkSizes())
+            if policy.bulkDecision == .byHand { return "bulk sends redirected: \(sizes) (--bulk-bytes \(policy.bulkBytes), set by hand)" }
+            guard let calibration = try accelerator.calibration() else { return "bulk sends redirected: \(sizes) (not calibrated)" }
+            let when = ISO8601DateFormatter().string(from: calibration.measuredAt)
+            var rows = [["calibration", "plain Gbit/s", "redirected Gbit/s", "worst ratio", "bulk sends"]]
+            for point in calibration.points {
+                func list(_ values: [Double]) -> String { values.map { String(format: "%.1f", $0) }.joined(separator: " / ") }
+                rows.append([formatBytes(point.messageBytes), list(point.plainGbitS), list(point.redirectedGbitS), String(format: "%.2fx", point.worstRatio), point.redirects ? "redirect" : "stack"])
+            }
+            let placements = calibration.points.first.map { $0.plainGbitS.count > 1 ? "one CPU / two CPUs" : "one CPU" } ?? ""
+            return "bulk sends redirected: \(sizes) (calibrated \(when), took \(String(format: "%.1f", calibration.elapsedSeconds)) s; \(placements))\n" + table(rows)
         }
     }
 
@@ -109,6 +155,7 @@ struct AccelCommand: ParsableCommand {
                 peers \(policy.cidrs.isEmpty ? "any" : policy.cidrs.joined(separator: ",")), \
                 \(policy.adaptive ? "adaptive (bulk ≥ \(policy.bulkBytes) B)" : "always redirect")
                 sockets tracked now: \(status.socketsTracked)
+                \(try Calibrate.summary(of: try Accelerator.open(pinDirectory: pinDirectory)))
 
                 """)
             print(table([
@@ -141,7 +188,8 @@ struct AccelCommand: ParsableCommand {
             print("ports: \(updated.ports.isEmpty ? "all" : updated.ports.map(String.init).joined(separator: ","))")
             print("excluded ports: \(updated.excludePorts.isEmpty ? "none" : updated.excludePorts.map(String.init).joined(separator: ","))")
             print("cidrs: \(updated.cidrs.isEmpty ? "any" : updated.cidrs.joined(separator: ","))")
-            print("mode: \(updated.adaptive ? "adaptive" : "always"), bulk bytes \(updated.bulkBytes)")
+            print("mode: \(updated.adaptive ? "adaptive" : "always"), bulk bytes \(updated.bulkBytes) (\(updated.bulkDecision == .byHand ? "by hand" : "calibrated"))")
+            print(try Calibrate.summary(of: accelerator))
         }
     }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import StraitBench
 import StraitNetBench
+import StraitSystem
 
 struct BenchNet: ParsableCommand {
     static let configuration = CommandConfiguration(

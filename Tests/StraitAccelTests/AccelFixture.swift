@@ -10,14 +10,15 @@ final class AccelFixture: @unchecked Sendable {
     let cgroup: TestCgroup
     let accelerator: Accelerator
 
-    private init(cgroup: TestCgroup, policy: AccelPolicy) throws {
+    private init(cgroup: TestCgroup, policy: AccelPolicy, calibration: AccelCalibration.Plan?) throws {
         self.cgroup = cgroup
-        accelerator = try Accelerator.enable(cgroup: cgroup.cgroup, policy: policy, pinDirectory: cgroup.pinDirectory + "/accel")
+        accelerator = try Accelerator.enable(cgroup: cgroup.cgroup, policy: policy, pinDirectory: cgroup.pinDirectory + "/accel", calibration: calibration)
     }
 
-    static func with<T>(policy: AccelPolicy = .alwaysRedirect, _ body: (AccelFixture) throws -> T) throws -> T {
+    /// `calibration` nil (the default) enables without measuring: every bulk size redirects.
+    static func with<T>(policy: AccelPolicy = .alwaysRedirect, calibration: AccelCalibration.Plan? = nil, _ body: (AccelFixture) throws -> T) throws -> T {
         try TestCgroup.with { cgroup in
-            let fixture = try AccelFixture(cgroup: cgroup, policy: policy)
+            let fixture = try AccelFixture(cgroup: cgroup, policy: policy, calibration: calibration)
             defer { try? fixture.accelerator.disable() }
             return try body(fixture)
         }
@@ -33,6 +34,18 @@ final class AccelFixture: @unchecked Sendable {
 
     var counters: strait_accel_counters {
         get throws { try accelerator.counters() }
+    }
+}
+
+extension AccelCalibration.Plan {
+    /// Two sizes, 30 ms each: seconds of traffic in a test, not a measurement worth keeping.
+    static func quick(under parent: Cgroup? = nil) -> Self {
+        var plan = Self()
+        plan.messageSizes = [16_384, 262_144]
+        plan.secondsPerRun = 0.03
+        plan.warmUpSeconds = 0.01
+        plan.parentCgroup = parent
+        return plan
     }
 }
 

@@ -146,7 +146,7 @@ struct AccelLifecycleTests {
             let pattern = PatternStream(seed: 30)
             // Every descriptor to the maps is gone when this returns, as when `strait accel disable` exits.
             func enableSendDisable() throws -> (client: TestSocket, server: TestSocket) {
-                let accelerator = try Accelerator.enable(cgroup: cgroup.cgroup, policy: .alwaysRedirect, pinDirectory: directory)
+                let accelerator = try Accelerator.enable(cgroup: cgroup.cgroup, policy: .alwaysRedirect, pinDirectory: directory, calibration: nil)
                 let pair = try cgroup.inside {
                     let listener = try TestListener(.ipv4)
                     return try listener.connectPair()

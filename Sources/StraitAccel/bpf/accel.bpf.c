@@ -64,6 +64,23 @@ struct {
     __type(value, __u8);
 } exclude_ports SEC(".maps");
 
+// Ports of Strait's own calibration traffic: sockets with one of them are never tracked, so a
+// calibration in a child cgroup measures its own sockets only and leaves this accelerator alone.
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 64);
+    __type(key, __u16);
+    __type(value, __u8);
+} bypass_ports SEC(".maps");
+
+// Written and read by userspace only (see strait_accel_calibration); pinned with the rest.
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct strait_accel_calibration);
+} calibration SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_LPM_TRIE);
     __uint(max_entries, 1024);
@@ -145,6 +162,8 @@ static __always_inline void on_established(struct bpf_sock_ops *skops, struct st
     struct strait_sock_key key;
     struct strait_accel_counters *c = counters();
     if (key_of_sockops(skops, &key) < 0 || !c)
+        return;
+    if (bpf_map_lookup_elem(&bypass_ports, &key.local_port) || bpf_map_lookup_elem(&bypass_ports, &key.remote_port))
         return;
     __u64 cookie = bpf_get_socket_cookie(skops);
     if (!policy_allows(cfg, &key)) {
@@ -285,9 +304,28 @@ static __always_inline void settle(struct strait_accel_sock_state *state, const 
     report(state, peer, mode == STRAIT_MODE_REDIRECT ? STRAIT_EVENT_ACCELERATED : STRAIT_EVENT_STACK, 1);
 }
 
+// floor(log2(size)): the size class `redirect_size_classes` is indexed by.
+static __always_inline __u32 size_class(__u32 size)
+{
+    __u32 class = 0;
+    if (size >= 1U << 16) { class += 16; size >>= 16; }
+    if (size >= 1U << 8) { class += 8; size >>= 8; }
+    if (size >= 1U << 4) { class += 4; size >>= 4; }
+    if (size >= 1U << 2) { class += 2; size >>= 2; }
+    if (size >= 1U << 1) class += 1;
+    return class;
+}
+
+// Whether a bulk send of `size` bytes is faster redirected on this machine (the calibration's answer).
+static __always_inline int bulk_redirects(const struct strait_accel_config *cfg, __u32 size)
+{
+    return (cfg->redirect_size_classes >> size_class(size)) & 1;
+}
+
 // Adaptive mode, while a redirecting direction is still undecided: keep it redirecting if its sends
-// are bulk or alternate with receives (request/response, where redirect cuts latency); move it to
-// the stack if it streams small writes, which TCP batches better than per-message redirects.
+// are bulk of a size the calibration found faster redirected, or alternate with receives
+// (request/response, where redirect cuts latency); move it to the stack if it streams small writes,
+// which TCP batches better than per-message redirects, or sends bulk of a size where redirect loses.
 static __always_inline void observe_send(struct sk_msg_md *msg, const struct strait_accel_config *cfg,
                                          struct strait_accel_sock_state *state, const struct strait_sock_key *peer, __u32 size)
 {
@@ -299,7 +337,7 @@ static __always_inline void observe_send(struct sk_msg_md *msg, const struct str
     __u32 copied_now = tcp ? tcp->copied_seq : 0;
 
     if (size >= cfg->bulk_bytes) {
-        settle(state, peer, STRAIT_MODE_REDIRECT);
+        settle(state, peer, bulk_redirects(cfg, size) ? STRAIT_MODE_REDIRECT : STRAIT_MODE_STACK);
     } else if (state->sends > 0 && (inbound_now != state->last_inbound || copied_now != state->last_copied_seq)) {
         if (++state->idle_sends >= cfg->idle_sends)
             settle(state, peer, STRAIT_MODE_REDIRECT);
@@ -346,8 +384,14 @@ int strait_accel_msg(struct sk_msg_md *msg)
         settle(state, &peer, STRAIT_MODE_STACK);
         return SK_PASS;
     }
-    if (state->mode == STRAIT_MODE_REDIRECT && !state->settled && (cfg->flags & STRAIT_ACCEL_ADAPTIVE))
-        observe_send(msg, cfg, state, &peer, size);
+    if (state->mode == STRAIT_MODE_REDIRECT && (cfg->flags & STRAIT_ACCEL_ADAPTIVE)) {
+        if (!state->settled)
+            observe_send(msg, cfg, state, &peer, size);
+        else if (size >= cfg->bulk_bytes && !bulk_redirects(cfg, size))
+            // Settled by request/response, now sending bulk of a size where redirect loses: to the
+            // stack from this message on (redirect -> stack keeps byte order).
+            settle(state, &peer, STRAIT_MODE_STACK);
+    }
     if (state->mode != STRAIT_MODE_REDIRECT) {
         c->fallback_stack_messages++;
         c->fallback_stack_bytes += size;

@@ -20,6 +20,7 @@ enum strait_accel_flags {
     STRAIT_ACCEL_PORT_FILTER = 1 << 1,  // track only sockets with a port in `ports`
     STRAIT_ACCEL_CIDR_FILTER = 1 << 2,  // track only sockets whose remote address is in `cidrs`
     STRAIT_ACCEL_ADAPTIVE = 1 << 3,     // probe each direction and keep small streaming writes on the stack
+    STRAIT_ACCEL_BULK_BY_HAND = 1 << 4, // userspace only: bulk_bytes was set by hand and overrides the calibration
 };
 
 struct strait_accel_config {
@@ -30,6 +31,35 @@ struct strait_accel_config {
     __u32 probe_sends;
     /// Consecutive sends into an idle pipe (request/response) that make a direction accelerate.
     __u32 idle_sends;
+    /// Which bulk sends redirect, by size class: bit k covers sends of 2^k to 2^(k+1) - 1 bytes.
+    /// A bulk send (adaptive mode) whose bit is clear puts its direction on the stack, also one
+    /// already settled on redirect. Written from this machine's calibration, or all ones (every
+    /// bulk send redirects) when `bulk_bytes` was set by hand or nothing was measured.
+    __u32 redirect_size_classes;
+    __u32 reserved;
+};
+
+/// Sizes a calibration can hold (`calibration` map).
+#define STRAIT_ACCEL_CALIBRATION_POINTS 8
+
+/// One message size of a calibration: one stream's throughput plain and redirected, per CPU
+/// placement (index 0: both ends on one CPU; 1: on two CPUs; 0 when not measured).
+struct strait_accel_calibration_point {
+    __u32 message_bytes;
+    /// 1 if bulk sends of this size (up to the next point's) redirect.
+    __u32 redirect;
+    __u32 plain_mbit_s[2];
+    __u32 redirected_mbit_s[2];
+};
+
+/// `calibration` map, index 0: the measurement `redirect_size_classes` came from. Only userspace
+/// reads and writes it; it is pinned so `status` can show what is in force and when it was measured.
+struct strait_accel_calibration {
+    /// Unix time in seconds; 0 when never measured.
+    __u64 measured_at;
+    __u32 elapsed_ms;
+    __u32 points;
+    struct strait_accel_calibration_point point[STRAIT_ACCEL_CALIBRATION_POINTS];
 };
 
 /// Per-direction state, kept in socket-local storage.
