@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import StraitAccel
 import StraitBPF
+import StraitCLI
 import StraitSystem
 
 struct AccelCommand: ParsableCommand {
@@ -58,7 +59,9 @@ struct AccelCommand: ParsableCommand {
         func run() throws {
             Strait.bootstrapLogging()
             let target = try cgroup.map(Cgroup.init(path:)) ?? Cgroup.root()
-            guard target.exists else { throw ValidationError("--cgroup \(target.path) is not a cgroup v2 directory") }
+            guard target.exists else {
+                throw CommandFailure("--cgroup \(target.path) is not a cgroup v2 directory: create it (mkdir) under the cgroup v2 mount, or name one that exists")
+            }
             let base = Accelerator.isEnabled(pinDirectory: pinDirectory) ? try Accelerator.open(pinDirectory: pinDirectory).policy() : AccelPolicy()
             let accelerator = try Accelerator.enable(cgroup: target, policy: try policy.applied(to: base), pinDirectory: pinDirectory)
             print("acceleration enabled on cgroup \(target.path); pinned under \(accelerator.pinDirectory)")

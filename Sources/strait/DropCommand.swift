@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import StraitBPF
+import StraitCLI
 import StraitDrop
 import StraitSystem
 

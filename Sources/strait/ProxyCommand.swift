@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import Logging
+import StraitCLI
 import StraitNet
 import StraitProxy
 import StraitSystem
@@ -74,15 +75,10 @@ struct ProxyRun: ParsableCommand {
         // them is lost; the previous process stops accepting only once this one accepts.
         let receipt = try takeOver.map { path in
             do { return try ListenerHandOver.take(from: path) } catch {
-                throw ValidationError("taking the listeners from \(path): \(error)")
+                throw CommandFailure("taking the listeners from \(path): \(error). Is the previous proxy still running with --handover-socket \(path)?")
             }
         }
-        let proxy: Proxy
-        do {
-            proxy = try Proxy(config: loaded, loopCount: threads, inheriting: receipt.map(Self.inherited) ?? [:], logger: logger)
-        } catch {
-            throw ValidationError("\(error)")
-        }
+        let proxy = try Proxy(config: loaded, loopCount: threads, inheriting: receipt.map(Self.inherited) ?? [:], logger: logger)
         if let receipt {
             try receipt.confirm()
             logger.notice("took over the listening sockets", metadata: ["from": "\(takeOver ?? "")", "sockets": "\(receipt.listenerDescriptors.count)"])
@@ -217,7 +213,7 @@ struct ProxyReload: ParsableCommand {
     func run() throws {
         let pid = try Self.runningPid(pidFile)
         guard kill(pid, SIGHUP) == 0 else {
-            throw ValidationError("cannot signal process \(pid) from \(pidFile): errno \(errno) (stale pid file?)")
+            throw CommandFailure("cannot signal process \(pid) (from \(pidFile)): \(String(cString: strerror(errno))). The pid file is stale: is the proxy running? Remove the file, or give --pid-file of the running one")
         }
         print("reload sent to process \(pid)")
     }
@@ -227,7 +223,7 @@ struct ProxyReload: ParsableCommand {
         guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
               let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0
         else {
-            throw ValidationError("no running proxy: \(pidFile) is missing or unreadable (is `strait proxy` running with this --pid-file?)")
+            throw CommandFailure("no running proxy: \(pidFile) is missing or unreadable. Is `strait proxy` running with this --pid-file?")
         }
         return pid
     }
@@ -244,7 +240,9 @@ struct ProxyRestart: ParsableCommand {
 
     func run() throws {
         let old = try ProxyReload.runningPid(pidFile)
-        guard kill(old, SIGUSR2) == 0 else { throw ValidationError("cannot signal process \(old): errno \(errno)") }
+        guard kill(old, SIGUSR2) == 0 else {
+            throw CommandFailure("cannot signal process \(old) (from \(pidFile)): \(String(cString: strerror(errno))). The pid file is stale: is the proxy running?")
+        }
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             if let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
@@ -255,7 +253,7 @@ struct ProxyRestart: ParsableCommand {
             }
             usleep(50_000)
         }
-        throw ValidationError("process \(old) got SIGUSR2 but no successor wrote \(pidFile) within \(timeout) s; the old process keeps running (see its log)")
+        throw CommandFailure("process \(old) got SIGUSR2 but no successor wrote \(pidFile) within \(timeout) s; the old process keeps running (see its log)")
     }
 }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import StraitCLI
 import StraitNet
 import StraitSteer
 import StraitSystem
