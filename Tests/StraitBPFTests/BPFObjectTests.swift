@@ -52,7 +52,9 @@ struct BPFObjectTests {
         #expect(fromMemory.programNames == fromFile.programNames)
         #expect(fromMemory.mapNames == fromFile.mapNames)
         #expect(try fromMemory.load().map("pairs").maxEntries > 0)
-        #expect(throws: BPFError.self) { _ = try BPFObjectSpec(bytes: [0x7f, 0x45, 0x4c, 0x46, 0, 0], name: "truncated") }
+        // Bytes that are no BPF object fail at open or at load, with a BPFError, never a crash.
+        #expect(throws: BPFError.self) { _ = try BPFObjectSpec(bytes: [0x7f, 0x45, 0x4c, 0x46, 0, 0], name: "truncated").load() }
+        #expect(throws: BPFError.self) { _ = try BPFObjectSpec(bytes: Array(EmbeddedBPFObject.fixtures.bytes.prefix(200)), name: "cut").load() }
     }
 
     @Test("typed maps: update, lookup, delete, iterate")
