@@ -10,6 +10,14 @@ public func printJSON<T: Encodable>(_ value: T) throws {
     print(String(decoding: try encoder.encode(value), as: UTF8.self))
 }
 
+/// A value as one line of compact JSON with sorted keys: what streaming commands print with
+/// `--json`, one object a line (`strait accel trace`, `strait steer serve`).
+public func jsonLine<T: Encodable>(_ value: T) throws -> String {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys]
+    return String(decoding: try encoder.encode(value), as: UTF8.self)
+}
+
 /// Renders rows as an aligned text table, the first row being the header.
 public func table(_ rows: [[String]]) -> String {
     guard let header = rows.first else { return "" }

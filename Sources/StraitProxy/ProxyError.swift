@@ -1,5 +1,4 @@
 import StraitBPF
-import Glibc
 import StraitSystem
 
 /// What can go wrong starting or running the proxy; each case says which step failed.
@@ -15,20 +14,10 @@ public enum ProxyError: Error, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .system(let error): "\(error)"
+        case .system(let error): error.bindAdvice.map { "\(error). \($0)" } ?? "\(error)"
         case .sockmap(let error): "kernel datapath (sockmap or skmsg): \(error)"
         case .config(let error): "\(error)"
-        case .bind(let listener, let address, let error): "listener \(listener) cannot bind \(address): \(error). \(Self.bindAdvice(error))"
-        }
-    }
-
-    /// What to do when `bind(2)` fails, by errno: each has its own cause.
-    static func bindAdvice(_ error: SystemCallError) -> String {
-        switch error.errno.rawValue {
-        case EADDRINUSE: "Another socket is bound to that address and port (`ss -ltnp` names its process): stop it, or choose another port."
-        case EADDRNOTAVAIL: "That address is on no interface of this host (or network namespace): listen on a local address, or on 0.0.0.0 / [::]."
-        case EACCES: "Ports below 1024 need root or CAP_NET_BIND_SERVICE."
-        default: "Check the address, and that this process may bind it."
+        case .bind(let listener, let address, let error): "listener \(listener) cannot bind \(address): \(error). \(error.bindAdvice ?? "")"
         }
     }
 }

@@ -54,6 +54,7 @@ struct AccelCommand: ParsableCommand {
         @Option(help: "The cgroup v2 whose sockets are accelerated. Default: the root of cgroup v2 (every process).")
         var cgroup: String?
         @OptionGroup var policy: PolicyOptions
+        @Flag(help: "Print the status after enabling, as `strait accel status --json` does.") var json = false
         @Option(help: .hidden) var pinDirectory: String = Accelerator.defaultPinDirectory
 
         func run() throws {
@@ -64,22 +65,27 @@ struct AccelCommand: ParsableCommand {
             }
             let base = Accelerator.isEnabled(pinDirectory: pinDirectory) ? try Accelerator.open(pinDirectory: pinDirectory).policy() : AccelPolicy()
             let accelerator = try Accelerator.enable(cgroup: target, policy: try policy.applied(to: base), pinDirectory: pinDirectory)
+            if json { return try printJSON(try Accelerator.status(pinDirectory: pinDirectory)) }
             print("acceleration enabled on cgroup \(target.path); pinned under \(accelerator.pinDirectory)")
         }
     }
 
     struct Disable: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Detach and unpin everything `enable` made.")
+        @Flag(help: "Print JSON: whether it was enabled, and the pin folder.") var json = false
         @Option(help: .hidden) var pinDirectory: String = Accelerator.defaultPinDirectory
+
+        struct Outcome: Encodable {
+            var wasEnabled: Bool
+            var pinDirectory: String
+        }
 
         func run() throws {
             Strait.bootstrapLogging()
-            guard BPFFS.exists(pinDirectory) else {
-                print("acceleration was not enabled")
-                return
-            }
-            try Accelerator.disable(pinDirectory: pinDirectory)
-            print("acceleration disabled; nothing left under \(pinDirectory)")
+            let wasEnabled = BPFFS.exists(pinDirectory)
+            if wasEnabled { try Accelerator.disable(pinDirectory: pinDirectory) }
+            if json { return try printJSON(Outcome(wasEnabled: wasEnabled, pinDirectory: pinDirectory)) }
+            print(wasEnabled ? "acceleration disabled; nothing left under \(pinDirectory)" : "acceleration was not enabled")
         }
     }
 
@@ -158,11 +164,9 @@ struct AccelCommand: ParsableCommand {
             Strait.bootstrapLogging()
             let accelerator = try Accelerator.open(pinDirectory: pinDirectory)
             let stop = SignalFlag.interrupt()
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
             try accelerator.trace(count: count, shouldStop: { stop.isRaised }) { event in
-                if json, let line = try? encoder.encode(event) {
-                    print(String(decoding: line, as: UTF8.self))
+                if json, let line = try? jsonLine(event) {
+                    print(line)
                 } else {
                     print(event)
                 }

@@ -37,6 +37,7 @@ struct ProxyRun: ParsableCommand {
 
     @Option(help: "YAML configuration file (see the README, section strait proxy).") var config: String?
     @Option(help: "Validate this configuration file and exit: prints FILE:LINE:COLUMN: what was expected.") var check: String?
+    @Flag(help: "With --check: print the outcome as JSON (ok, counts, or the errors one a string).") var json = false
     @Option(help: "Quick start: the address to listen on, host:port.") var listen: String?
     @Option(help: "Quick start: upstream addresses, comma-separated host:port.") var upstream: String?
     @Option(help: "Quick start: auto, skmsg, sockmap, splice or copy.") var datapath: String = "auto"
@@ -51,12 +52,24 @@ struct ProxyRun: ParsableCommand {
 
     func run() throws {
         if let check {
+            struct Outcome: Encodable {
+                var file: String
+                var ok: Bool
+                var listeners: Int?
+                var clusters: Int?
+                var errors: [String]?
+            }
             do {
                 let parsed = try ProxyConfigLoader.load(path: check)
+                if json { return try printJSON(Outcome(file: check, ok: true, listeners: parsed.listeners.count, clusters: parsed.clusters.count)) }
                 print("\(check): ok (\(parsed.listeners.count) listener(s), \(parsed.clusters.count) cluster(s))")
                 return
             } catch {
-                FileHandle.standardError.write(Data("\(error)\n".utf8))
+                if json {
+                    try printJSON(Outcome(file: check, ok: false, errors: "\(error)".split(separator: "\n").map(String.init)))
+                } else {
+                    FileHandle.standardError.write(Data("\(error)\n".utf8))
+                }
                 throw ExitCode(1)
             }
         }
