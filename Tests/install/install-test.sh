@@ -56,7 +56,7 @@ check "man page strait.1 installed" test -s "$prefix/share/man/man1/strait.1"
 check "man page for strait accel enable installed" test -s "$prefix/share/man/man1/strait.accel.enable.1"
 check "bash completion installed" grep -q "_strait" "$prefix/share/bash-completion/completions/strait"
 check "zsh completion installed" grep -q "#compdef strait" "$prefix/share/zsh/site-functions/_strait"
-check "fish completion installed" grep -q "complete -c strait" "$prefix/share/fish/vendor_completions.d/strait.fish"
+check "fish completion installed" grep -q "^complete -c .strait" "$prefix/share/fish/vendor_completions.d/strait.fish"
 check "license installed" grep -q "Apache License" "$prefix/share/doc/strait/LICENSE"
 for unit in "$repo"/deploy/systemd/*.service; do
     [ -e "$unit" ] || continue
