@@ -26,17 +26,19 @@ public struct CommandFailure: Error, CustomStringConvertible {
 /// - an explicit `ExitCode`: that code (a command that printed its own report, e.g. `--check`);
 /// - any other error (``CommandFailure``, a library's typed error): exit 1 with
 ///   `NAME: error: DESCRIPTION` on standard error and no usage text.
-public protocol StraitCommandMain: AsyncParsableCommand {}
+///
+/// `main` is synchronous on purpose, as argument-parser's own `ParsableCommand.main` is: the
+/// commands block the main thread (semaphores, `Process.waitUntilExit`). Tried as an `async` main,
+/// `strait bench accel` saw its sockperf client run into its timeout and be killed every time, and
+/// ran several times slower; synchronous, the same run passes. An asynchronous command needs its
+/// own bridge (a semaphore around a `Task`), as `strait proxy` drains today.
+public protocol StraitCommandMain: ParsableCommand {}
 
 extension StraitCommandMain {
-    public static func main() async {
+    public static func main() {
         do {
             var command = try parseAsRoot()
-            if var asynchronous = command as? AsyncParsableCommand {
-                try await asynchronous.run()
-            } else {
-                try command.run()
-            }
+            try command.run()
         } catch {
             let code = exitCode(for: error)
             if code == .validationFailure || code == .success || error is ExitCode || error is CleanExit {

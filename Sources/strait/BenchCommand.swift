@@ -25,6 +25,10 @@ struct BenchCommand: ParsableCommand {
         guard let path = Executable.sibling("strait-bench") else {
             throw CommandFailure("benchmarks are not installed (no strait-bench beside \(Executable.current) or on PATH): build them in a checkout with `swift build -c release --product strait-bench`")
         }
+        // The benchmark and its peers get the signals this process was started with, none blocked.
+        var unblocked = sigset_t()
+        sigemptyset(&unblocked)
+        pthread_sigmask(SIG_SETMASK, &unblocked, nil)
         let argv = ([path] + arguments).map { strdup($0) } + [nil]
         execv(path, argv)
         throw CommandFailure("cannot run \(path): \(String(cString: strerror(errno))) (errno \(errno))")
