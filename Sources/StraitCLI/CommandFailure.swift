@@ -16,6 +16,7 @@ public struct CommandFailure: Error, CustomStringConvertible {
     /// with mkdir, or pass another --cgroup"`).
     public init(_ message: String) { self.message = message }
 
+    /// The message as it is printed after `strait: error: `.
     public var description: String { message }
 }
 
@@ -35,6 +36,7 @@ public struct CommandFailure: Error, CustomStringConvertible {
 public protocol StraitCommandMain: ParsableCommand {}
 
 extension StraitCommandMain {
+    /// Parses the process's arguments, runs the command, and exits by the rules above.
     public static func main() {
         do {
             var command = try parseAsRoot()

@@ -222,12 +222,21 @@ struct ProxyReload: ParsableCommand {
     )
 
     @Option(help: "The running proxy's pid file.") var pidFile: String = defaultPidFile
+    @Flag(help: "Print JSON: the process signalled.") var json = false
+
+    /// What `reload` and `restart` did, for `--json`.
+    struct Signalled: Encodable {
+        var signal: String
+        var pid: pid_t
+        var successor: pid_t?
+    }
 
     func run() throws {
         let pid = try Self.runningPid(pidFile)
         guard kill(pid, SIGHUP) == 0 else {
             throw CommandFailure("cannot signal process \(pid) (from \(pidFile)): \(String(cString: strerror(errno))). The pid file is stale: is the proxy running? Remove the file, or give --pid-file of the running one")
         }
+        if json { return try printJSON(Signalled(signal: "SIGHUP", pid: pid)) }
         print("reload sent to process \(pid)")
     }
 
@@ -250,6 +259,7 @@ struct ProxyRestart: ParsableCommand {
 
     @Option(help: "The running proxy's pid file.") var pidFile: String = defaultPidFile
     @Option(help: "Seconds to wait for the new process.") var timeout: Double = 10
+    @Flag(help: "Print JSON: the old process and its successor.") var json = false
 
     func run() throws {
         let old = try ProxyReload.runningPid(pidFile)
@@ -261,6 +271,7 @@ struct ProxyRestart: ParsableCommand {
             if let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
                 let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid != old, kill(pid, 0) == 0
             {
+                if json { return try printJSON(ProxyReload.Signalled(signal: "SIGUSR2", pid: old, successor: pid)) }
                 print("restarted: process \(pid) accepts on the listening sockets; process \(old) drains its connections")
                 return
             }
