@@ -115,6 +115,10 @@ expect_exit 64 usage drop frobnicate
 expect_exit 1 line accel enable --cgroup "$cgroup_root/$name-missing" --pin-directory "$accel_pins"
 expect_exit 1 line proxy reload --pid-file "$prefix/no-such.pid"
 expect_exit 1 line bench accel
+# errno 99 (an address on no interface) is not "another process on that port".
+expect_exit 1 line proxy --listen 198.18.0.1:7 --upstream 127.0.0.1:9 --pid-file "$prefix/proxy.pid" --handover-socket "$prefix/handover.sock"
+check "EADDRNOTAVAIL is explained as an address this host does not have" sh -c "hidden_errors=\$(\"\$@\" 2>&1 >/dev/null); echo \"\$hidden_errors\" | grep -q 'on no interface' && ! echo \"\$hidden_errors\" | grep -qi 'another'" sh \
+    env PATH=/usr/sbin:/usr/bin:/sbin:/bin "$binary" proxy --listen 198.18.0.1:7 --upstream 127.0.0.1:9 --pid-file "$prefix/proxy.pid" --handover-socket "$prefix/handover.sock"
 
 if [ "$failures" -ne 0 ]; then echo "install test: $failures check(s) failed"; exit 1; fi
 echo "install test: all checks passed"
