@@ -10,7 +10,23 @@ APT_PACKAGES := pkg-config libbpf-dev libelf-dev zlib1g-dev iproute2 bpftool ipe
 APT_PACKAGES += systemd
 PIP_PACKAGES := kubernetes-validate
 
-.PHONY: demo test deps build release clean
+# `make install PREFIX=/usr/local DESTDIR=` (DESTDIR stages a package's tree).
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR := $(DESTDIR)$(PREFIX)/bin
+UNITDIR := $(DESTDIR)$(PREFIX)/lib/systemd/system
+MANDIR := $(DESTDIR)$(PREFIX)/share/man/man1
+BASHDIR := $(DESTDIR)$(PREFIX)/share/bash-completion/completions
+ZSHDIR := $(DESTDIR)$(PREFIX)/share/zsh/site-functions
+FISHDIR := $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+DOCDIR := $(DESTDIR)$(PREFIX)/share/doc/strait
+UNITS := $(wildcard deploy/systemd/*.service)
+# Installed builds carry the Swift runtime inside: they run on a machine without the toolchain.
+RELEASE_FLAGS := -c release --static-swift-stdlib
+# Completions and man pages, generated from the built binary by swift-argument-parser.
+GENERATED := .build/strait-install
+
+.PHONY: demo test deps build release bench clean install uninstall install-files install-test
 
 ## Install the Debian packages that are missing (no-op when all are there).
 deps:
@@ -30,11 +46,15 @@ build: deps
 	$(SWIFT) build
 
 release: deps
-	$(SWIFT) build -c release --product strait
+	$(SWIFT) build $(RELEASE_FLAGS) --product strait
+
+## The benchmarks, a separate executable (`strait bench …` runs it from beside strait).
+bench: deps
+	$(SWIFT) build $(RELEASE_FLAGS) --product strait-bench
 
 ## Side by side on this machine: what the kernel supports, then plain TCP against accelerated.
-demo: release
-	$(SWIFT) build -c release --product straitnet-http
+demo: release bench
+	$(SWIFT) build $(RELEASE_FLAGS) --product straitnet-http
 	$(SUDO) .build/release/strait doctor
 	$(SUDO) .build/release/strait bench accel --duration 2
 
@@ -43,6 +63,40 @@ demo: release
 test: deps
 	$(SWIFT) build --build-tests
 	$(SUDO) env CI=$(CI) $(SWIFT) test --skip-build --no-parallel
+	$(MAKE) install-test
+
+## Installs to a temporary prefix and runs the installed strait with .build hidden (Tests/install).
+install-test: release
+	$(SUDO) env CI=$(CI) Tests/install/install-test.sh
+
+## The binary, the systemd units (deploy/systemd, when there), completions, man pages, the license.
+install: release
+	rm -rf $(GENERATED) && mkdir -p $(GENERATED)/man
+	.build/release/strait --generate-completion-script bash > $(GENERATED)/strait.bash
+	.build/release/strait --generate-completion-script zsh > $(GENERATED)/_strait
+	.build/release/strait --generate-completion-script fish > $(GENERATED)/strait.fish
+	$(SWIFT) build --product generate-manual
+	.build/debug/generate-manual .build/release/strait --multi-page --output-directory $(GENERATED)/man \
+		$$(git log -1 --format=--date=%cs 2>/dev/null)
+	$(SUDO) $(MAKE) --no-print-directory install-files PREFIX=$(PREFIX) DESTDIR=$(DESTDIR)
+
+# Copies only: runs as root without touching the build.
+install-files:
+	install -d $(BINDIR) $(MANDIR) $(BASHDIR) $(ZSHDIR) $(FISHDIR) $(DOCDIR)
+	install -m 0755 .build/release/strait $(BINDIR)/strait
+	install -m 0644 $(GENERATED)/man/*.1 $(MANDIR)/
+	install -m 0644 $(GENERATED)/strait.bash $(BASHDIR)/strait
+	install -m 0644 $(GENERATED)/_strait $(ZSHDIR)/_strait
+	install -m 0644 $(GENERATED)/strait.fish $(FISHDIR)/strait.fish
+	install -m 0644 LICENSE README.md $(DOCDIR)/
+	$(if $(UNITS),install -d $(UNITDIR))
+	$(foreach unit,$(UNITS),sed 's|/usr/local/bin/strait|$(PREFIX)/bin/strait|g' $(unit) > $(UNITDIR)/$(notdir $(unit)) && chmod 0644 $(UNITDIR)/$(notdir $(unit));)
+
+## Removes what `install` put there (same PREFIX and DESTDIR).
+uninstall:
+	$(SUDO) rm -f $(BINDIR)/strait $(MANDIR)/strait.1 $(MANDIR)/strait.*.1 $(BASHDIR)/strait $(ZSHDIR)/_strait $(FISHDIR)/strait.fish
+	$(SUDO) rm -rf $(DOCDIR)
+	$(foreach unit,$(UNITS),$(SUDO) rm -f $(UNITDIR)/$(notdir $(unit));)
 
 clean:
 	rm -rf .build

@@ -7,6 +7,8 @@ let package = Package(
     name: "strait",
     products: [
         .executable(name: "strait", targets: ["strait"]),
+        // The side-by-side benchmarks, apart from what an operator installs (`strait bench` runs it).
+        .executable(name: "strait-bench", targets: ["strait-bench"]),
         .library(name: "StraitBPF", targets: ["StraitBPF"]),
         .library(name: "StraitNet", targets: ["StraitNet"]),
         .library(name: "StraitNetBench", targets: ["StraitNetBench"]),
@@ -57,8 +59,13 @@ let package = Package(
             ]
         ),
 
-        // Compiles each feature's `bpf/*.bpf.c` with the toolchain's clang and ships the object as a resource.
-        .plugin(name: "BPFCompiler", capability: .buildTool()),
+        // Build-time only: compiles each feature's `bpf/*.bpf.c` with the toolchain's clang and embeds
+        // the object in the target as Swift source (StraitCodegen writes it); records the git commit.
+        .executableTarget(name: "StraitCodegen"),
+        .plugin(name: "BPFCompiler", capability: .buildTool(), dependencies: ["StraitCodegen"]),
+        .plugin(name: "BuildInfoGenerator", capability: .buildTool(), dependencies: ["StraitCodegen"]),
+        // The version and commit every installed binary reports.
+        .target(name: "StraitBuildInfo", plugins: ["BuildInfoGenerator"]),
 
         // Layer 3: features, each with its kernel C beside the Swift that loads it.
         .target(
@@ -161,14 +168,29 @@ let package = Package(
             dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitDrop", "StraitProxy", "StraitSteer", "StraitNet", "StraitNetBench", .product(name: "Logging", package: "swift-log")]
         ),
 
-        // Layer 4: the command.
+        // Layer 4: the commands. StraitCLI is what `strait` and `strait-bench` share: exit codes,
+        // one-line failures, JSON and table output, logging set-up.
+        .target(
+            name: "StraitCLI",
+            dependencies: [
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // What an operator installs: no benchmark code, no interposer.
         .executableTarget(
             name: "strait",
             dependencies: [
-                "StraitBPF", "StraitAccel", "StraitBench", "StraitSystem", "StraitDrop", "StraitNetBench", "StraitProxy", "StraitSteer", "StraitNet",
-                "StraitAgent",
+                "StraitBPF", "StraitAccel", "StraitSystem", "StraitDrop", "StraitProxy", "StraitSteer", "StraitNet", "StraitCLI", "StraitBuildInfo", "StraitAgent",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "strait-bench",
+            dependencies: [
+                "StraitBench", "StraitNetBench", "StraitProxy", "StraitSystem", "StraitCLI", "StraitBuildInfo",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
 

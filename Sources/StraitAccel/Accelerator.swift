@@ -92,7 +92,7 @@ public final class Accelerator {
         try BPFFS.removeTree(pinDirectory)
         try BPFFS.makeDirectory(pinDirectory)
         do {
-            let object = try BPFObjectSpec(resource: "accel", in: Bundle.module).load()
+            let object = try BPFObjectSpec(embedded: .accel).load()
             for pin in [Pin.socks, .config, .ports, .excludePorts, .bypassPorts, .cidrs, .stats, .inbound, .sockState, .events, .calibration] {
                 try object.map(pin.rawValue).pin(at: path(pin, in: pinDirectory))
             }

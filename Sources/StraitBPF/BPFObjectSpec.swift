@@ -2,12 +2,37 @@ import CLibBPF
 import Foundation
 import SystemPackage
 
-/// A BPF ELF object read from disk but not yet in the kernel: its programs and maps can be listed
-/// and adjusted (map sizes, which programs load) before ``load()``.
+/// A BPF ELF object compiled into the binary: the BPFCompiler plugin turns each target's
+/// `bpf/NAME.bpf.c` into a static `EmbeddedBPFObject.NAME` of that target (internal to it), the way
+/// bpftool's skeletons and cilium/ebpf's bpf2go embed theirs. A binary that carries its objects
+/// runs from wherever it is installed.
+///
+/// The bytes are decoded from the generated base64 text once, on first use of the static (a copy
+/// of the object's size, tens of kilobytes, kept for the life of the process).
+public struct EmbeddedBPFObject: Sendable {
+    /// The object's name without `.o` (`accel.bpf`): libbpf's object name, which prefixes the names
+    /// of its internal `.rodata`/`.bss` maps exactly as opening the file would.
+    public let name: String
+    /// The ELF object.
+    public let bytes: [UInt8]
+
+    /// Decodes an object the plugin embedded. A text that is not base64 is a broken build, not a
+    /// runtime condition, so it stops the process with the object's name.
+    public init(name: String, base64: String) {
+        guard let data = Data(base64Encoded: base64) else { fatalError("the embedded BPF object \(name) is not base64: rebuild") }
+        self.name = name
+        self.bytes = [UInt8](data)
+    }
+}
+
+/// A BPF ELF object not yet in the kernel: its programs and maps can be listed and adjusted (map
+/// sizes, which programs load) before ``load()``.
 ///
 /// A spec is used once: ``load()`` hands its libbpf object to the returned ``BPFObject``.
 public final class BPFObjectSpec {
     private var object: OpaquePointer?
+    /// The ELF bytes libbpf reads in place, for a spec opened from memory; it outlives `object`.
+    private let image: ObjectImage?
     /// Where the object came from, for messages.
     public let source: String
 
@@ -15,16 +40,32 @@ public final class BPFObjectSpec {
     public init(path: String) throws(BPFError) {
         _ = LibBPFLogging.install
         source = path
+        image = nil
         object = try libbpfPointer("bpf_object__open_file(\(path))") { bpf_object__open_file(path, nil) }
     }
 
-    /// Opens the object a target ships as a resource: `bpf/NAME.bpf.c` compiled by the BPFCompiler
-    /// plugin becomes `NAME.bpf.o` in the target's bundle (pass `Bundle.module`).
-    public convenience init(resource name: String, in bundle: Bundle) throws(BPFError) {
-        guard let path = bundle.path(forResource: name + ".bpf", ofType: "o") else {
-            throw .unsupported("\(name).bpf.o is not among the resources of \(bundle.bundlePath): rebuild with `swift build`")
+    /// Opens an ELF object held in memory (`bpf_object__open_mem`). `name` is libbpf's object name
+    /// (the file name without `.o`, e.g. `accel.bpf`). The bytes are copied once into a buffer the
+    /// spec owns, because libbpf parses the ELF in place until ``load()`` finishes.
+    public init(bytes: [UInt8], name: String) throws(BPFError) {
+        _ = LibBPFLogging.install
+        source = "\(name).o (embedded)"
+        let image = ObjectImage(bytes)
+        self.image = image
+        object = try libbpfPointer("bpf_object__open_mem(\(name))") {
+            name.withCString { objectName in
+                var options = bpf_object_open_opts()
+                options.sz = MemoryLayout<bpf_object_open_opts>.size
+                options.object_name = objectName
+                return bpf_object__open_mem(image.buffer.baseAddress, image.buffer.count, &options)
+            }
         }
-        try self.init(path: path)
+    }
+
+    /// Opens an object the BPFCompiler plugin embedded in the calling target:
+    /// `BPFObjectSpec(embedded: .accel)` for `bpf/accel.bpf.c`.
+    public convenience init(embedded object: EmbeddedBPFObject) throws(BPFError) {
+        try self.init(bytes: object.bytes, name: object.name)
     }
 
     deinit {
@@ -111,7 +152,7 @@ public final class BPFObjectSpec {
             throw .call("bpf_object__load(\(source))", errno)
         }
         self.object = nil
-        return BPFObject(object: object, source: source)
+        return BPFObject(object: object, image: image, source: source)
     }
 }
 
@@ -122,10 +163,14 @@ public final class BPFObjectSpec {
 /// kernel objects nobody took.
 public final class BPFObject {
     private var object: OpaquePointer?
+    /// Kept until ``close()``: libbpf's object may still point into an image it was opened from.
+    private var image: ObjectImage?
+    /// Where the object came from (a path, or an embedded object's name), for messages.
     public let source: String
 
-    init(object: OpaquePointer, source: String) {
+    init(object: OpaquePointer, image: ObjectImage?, source: String) {
         self.object = object
+        self.image = image
         self.source = source
     }
 
@@ -135,6 +180,7 @@ public final class BPFObject {
     public func close() {
         if let object { bpf_object__close(object) }
         object = nil
+        image = nil
     }
 
     /// The map named `name`, with its own descriptor.
@@ -154,4 +200,17 @@ public final class BPFObject {
         let fd = try Descriptor.duplicate(bpf_program__fd(program), "dup(program \(name))")
         return try BPFProgram(descriptor: fd, name: name, expectedAttachType: bpf_program__expected_attach_type(program))
     }
+}
+
+/// ELF bytes at a fixed address for as long as a libbpf object opened from them lives: a Swift
+/// array's storage may not be pointed into past the call that lent it.
+final class ObjectImage {
+    let buffer: UnsafeMutableRawBufferPointer
+
+    init(_ bytes: [UInt8]) {
+        buffer = .allocate(byteCount: bytes.count, alignment: 8)
+        bytes.withUnsafeBytes { buffer.copyMemory(from: $0) }
+    }
+
+    deinit { buffer.deallocate() }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import StraitSystem
 
 /// Runs the peer tools a benchmark compares against (iperf3, sockperf, …) as child processes of
 /// this one, so a whole benchmark is one process tree that ends when it ends.
@@ -95,13 +96,16 @@ public struct ProcessRunner: Sendable {
 
     /// Finds an executable on PATH (or a path given as is).
     public static func locate(_ name: String) throws -> String {
-        if name.contains("/") { return name }
-        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
-        let directories = path.split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin"]
-        for directory in directories {
-            let candidate = "\(directory)/\(name)"
-            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-        }
+        if let path = Executable.onPath(name) { return path }
         throw Failure(command: [name], status: 127, output: "\(name) is not installed: run `make deps` (it installs iperf3, sockperf and the other peers)")
+    }
+
+    /// The `strait` binary the benchmarks run as a separate process (`strait steer serve`): the one
+    /// beside this `strait-bench` (both are built into the same products folder), else on PATH.
+    public static func locateStrait() throws -> String {
+        guard let path = Executable.sibling("strait") else {
+            throw Failure(command: ["strait"], status: 127, output: "no strait beside \(Executable.current) or on PATH: build it with `swift build -c release --product strait`")
+        }
+        return path
     }
 }

@@ -4,12 +4,13 @@ import StraitSteer
 import StraitSystem
 
 extension SteerBenchmark {
-    /// Strait's restart between real processes: `strait steer serve` (this executable) is started
+    /// Strait's restart between real processes: `strait steer serve` (the `strait` beside this
+    /// `strait-bench`, else on PATH) is started
     /// in the namespace, then replaced `restarts` times by a new `strait steer serve --take-over`,
     /// while the client opens short connections at `restartRate`. Each old process drains and exits
     /// by itself once replaced.
     func crossProcessRestart(namespace: NetworkNamespace, controlDirectory: String) throws -> RestartDrill.Result {
-        let binary = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let binary = try ProcessRunner.locateStrait()
         let path = controlDirectory + "/serve.sock"
         let port: UInt16 = 44000
         try namespace.run { try NamespaceSysctl.write(NamespaceSysctl.tcpMigrateRequests, "1") }

@@ -49,16 +49,6 @@ public final class Dropper: @unchecked Sendable {
     static func programPath(in directory: String) -> String { path("prog", in: directory) }
     static func linksPath(in directory: String) -> String { path("links", in: directory) }
 
-    /// The compiled kernel object shipped with this module (built from `bpf/drop.bpf.c`).
-    public static var objectPath: String {
-        get throws(BPFError) {
-            guard let path = Bundle.module.path(forResource: "drop.bpf", ofType: "o") else {
-                throw .unsupported("drop.bpf.o is missing from the StraitDrop resources: rebuild with `swift build`")
-            }
-            return path
-        }
-    }
-
     private init(pinDirectory: String) throws(BPFError) {
         self.pinDirectory = pinDirectory
         func open(_ name: String) throws(BPFError) -> BPFMap {
@@ -100,7 +90,7 @@ public final class Dropper: @unchecked Sendable {
         try BPFFS.removeTree(pinDirectory)
         try BPFFS.makeDirectory(linksPath(in: pinDirectory))
         do {
-            let object = try BPFObjectSpec(path: objectPath).load()
+            let object = try BPFObjectSpec(embedded: .drop).load()
             for name in allMapNames { try object.map(name).pin(at: path(name, in: pinDirectory)) }
             let dropper = try Dropper(pinDirectory: pinDirectory)
             try dropper.config.update(0, strait_drop_config(active_set: 0, set_flags: (0, 0), next_rule_id: 1))

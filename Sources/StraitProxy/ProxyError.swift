@@ -14,10 +14,10 @@ public enum ProxyError: Error, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .system(let error): "\(error)"
+        case .system(let error): error.bindAdvice.map { "\(error). \($0)" } ?? "\(error)"
         case .sockmap(let error): "kernel datapath (sockmap or skmsg): \(error)"
         case .config(let error): "\(error)"
-        case .bind(let listener, let address, let error): "listener \(listener) cannot bind \(address): \(error). Is another process on that port?"
+        case .bind(let listener, let address, let error): "listener \(listener) cannot bind \(address): \(error). \(error.bindAdvice ?? "")"
         }
     }
 }

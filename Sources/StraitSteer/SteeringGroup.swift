@@ -55,10 +55,7 @@ public final class SteeringGroup: SocketSteering, @unchecked Sendable {
             program = nil; sockets = nil; config = nil; table = nil; counterMap = nil
             return
         }
-        guard let path = Bundle.module.path(forResource: "steer.bpf", ofType: "o") else {
-            throw BPFError.unsupported("steer.bpf.o is missing from the StraitSteer bundle: rebuild Strait")
-        }
-        let spec = try BPFObjectSpec(path: path)
+        let spec = try BPFObjectSpec(embedded: .steer)
         try spec.setAutoload(!migrate, forProgram: "steer_select")
         try spec.setAutoload(migrate, forProgram: "steer_select_or_migrate")
         if migrate { try spec.setExpectedAttachType(BPF_SK_REUSEPORT_SELECT_OR_MIGRATE, forProgram: "steer_select_or_migrate") }

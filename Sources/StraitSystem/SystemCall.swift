@@ -21,6 +21,18 @@ public struct SystemCallError: Error, Equatable, CustomStringConvertible {
     }
 
     public var description: String { "\(function): \(errno) (errno \(errno.rawValue))" }
+
+    /// For a failed `bind(2)`, what to do about it: each errno has its own cause (`EADDRNOTAVAIL`
+    /// is an address this host does not have, not a port in use). Nil for other calls.
+    public var bindAdvice: String? {
+        guard function == "bind" else { return nil }
+        switch errno.rawValue {
+        case EADDRINUSE: return "Another socket is bound to that address and port (`ss -ltnp` names its process): stop it, or choose another port."
+        case EADDRNOTAVAIL: return "That address is on no interface of this host (or network namespace): use a local address, or 0.0.0.0 / [::]."
+        case EACCES: return "Ports below 1024 need root or CAP_NET_BIND_SERVICE."
+        default: return "Check the address, and that this process may bind it."
+        }
+    }
 }
 
 /// Runs a call that reports failure as `-1` and `errno`, retrying on `EINTR`.

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import StraitAccel
 import StraitBPF
+import StraitCLI
 import StraitSystem
 
 struct AccelCommand: ParsableCommand {
@@ -64,15 +65,19 @@ struct AccelCommand: ParsableCommand {
         @OptionGroup var policy: PolicyOptions
         @Flag(help: "Skip the calibration (about 3.5 s of loopback traffic in a private cgroup); every bulk size then redirects, unless --bulk-bytes says otherwise.")
         var noCalibrate = false
+        @Flag(help: "Print the status after enabling, as `strait accel status --json` does.") var json = false
         @Option(help: .hidden) var pinDirectory: String = Accelerator.defaultPinDirectory
 
         func run() throws {
             Strait.bootstrapLogging()
             let target = try cgroup.map(Cgroup.init(path:)) ?? Cgroup.root()
-            guard target.exists else { throw ValidationError("--cgroup \(target.path) is not a cgroup v2 directory") }
+            guard target.exists else {
+                throw CommandFailure("--cgroup \(target.path) is not a cgroup v2 directory: create it (mkdir) under the cgroup v2 mount, or name one that exists")
+            }
             let base = Accelerator.isEnabled(pinDirectory: pinDirectory) ? try Accelerator.open(pinDirectory: pinDirectory).policy() : AccelPolicy()
             let accelerator = try Accelerator.enable(
                 cgroup: target, policy: try policy.applied(to: base), pinDirectory: pinDirectory, calibration: noCalibrate ? nil : AccelCalibration.Plan())
+            if json { return try printJSON(try Accelerator.status(pinDirectory: pinDirectory)) }
             print("acceleration enabled on cgroup \(target.path); pinned under \(accelerator.pinDirectory)")
             print(try Calibrate.summary(of: accelerator))
         }
@@ -113,16 +118,20 @@ struct AccelCommand: ParsableCommand {
 
     struct Disable: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Detach and unpin everything `enable` made.")
+        @Flag(help: "Print JSON: whether it was enabled, and the pin folder.") var json = false
         @Option(help: .hidden) var pinDirectory: String = Accelerator.defaultPinDirectory
+
+        struct Outcome: Encodable {
+            var wasEnabled: Bool
+            var pinDirectory: String
+        }
 
         func run() throws {
             Strait.bootstrapLogging()
-            guard BPFFS.exists(pinDirectory) else {
-                print("acceleration was not enabled")
-                return
-            }
-            try Accelerator.disable(pinDirectory: pinDirectory)
-            print("acceleration disabled; nothing left under \(pinDirectory)")
+            let wasEnabled = BPFFS.exists(pinDirectory)
+            if wasEnabled { try Accelerator.disable(pinDirectory: pinDirectory) }
+            if json { return try printJSON(Outcome(wasEnabled: wasEnabled, pinDirectory: pinDirectory)) }
+            print(wasEnabled ? "acceleration disabled; nothing left under \(pinDirectory)" : "acceleration was not enabled")
         }
     }
 
@@ -203,11 +212,9 @@ struct AccelCommand: ParsableCommand {
             Strait.bootstrapLogging()
             let accelerator = try Accelerator.open(pinDirectory: pinDirectory)
             let stop = SignalFlag.interrupt()
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
             try accelerator.trace(count: count, shouldStop: { stop.isRaised }) { event in
-                if json, let line = try? encoder.encode(event) {
-                    print(String(decoding: line, as: UTF8.self))
+                if json, let line = try? jsonLine(event) {
+                    print(line)
                 } else {
                     print(event)
                 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import CLibBPF
 import Foundation
 import StraitBPF
+import StraitCLI
 import StraitDrop
 import StraitSystem
 

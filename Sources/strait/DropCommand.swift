@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import StraitBPF
+import StraitCLI
 import StraitDrop
 import StraitSystem
 
@@ -11,8 +12,17 @@ struct DropCommand: ParsableCommand {
         subcommands: [Attach.self, Detach.self, Add.self, Remove.self, List.self, Load.self, Mode.self, Stats.self]
     )
 
+    /// What every `strait drop` command takes: the pin folder (hidden; tests use their own) and
+    /// `--json`, which prints the outcome as one JSON object instead of a sentence.
     struct Common: ParsableArguments {
+        @Flag(help: "Print JSON.") var json = false
         @Option(help: .hidden) var pinDirectory: String = Dropper.defaultPinDirectory
+    }
+
+    /// What a rule change did: the rules it changed and the ones that were already so.
+    struct RuleChange: Encodable {
+        var changed: [String] = []
+        var unchanged: [String] = []
     }
 
     /// Interface names resolve in a network namespace. `ip netns exec` would remount /sys and hide
@@ -61,6 +71,7 @@ struct DropCommand: ParsableCommand {
             let (interface, mode) = (self.interface, self.mode)
             try namespace.run { try dropper.attach(interface: interface, mode: mode) }
             let rules = try dropper.ruleSet()
+            if common.json { return try printJSON(List.Listing(mode: rules.mode, attachments: dropper.attachments(), rules: rules.rules)) }
             print("attached to \(interface) (\(mode)); \(rules.rules.count) rules, \(rules.mode)-list mode")
         }
     }
@@ -75,7 +86,12 @@ struct DropCommand: ParsableCommand {
             Strait.bootstrapLogging()
             let dropper = try Dropper.open(pinDirectory: common.pinDirectory)
             try dropper.detach(interface: interface)
-            print(Dropper.isLoaded(pinDirectory: common.pinDirectory) ? "detached from \(interface)" : "detached from \(interface); nothing of strait drop remains in the kernel")
+            let loaded = Dropper.isLoaded(pinDirectory: common.pinDirectory)
+            if common.json {
+                struct Outcome: Encodable { var detached: String; var stillLoaded: Bool }
+                return try printJSON(Outcome(detached: interface, stillLoaded: loaded))
+            }
+            print(loaded ? "detached from \(interface)" : "detached from \(interface); nothing of strait drop remains in the kernel")
         }
     }
 
@@ -92,9 +108,13 @@ struct DropCommand: ParsableCommand {
             let parsed = try rules.map { try DropRule(parsing: $0) }
             let dropper = try Dropper.open(pinDirectory: common.pinDirectory, create: true)
             let protecting = try safety.sources()
+            var change = RuleChange()
             for rule in parsed {
-                print(try dropper.add(rule, protecting: protecting) ? "added \(rule)" : "\(rule) was there already")
+                if try dropper.add(rule, protecting: protecting) { change.changed.append("\(rule)") } else { change.unchanged.append("\(rule)") }
             }
+            if common.json { return try printJSON(change) }
+            change.changed.forEach { print("added \($0)") }
+            change.unchanged.forEach { print("\($0) was there already") }
         }
     }
 
@@ -109,15 +129,18 @@ struct DropCommand: ParsableCommand {
             let parsed = try rules.map { try DropRule(parsing: $0) }
             let dropper = try Dropper.open(pinDirectory: common.pinDirectory)
             let protecting = try safety.sources()
+            var change = RuleChange()
             for rule in parsed {
-                print(try dropper.remove(rule, protecting: protecting) ? "removed \(rule)" : "\(rule) was not there")
+                if try dropper.remove(rule, protecting: protecting) { change.changed.append("\(rule)") } else { change.unchanged.append("\(rule)") }
             }
+            if common.json { return try printJSON(change) }
+            change.changed.forEach { print("removed \($0)") }
+            change.unchanged.forEach { print("\($0) was not there") }
         }
     }
 
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show the mode, the interfaces and the active rules.")
-        @Flag(help: "Print JSON.") var json = false
         @OptionGroup var common: Common
 
         struct Listing: Codable {
@@ -129,13 +152,13 @@ struct DropCommand: ParsableCommand {
         func run() throws {
             Strait.bootstrapLogging()
             guard Dropper.isLoaded(pinDirectory: common.pinDirectory) else {
-                if json { try printJSON(Listing(mode: .block, attachments: [], rules: [])) } else { print("strait drop is not loaded") }
+                if common.json { try printJSON(Listing(mode: .block, attachments: [], rules: [])) } else { print("strait drop is not loaded") }
                 return
             }
             let dropper = try Dropper.open(pinDirectory: common.pinDirectory)
             let set = try dropper.ruleSet()
             let listing = Listing(mode: set.mode, attachments: dropper.attachments(), rules: set.rules)
-            if json { return try printJSON(listing) }
+            if common.json { return try printJSON(listing) }
             print("mode \(set.mode)")
             for attachment in listing.attachments {
                 print("# attached to \(attachment.interface) (\(attachment.mode))\(attachment.live ? "" : " — interface gone, run detach")")
@@ -162,6 +185,10 @@ struct DropCommand: ParsableCommand {
             let set = try DropRuleSet(parsingFile: text)
             let dropper = try Dropper.open(pinDirectory: common.pinDirectory, create: true)
             try dropper.load(set, protecting: try safety.sources())
+            if common.json {
+                struct Outcome: Encodable { var rules: Int; var mode: DropMode }
+                return try printJSON(Outcome(rules: set.rules.count, mode: set.mode))
+            }
             print("loaded \(set.rules.count) rules, \(set.mode)-list mode")
         }
     }
@@ -176,13 +203,16 @@ struct DropCommand: ParsableCommand {
             Strait.bootstrapLogging()
             let dropper = try Dropper.open(pinDirectory: common.pinDirectory, create: true)
             try dropper.setMode(mode, protecting: try safety.sources())
+            if common.json {
+                struct Outcome: Encodable { var mode: DropMode }
+                return try printJSON(Outcome(mode: mode))
+            }
             print("\(mode)-list mode")
         }
     }
 
     struct Stats: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Frames passed and dropped, per verdict and per rule (per-CPU counters, summed).")
-        @Flag(help: "Print JSON.") var json = false
         @Flag(help: "Print the Prometheus text format (for node_exporter's textfile collector).") var prometheus = false
         @Option(help: "Rules to show, most matched first (the JSON has all).") var top = 20
         @OptionGroup var common: Common
@@ -190,7 +220,7 @@ struct DropCommand: ParsableCommand {
         func run() throws {
             Strait.bootstrapLogging()
             let stats = try Dropper.open(pinDirectory: common.pinDirectory).stats()
-            if json { return try printJSON(stats) }
+            if common.json { return try printJSON(stats) }
             if prometheus { return print(stats.prometheusText(), terminator: "") }
             print("mode \(stats.mode); attached to " + (stats.attachments.isEmpty ? "nothing" : stats.attachments.map { "\($0.interface) (\($0.mode))" }.joined(separator: ", ")) + "\n")
             print(table([["verdict", "action", "packets", "bytes"]] + stats.verdicts.map {

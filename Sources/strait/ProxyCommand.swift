@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import Logging
+import StraitCLI
 import StraitNet
 import StraitProxy
 import StraitSystem
@@ -36,6 +37,7 @@ struct ProxyRun: ParsableCommand {
 
     @Option(help: "YAML configuration file (see the README, section strait proxy).") var config: String?
     @Option(help: "Validate this configuration file and exit: prints FILE:LINE:COLUMN: what was expected.") var check: String?
+    @Flag(help: "With --check: print the outcome as JSON (ok, counts, or the errors one a string).") var json = false
     @Option(help: "Quick start: the address to listen on, host:port.") var listen: String?
     @Option(help: "Quick start: upstream addresses, comma-separated host:port.") var upstream: String?
     @Option(help: "Quick start: auto, skmsg, sockmap, splice or copy.") var datapath: String = "auto"
@@ -50,12 +52,24 @@ struct ProxyRun: ParsableCommand {
 
     func run() throws {
         if let check {
+            struct Outcome: Encodable {
+                var file: String
+                var ok: Bool
+                var listeners: Int?
+                var clusters: Int?
+                var errors: [String]?
+            }
             do {
                 let parsed = try ProxyConfigLoader.load(path: check)
+                if json { return try printJSON(Outcome(file: check, ok: true, listeners: parsed.listeners.count, clusters: parsed.clusters.count)) }
                 print("\(check): ok (\(parsed.listeners.count) listener(s), \(parsed.clusters.count) cluster(s))")
                 return
             } catch {
-                FileHandle.standardError.write(Data("\(error)\n".utf8))
+                if json {
+                    try printJSON(Outcome(file: check, ok: false, errors: "\(error)".split(separator: "\n").map(String.init)))
+                } else {
+                    FileHandle.standardError.write(Data("\(error)\n".utf8))
+                }
                 throw ExitCode(1)
             }
         }
@@ -74,15 +88,10 @@ struct ProxyRun: ParsableCommand {
         // them is lost; the previous process stops accepting only once this one accepts.
         let receipt = try takeOver.map { path in
             do { return try ListenerHandOver.take(from: path) } catch {
-                throw ValidationError("taking the listeners from \(path): \(error)")
+                throw CommandFailure("taking the listeners from \(path): \(error). Is the previous proxy still running with --handover-socket \(path)?")
             }
         }
-        let proxy: Proxy
-        do {
-            proxy = try Proxy(config: loaded, loopCount: threads, inheriting: receipt.map(Self.inherited) ?? [:], logger: logger)
-        } catch {
-            throw ValidationError("\(error)")
-        }
+        let proxy = try Proxy(config: loaded, loopCount: threads, inheriting: receipt.map(Self.inherited) ?? [:], logger: logger)
         if let receipt {
             try receipt.confirm()
             logger.notice("took over the listening sockets", metadata: ["from": "\(takeOver ?? "")", "sockets": "\(receipt.listenerDescriptors.count)"])
@@ -233,12 +242,21 @@ struct ProxyReload: ParsableCommand {
     )
 
     @Option(help: "The running proxy's pid file.") var pidFile: String = defaultPidFile
+    @Flag(help: "Print JSON: the process signalled.") var json = false
+
+    /// What `reload` and `restart` did, for `--json`.
+    struct Signalled: Encodable {
+        var signal: String
+        var pid: pid_t
+        var successor: pid_t?
+    }
 
     func run() throws {
         let pid = try Self.runningPid(pidFile)
         guard kill(pid, SIGHUP) == 0 else {
-            throw ValidationError("cannot signal process \(pid) from \(pidFile): errno \(errno) (stale pid file?)")
+            throw CommandFailure("cannot signal process \(pid) (from \(pidFile)): \(String(cString: strerror(errno))). The pid file is stale: is the proxy running? Remove the file, or give --pid-file of the running one")
         }
+        if json { return try printJSON(Signalled(signal: "SIGHUP", pid: pid)) }
         print("reload sent to process \(pid)")
     }
 
@@ -247,7 +265,7 @@ struct ProxyReload: ParsableCommand {
         guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
               let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0
         else {
-            throw ValidationError("no running proxy: \(pidFile) is missing or unreadable (is `strait proxy` running with this --pid-file?)")
+            throw CommandFailure("no running proxy: \(pidFile) is missing or unreadable. Is `strait proxy` running with this --pid-file?")
         }
         return pid
     }
@@ -261,21 +279,25 @@ struct ProxyRestart: ParsableCommand {
 
     @Option(help: "The running proxy's pid file.") var pidFile: String = defaultPidFile
     @Option(help: "Seconds to wait for the new process.") var timeout: Double = 10
+    @Flag(help: "Print JSON: the old process and its successor.") var json = false
 
     func run() throws {
         let old = try ProxyReload.runningPid(pidFile)
-        guard kill(old, SIGUSR2) == 0 else { throw ValidationError("cannot signal process \(old): errno \(errno)") }
+        guard kill(old, SIGUSR2) == 0 else {
+            throw CommandFailure("cannot signal process \(old) (from \(pidFile)): \(String(cString: strerror(errno))). The pid file is stale: is the proxy running?")
+        }
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             if let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
                 let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid != old, kill(pid, 0) == 0
             {
+                if json { return try printJSON(ProxyReload.Signalled(signal: "SIGUSR2", pid: old, successor: pid)) }
                 print("restarted: process \(pid) accepts on the listening sockets; process \(old) drains its connections")
                 return
             }
             usleep(50_000)
         }
-        throw ValidationError("process \(old) got SIGUSR2 but no successor wrote \(pidFile) within \(timeout) s; the old process keeps running (see its log)")
+        throw CommandFailure("process \(old) got SIGUSR2 but no successor wrote \(pidFile) within \(timeout) s; the old process keeps running (see its log)")
     }
 }
 

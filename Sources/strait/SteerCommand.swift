@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import StraitCLI
 import StraitNet
 import StraitSteer
 import StraitSystem
@@ -28,6 +29,14 @@ struct SteerServe: ParsableCommand {
     @Option(help: "Take the listeners (and steering) from the process offering at this path, then tell it to drain.") var takeOver: String?
     @Option(help: "Seconds the old process may drain once replaced.") var drainSeconds: Double = 10
     @Option(help: "Stop after this many seconds (0: until SIGINT/SIGTERM or replaced).") var duration: Double = 0
+    @Flag(help: "Print the ready and stopped lines as JSON objects, one a line.") var json = false
+
+    /// One line on standard output: `ready` once listening, then `stopped` or `replaced`.
+    struct Event: Encodable {
+        var event: String
+        var address: String?
+        var pid: Int32?
+    }
 
     func run() throws {
         Strait.bootstrapLogging()
@@ -49,7 +58,11 @@ struct SteerServe: ParsableCommand {
         } else {
             steering = steeringPolicy == .kernel ? nil : try SteeringGroup(policy: steeringPolicy)
             group = try EventLoopGroup(loopCount: loops)
-            server = try Server.reusePortGroup(address: listenAddress, group: group, steering: steering, handlers: echo)
+            do {
+                server = try Server.reusePortGroup(address: listenAddress, group: group, steering: steering, handlers: echo)
+            } catch let error as SystemCallError where error.function == "bind" {
+                throw CommandFailure("cannot listen on \(listenAddress): \(error). \(error.bindAdvice ?? "")")
+            }
         }
         let replaced = ManagedFlag()
         var offer: ListenerHandOver.Offer?
@@ -57,7 +70,8 @@ struct SteerServe: ParsableCommand {
             offer = try server.offerHandOver(
                 at: handover, steering: steering, drainDeadline: .milliseconds(Int64(drainSeconds * 1000)), drained: { replaced.raise() })
         }
-        FileHandle.standardOutput.write(Data("ready \(server.address) pid \(getpid())\n".utf8))
+        let ready = json ? try jsonLine(Event(event: "ready", address: "\(server.address)", pid: getpid())) : "ready \(server.address) pid \(getpid())"
+        FileHandle.standardOutput.write(Data((ready + "\n").utf8))
         let stop = SignalFlag.interrupt()
         let end = duration > 0 ? Date().addingTimeInterval(duration) : .distantFuture
         while !stop.isRaised && !replaced.isRaised && Date() < end { usleep(10_000) }
@@ -72,6 +86,7 @@ struct SteerServe: ParsableCommand {
         }
         steering?.close()
         group.shutdown()
+        if json { return print(try jsonLine(Event(event: replaced.isRaised ? "replaced" : "stopped"))) }
         print(replaced.isRaised ? "replaced; drained" : "stopped; drained")
     }
 }

@@ -1,50 +1,16 @@
 import ArgumentParser
-import Foundation
-import Logging
+import StraitBuildInfo
+import StraitCLI
 
+/// The `strait` command. Its `main` comes from ``StraitCommandMain``: usage errors exit 64 with
+/// the usage, runtime failures exit 1 with one line.
 @main
-struct Strait: ParsableCommand {
+struct Strait: StraitCommandMain {
     static let configuration = CommandConfiguration(
         commandName: "strait",
         abstract: "Shortens the path data takes between sockets on Linux.",
+        version: "strait " + BuildInfo.versionLine,
         subcommands: [DoctorCommand.self, AccelCommand.self, ProxyCommand.self, SteerCommand.self, DropCommand.self, BenchCommand.self,
             AgentCommand.self]
     )
-
-    static func bootstrapLogging() {
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = ProcessInfo.processInfo.environment["STRAIT_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .warning
-            return handler
-        }
-    }
-}
-
-/// Prints a value as pretty, key-sorted JSON, with snake_case keys.
-func printJSON<T: Encodable>(_ value: T) throws {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-    encoder.keyEncodingStrategy = .convertToSnakeCase
-    encoder.dateEncodingStrategy = .iso8601
-    print(String(decoding: try encoder.encode(value), as: UTF8.self))
-}
-
-/// Renders rows as an aligned text table, the first row being the header.
-func table(_ rows: [[String]]) -> String {
-    guard let header = rows.first else { return "" }
-    let widths = header.indices.map { column in rows.map { $0.indices.contains(column) ? $0[column].count : 0 }.max() ?? 0 }
-    func line(_ row: [String]) -> String {
-        row.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }
-            .joined(separator: "  ").trimmingTrailingSpaces()
-    }
-    let rule = widths.map { String(repeating: "-", count: $0) }.joined(separator: "  ")
-    return ([line(header), rule] + rows.dropFirst().map(line)).joined(separator: "\n")
-}
-
-extension String {
-    func trimmingTrailingSpaces() -> String {
-        var text = Substring(self)
-        while text.last == " " { text = text.dropLast() }
-        return String(text)
-    }
 }

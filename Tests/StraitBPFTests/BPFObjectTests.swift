@@ -23,20 +23,38 @@ func bpfError(_ body: () throws -> Void) -> BPFError? {
 }
 
 func fixtures() throws -> BPFObject {
-    try BPFObjectSpec(resource: "fixtures", in: Bundle.module).load()
+    try BPFObjectSpec(embedded: .fixtures).load()
 }
 
 @Suite("StraitBPF: objects, maps, programs", kernelGate)
 struct BPFObjectTests {
     @Test("a spec lists programs and maps before anything reaches the kernel")
     func specListsContents() throws {
-        let spec = try BPFObjectSpec(path: try #require(Bundle.module.path(forResource: "fixtures.bpf", ofType: "o")))
+        let spec = try BPFObjectSpec(embedded: .fixtures)
         #expect(spec.programNames == ["count_and_publish", "observe_sockops", "pass_messages", "parse_whole", "pass_stream"])
         #expect(Set(spec.mapNames).isSuperset(of: ["pairs", "runs", "records", "sockets"]))
         try spec.setMaxEntries(64, forMap: "pairs")
         let object = try spec.load()
         #expect(try object.map("pairs").maxEntries == 64)
         #expect(throws: BPFError.self) { try spec.load() }
+    }
+
+    @Test("an object opened from a file lists what the same bytes opened from memory list, internal map names included")
+    func fileAndMemoryAgree() throws {
+        // The same file name, so that libbpf names the internal maps (`fixture.rodata`…) alike.
+        let folder = FileManager.default.temporaryDirectory.appending(path: uniqueTestName("bpf-object")).path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let path = folder + "/fixtures.bpf.o"
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(EmbeddedBPFObject.fixtures.bytes)))
+        let fromFile = try BPFObjectSpec(path: path)
+        let fromMemory = try BPFObjectSpec(embedded: .fixtures)
+        #expect(fromMemory.programNames == fromFile.programNames)
+        #expect(fromMemory.mapNames == fromFile.mapNames)
+        #expect(try fromMemory.load().map("pairs").maxEntries > 0)
+        // Bytes that are no BPF object fail at open or at load, with a BPFError, never a crash.
+        #expect(throws: BPFError.self) { _ = try BPFObjectSpec(bytes: [0x7f, 0x45, 0x4c, 0x46, 0, 0], name: "truncated").load() }
+        #expect(throws: BPFError.self) { _ = try BPFObjectSpec(bytes: Array(EmbeddedBPFObject.fixtures.bytes.prefix(200)), name: "cut").load() }
     }
 
     @Test("typed maps: update, lookup, delete, iterate")
@@ -67,7 +85,7 @@ struct BPFObjectTests {
 
     @Test("a program the verifier rejects throws its errno and the whole verifier log")
     func verifierRejection() throws {
-        let spec = try BPFObjectSpec(path: try #require(Bundle.module.path(forResource: "rejected.bpf", ofType: "o")))
+        let spec = try BPFObjectSpec(embedded: .rejected)
         let error = bpfError { _ = try spec.load() }
         guard case .verifierRejected(let program, let errno, let log) = error else {
             Issue.record("expected verifierRejected, got \(String(describing: error))")

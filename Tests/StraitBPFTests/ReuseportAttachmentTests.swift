@@ -7,7 +7,7 @@ import Testing
 
 /// Loads the sk_reuseport fixtures; `migrate` keeps the migrate-aware variant, else the plain one.
 func reuseportFixtures(migrate: Bool) throws -> (object: BPFObject, program: BPFProgram, targets: ReuseportSocketArray, choice: TypedMap<UInt32, UInt32>) {
-    let spec = try BPFObjectSpec(path: try #require(Bundle.module.path(forResource: "reuseport.bpf", ofType: "o")))
+    let spec = try BPFObjectSpec(embedded: .reuseport)
     try spec.setAutoload(!migrate, forProgram: "select_by_choice")
     try spec.setAutoload(migrate, forProgram: "migrate_by_choice")
     let object = try spec.load()
@@ -90,7 +90,7 @@ struct ReuseportAttachmentTests {
                 let unbound = try SocketCall.socket(domain: AF_INET, type: CInt(SOCK_STREAM.rawValue))
                 defer { closeDescriptor(unbound) }
                 #expect(throws: BPFError.self) { try fixtures.targets.setSocket(unbound, at: 0) }
-                let other = try BPFObjectSpec(path: try #require(Bundle.module.path(forResource: "fixtures.bpf", ofType: "o"))).load()
+                let other = try BPFObjectSpec(embedded: .fixtures).load()
                 let listener = try RawSocket.reuseportListener(port: 0)
                 defer { closeDescriptor(listener) }
                 #expect(throws: BPFError.self) { _ = try other.program("observe_sockops").attach(reuseportGroupOf: listener) }

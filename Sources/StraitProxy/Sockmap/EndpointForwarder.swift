@@ -40,7 +40,7 @@ public final class EndpointForwarder: @unchecked Sendable {
     /// or when `cgroup` is not a cgroup v2 directory.
     public init(cgroup: Cgroup) throws(BPFError) {
         self.cgroup = cgroup
-        object = try BPFObjectSpec(resource: "endpoint", in: Bundle.module).load()
+        object = try BPFObjectSpec(embedded: .endpoint).load()
         do throws(BPFError) {
             let socksMap = try object.map("endpoint_socks")
             socks = try socksMap.typed(key: strait_sock_key.self, value: UInt64.self)

@@ -28,21 +28,11 @@ public final class SockmapForwarder: @unchecked Sendable {
     /// Map updates come from several loops; a pair's entries go in together.
     private let lock = Mutex<Void>(())
 
-    /// The compiled kernel object shipped with this module.
-    public static var objectPath: String {
-        get throws(BPFError) {
-            guard let path = Bundle.module.path(forResource: "proxy.bpf", ofType: "o") else {
-                throw .unsupported("proxy.bpf.o is missing from the StraitProxy resources: rebuild with `swift build`")
-            }
-            return path
-        }
-    }
-
     /// Loads and attaches the programs. Throws ``BPFError`` when the process lacks `CAP_BPF` and
     /// `CAP_NET_ADMIN` or the kernel lacks SOCKHASH stream verdicts; the proxy then runs on copy
     /// and splice only.
     public init() throws(BPFError) {
-        object = try BPFObjectSpec(path: try Self.objectPath).load()
+        object = try BPFObjectSpec(embedded: .proxy).load()
         do throws(BPFError) {
             let socksMap = try object.map("proxy_socks")
             socks = try socksMap.typed(key: UInt64.self, value: UInt64.self)

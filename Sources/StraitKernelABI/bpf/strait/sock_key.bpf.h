@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0
 // Kernel-side helpers shared by Strait's sock_ops and sk_msg programs: building a socket's
 // `strait_sock_key` (see strait/accel.h) from the program context, and the CO-RE views they read. BPF only; Swift never sees it.
 #pragma once

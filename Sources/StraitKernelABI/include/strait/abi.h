@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
 // Structs shared by Strait's kernel programs (compiled with clang -target bpf) and its Swift code
 // (imported as the StraitKernelABI module). Fixed layout: only fixed-width fields, explicit padding.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
 // Layout shared by accel.bpf.c and StraitAccel (Swift).
 #pragma once
 #include <linux/types.h>

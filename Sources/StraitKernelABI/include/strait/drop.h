@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
 // Layout shared by drop.bpf.c and StraitDrop (Swift): XDP early drop from rules held in maps.
 #pragma once
 #include <linux/types.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
 // Shared between proxy.bpf.c and StraitProxy: the pairing of a proxied socket with its peer.
 #pragma once
 #include <linux/types.h>

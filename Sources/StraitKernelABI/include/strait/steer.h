@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0)
 // Layout shared by steer.bpf.c and StraitSteer (Swift): how an sk_reuseport program picks a member
 // of a SO_REUSEPORT group. Fixed-width fields, explicit padding.
 #pragma once

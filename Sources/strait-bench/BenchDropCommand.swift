@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import StraitBench
+import StraitCLI
 import StraitSystem
 
 struct BenchDrop: ParsableCommand {
@@ -16,7 +17,7 @@ struct BenchDrop: ParsableCommand {
     @Option(help: "Also draw drops per CPU-second to this SVG file.") var svg: String?
 
     func run() throws {
-        Strait.bootstrapLogging()
+        Self.bootstrapLogging()
         let counts = prefixes.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         guard !counts.isEmpty, counts.allSatisfy({ (1...200_000).contains($0) }) else { throw ValidationError("--prefixes: counts from 1 to 200000, e.g. 10,10000,100000") }
         guard duration > 0, duration <= 20 else { throw ValidationError("--duration: between 0 and 20 seconds") }

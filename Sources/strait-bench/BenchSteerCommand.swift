@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import StraitBench
+import StraitCLI
 import StraitSystem
 
 struct BenchSteer: ParsableCommand {
@@ -20,13 +21,13 @@ struct BenchSteer: ParsableCommand {
     @Option(help: "Also draw UDP throughput and restart failures to this SVG file.") var svg: String?
 
     func run() throws {
-        Strait.bootstrapLogging()
+        Self.bootstrapLogging()
         guard (100...50_000).contains(connections) else { throw ValidationError("--connections: from 100 to 50000") }
         guard (1...50).contains(restarts) else { throw ValidationError("--restarts: from 1 to 50") }
         guard (100...5000).contains(rate) else { throw ValidationError("--rate: from 100 to 5000 connections/s") }
         guard udpSeconds > 0, udpSeconds <= 5 else { throw ValidationError("--udp-seconds: up to 5") }
         guard (1...9).contains(repetitions) else { throw ValidationError("--repeat: from 1 to 9") }
-        guard geteuid() == 0 else { throw ValidationError("strait bench steer creates a network namespace and loads BPF programs: run it as root") }
+        guard geteuid() == 0 else { throw CommandFailure("strait bench steer creates a network namespace and loads BPF programs: run it as root (sudo)") }
         let chosen = parts.split(separator: ",").map { SteerBenchmark.Part(rawValue: String($0)) }
         guard !chosen.isEmpty, chosen.allSatisfy({ $0 != nil }) else { throw ValidationError("--parts: any of balance,remap,restart,udp") }
         guard (0...5000).contains(serverWork) else { throw ValidationError("--server-work: from 0 to 5000 µs") }

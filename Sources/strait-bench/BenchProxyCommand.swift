@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import StraitBench
+import StraitCLI
 import StraitProxy
 import StraitSystem
 
@@ -18,7 +19,7 @@ struct BenchProxy: ParsableCommand {
     @Option(help: "Also draw throughput by message size to this SVG file.") var svg: String?
 
     func run() throws {
-        Strait.bootstrapLogging()
+        Self.bootstrapLogging()
         guard let parsed = parseSizes(sizes) else { throw ValidationError("--sizes: expected sizes such as 1k,16k,128k") }
         guard duration > 0, duration <= 30 else { throw ValidationError("--duration: between 0 and 30 seconds") }
         var benchmark = ProxyBenchmark()

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import StraitBench
+import StraitCLI
 import StraitNetBench
 import StraitSystem
 
@@ -36,7 +37,7 @@ struct BenchNet: ParsableCommand {
     }
 
     func run() throws {
-        Strait.bootstrapLogging()
+        Self.bootstrapLogging()
         let selected = Set(parts.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
         guard !selected.isEmpty, selected.isSubset(of: ["http", "rpc", "allocations"]) else {
             throw ValidationError("--parts: a comma-separated subset of http, rpc, allocations")
@@ -48,7 +49,7 @@ struct BenchNet: ParsableCommand {
         guard (1...64).contains(threads) else { throw ValidationError("--threads: 1 to 64") }
         guard (1...9).contains(repetitions) else { throw ValidationError("--repeat: from 1 to 9") }
 
-        let binaries = try Self.productsFolder()
+        let binaries = URL(fileURLWithPath: Executable.current).deletingLastPathComponent()
         ChildProcesses.killOnInterrupt()
         let quiet = json
         let progress: (String) -> Void = { line in if !quiet { FileHandle.standardError.write(Data(("  " + line + "\n").utf8)) } }
@@ -87,12 +88,6 @@ struct BenchNet: ParsableCommand {
             try Self.chart(report).write(toFile: svg, atomically: true, encoding: .utf8)
             if !json { print("\nchart written to \(svg)") }
         }
-    }
-
-    /// The folder this `strait` executable is in: the build's products folder, where the peers are.
-    static func productsFolder() throws -> URL {
-        let executable = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-        return URL(fileURLWithPath: executable).deletingLastPathComponent()
     }
 
     static func numbers(_ text: String) -> [Int]? {

@@ -1,0 +1,27 @@
+import Foundation
+
+/// Finding Strait's own executables and the tools it runs, the way git finds `git-SUBCOMMAND`:
+/// first in the folder of the running binary (an install prefix, or the build's products folder),
+/// then on `PATH`.
+public enum Executable {
+    /// The running binary's path, from `/proc/self/exe` (symbolic links resolved), or `argv[0]`
+    /// when /proc is not mounted.
+    public static var current: String {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    }
+
+    /// `name` beside the running binary, else on `PATH`; nil when it is in neither.
+    public static func sibling(_ name: String) -> String? {
+        let beside = URL(fileURLWithPath: current).deletingLastPathComponent().appending(path: name).path
+        return FileManager.default.isExecutableFile(atPath: beside) ? beside : onPath(name)
+    }
+
+    /// `name` in a folder of `PATH` (with /usr/sbin and /sbin, which root's tools are in even when
+    /// PATH leaves them out); nil when absent. A name with a `/` is returned as it is.
+    public static func onPath(_ name: String) -> String? {
+        if name.contains("/") { return name }
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+        let folders = path.split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin"]
+        return folders.map { "\($0)/\(name)" }.first { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+}
