@@ -20,8 +20,10 @@ extension SteerBenchmark {
             let deadline = Date().addingTimeInterval(10)
             while !running.output().contains("ready") && running.process.isRunning && Date() < deadline { usleep(2000) }
             guard running.output().contains("ready") else {
+                let sockets = (try? ProcessRunner().run(["ip", "netns", "exec", namespace.name, "ss", "-tanp"], timeout: 5)) ?? ""
                 running.stop()
-                throw ProcessRunner.Failure(command: ["strait", "steer", "serve"] + extra, status: running.process.isRunning ? -1 : running.process.terminationStatus, output: running.errors())
+                let onPort = sockets.split(separator: "\n").filter { $0.contains(":\(port) ") }.joined(separator: "\n")
+                throw ProcessRunner.Failure(command: ["strait", "steer", "serve"] + extra, status: running.process.isRunning ? -1 : running.process.terminationStatus, output: running.errors() + "\nsockets on port \(port) in the namespace (ss -tanp, \(sockets.split(separator: "\n").count) lines in all):\n" + onPort)
             }
             return running
         }

@@ -1,5 +1,6 @@
 import Atomics
 import Foundation
+import StraitBench
 import StraitNet
 import StraitSteer
 import StraitSystem
