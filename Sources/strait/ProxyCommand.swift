@@ -137,7 +137,7 @@ struct ProxyRun: ParsableCommand {
                 continue
             }
             if signal == SIGUSR2 {
-                startSuccessor(logger: logger)
+                startSuccessor(logger: logger, offer: offer)
                 continue
             }
             if signal == CInt(ProxySignals.handedOver) {
@@ -182,7 +182,7 @@ struct ProxyRun: ParsableCommand {
 
     /// Starts the next proxy process: this binary with the same arguments plus `--take-over`. It
     /// takes the listening sockets from this process's offer; this one then drains and exits.
-    private func startSuccessor(logger: Logger) {
+    private func startSuccessor(logger: Logger, offer: ListenerHandOver.Offer) {
         var arguments = Array(CommandLine.arguments.dropFirst())
         if let index = arguments.firstIndex(of: "--take-over") { arguments.removeSubrange(index...min(index + 1, arguments.count - 1)) }
         arguments += ["--take-over", handoverSocket]
@@ -190,6 +190,7 @@ struct ProxyRun: ParsableCommand {
         process.executableURL = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
         process.arguments = arguments
         process.terminationHandler = { ended in
+            guard !offer.handedOver else { return }  // a successor that took over, exiting later on its own
             logger.error("restart: the successor (process \(ended.processIdentifier)) exited with status \(ended.terminationStatus); this process goes on serving")
         }
         do {

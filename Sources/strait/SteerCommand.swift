@@ -60,7 +60,7 @@ struct SteerServe: ParsableCommand {
             do {
                 server = try Server.reusePortGroup(address: listenAddress, group: group, steering: steering, handlers: echo)
             } catch let error as SystemCallError where error.errno == .addressInUse {
-                throw SystemCallError("\(error): \(Self.explainTaken(listenAddress))", error.errno)
+                throw SystemCallError("bind \(listenAddress) (\(Self.explainTaken(listenAddress)))", error.errno)
             }
         }
         let replaced = ManagedFlag()
