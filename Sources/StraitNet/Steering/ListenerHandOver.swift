@@ -61,7 +61,7 @@ public enum ListenerHandOver {
         let fd = try connect(to: path, timeout: timeout)
         do throws(SystemCallError) {
             try SocketCall.send(fd, bytes: Array("take".utf8), descriptors: [])
-            let (bytes, descriptors) = try receive(fd, timeout: timeout, awaiting: "the listeners from the process offering at \(path)")
+            let (bytes, descriptors) = try receive(fd, timeout: timeout, awaiting: "listeners from the process offering at \(path)")
             let text = String(decoding: bytes, as: UTF8.self)
             let header = text.prefix { $0 != "\n" }.split(separator: " ")
             guard header.count == 5, header[0] == "strait-handover", header[1] == "\(version)",
@@ -96,7 +96,7 @@ public enum ListenerHandOver {
         }
         defer { closeDescriptor(fd) }
         try SocketCall.send(fd, bytes: Array("who".utf8), descriptors: [])
-        let (bytes, stray) = try receive(fd, timeout: timeout, awaiting: "an answer from the process listening at \(path)")
+        let (bytes, stray) = try receive(fd, timeout: timeout, awaiting: "answer from the process listening at \(path)")
         stray.forEach(closeDescriptor)
         let words = String(decoding: bytes, as: UTF8.self).split(separator: " ")
         guard words.count == 4, words[0] == "strait-handover", words[2] == "pid", let pid = pid_t(words[3]) else {
