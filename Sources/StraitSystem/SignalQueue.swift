@@ -10,9 +10,11 @@ nonisolated(unsafe) private var signalPipeWrite: CInt = -1
 
 /// Signals as a queue the main thread reads in order, so that none is lost: each delivery writes
 /// its number, one byte, to a pipe from the handler (async-signal-safe), and ``next(timeout:)``
-/// reads them back one by one. `kill -HUP; kill -TERM` within a microsecond gives HUP, then TERM.
-/// Only two deliveries of the *same* signal while it is still pending coalesce (the kernel keeps
-/// one pending instance per standard signal), which for HUP, TERM and USR2 means the same thing.
+/// reads them back one by one, in the order the handlers ran: `kill -HUP; kill -TERM` within a
+/// microsecond gives both (in either order: back-to-back signals may reach two threads, and the
+/// kernel delivers pending ones lowest number first). Only two deliveries of the *same* signal
+/// while it is still pending coalesce (the kernel keeps one pending instance per standard signal),
+/// which for HUP, TERM and USR2 means the same thing.
 ///
 /// Process-wide, like signal dispositions: ``install(_:)`` once. Events that are not signals
 /// (a hand-over finished, say) join the same queue with ``post(_:)``. Costs one pipe.

@@ -274,12 +274,11 @@ struct RestartTests {
             let proxy = try ProxyProcess(binary: binary, folder: folder, config: ProxyProcess.config(port: port, upstream: upstream.port), namespace: nil, logLevel: "info")
             defer { proxy.stop() }
             let pid = try #require(proxy.waitReady(), "the proxy did not start: \(proxy.log)")
+            // Two signals sent back to back may reach two of the proxy's threads in either order; whichever
+            // comes first, TERM must not be lost behind HUP (one pending slot used to keep only the last).
             for signal in hangUpFirst ? [SIGHUP, SIGTERM] : [SIGTERM, SIGHUP] { kill(pid, signal) }
-            #expect(StraitProcesses.waitForExit(pid, seconds: 10), "TERM was honoured")
-            if hangUpFirst {
-                let applied = proxy.log.components(separatedBy: "configuration applied").count - 1
-                #expect(applied == 2, "the start and the reload both applied the configuration: \(proxy.log.suffix(1500))")
-            }
+            #expect(StraitProcesses.waitForExit(pid, seconds: 10), "TERM was honoured: \(proxy.log.suffix(1500))")
+            #expect(proxy.log.contains("stopped"), "the proxy drained and stopped")
         }
     }
 
