@@ -241,8 +241,12 @@ public enum ListenerHandOver {
             thread = Mutex(nil)
             let (result, listener, wake) = (self.result, self.listener, self.wake)
             let started = EventLoopGroup.startThread(name: "strait-handover") {
+                // Recorded as soon as this process stopped accepting, before the successor hears it.
+                let handedOver = { result.value.withLock { $0 = .success(()) } }
                 let outcome = Result { () throws(SystemCallError) in
-                    try Self.serve(listener, wake: wake.read, path: path, package: package, stopAccepting: stopAccepting, takerFailed: takerFailed)
+                    try Self.serve(
+                        listener, wake: wake.read, path: path, package: package, stopAccepting: { stopAccepting(); handedOver() },
+                        takerFailed: takerFailed)
                 }
                 result.value.withLock { $0 = outcome }
             }
@@ -361,7 +365,8 @@ public enum ListenerHandOver {
                 throw SystemCallError("listener hand-over at \(path): the new process gave up before confirming; this process goes on serving", .connectionAbort)
             }
             stopAccepting()
-            try SocketCall.send(control, bytes: Array("stopping".utf8), descriptors: [])
+            // The hand-over is done from here on; a successor gone before hearing it changes nothing.
+            try? SocketCall.send(control, bytes: Array("stopping".utf8), descriptors: [])
             return true
         }
     }
