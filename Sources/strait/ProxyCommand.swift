@@ -304,21 +304,19 @@ struct ProxyRestart: ParsableCommand {
         guard timeout > 0, timeout <= 600 else { throw ValidationError("--timeout: more than 0 and at most 600 seconds") }
         let old = try ProxyReload.verifiedPid(pidFile, handoverSocket: handoverSocket)
         guard kill(old, SIGUSR2) == 0 else { throw ValidationError("cannot signal process \(old): errno \(errno)") }
-        var deadline = Date().addingTimeInterval(timeout)
-        var oldExited = false
+        let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             if let pid = try? ProxyReload.runningPid(pidFile), pid != old, (try? ListenerHandOver.owner(of: handoverSocket)) == pid {
                 print("restarted: process \(pid) accepts on the listening sockets; process \(old) drains its connections")
                 return
             }
-            if !oldExited && kill(old, 0) != 0 && errno == ESRCH {
-                // An old process with nothing to drain may exit before its successor writes the pid file.
-                oldExited = true
-                deadline = min(deadline, Date().addingTimeInterval(2))
+            // An old process with nothing to drain may exit before its successor writes the pid file;
+            // only when nobody holds the hand-over socket any more has the restart failed for good.
+            if kill(old, 0) != 0 && errno == ESRCH, case .success(nil) = Result(catching: { try ListenerHandOver.owner(of: handoverSocket) }) {
+                throw ValidationError("process \(old) exited and no successor took over; see its log")
             }
             usleep(20_000)
         }
-        if oldExited { throw ValidationError("process \(old) exited and no successor took over; see its log") }
         throw ValidationError("process \(old) got SIGUSR2 but no successor took over within \(timeout) s; the old process keeps serving (see its log for why)")
     }
 }

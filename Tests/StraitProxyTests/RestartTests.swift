@@ -217,7 +217,7 @@ struct RestartTests {
                 #expect(load.failedConnects.load(ordering: .relaxed) == 0, "failed connects of \(attempted)")
                 #expect(load.resets.load(ordering: .relaxed) == 0, "resets of \(attempted)")
                 for pid in pids.dropLast() {
-                    #expect(StraitProcesses.waitForExit(pid, seconds: 10), "replaced process \(pid) exited by itself")
+                    #expect(StraitProcesses.waitForExit(pid, seconds: 30), "replaced process \(pid) exited by itself")
                 }
             }
         }
@@ -258,7 +258,7 @@ struct RestartTests {
                 let new = try #require(proxy.currentPid)
                 #expect(new != old)
                 #expect(try serves())
-                #expect(StraitProcesses.waitForExit(old, seconds: 10), "the old proxy exited by itself")
+                #expect(StraitProcesses.waitForExit(old, seconds: 30), "the old proxy exited by itself")
                 _ = taken
             }
         }
@@ -277,7 +277,7 @@ struct RestartTests {
             // Two signals sent back to back may reach two of the proxy's threads in either order; whichever
             // comes first, TERM must not be lost behind HUP (one pending slot used to keep only the last).
             for signal in hangUpFirst ? [SIGHUP, SIGTERM] : [SIGTERM, SIGHUP] { kill(pid, signal) }
-            #expect(StraitProcesses.waitForExit(pid, seconds: 10), "TERM was honoured: \(proxy.log.suffix(1500))")
+            #expect(StraitProcesses.waitForExit(pid, seconds: 30), "TERM was honoured: \(proxy.log.suffix(1500))")
             #expect(proxy.log.contains("stopped"), "the proxy drained and stopped")
         }
     }
