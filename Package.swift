@@ -208,11 +208,12 @@ let package = Package(
         ),
         .testTarget(
             name: "StraitSteerTests",
-            dependencies: ["StraitSteer", "StraitNet", "StraitBPF", "StraitSystem", "StraitKernelABI", "StraitTestSupport"]
+            // StraitBench: the restart drill (a measurement, not part of the StraitSteer library).
+            dependencies: ["StraitSteer", "StraitNet", "StraitBPF", "StraitSystem", "StraitKernelABI", "StraitTestSupport", "StraitBench"]
         ),
         .testTarget(name: "StraitAccelTests", dependencies: ["StraitAccel", "StraitBPF", "CLibBPF", "StraitTestSupport"]),
         .testTarget(name: "StraitDropTests", dependencies: ["StraitDrop", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitTestSupport"]),
-        .testTarget(name: "StraitProxyTests", dependencies: ["StraitProxy", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitNet", "StraitTestSupport"]),
+        .testTarget(name: "StraitProxyTests", dependencies: ["StraitProxy", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitNet", "StraitTestSupport", "StraitBench"]),
         .testTarget(name: "StraitNetBenchTests", dependencies: ["StraitNetBench"]),
         .testTarget(
             name: "StraitAgentTests",

@@ -57,9 +57,11 @@ public final class Proxy: @unchecked Sendable {
     /// `inheriting` holds listening sockets taken from the previous proxy in a restart (see
     /// `ListenerHandOver`): a listener whose address is among them accepts on that same socket, so
     /// its queue carries over; the proxy owns them from here on and closes any it does not use.
+    /// `inheritingMetrics` is the previous proxy's metrics listener, served on when the configured
+    /// metrics address is the one it is bound to (closed otherwise).
     public init(
         config: ProxyConfig, loopCount: Int = 2, kernelDatapath: Bool = true, inheriting inherited: [SocketAddress: CInt] = [:],
-        logger: Logger = Logger(label: "strait.proxy")
+        inheritingMetrics: CInt? = nil, logger: Logger = Logger(label: "strait.proxy")
     ) throws(ProxyError) {
         SocketCall.ignoreBrokenPipe()
         self.logger = logger
@@ -123,10 +125,12 @@ public final class Proxy: @unchecked Sendable {
             throw error
         }
         if let address = config.metricsAddress {
-            do { try startMetricsServer(address) } catch {
+            do { try startMetricsServer(address, inheriting: inheritingMetrics) } catch {
                 abandon()
                 throw error
             }
+        } else if let inheritingMetrics {
+            closeDescriptor(inheritingMetrics)
         }
     }
 
@@ -273,6 +277,7 @@ public final class Proxy: @unchecked Sendable {
     /// successor that took the same sockets keeps accepting on them). Established relays go on.
     /// Calling it again does nothing.
     public func stopAccepting() {
+        metricsServer?.server.stopAccepting()
         let listeners = state.withLock { state -> [ListenerRuntime] in
             state.draining = true
             defer {
@@ -291,6 +296,13 @@ public final class Proxy: @unchecked Sendable {
     /// this proxy's until ``stopAccepting()``.
     public var listenerSockets: [(address: SocketAddress, fd: CInt)] {
         state.withLock { $0.listeners.map { ($0.address, $0.fd) } }
+    }
+
+    /// The metrics endpoint's listening socket, to hand to a successor with the listeners (so it
+    /// never has to bind an address this process still holds). Stays this proxy's.
+    public var metricsSocket: (address: SocketAddress, fd: CInt)? {
+        guard let server = metricsServer?.server, let fd = server.listenerDescriptors.first else { return nil }
+        return (server.address, fd)
     }
 
     /// Undoes a start that failed half-way: listeners closed, threads stopped.
@@ -322,14 +334,30 @@ public final class Proxy: @unchecked Sendable {
         return metrics.exposition()
     }
 
-    private func startMetricsServer(_ address: SocketAddress) throws(ProxyError) {
+    /// Serves `/metrics` at `address`, on `inherited` (a predecessor's listener) when it is bound there.
+    private func startMetricsServer(_ address: SocketAddress, inheriting inherited: CInt?) throws(ProxyError) {
+        var adopted: Listener?
+        if let inherited {
+            if let listener = try? Listener.adopt(fd: inherited), Self.sameEndpoint(listener.address, address) {
+                adopted = listener
+            } else {
+                closeDescriptor(inherited)
+            }
+        }
         do {
-            let endpoint = try PlainHTTPEndpoint(address: address, routes: ["/metrics": { [weak self] in .init(body: self?.metricsText() ?? "") }])
+            let endpoint = try PlainHTTPEndpoint(
+                address: address, listener: adopted, routes: ["/metrics": { [weak self] in .init(body: self?.metricsText() ?? "") }])
             metricsServer = endpoint
             logger.info("metrics on http://\(endpoint.address)/metrics")
         } catch {
             throw .system(error)
         }
+    }
+
+    /// Whether a socket bound to `bound` serves `configured` (port 0 asks for any port: the one
+    /// the predecessor was given stays).
+    static func sameEndpoint(_ bound: SocketAddress, _ configured: SocketAddress) -> Bool {
+        bound == configured || configured.port == 0
     }
 
     /// The bound address of the metrics endpoint, if one runs.

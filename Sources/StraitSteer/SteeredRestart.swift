@@ -7,31 +7,27 @@ extension Server {
     /// descriptors are duplicated when a taker arrives, so the members it names are current, and
     /// closed once sent. When the taker confirms, this server stops accepting and drains
     /// (``Server/drain(idleGrace:deadline:)``); `drained` runs after its last connection closed.
+    /// `continuing` is this process's own receipt when it took over from `path`: the offer then
+    /// goes on on the socket that came with it (see ``ListenerHandOver/Offer``).
     public func offerHandOver(
-        at path: String, steering: SteeringGroup?, idleGrace: Duration = .milliseconds(500), drainDeadline: Duration,
-        drained: @escaping @Sendable () -> Void = {}
+        at path: String, continuing receipt: ListenerHandOver.Receipt? = nil, steering: SteeringGroup?,
+        idleGrace: Duration = .milliseconds(500), drainDeadline: Duration, drained: @escaping @Sendable () -> Void = {}
     ) throws(SystemCallError) -> ListenerHandOver.Offer {
         let listeners = listenerDescriptors
         return try ListenerHandOver.Offer(
-            path: path,
+            path: path, continuing: receipt,
             package: {
                 guard let steering, let (extras, note) = try? steering.handOverPackage() else {
                     return ListenerHandOver.Package(listeners: listeners)
                 }
                 return ListenerHandOver.Package(listeners: listeners, extras: extras, note: note, closesExtrasAfterSending: true)
             },
-            stopAccepting: { [self] in
-                stopAccepting()
-                Task {
-                    await drain(idleGrace: idleGrace, deadline: drainDeadline)
-                    drained()
-                }
-            })
+            stopAccepting: retiring(idleGrace: idleGrace, drainDeadline: drainDeadline, drained: drained))
     }
 }
 
 extension SteeringGroup {
-    /// The steering group that came with a hand-over from ``Server/offerHandOver(at:steering:idleGrace:drainDeadline:drained:)``,
+    /// The steering group that came with a hand-over from ``Server/offerHandOver(at:continuing:steering:idleGrace:drainDeadline:drained:)``,
     /// or nil when the old server had none (the kernel's hash). Takes ownership of the receipt's extras.
     public static func takeOver(from receipt: ListenerHandOver.Receipt) throws -> SteeringGroup? {
         guard !receipt.extras.isEmpty || receipt.note.hasPrefix("strait-steer") else { return nil }

@@ -113,3 +113,14 @@ extension String {
         return String(text)
     }
 }
+
+extension NamespaceSysctl {
+    /// `net.ipv4.ip_local_port_range`: the ports the kernel picks for outgoing connections (and for
+    /// port 0) in the calling thread's namespace. A listener bound inside it can find its port held
+    /// by a client socket.
+    public static func ephemeralPorts() throws(SystemCallError) -> ClosedRange<UInt16> {
+        let bounds = try read("net/ipv4/ip_local_port_range").split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { UInt16($0) }
+        guard bounds.count == 2, bounds[0] <= bounds[1] else { throw SystemCallError("read net.ipv4.ip_local_port_range", .invalidArgument) }
+        return bounds[0]...bounds[1]
+    }
+}

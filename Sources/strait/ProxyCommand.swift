@@ -6,7 +6,6 @@ import StraitCLI
 import StraitNet
 import StraitProxy
 import StraitSystem
-import Synchronization
 
 struct ProxyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -83,33 +82,52 @@ struct ProxyRun: ParsableCommand {
         let logger = Logger(label: "strait.proxy")
         guard (1...64).contains(threads) else { throw ValidationError("--threads: from 1 to 64") }
 
-        ProxySignals.install()
-        // In a restart: the same listening sockets as the previous process, so nothing queued on
-        // them is lost; the previous process stops accepting only once this one accepts.
+        try ProxySignals.install()
+        // A second proxy on a live hand-over socket is refused before it binds anything.
+        if takeOver == nil, let other = try ListenerHandOver.owner(of: handoverSocket) {
+            throw CommandFailure("process \(other) already runs a proxy offering at \(handoverSocket): give this one its own --handover-socket (and --pid-file), or use `strait proxy restart`")
+        }
+        // In a restart: the same listening sockets as the previous process (the metrics listener
+        // and the hand-over socket too), so nothing queued on them is lost; the previous process
+        // stops accepting only once this one accepts.
         let receipt = try takeOver.map { path in
             do { return try ListenerHandOver.take(from: path) } catch {
                 throw CommandFailure("taking the listeners from \(path): \(error). Is the previous proxy still running with --handover-socket \(path)?")
             }
         }
-        let proxy = try Proxy(config: loaded, loopCount: threads, inheriting: receipt.map(Self.inherited) ?? [:], logger: logger)
+        let inherited = receipt.map(Self.inherited) ?? Inherited()
+        let proxy: Proxy
+        do {
+            proxy = try Proxy(config: loaded, loopCount: threads, inheriting: inherited.listeners, inheritingMetrics: inherited.metrics, logger: logger)
+        } catch {
+            throw CommandFailure("\(error)")
+        }
         if let receipt {
             try receipt.confirm()
             logger.notice("took over the listening sockets", metadata: ["from": "\(takeOver ?? "")", "sockets": "\(receipt.listenerDescriptors.count)"])
         }
+        // The offer exists before the pid file names this process: `strait proxy restart` returns
+        // once it does, and the next restart may start at once.
+        let offer: ListenerHandOver.Offer
+        do {
+            offer = try ListenerHandOver.Offer(
+                path: handoverSocket, continuing: receipt,
+                package: {
+                    let sockets = proxy.listenerSockets.map { ("listener", $0.address, $0.fd) } + (proxy.metricsSocket.map { [("metrics", $0.address, $0.fd)] } ?? [])
+                    return ListenerHandOver.Package(listeners: sockets.map(\.2), note: sockets.map { "\($0.0) \($0.1)" }.joined(separator: "\n"))
+                },
+                stopAccepting: {
+                    proxy.stopAccepting()
+                    SignalQueue.post(ProxySignals.handedOver)
+                },
+                takerFailed: { error in logger.error("restart failed, this process goes on serving: \(error)") })
+        } catch {
+            Self.stop(proxy, drainTimeout: .zero)
+            throw CommandFailure("cannot offer the listening sockets at \(handoverSocket) (\(error)): give --handover-socket a path this user may create")
+        }
+        defer { offer.close() }
         try? "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)
         defer { Self.removePidFile(pidFile) }
-        let offer = try? ListenerHandOver.Offer(
-            path: handoverSocket,
-            package: {
-                let sockets = proxy.listenerSockets
-                return ListenerHandOver.Package(listeners: sockets.map(\.fd), note: sockets.map { "\($0.address)" }.joined(separator: "\n"))
-            },
-            stopAccepting: {
-                proxy.stopAccepting()
-                ProxySignals.post(ProxySignals.handedOver)
-            })
-        if offer == nil { logger.warning("cannot offer listeners at \(handoverSocket): `strait proxy restart` will not work") }
-        defer { offer?.close() }
         for (name, address) in proxy.listenerAddresses.sorted(by: { $0.key < $1.key }) {
             logger.notice("listening", metadata: ["listener": "\(name)", "address": "\(address)"])
         }
@@ -127,7 +145,7 @@ struct ProxyRun: ParsableCommand {
         var current = loaded
         var successor: pid_t?
         while true {
-            let signal = ProxySignals.next()
+            guard let signal = try SignalQueue.next() else { continue }
             if signal == SIGHUP {
                 guard let path = config else {
                     logger.notice("reload asked, but the proxy runs from command-line flags: nothing to re-read")
@@ -146,10 +164,10 @@ struct ProxyRun: ParsableCommand {
                 continue
             }
             if signal == SIGUSR2 {
-                successor = startSuccessor(logger: logger) ?? successor
+                successor = startSuccessor(logger: logger, offer: offer) ?? successor
                 continue
             }
-            if signal == ProxySignals.handedOver {
+            if signal == CInt(ProxySignals.handedOver) {
                 logger.notice("successor accepts on the listening sockets; this process stopped accepting")
                 // systemd follows the successor from here; no STOPPING=1, which would stop the unit.
                 if let successor { try? notifier.send(.mainProcess(successor), .status("handed the listening sockets to process \(successor); draining")) }
@@ -157,24 +175,38 @@ struct ProxyRun: ParsableCommand {
                 try? notifier.send(.stopping, .status("draining \(proxy.activeConnections) connection(s)"))
             }
             logger.notice("draining", metadata: ["deadline": "\(current.drainTimeout)", "open": "\(proxy.activeConnections)"])
-            let done = DispatchSemaphore(value: 0)
-            let drainTimeout = current.drainTimeout
-            Task {
-                await proxy.shutdown(drainTimeout: drainTimeout)
-                done.signal()
-            }
-            done.wait()
+            Self.stop(proxy, drainTimeout: current.drainTimeout)
             logger.notice("stopped")
             return
         }
     }
 
-    /// Maps the sockets of a hand-over to their addresses (the offer's note lists one per line).
-    static func inherited(_ receipt: ListenerHandOver.Receipt) -> [SocketAddress: CInt] {
-        let addresses = receipt.note.split(separator: "\n").map { SocketAddress(parsing: String($0)) }
-        var sockets: [SocketAddress: CInt] = [:]
-        for (address, fd) in zip(addresses, receipt.listenerDescriptors) {
-            if let address { sockets[address] = fd } else { closeDescriptor(fd) }
+    /// Drains and stops `proxy` from the main thread (never a concurrency thread, which the drain needs).
+    static func stop(_ proxy: Proxy, drainTimeout: Duration) {
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            await proxy.shutdown(drainTimeout: drainTimeout)
+            done.signal()
+        }
+        done.wait()
+    }
+
+    /// The sockets of a hand-over, by role: the offer's note has one `listener ADDRESS` or
+    /// `metrics ADDRESS` line per descriptor, in order.
+    struct Inherited {
+        var listeners: [SocketAddress: CInt] = [:]
+        var metrics: CInt?
+    }
+
+    static func inherited(_ receipt: ListenerHandOver.Receipt) -> Inherited {
+        var sockets = Inherited()
+        for (line, fd) in zip(receipt.note.split(separator: "\n"), receipt.listenerDescriptors) {
+            let words = line.split(separator: " ", maxSplits: 1)
+            switch (words.first, words.count == 2 ? SocketAddress(parsing: String(words[1])) : nil) {
+            case ("listener", let address?): sockets.listeners[address] = fd
+            case ("metrics", .some): sockets.metrics = fd
+            default: closeDescriptor(fd)
+            }
         }
         return sockets
     }
@@ -182,13 +214,17 @@ struct ProxyRun: ParsableCommand {
     /// Starts the next proxy process: this binary with the same arguments plus `--take-over`. It
     /// takes the listening sockets from this process's offer; this one then drains and exits.
     /// Returns the successor's process id, or nil when it could not be started.
-    private func startSuccessor(logger: Logger) -> pid_t? {
+    private func startSuccessor(logger: Logger, offer: ListenerHandOver.Offer) -> pid_t? {
         var arguments = Array(CommandLine.arguments.dropFirst())
         if let index = arguments.firstIndex(of: "--take-over") { arguments.removeSubrange(index...min(index + 1, arguments.count - 1)) }
         arguments += ["--take-over", handoverSocket]
         let process = Process()
         process.executableURL = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0])
         process.arguments = arguments
+        process.terminationHandler = { ended in
+            guard !offer.handedOver else { return }  // a successor that took over, exiting later on its own
+            logger.error("restart: the successor (process \(ended.processIdentifier)) exited with status \(ended.terminationStatus); this process goes on serving")
+        }
         do {
             try process.run()
             logger.notice("restart: started the successor", metadata: ["pid": "\(process.processIdentifier)"])
@@ -242,6 +278,8 @@ struct ProxyReload: ParsableCommand {
     )
 
     @Option(help: "The running proxy's pid file.") var pidFile: String = defaultPidFile
+    @Option(help: "The running proxy's --handover-socket: it confirms which process the proxy is before any signal.")
+    var handoverSocket: String = defaultHandOverSocket
     @Flag(help: "Print JSON: the process signalled.") var json = false
 
     /// What `reload` and `restart` did, for `--json`.
@@ -252,7 +290,7 @@ struct ProxyReload: ParsableCommand {
     }
 
     func run() throws {
-        let pid = try Self.runningPid(pidFile)
+        let pid = try Self.verifiedPid(pidFile, handoverSocket: handoverSocket)
         guard kill(pid, SIGHUP) == 0 else {
             throw CommandFailure("cannot signal process \(pid) (from \(pidFile)): \(String(cString: strerror(errno))). The pid file is stale: is the proxy running? Remove the file, or give --pid-file of the running one")
         }
@@ -269,6 +307,26 @@ struct ProxyReload: ParsableCommand {
         }
         return pid
     }
+
+    /// The pid in `pidFile`, once the proxy offering at `handoverSocket` has confirmed it is that
+    /// process: a stale pid file (its process gone, the pid reused by anything else) is refused
+    /// and nothing is signalled.
+    static func verifiedPid(_ pidFile: String, handoverSocket: String) throws -> pid_t {
+        let pid = try runningPid(pidFile)
+        let owner: pid_t?
+        do {
+            owner = try ListenerHandOver.owner(of: handoverSocket, timeout: .seconds(5))
+        } catch {
+            throw CommandFailure("cannot ask \(handoverSocket) which process is the proxy (\(error)); not signalling process \(pid)")
+        }
+        guard let owner else {
+            throw CommandFailure("no proxy offers at \(handoverSocket), so process \(pid) named by \(pidFile) is not a running Strait proxy (stale pid file?); not signalling it. Give --handover-socket if the proxy runs with another")
+        }
+        guard owner == pid else {
+            throw CommandFailure("\(pidFile) names process \(pid), but the proxy offering at \(handoverSocket) is process \(owner) (stale pid file?); not signalling \(pid)")
+        }
+        return pid
+    }
 }
 
 struct ProxyRestart: ParsableCommand {
@@ -278,55 +336,44 @@ struct ProxyRestart: ParsableCommand {
     )
 
     @Option(help: "The running proxy's pid file.") var pidFile: String = defaultPidFile
+    @Option(help: "The running proxy's --handover-socket: it confirms which process the proxy is before any signal.")
+    var handoverSocket: String = defaultHandOverSocket
     @Option(help: "Seconds to wait for the new process.") var timeout: Double = 10
     @Flag(help: "Print JSON: the old process and its successor.") var json = false
 
+    /// Returns once the successor is fully in place: it accepts on every listening socket, the old
+    /// process has stopped accepting, and the successor answers on the hand-over socket (so the
+    /// next restart may start at once).
     func run() throws {
-        let old = try ProxyReload.runningPid(pidFile)
+        guard timeout > 0, timeout <= 600 else { throw ValidationError("--timeout: more than 0 and at most 600 seconds") }
+        let old = try ProxyReload.verifiedPid(pidFile, handoverSocket: handoverSocket)
         guard kill(old, SIGUSR2) == 0 else {
             throw CommandFailure("cannot signal process \(old) (from \(pidFile)): \(String(cString: strerror(errno))). The pid file is stale: is the proxy running?")
         }
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
-            if let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
-                let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid != old, kill(pid, 0) == 0
-            {
+            if let pid = try? ProxyReload.runningPid(pidFile), pid != old, (try? ListenerHandOver.owner(of: handoverSocket)) == pid {
                 if json { return try printJSON(ProxyReload.Signalled(signal: "SIGUSR2", pid: old, successor: pid)) }
                 print("restarted: process \(pid) accepts on the listening sockets; process \(old) drains its connections")
                 return
             }
-            usleep(50_000)
+            // An old process with nothing to drain may exit before its successor writes the pid file;
+            // only when nobody holds the hand-over socket any more has the restart failed for good.
+            if kill(old, 0) != 0 && errno == ESRCH, case .success(nil) = Result(catching: { try ListenerHandOver.owner(of: handoverSocket) }) {
+                throw CommandFailure("process \(old) exited and no successor took over; see its log")
+            }
+            usleep(20_000)
         }
-        throw CommandFailure("process \(old) got SIGUSR2 but no successor wrote \(pidFile) within \(timeout) s; the old process keeps running (see its log)")
+        throw CommandFailure("process \(old) got SIGUSR2 but no successor took over within \(timeout) s; the old process keeps serving (see its log for why)")
     }
 }
 
-/// SIGHUP, SIGINT, SIGTERM and SIGUSR2 turned into values the command waits for.
+/// The signals the proxy handles, and its one posted event, read from ``SignalQueue`` in order.
 enum ProxySignals {
-    private static let pending = Atomic<Int32>(0)
     /// Not a signal: the successor took the listening sockets.
-    static let handedOver: Int32 = -1
+    static let handedOver: UInt8 = 200
 
-    static func post(_ value: Int32) { pending.store(value, ordering: .relaxed) }
-
-    static func install() {
-        // A launcher may have left them blocked (a child spawned from a libdispatch thread inherits
-        // that thread's full mask): unblock what this process must react to.
-        var handled = sigset_t()
-        sigemptyset(&handled)
-        for number in [SIGHUP, SIGINT, SIGTERM, SIGUSR2] { sigaddset(&handled, number) }
-        pthread_sigmask(SIG_UNBLOCK, &handled, nil)
-        for number in [SIGHUP, SIGINT, SIGTERM, SIGUSR2] {
-            signal(number) { received in ProxySignals.pending.store(received, ordering: .relaxed) }
-        }
-    }
-
-    /// Waits for the next signal and returns its number.
-    static func next() -> Int32 {
-        while true {
-            let value = pending.exchange(0, ordering: .relaxed)
-            if value != 0 { return value }
-            usleep(50_000)
-        }
+    static func install() throws(SystemCallError) {
+        try SignalQueue.install([SIGHUP, SIGINT, SIGTERM, SIGUSR2])
     }
 }

@@ -30,13 +30,15 @@ public final class PlainHTTPEndpoint: @unchecked Sendable {
     /// The bound address (with the kernel's port when port 0 was asked for).
     public var address: SocketAddress { server.address }
     private let group: EventLoopGroup
-    private let server: Server
+    /// The server behind the endpoint: its listener travels in a restart's hand-over.
+    public let server: Server
 
-    /// Binds `address` and serves `routes` (exact path → answer).
-    public init(address: SocketAddress, routes: [String: @Sendable () -> Response]) throws(SystemCallError) {
+    /// Binds `address` (or serves on `listener`, a predecessor's socket already bound there, which
+    /// this endpoint then owns) and serves `routes` (exact path → answer).
+    public init(address: SocketAddress, listener: Listener? = nil, routes: [String: @Sendable () -> Response]) throws(SystemCallError) {
         group = try EventLoopGroup(loopCount: 1)
         do {
-            server = try Server(address: address, group: group, handlers: ConnectionHandlers(onRequest: { connection in
+            let handlers = ConnectionHandlers(onRequest: { connection in
                 guard let available = try? connection.reader.peek(connection.reader.readableBytes) else { return }
                 let text = String(decoding: available, as: UTF8.self)
                 guard text.contains("\r\n\r\n") || text.contains("\n\n") else {
@@ -49,7 +51,12 @@ public final class PlainHTTPEndpoint: @unchecked Sendable {
                 connection.writer.write(string: "HTTP/1.1 \(response.status) \(Self.reason(response.status))\r\nContent-Type: \(response.contentType)\r\nContent-Length: \(response.body.utf8.count)\r\nConnection: close\r\n\r\n" + (isHead ? "" : response.body))
                 connection.flush()
                 connection.close()
-            }))
+            })
+            if let listener {
+                server = try Server(listeners: [listener], group: group, handlers: handlers)
+            } else {
+                server = try Server(address: address, group: group, handlers: handlers)
+            }
         } catch {
             group.shutdown()
             throw error

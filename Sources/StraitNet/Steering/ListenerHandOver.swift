@@ -6,24 +6,36 @@ import Synchronization
 import Glibc
 #endif
 
-/// Restarting a server without losing a connection: the old process hands its listening sockets to
-/// the new one over a Unix socket (`SCM_RIGHTS`), the new one starts accepting on them, and only then
-/// does the old one stop accepting and drain.
+/// Restarting a server without losing a connection: the old process hands every socket it listens
+/// on to the new one over a Unix socket (`SCM_RIGHTS`), the new one starts accepting on them, and
+/// only then does the old one stop accepting and drain.
 ///
 /// The new process receives descriptors for the *same* sockets, so the kernel's accept queues are
 /// shared and nothing queued is lost when the old process closes its copies. Listeners the new
 /// process does not adopt are closed by it; with `net.ipv4.tcp_migrate_req=1` the kernel moves their
 /// queued connections to a live listener of the group (StraitSteer's migrate-aware program chooses
-/// which). Extra descriptors (StraitSteer's BPF maps, say) travel in the same message.
+/// which). Extra descriptors (StraitSteer's BPF maps, say) travel in the same message, and so does
+/// the offer's own socket: a successor that offers at the same path keeps accepting on the very
+/// socket the path names, so the path changes owner in the same step as the listeners, never
+/// names a process that stopped offering, and is never unlinked and bound again.
 ///
 /// The exchange, on a `SOCK_SEQPACKET` Unix socket at a path the old process listens on:
 /// ```
 /// new → old  "take"
-/// old → new  "strait-handover 1 <listeners> <extras>\n<note>"  + listeners and extras (SCM_RIGHTS)
+/// old → new  "strait-handover 2 <listeners> <extras> 1\n<note>"  + listeners, extras, the offer socket (SCM_RIGHTS)
 /// new → old  "ready"        (the new process accepts on every listener it keeps)
 /// old → new  "stopping"     (the old process no longer accepts; it drains its connections)
 /// ```
+/// A client may instead ask `"who"`; the offer answers `"strait-handover 2 pid <pid>"` (which
+/// process offers here now: `strait proxy reload` checks a pid file with it before signalling).
+///
+/// An offer serves takers one at a time until one confirms: a taker that gives up or dies before
+/// `ready` (a successor with a bad configuration, say) changes nothing, and the next one is served.
+/// Every wait has a deadline and ends with a `timedOut` error that says what was awaited.
 public enum ListenerHandOver {
+    /// The protocol version in every header; a peer speaking another is refused with both named.
+    static let version = 2
+
     /// What the old process offers: its listeners, extra descriptors, and a note (free text, e.g.
     /// JSON naming the extras). Descriptors stay the offerer's; the taker gets duplicates.
     public struct Package: Sendable {
@@ -41,56 +53,125 @@ public enum ListenerHandOver {
         }
     }
 
-    /// Connects to the offer at `path` and takes its descriptors. The caller owns everything in the
-    /// receipt: adopt the listeners into a server, then call ``Receipt/confirm()`` so the old process
-    /// stops accepting. Waits at most `timeout` for each answer.
+    /// Connects to the offer at `path` and takes its descriptors. The caller owns the listeners and
+    /// extras in the receipt: adopt the listeners into a server, then call ``Receipt/confirm(timeout:)``
+    /// so the old process stops accepting. Waits at most `timeout` for the offer's answer; throws
+    /// `ENOENT`/`ECONNREFUSED` with a sentence when nothing offers at `path`.
     public static func take(from path: String, timeout: Duration = .seconds(5)) throws(SystemCallError) -> Receipt {
-        let fd = try SocketCall.socket(domain: AF_UNIX, type: CInt(SOCK_SEQPACKET.rawValue))
+        let fd = try connect(to: path, timeout: timeout)
         do throws(SystemCallError) {
-            try SocketCall.setNonBlocking(fd, false)
-            try setTimeout(fd, timeout)
-            try SocketAddress.unix(path: path).withSockaddr { address, length throws(SystemCallError) in
-                _ = try SocketCall.connect(fd, address, length)
-            }
             try SocketCall.send(fd, bytes: Array("take".utf8), descriptors: [])
-            let (bytes, descriptors) = try SocketCall.receive(fd, capacity: 65536)
+            let (bytes, descriptors) = try receive(fd, timeout: timeout, awaiting: "listeners from the process offering at \(path)")
             let text = String(decoding: bytes, as: UTF8.self)
             let header = text.prefix { $0 != "\n" }.split(separator: " ")
-            guard header.count == 4, header[0] == "strait-handover", header[1] == "1",
-                let listenerCount = Int(header[2]), let extraCount = Int(header[3]),
-                listenerCount + extraCount == descriptors.count
+            guard header.count == 5, header[0] == "strait-handover", header[1] == "\(version)",
+                let listenerCount = Int(header[2]), let extraCount = Int(header[3]), let offerCount = Int(header[4]),
+                offerCount <= 1, listenerCount + extraCount + offerCount == descriptors.count
             else {
                 descriptors.forEach(closeDescriptor)
-                throw SystemCallError("listener hand-over from \(path): unexpected answer '\(text.prefix(80))'", .badMessage)
+                throw SystemCallError(
+                    "listener hand-over from \(path): expected 'strait-handover \(version) …', got '\(text.prefix(40))' (a different Strait version? restart with the same binary first)",
+                    .badMessage)
             }
             let note = text.firstIndex(of: "\n").map { String(text[text.index(after: $0)...]) } ?? ""
             return Receipt(
-                control: fd, listenerDescriptors: Array(descriptors.prefix(listenerCount)),
-                extras: Array(descriptors.dropFirst(listenerCount)), note: note)
+                control: fd, path: path, listenerDescriptors: Array(descriptors.prefix(listenerCount)),
+                extras: Array(descriptors.dropFirst(listenerCount).prefix(extraCount)),
+                offerSocket: offerCount == 1 ? descriptors.last : nil, note: note)
         } catch {
             closeDescriptor(fd)
             throw error
         }
     }
 
-    /// What the new process received. Owns the descriptors until they are adopted or closed.
+    /// The process offering at `path` now (it answers `"who"`), or nil when nothing does: no file,
+    /// or a socket file left by a process that has exited. Throws when `path` is not a socket, or
+    /// when something accepts there but does not answer within `timeout`.
+    public static func owner(of path: String, timeout: Duration = .seconds(2)) throws(SystemCallError) -> pid_t? {
+        let fd: CInt
+        do {
+            fd = try connect(to: path, timeout: timeout)
+        } catch where error.errno == .noSuchFileOrDirectory || error.errno == .connectionRefused {
+            return nil
+        }
+        defer { closeDescriptor(fd) }
+        try SocketCall.send(fd, bytes: Array("who".utf8), descriptors: [])
+        let (bytes, stray) = try receive(fd, timeout: timeout, awaiting: "answer from the process listening at \(path)")
+        stray.forEach(closeDescriptor)
+        let words = String(decoding: bytes, as: UTF8.self).split(separator: " ")
+        guard words.count == 4, words[0] == "strait-handover", words[2] == "pid", let pid = pid_t(words[3]) else {
+            throw SystemCallError("listener hand-over: \(path) answered '\(String(decoding: bytes.prefix(40), as: UTF8.self))', not a Strait offer", .badMessage)
+        }
+        return pid
+    }
+
+    /// A blocking `SOCK_SEQPACKET` connection to `path`, with sends bounded by `timeout`.
+    private static func connect(to path: String, timeout: Duration) throws(SystemCallError) -> CInt {
+        var info = stat()
+        if stat(path, &info) == 0 && (info.st_mode & S_IFMT) != S_IFSOCK {
+            throw SystemCallError("listener hand-over: \(path) exists and is not a socket", .notSocket)
+        }
+        let fd = try SocketCall.socket(domain: AF_UNIX, type: CInt(SOCK_SEQPACKET.rawValue))
+        do throws(SystemCallError) {
+            try SocketCall.setNonBlocking(fd, false)
+            var value = timeval(tv_sec: Int(timeout.components.seconds), tv_usec: Int(timeout.components.attoseconds / 1_000_000_000_000))
+            try systemCall("setsockopt(SO_SNDTIMEO)") { setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &value, socklen_t(MemoryLayout<timeval>.size)) }
+            do {
+                try SocketAddress.unix(path: path).withSockaddr { address, length throws(SystemCallError) in
+                    _ = try SocketCall.connect(fd, address, length)
+                }
+            } catch where error.errno == .noSuchFileOrDirectory {
+                throw SystemCallError("listener hand-over: nothing offers at \(path) (no such socket; is the old process running with this path?)", error.errno)
+            } catch where error.errno == .connectionRefused {
+                throw SystemCallError("listener hand-over: nothing offers at \(path) any more (the process that made it has exited)", error.errno)
+            }
+            return fd
+        } catch {
+            closeDescriptor(fd)
+            throw error
+        }
+    }
+
+    /// One message from `fd`, waiting at most `timeout` for it; `timedOut` names what was awaited.
+    /// An empty message is the peer closing.
+    static func receive(_ fd: CInt, timeout: Duration, awaiting what: String) throws(SystemCallError) -> (bytes: [UInt8], descriptors: [CInt]) {
+        guard try SocketCall.waitReadable([fd], timeout: timeout) != nil else {
+            throw SystemCallError("listener hand-over: no \(what) within \(timeout)", .timedOut)
+        }
+        return try SocketCall.receive(fd, capacity: 65536)
+    }
+
+    /// What the new process received. Owns the control connection and, until an offer continues on
+    /// it, the offer socket; the listeners and extras are the caller's (adopt or close them).
     public final class Receipt: @unchecked Sendable {
         private let control: CInt
+        /// The path the listeners were taken from.
+        public let path: String
         /// Listening sockets, in the offerer's order (one per loop for a reuseport server).
         public let listenerDescriptors: [CInt]
         /// Extra descriptors, in the offerer's order.
         public let extras: [CInt]
         public let note: String
+        private let offerSocket: Mutex<CInt?>
         private var confirmed = false
 
-        init(control: CInt, listenerDescriptors: [CInt], extras: [CInt], note: String) {
+        init(control: CInt, path: String, listenerDescriptors: [CInt], extras: [CInt], offerSocket: CInt?, note: String) {
             self.control = control
+            self.path = path
             self.listenerDescriptors = listenerDescriptors
             self.extras = extras
+            self.offerSocket = Mutex(offerSocket)
             self.note = note
         }
 
-        deinit { closeDescriptor(control) }
+        deinit {
+            closeDescriptor(control)
+            if let fd = offerSocket.withLock({ $0 }) { closeDescriptor(fd) }
+        }
+
+        /// The offer socket that came with the listeners, for an ``Offer`` that continues at the
+        /// same path; the receipt no longer owns it. Nil once taken.
+        func takeOfferSocket() -> CInt? { offerSocket.withLock { current in defer { current = nil }; return current } }
 
         /// The listeners as ``Listener``s for a ``Server``; the receipt no longer owns them.
         public func adoptListeners() throws(SystemCallError) -> [Listener] {
@@ -99,13 +180,13 @@ public enum ListenerHandOver {
             return adopted
         }
 
-        /// Tells the old process that this one accepts on the listeners now, and waits until it
-        /// has stopped accepting. Call after the new server is running.
-        public func confirm() throws(SystemCallError) {
+        /// Tells the old process that this one accepts on the listeners now, and waits (at most
+        /// `timeout`) until it has stopped accepting. Call after the new server is running.
+        public func confirm(timeout: Duration = .seconds(10)) throws(SystemCallError) {
             guard !confirmed else { return }
             confirmed = true
             try SocketCall.send(control, bytes: Array("ready".utf8), descriptors: [])
-            let (answer, stray) = try SocketCall.receive(control, capacity: 64)
+            let (answer, stray) = try receive(control, timeout: timeout, awaiting: "'stopping' from the old process at \(path)")
             stray.forEach(closeDescriptor)
             guard answer == Array("stopping".utf8) else {
                 throw SystemCallError("listener hand-over: old process answered '\(String(decoding: answer, as: UTF8.self))'", .badMessage)
@@ -113,13 +194,20 @@ public enum ListenerHandOver {
         }
     }
 
-    /// The old process's side: listens at `path` and hands `package()` to the first taker. When the
-    /// taker confirms, calls `stopAccepting` (which must stop accepting before it returns; the
-    /// connections may drain afterwards) and answers. One hand-over per offer; ``close()`` cancels.
+    /// The old process's side: listens at `path` and hands `package()` to takers, one at a time,
+    /// until one confirms; then calls `stopAccepting` (which must stop accepting before it returns;
+    /// the connections may drain afterwards) and answers. A taker that fails is reported to
+    /// `takerFailed` and the offer goes on. ``close()`` cancels.
+    ///
+    /// The offer owns its socket and a thread (blocked in `poll`, no CPU while it waits). After a
+    /// hand-over the socket (and so the path) belongs to the successor: ``close()`` then neither
+    /// unlinks the path nor touches the socket beyond closing this process's descriptor.
     public final class Offer: @unchecked Sendable {
         public let path: String
         private let listener: CInt
-        /// The socket file's inode: a later offer at the same path (the next generation's) is not ours to remove.
+        /// Written to cancel the offer's wait in ``close()``.
+        private let wake: (read: CInt, write: CInt)
+        /// The socket file's inode: a later offer at the same path (not a successor's) is not ours to remove.
         private let inode: UInt64
         private let thread: Mutex<pthread_t?>
         private let result = OutcomeBox()
@@ -128,29 +216,38 @@ public enum ListenerHandOver {
             let value = Mutex<Result<Void, SystemCallError>?>(nil)
         }
 
+        /// Offers at `path`. With `continuing` (the receipt of this process's own take-over from the
+        /// same path), the offer goes on accepting on the socket that came with it, so the path
+        /// never changes hands between processes. Otherwise the offer binds a fresh socket beside
+        /// `path` and renames it over `path` in one step; it refuses, with `EADDRINUSE` and the
+        /// other process's pid, when a live offer already answers there.
         public init(
-            path: String, package: @escaping @Sendable () -> Package, stopAccepting: @escaping @Sendable () -> Void
+            path: String, continuing receipt: Receipt? = nil, package: @escaping @Sendable () -> Package,
+            stopAccepting: @escaping @Sendable () -> Void, takerFailed: @escaping @Sendable (SystemCallError) -> Void = { _ in }
         ) throws(SystemCallError) {
             self.path = path
-            try SocketCall.unlinkIfPresent(path)
-            let fd = try SocketCall.socket(domain: AF_UNIX, type: CInt(SOCK_SEQPACKET.rawValue))
+            if receipt?.path == path, let inherited = receipt?.takeOfferSocket() {
+                listener = inherited
+            } else {
+                listener = try Self.bindFresh(at: path)
+            }
             do {
-                try SocketCall.setNonBlocking(fd, false)
-                try SocketAddress.unix(path: path).withSockaddr { address, length throws(SystemCallError) in
-                    try SocketCall.bind(fd, address, length)
-                }
-                _ = chmod(path, 0o600)
-                try SocketCall.listen(fd, backlog: 4)
+                wake = try RelayCall.pipe(size: 4096)
             } catch {
-                closeDescriptor(fd)
+                closeDescriptor(listener)
                 throw error
             }
-            listener = fd
             inode = Self.inode(of: path) ?? 0
             thread = Mutex(nil)
-            let result = self.result
+            let (result, listener, wake) = (self.result, self.listener, self.wake)
             let started = EventLoopGroup.startThread(name: "strait-handover") {
-                let outcome = Result { () throws(SystemCallError) in try Self.serve(fd, package: package, stopAccepting: stopAccepting) }
+                // Recorded as soon as this process stopped accepting, before the successor hears it.
+                let handedOver = { result.value.withLock { $0 = .success(()) } }
+                let outcome = Result { () throws(SystemCallError) in
+                    try Self.serve(
+                        listener, wake: wake.read, path: path, package: package, stopAccepting: { stopAccepting(); handedOver() },
+                        takerFailed: takerFailed)
+                }
                 result.value.withLock { $0 = outcome }
             }
             thread.withLock { $0 = started }
@@ -158,16 +255,24 @@ public enum ListenerHandOver {
 
         deinit { close() }
 
-        /// nil while waiting for a taker; then whether the hand-over completed.
+        /// nil while offering; `.success` once a successor took over; a failure if the offer's
+        /// socket broke (or it was closed).
         public var outcome: Result<Void, SystemCallError>? { result.value.withLock { $0 } }
 
-        /// Stops offering (wakes a waiting accept), waits for the offer's thread, removes the path.
+        /// Whether a successor took the listeners (and this offer's socket).
+        public var handedOver: Bool { if case .success = outcome { true } else { false } }
+
+        /// Stops offering (wakes the offer's thread), waits for it, closes this process's copy of
+        /// the socket, and removes the path unless a successor took it over.
         public func close() {
             guard let running = thread.withLock({ current in defer { current = nil }; return current }) else { return }
-            _ = Glibc.shutdown(listener, CInt(SHUT_RDWR))
+            var byte: UInt8 = 1
+            _ = Glibc.write(wake.write, &byte, 1)
             pthread_join(running, nil)
             closeDescriptor(listener)
-            if Self.inode(of: path) == inode { try? SocketCall.unlinkIfPresent(path) }
+            closeDescriptor(wake.read)
+            closeDescriptor(wake.write)
+            if !handedOver && Self.inode(of: path) == inode { try? SocketCall.unlinkIfPresent(path) }
         }
 
         static func inode(of path: String) -> UInt64? {
@@ -175,30 +280,94 @@ public enum ListenerHandOver {
             return stat(path, &info) == 0 ? UInt64(info.st_ino) : nil
         }
 
-        private static func serve(_ listener: CInt, package: () -> Package, stopAccepting: () -> Void) throws(SystemCallError) {
-            let control = try systemCall("accept(hand-over)") { accept(listener, nil, nil) }
-            defer { closeDescriptor(control) }
-            let (request, stray) = try SocketCall.receive(control, capacity: 64)
+        /// A new listening socket at `path`: refused if a live offer answers there; otherwise bound
+        /// at a private name in the same directory and renamed over `path` (replacing a stale file
+        /// from a process that exited, with no moment where `path` is missing).
+        private static func bindFresh(at path: String) throws(SystemCallError) -> CInt {
+            let current: pid_t?
+            do {
+                current = try ListenerHandOver.owner(of: path)
+            } catch where error.errno == .timedOut {
+                throw SystemCallError("listener hand-over: a process accepts at \(path) but does not answer; give this process another path", .addressInUse)
+            }
+            if let current {
+                throw SystemCallError(
+                    "listener hand-over: process \(current) already offers at \(path); give this process another path (or stop that one, or restart it instead)",
+                    .addressInUse)
+            }
+            let fresh = "\(path).\(getpid()).new"
+            try SocketCall.unlinkIfPresent(fresh)
+            let fd = try SocketCall.socket(domain: AF_UNIX, type: CInt(SOCK_SEQPACKET.rawValue))
+            do throws(SystemCallError) {
+                try SocketCall.setNonBlocking(fd, false)
+                try SocketAddress.unix(path: fresh).withSockaddr { address, length throws(SystemCallError) in
+                    try SocketCall.bind(fd, address, length)
+                }
+                _ = chmod(fresh, 0o600)
+                try SocketCall.listen(fd, backlog: 16)
+                try SocketCall.rename(fresh, to: path)
+                return fd
+            } catch {
+                closeDescriptor(fd)
+                try? SocketCall.unlinkIfPresent(fresh)
+                throw error
+            }
+        }
+
+        /// The offer's thread: serves one client at a time until a hand-over completes (returns)
+        /// or the offer is cancelled (throws `ECANCELED`).
+        private static func serve(
+            _ listener: CInt, wake: CInt, path: String, package: () -> Package, stopAccepting: () -> Void,
+            takerFailed: (SystemCallError) -> Void
+        ) throws(SystemCallError) {
+            while true {
+                guard try SocketCall.waitReadable([listener, wake], timeout: nil) == 0 else {
+                    throw SystemCallError("listener hand-over at \(path): offer closed", .canceled)
+                }
+                let control: CInt
+                do throws(SystemCallError) {
+                    control = try systemCall("accept(hand-over)") { accept(listener, nil, nil) }
+                } catch where error.errno == .tooManyOpenFiles || error.errno == .tooManyOpenFilesInSystem || error.errno == .noBufferSpace {
+                    takerFailed(error)
+                    usleep(100_000)  // no descriptor to accept into: let the process free some
+                    continue
+                }
+                defer { closeDescriptor(control) }
+                do {
+                    if try serveOne(control, path: path, listener: listener, package: package, stopAccepting: stopAccepting) { return }
+                } catch {
+                    takerFailed(error)
+                }
+            }
+        }
+
+        /// One client: answers `"who"`, or runs a hand-over. Returns true when a successor confirmed
+        /// and this process stopped accepting.
+        private static func serveOne(
+            _ control: CInt, path: String, listener: CInt, package: () -> Package, stopAccepting: () -> Void
+        ) throws(SystemCallError) -> Bool {
+            let (request, stray) = try receive(control, timeout: .seconds(5), awaiting: "request from the client at \(path)")
             stray.forEach(closeDescriptor)
-            guard request == Array("take".utf8) else { throw SystemCallError("listener hand-over: unexpected request", .badMessage) }
+            if request.isEmpty { return false }  // a client that only checked whether the offer is live
+            if request == Array("who".utf8) {
+                try SocketCall.send(control, bytes: Array("strait-handover \(version) pid \(getpid())".utf8), descriptors: [])
+                return false
+            }
+            guard request == Array("take".utf8) else { throw SystemCallError("listener hand-over at \(path): unexpected request", .badMessage) }
             let offered = package()
-            let header = "strait-handover 1 \(offered.listeners.count) \(offered.extras.count)\n\(offered.note)"
+            let header = "strait-handover \(version) \(offered.listeners.count) \(offered.extras.count) 1\n\(offered.note)"
             defer { if offered.closesExtrasAfterSending { offered.extras.forEach(closeDescriptor) } }
-            try SocketCall.send(control, bytes: Array(header.utf8), descriptors: offered.listeners + offered.extras)
-            let (ready, more) = try SocketCall.receive(control, capacity: 64)
+            try SocketCall.send(control, bytes: Array(header.utf8), descriptors: offered.listeners + offered.extras + [listener])
+            // The successor starts its server (binding new listeners, loading programs) before it confirms.
+            let (ready, more) = try receive(control, timeout: .seconds(60), awaiting: "confirmation from the new process")
             more.forEach(closeDescriptor)
             guard ready == Array("ready".utf8) else {
-                throw SystemCallError("listener hand-over: the new process gave up before confirming", .connectionAbort)
+                throw SystemCallError("listener hand-over at \(path): the new process gave up before confirming; this process goes on serving", .connectionAbort)
             }
             stopAccepting()
-            try SocketCall.send(control, bytes: Array("stopping".utf8), descriptors: [])
-        }
-    }
-
-    static func setTimeout(_ fd: CInt, _ timeout: Duration) throws(SystemCallError) {
-        var value = timeval(tv_sec: Int(timeout.components.seconds), tv_usec: Int(timeout.components.attoseconds / 1_000_000_000_000))
-        for option in [SO_RCVTIMEO, SO_SNDTIMEO] {
-            try systemCall("setsockopt(timeout)") { setsockopt(fd, SOL_SOCKET, option, &value, socklen_t(MemoryLayout<timeval>.size)) }
+            // The hand-over is done from here on; a successor gone before hearing it changes nothing.
+            try? SocketCall.send(control, bytes: Array("stopping".utf8), descriptors: [])
+            return true
         }
     }
 }
@@ -207,21 +376,29 @@ extension Server {
     /// Offers this server's listeners (and `extras`) at `path` for a new process to take over.
     /// When the new process confirms, this server stops accepting at once and drains (see
     /// ``drain(idleGrace:deadline:)``); `drained` is called when its last connection closed. Keep
-    /// the returned offer alive until the hand-over; close it to cancel.
+    /// the returned offer alive until the hand-over; close it to cancel. `continuing`: see
+    /// ``ListenerHandOver/Offer/init(path:continuing:package:stopAccepting:takerFailed:)``.
     public func offerHandOver(
-        at path: String, extras: [CInt] = [], note: String = "", idleGrace: Duration = .milliseconds(500),
-        drainDeadline: Duration, drained: @escaping @Sendable () -> Void = {}
+        at path: String, continuing receipt: ListenerHandOver.Receipt? = nil, extras: [CInt] = [], note: String = "",
+        idleGrace: Duration = .milliseconds(500), drainDeadline: Duration, drained: @escaping @Sendable () -> Void = {}
     ) throws(SystemCallError) -> ListenerHandOver.Offer {
         let listeners = listenerDescriptors
         return try ListenerHandOver.Offer(
-            path: path, package: { ListenerHandOver.Package(listeners: listeners, extras: extras, note: note) },
-            stopAccepting: { [self] in
-                stopAcceptingNow()
-                Task {
-                    await drain(idleGrace: idleGrace, deadline: drainDeadline)
-                    drained()
-                }
-            })
+            path: path, continuing: receipt,
+            package: { ListenerHandOver.Package(listeners: listeners, extras: extras, note: note) },
+            stopAccepting: retiring(idleGrace: idleGrace, drainDeadline: drainDeadline, drained: drained))
+    }
+
+    /// What an offer calls when a successor confirmed: stop accepting now, then drain in the
+    /// background and call `drained` after the last connection closed.
+    public func retiring(idleGrace: Duration, drainDeadline: Duration, drained: @escaping @Sendable () -> Void) -> @Sendable () -> Void {
+        { [self] in
+            stopAcceptingNow()
+            Task {
+                await drain(idleGrace: idleGrace, deadline: drainDeadline)
+                drained()
+            }
+        }
     }
 
     /// Stops every acceptor and waits until each loop has deregistered and closed its listener

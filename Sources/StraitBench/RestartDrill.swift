@@ -1,6 +1,7 @@
 import Atomics
 import Foundation
 import StraitNet
+import StraitSteer
 import StraitSystem
 
 /// A restart of a TCP server under load, measured: a client opens short connections (connect,
