@@ -6,3 +6,4 @@
 #include "drop.h"
 #include "proxy.h"
 #include "steer.h"
+#include "limit.h"
