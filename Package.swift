@@ -74,6 +74,13 @@ let package = Package(
             exclude: ["bpf"],
             plugins: ["BPFCompiler"]
         ),
+        // Rate limits per connection (sock_ops pacing) and in aggregate (tc egress EDT under fq) (`strait limit`).
+        .target(
+            name: "StraitLimit",
+            dependencies: ["StraitBPF", "StraitKernelABI", "StraitSystem", "StraitDrop"],
+            exclude: ["bpf"],
+            plugins: ["BPFCompiler"]
+        ),
         // The L4 TCP proxy engine: copy, splice and sockmap datapaths, balancing, health checks.
         .target(
             name: "StraitProxy",
@@ -143,14 +150,14 @@ let package = Package(
         // Side-by-side measurement against the peers each issue names.
         .target(
             name: "StraitBench",
-            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitDrop", "StraitProxy", "StraitSteer", "StraitNet", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitDrop", "StraitProxy", "StraitSteer", "StraitNet", "StraitLimit", .product(name: "Logging", package: "swift-log")]
         ),
 
         // Layer 4: the command.
         .executableTarget(
             name: "strait",
             dependencies: [
-                "StraitBPF", "StraitAccel", "StraitBench", "StraitSystem", "StraitDrop", "StraitNetBench", "StraitProxy", "StraitSteer", "StraitNet",
+                "StraitBPF", "StraitAccel", "StraitBench", "StraitSystem", "StraitDrop", "StraitNetBench", "StraitProxy", "StraitSteer", "StraitNet", "StraitLimit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -175,6 +182,7 @@ let package = Package(
         .testTarget(name: "StraitAccelTests", dependencies: ["StraitAccel", "StraitBPF", "CLibBPF", "StraitTestSupport"]),
         .testTarget(name: "StraitDropTests", dependencies: ["StraitDrop", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitTestSupport"]),
         .testTarget(name: "StraitProxyTests", dependencies: ["StraitProxy", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitNet", "StraitTestSupport"]),
+        .testTarget(name: "StraitLimitTests", dependencies: ["StraitLimit", "StraitBPF", "StraitKernelABI", "StraitSystem", "StraitTestSupport"]),
         .testTarget(name: "StraitNetBenchTests", dependencies: ["StraitNetBench"]),
         .testTarget(
             name: "StraitNetTests",
