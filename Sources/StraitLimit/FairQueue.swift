@@ -28,6 +28,7 @@ enum FairQueue {
         if current.kind == "fq" { return false }
         guard current.handle == "0:" else { throw LimitError.rootQdiscInUse(interface: interface, kind: "\(current.kind) \(current.handle)") }
         do { try NetworkNamespace.runTool(tool, ["qdisc", "replace", "dev", interface, "root", "fq"]) } catch {
+            if "\(error)".contains("qdisc kind is unknown") { throw LimitError.fairQueueUnavailable }
             throw LimitError.trafficControl("\(error)")
         }
         return true

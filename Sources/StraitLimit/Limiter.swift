@@ -267,21 +267,30 @@ public final class Limiter: @unchecked Sendable {
                 return SetOutcome(created: false, installedFairQueue: false)
             }
             let installed = try attachHook(for: slot, selector: selector)
-            var configuration = try currentConfig()
-            let id = configuration.next_rule_id
-            configuration.next_rule_id &+= 1
-            try config.update(0, configuration)
-            do {
-                try counters.updatePerCPU(id, strait_limit_counter())
-                try departures.update(id, DepartureClock())
-                try rules.update(id, value)
-                try store(slot, id: id)
-            } catch let error as BPFError where error.errno == .noSpace || error.errno?.rawValue == E2BIG {
-                throw LimitError.tooManyRules(Int(STRAIT_LIMIT_MAX_RULES))
-            }
-            try bumpGeneration()
+            try storeRule(slot, value)
             return SetOutcome(created: true, installedFairQueue: installed)
         }
+    }
+
+    /// Writes a new rule under a fresh id: its counter and departure clock first, then the rule,
+    /// then the selector, so the programs find everything from the first match. Attaches nothing.
+    @discardableResult
+    func storeRule(_ slot: Slot, _ value: strait_limit_rule) throws -> UInt32 {
+        var configuration = try currentConfig()
+        let id = configuration.next_rule_id
+        configuration.next_rule_id &+= 1
+        try config.update(0, configuration)
+        do throws(BPFError) {
+            try counters.updatePerCPU(id, strait_limit_counter())
+            try departures.update(id, DepartureClock())
+            try rules.update(id, value)
+            try store(slot, id: id)
+        } catch {
+            if error.errno == .noSpace || error.errno?.rawValue == E2BIG { throw LimitError.tooManyRules(Int(STRAIT_LIMIT_MAX_RULES)) }
+            throw error
+        }
+        try bumpGeneration()
+        return id
     }
 
     /// Attaches the program the slot needs, when not attached yet. Returns whether fq was installed.

@@ -29,7 +29,8 @@ struct TCXLinkTests {
                 #expect(try link.tcxInterfaceIndex() == index)
                 #expect(try attachedTCXProgramIDs(ifindex: index, direction: .egress) == [program.id])
                 #expect(try attachedTCXProgramIDs(ifindex: index, direction: .ingress).isEmpty)
-                let second = try program.attachTCX(ifindex: index, direction: .egress)
+                #expect(throws: BPFError.self, "the same program twice on one hook is refused") { _ = try program.attachTCX(ifindex: index, direction: .egress) }
+                let second = try loadTCNext().attachTCX(ifindex: index, direction: .egress)
                 #expect(try attachedTCXProgramIDs(ifindex: index, direction: .egress).count == 2, "tcx hooks hold several programs")
                 try second.close()
                 try link.close()

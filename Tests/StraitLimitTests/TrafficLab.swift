@@ -31,6 +31,14 @@ final class TrafficLab: @unchecked Sendable {
         }
     }
 
+    /// Whether this kernel has the fq qdisc (probed once, on the loopback of a namespace made for it):
+    /// aggregate limits need it, and this lab's live aggregate tests run only where it exists.
+    static let fairQueueAvailable: Bool = {
+        guard let namespace = try? NetworkNamespace.create(uniqueTestName("strait-ns")) else { return false }
+        defer { namespace.delete() }
+        return (try? NetworkNamespace.runTool("/usr/sbin/tc", ["-n", namespace.name, "qdisc", "add", "dev", "lo", "root", "fq"])) != nil
+    }()
+
     /// Runs `body` on a thread in the sender namespace (where the egress interface is).
     func inSender<T: Sendable>(_ body: @escaping @Sendable () throws -> T) throws -> T { try pair.sender.run(body) }
 
@@ -156,13 +164,16 @@ enum Sockets {
         return (fd, port)
     }
 
+    /// Connects within 10 s (the first IPv6 connect of a fresh veth waits for neighbour discovery).
     static func connect(address text: String, port: UInt16) throws -> CInt {
         let fd = try systemCall("socket") { socket(text.contains(":") ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0) }
-        timeouts(fd)
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         do { try systemCall("connect \(text) port \(port)") { address(text, port: port) { Glibc.connect(fd, $0, $1) } } } catch {
             Glibc.close(fd)
             throw error
         }
+        timeouts(fd)
         return fd
     }
 }
