@@ -45,6 +45,8 @@ public struct LimitBenchmark: Sendable {
         public var idlePingP50Us: Double
         public var idlePingP99Us: Double
         public var rows: [Row]
+        /// Methods this machine cannot run (e.g. no fq qdisc in the kernel), with the reason.
+        public var unavailable: [String: String]
     }
 
     let runner = ProcessRunner()
@@ -78,12 +80,20 @@ public struct LimitBenchmark: Sendable {
         progress(String(format: "no limit: %.0f Mbit/s over %d connections; idle ping-pong p50 %.1f µs", unlimited, connections, idle.p50Microseconds))
 
         var rows: [Row] = []
+        var unavailable: [String: String] = [:]
         for rate in rates {
-            for method in Method.allCases {
+            for method in Method.allCases where unavailable[method.rawValue] == nil {
                 if shouldStop() { throw BenchError.interrupted }
                 let streams = method == .straitConnection ? 1 : connections
                 let launcher = method == .straitConnection ? Launcher(cgroupPath: cgroup.path) : .plain
-                let undo = try apply(method, rate: rate, pair: pair, limiter: limiter, cgroupID: cgroupID, port: bulkPort)
+                let undo: () throws -> Void
+                do {
+                    undo = try apply(method, rate: rate, pair: pair, limiter: limiter, cgroupID: cgroupID, port: bulkPort)
+                } catch LimitError.fairQueueUnavailable {
+                    unavailable[method.rawValue] = "\(LimitError.fairQueueUnavailable)"
+                    progress("\(method.rawValue): not measured: \(LimitError.fairQueueUnavailable)")
+                    continue
+                }
                 defer { try? undo() }
                 let (achieved, latency) = try measuredTogether(
                     { try bulk(pair, port: bulkPort, streams: streams, launcher: launcher) },
@@ -94,7 +104,7 @@ public struct LimitBenchmark: Sendable {
                 rows.append(row)
             }
         }
-        return Report(seconds: seconds, unlimitedMbps: unlimited, idlePingP50Us: idle.p50Microseconds, idlePingP99Us: idle.p99Microseconds, rows: rows)
+        return Report(seconds: seconds, unlimitedMbps: unlimited, idlePingP50Us: idle.p50Microseconds, idlePingP99Us: idle.p99Microseconds, rows: rows, unavailable: unavailable)
     }
 
     /// Puts `method`'s limit in place; returns what takes it away again.
