@@ -44,6 +44,8 @@ public struct LimitBenchmark: Sendable {
         /// The ping-pong with nothing else running: the reference for `pingP50Us`.
         public var idlePingP50Us: Double
         public var idlePingP99Us: Double
+        /// The ping-pong beside the same bulk transfer with no limit at all (the CPU the transfer costs shows here too).
+        public var unlimitedPingP50Us: Double
         public var rows: [Row]
         /// Methods this machine cannot run (e.g. no fq qdisc in the kernel), with the reason.
         public var unavailable: [String: String]
@@ -65,7 +67,6 @@ public struct LimitBenchmark: Sendable {
         }
         let pins = "/sys/fs/bpf/" + name
         defer { try? pair.sender.run { try Limiter.removeAll(pinDirectory: pins) } }
-        let limiter = try Limiter.open(pinDirectory: pins, create: true)
         let cgroupID = try Limiter.cgroupID(path: cgroup.path)
 
         let (bulkPort, pingPort): (UInt16, UInt16) = (5201, 11111)
@@ -76,8 +77,10 @@ public struct LimitBenchmark: Sendable {
         Thread.sleep(forTimeInterval: 0.5)
 
         let idle = try ping(pair, address: pingAddress, port: pingPort)
-        let unlimited = try bulk(pair, port: bulkPort, streams: connections, launcher: .plain)
-        progress(String(format: "no limit: %.0f Mbit/s over %d connections; idle ping-pong p50 %.1f µs", unlimited, connections, idle.p50Microseconds))
+        let (unlimited, busy) = try measuredTogether(
+            { try bulk(pair, port: bulkPort, streams: connections, launcher: .plain) },
+            { try ping(pair, address: pingAddress, port: pingPort) })
+        progress(String(format: "no limit: %.0f Mbit/s over %d connections, ping-pong p50 %.1f µs beside it; idle ping-pong p50 %.1f µs", unlimited, connections, busy.p50Microseconds, idle.p50Microseconds))
 
         var rows: [Row] = []
         var unavailable: [String: String] = [:]
@@ -88,7 +91,7 @@ public struct LimitBenchmark: Sendable {
                 let launcher = method == .straitConnection ? Launcher(cgroupPath: cgroup.path) : .plain
                 let undo: () throws -> Void
                 do {
-                    undo = try apply(method, rate: rate, pair: pair, limiter: limiter, cgroupID: cgroupID, port: bulkPort)
+                    undo = try apply(method, rate: rate, pair: pair, pins: pins, cgroupID: cgroupID, port: bulkPort)
                 } catch LimitError.fairQueueUnavailable {
                     unavailable[method.rawValue] = "\(LimitError.fairQueueUnavailable)"
                     progress("\(method.rawValue): not measured: \(LimitError.fairQueueUnavailable)")
@@ -104,21 +107,25 @@ public struct LimitBenchmark: Sendable {
                 rows.append(row)
             }
         }
-        return Report(seconds: seconds, unlimitedMbps: unlimited, idlePingP50Us: idle.p50Microseconds, idlePingP99Us: idle.p99Microseconds, rows: rows, unavailable: unavailable)
+        return Report(seconds: seconds, unlimitedMbps: unlimited, idlePingP50Us: idle.p50Microseconds, idlePingP99Us: idle.p99Microseconds, unlimitedPingP50Us: busy.p50Microseconds, rows: rows, unavailable: unavailable)
     }
 
     /// Puts `method`'s limit in place; returns what takes it away again.
-    func apply(_ method: Method, rate: LimitRate, pair: VethPair, limiter: Limiter, cgroupID: UInt64, port: UInt16) throws -> () throws -> Void {
+    /// Strait's limits load their pins afresh each time: removing the last rule removes them.
+    func apply(_ method: Method, rate: LimitRate, pair: VethPair, pins: String, cgroupID: UInt64, port: UInt16) throws -> () throws -> Void {
         let interface = pair.senderInterface
+        let limiter = { try Limiter.open(pinDirectory: pins, create: true) }
         switch method {
         case .straitConnection:
             let selector = try LimitSelector.connection(cgroupID: cgroupID, remotePort: port)
-            try limiter.set(selector, rate: rate)
-            return { try limiter.remove(selector, grace: 0) }
+            let opened = try limiter()
+            try opened.set(selector, rate: rate)
+            return { try opened.remove(selector, grace: 0) }
         case .straitAggregate:
             let selector = try LimitSelector.aggregate(interface: interface, remote: IPPrefix(pair.receiverIPv4 + "/32"))
-            try pair.sender.run { _ = try limiter.set(selector, rate: rate) }
-            return { try pair.sender.run { _ = try limiter.remove(selector) } }
+            let opened = try limiter()
+            try pair.sender.run { _ = try opened.set(selector, rate: rate) }
+            return { try pair.sender.run { _ = try opened.remove(selector) } }
         case .tbf:
             // The bucket holds at least 10 ms at the rate (more than one timer tick at any HZ) and 64 KiB (one TSO segment).
             let burst = max(rate.bytesPerSecond / 100, 65_536)

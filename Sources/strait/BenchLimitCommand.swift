@@ -45,6 +45,6 @@ struct BenchLimit: ParsableCommand {
             ])
         }
         let notes = report.unavailable.sorted { $0.key < $1.key }.map { "\n\($0.key): not measured: \($0.value)" }.joined()
-        return String(format: "veth between two namespaces, %.0f s per run; unlimited: %.0f Mbit/s; idle ping-pong p50 %.1f µs (p99 %.1f µs):\n\n", report.seconds, report.unlimitedMbps, report.idlePingP50Us, report.idlePingP99Us) + table(rows) + notes
+        return String(format: "veth between two namespaces, %.0f s per run; unlimited: %.0f Mbit/s with ping-pong p50 %.1f µs beside it; idle ping-pong p50 %.1f µs (p99 %.1f µs):\n\n", report.seconds, report.unlimitedMbps, report.unlimitedPingP50Us, report.idlePingP50Us, report.idlePingP99Us) + table(rows) + notes
     }
 }
