@@ -101,11 +101,8 @@ public final class Limiter: @unchecked Sendable {
         }
     }
 
-    func locked<T>(_ body: () throws -> T) throws -> T {
-        let lock = try DirectoryLock(path: pinDirectory)
-        defer { lock.unlock() }
-        return try body()
-    }
+    /// Runs `body` holding the pin folder's lock, so rule changes from two commands never interleave.
+    func locked<T>(_ body: () throws -> T) throws -> T { try DirectoryLock.holding(pinDirectory, body) }
 
     func currentConfig() throws -> strait_limit_config {
         guard let configuration = try config.lookup(0) else { throw LimitError.notLoaded(pinDirectory) }
