@@ -16,6 +16,8 @@ public struct LimitBenchmark: Sendable {
     public var rates: [LimitRate] = [10_000_000, 100_000_000, 1_000_000_000, 10_000_000_000].map { LimitRate(bitsPerSecond: $0) }
     public var seconds = 3.0
     public var connections = 4
+    /// Interleaved rounds; the report keeps the median of each measurement.
+    public var rounds = 3
     public var progress: @Sendable (String) -> Void = { _ in }
 
     public init() {}
@@ -39,6 +41,7 @@ public struct LimitBenchmark: Sendable {
 
     public struct Report: Codable, Sendable {
         public var seconds: Double
+        public var rounds: Int
         /// What the veth carries with no limit (the ceiling for every method).
         public var unlimitedMbps: Double
         /// The ping-pong with nothing else running: the reference for `pingP50Us`.
@@ -76,38 +79,51 @@ public struct LimitBenchmark: Sendable {
         defer { pingServer.stop() }
         Thread.sleep(forTimeInterval: 0.5)
 
-        let idle = try ping(pair, address: pingAddress, port: pingPort)
-        let (unlimited, busy) = try measuredTogether(
-            { try bulk(pair, port: bulkPort, streams: connections, launcher: .plain) },
-            { try ping(pair, address: pingAddress, port: pingPort) })
-        progress(String(format: "no limit: %.0f Mbit/s over %d connections, ping-pong p50 %.1f µs beside it; idle ping-pong p50 %.1f µs", unlimited, connections, busy.p50Microseconds, idle.p50Microseconds))
-
-        var rows: [Row] = []
+        // Rounds interleave every method and rate (and the references), and the report keeps the medians.
+        var idle: [Sockperf.Latency] = [], unlimited: [Double] = [], busy: [Double] = []
+        var samples: [Int: [Row]] = [:]
         var unavailable: [String: String] = [:]
-        for rate in rates {
-            for method in Method.allCases where unavailable[method.rawValue] == nil {
-                if shouldStop() { throw BenchError.interrupted }
-                let streams = method == .straitConnection ? 1 : connections
-                let launcher = method == .straitConnection ? Launcher(cgroupPath: cgroup.path) : .plain
-                let undo: () throws -> Void
-                do {
-                    undo = try apply(method, rate: rate, pair: pair, pins: pins, cgroupID: cgroupID, port: bulkPort)
-                } catch LimitError.fairQueueUnavailable {
-                    unavailable[method.rawValue] = "\(LimitError.fairQueueUnavailable)"
-                    progress("\(method.rawValue): not measured: \(LimitError.fairQueueUnavailable)")
-                    continue
+        for round in 1...rounds {
+            idle.append(try ping(pair, address: pingAddress, port: pingPort))
+            let (throughput, beside) = try measuredTogether(
+                { try bulk(pair, port: bulkPort, streams: connections, launcher: .plain) },
+                { try ping(pair, address: pingAddress, port: pingPort) })
+            unlimited.append(throughput)
+            busy.append(beside.p50Microseconds)
+            progress(String(format: "round %d: no limit %.0f Mbit/s over %d connections, ping-pong p50 %.1f µs beside it; idle ping-pong p50 %.1f µs", round, throughput, connections, beside.p50Microseconds, idle.last!.p50Microseconds))
+            for (rateIndex, rate) in rates.enumerated() {
+                for (methodIndex, method) in Method.allCases.enumerated() where unavailable[method.rawValue] == nil {
+                    if shouldStop() { throw BenchError.interrupted }
+                    let streams = method == .straitConnection ? 1 : connections
+                    let launcher = method == .straitConnection ? Launcher(cgroupPath: cgroup.path) : .plain
+                    let undo: () throws -> Void
+                    do {
+                        undo = try apply(method, rate: rate, pair: pair, pins: pins, cgroupID: cgroupID, port: bulkPort)
+                    } catch LimitError.fairQueueUnavailable {
+                        unavailable[method.rawValue] = "\(LimitError.fairQueueUnavailable)"
+                        progress("\(method.rawValue): not measured: \(LimitError.fairQueueUnavailable)")
+                        continue
+                    }
+                    defer { try? undo() }
+                    let (achieved, latency) = try measuredTogether(
+                        { try bulk(pair, port: bulkPort, streams: streams, launcher: launcher) },
+                        { try ping(pair, address: pingAddress, port: pingPort) })
+                    let row = Row(method: method, setMbps: Double(rate.bitsPerSecond) / 1e6, achievedMbps: achieved, connections: streams,
+                                  pingP50Us: latency.p50Microseconds, pingP99Us: latency.p99Microseconds)
+                    progress(String(format: "%@ at %@: %.1f Mbit/s (%.3f of set), ping-pong p50 %.1f µs", method.rawValue, rate.description, achieved, row.achievedOverSet, row.pingP50Us))
+                    samples[rateIndex * Method.allCases.count + methodIndex, default: []].append(row)
                 }
-                defer { try? undo() }
-                let (achieved, latency) = try measuredTogether(
-                    { try bulk(pair, port: bulkPort, streams: streams, launcher: launcher) },
-                    { try ping(pair, address: pingAddress, port: pingPort) })
-                let row = Row(method: method, setMbps: Double(rate.bitsPerSecond) / 1e6, achievedMbps: achieved, connections: streams,
-                              pingP50Us: latency.p50Microseconds, pingP99Us: latency.p99Microseconds)
-                progress(String(format: "%@ at %@: %.1f Mbit/s (%.3f of set), ping-pong p50 %.1f µs", method.rawValue, rate.description, achieved, row.achievedOverSet, row.pingP50Us))
-                rows.append(row)
             }
         }
-        return Report(seconds: seconds, unlimitedMbps: unlimited, idlePingP50Us: idle.p50Microseconds, idlePingP99Us: idle.p99Microseconds, unlimitedPingP50Us: busy.p50Microseconds, rows: rows, unavailable: unavailable)
+        let rows = samples.keys.sorted().compactMap { key -> Row? in
+            guard var row = samples[key]?.first, let runs = samples[key] else { return nil }
+            row.achievedMbps = median(runs.map(\.achievedMbps))
+            row.pingP50Us = median(runs.map(\.pingP50Us))
+            row.pingP99Us = median(runs.map(\.pingP99Us))
+            return row
+        }
+        return Report(seconds: seconds, rounds: rounds, unlimitedMbps: median(unlimited), idlePingP50Us: median(idle.map(\.p50Microseconds)),
+                      idlePingP99Us: median(idle.map(\.p99Microseconds)), unlimitedPingP50Us: median(busy), rows: rows, unavailable: unavailable)
     }
 
     /// Puts `method`'s limit in place; returns what takes it away again.

@@ -12,6 +12,7 @@ struct BenchLimit: ParsableCommand {
     @Option(help: "Rates, comma-separated (10mbit,100mbit,1gbit,10gbit).") var rates = "10mbit,100mbit,1gbit,10gbit"
     @Option(help: "Seconds per measurement.") var duration: Double = 3
     @Option(help: "Connections of the aggregate and tbf runs.") var connections = 4
+    @Option(help: "Interleaved rounds (the report keeps medians).") var rounds = 3
     @Flag(help: "Print one JSON object instead of the table.") var json = false
     @Option(help: "Also draw achieved/set per method to this SVG file.") var svg: String?
 
@@ -21,10 +22,12 @@ struct BenchLimit: ParsableCommand {
         guard !parsed.isEmpty, parsed.allSatisfy({ $0 != nil }) else { throw ValidationError("--rates: e.g. 10mbit,100mbit,1gbit,10gbit") }
         guard duration >= 2, duration <= 30 else { throw ValidationError("--duration: between 2 and 30 seconds") }
         guard (1...64).contains(connections) else { throw ValidationError("--connections: 1 to 64") }
+        guard (1...9).contains(rounds) else { throw ValidationError("--rounds: 1 to 9") }
         var benchmark = LimitBenchmark()
         benchmark.rates = parsed.map { $0! }
         benchmark.seconds = duration
         benchmark.connections = connections
+        benchmark.rounds = rounds
         let report = try runBenchmark(json: json, render: Self.render) { progress, shouldStop in
             benchmark.progress = progress
             return try benchmark.run(shouldStop: shouldStop)
@@ -45,6 +48,6 @@ struct BenchLimit: ParsableCommand {
             ])
         }
         let notes = report.unavailable.sorted { $0.key < $1.key }.map { "\n\($0.key): not measured: \($0.value)" }.joined()
-        return String(format: "veth between two namespaces, %.0f s per run; unlimited: %.0f Mbit/s with ping-pong p50 %.1f µs beside it; idle ping-pong p50 %.1f µs (p99 %.1f µs):\n\n", report.seconds, report.unlimitedMbps, report.unlimitedPingP50Us, report.idlePingP50Us, report.idlePingP99Us) + table(rows) + notes
+        return String(format: "veth between two namespaces, medians of %d rounds of %.0f s runs; unlimited: %.0f Mbit/s with ping-pong p50 %.1f µs beside it; idle ping-pong p50 %.1f µs (p99 %.1f µs):\n\n", report.rounds, report.seconds, report.unlimitedMbps, report.unlimitedPingP50Us, report.idlePingP50Us, report.idlePingP99Us) + table(rows) + notes
     }
 }
