@@ -13,21 +13,28 @@ import StraitSystem
 /// through the same interface. Its baseline is the same ping-pong with nothing else running.
 /// Everything it made (namespaces, cgroup, pins, qdiscs) is removed at the end, also on failure.
 public struct LimitBenchmark: Sendable {
+    /// The rates set, each measured for every method.
     public var rates: [LimitRate] = [10_000_000, 100_000_000, 1_000_000_000, 10_000_000_000].map { LimitRate(bitsPerSecond: $0) }
+    /// Length of each iperf3 run.
     public var seconds = 3.0
+    /// Connections of the aggregate and tbf runs (per-connection runs use one).
     public var connections = 4
     /// Interleaved rounds; the report keeps the median of each measurement.
     public var rounds = 3
+    /// Called with a line after each measurement.
     public var progress: @Sendable (String) -> Void = { _ in }
 
+    /// The defaults: 10 Mbit/s to 10 Gbit/s, 3 s runs, four connections, three rounds.
     public init() {}
 
+    /// A way of limiting.
     public enum Method: String, Codable, CaseIterable, Sendable {
         case straitConnection = "strait per connection"
         case straitAggregate = "strait aggregate (EDT, fq)"
         case tbf = "tc tbf"
     }
 
+    /// One method at one rate (medians over the rounds).
     public struct Row: Codable, Sendable {
         public var method: Method
         public var setMbps: Double
@@ -39,6 +46,7 @@ public struct LimitBenchmark: Sendable {
         public var achievedOverSet: Double { setMbps > 0 ? achievedMbps / setMbps : 0 }
     }
 
+    /// What `strait bench limit` prints (as a table or JSON).
     public struct Report: Codable, Sendable {
         public var seconds: Double
         public var rounds: Int
@@ -56,6 +64,7 @@ public struct LimitBenchmark: Sendable {
 
     let runner = ProcessRunner()
 
+    /// Makes the namespaces, cgroup and pins, runs every round, and removes everything again.
     public func run(shouldStop: @escaping @Sendable () -> Bool = { false }) throws -> Report {
         let name = "strait-bench-\(getpid())-limit"
         let pair = try VethPair.create(name: name, interface: "sblim\(getpid() % 10000)", subnet: 77)
@@ -188,8 +197,10 @@ public struct LimitBenchmark: Sendable {
 public struct LimitBenchmarkChart {
     public var report: LimitBenchmark.Report
 
+    /// A chart of `report`.
     public init(report: LimitBenchmark.Report) { self.report = report }
 
+    /// The SVG document.
     public func render() -> String {
         let colors: [LimitBenchmark.Method: String] = [.straitConnection: "#1f77b4", .straitAggregate: "#2ca02c", .tbf: "#888888"]
         var chart = SVGChart(

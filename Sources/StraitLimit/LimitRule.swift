@@ -4,8 +4,10 @@ import StraitSystem
 /// A rate in bits per second, as operators and `tc` write them: `100mbit`, `1.5gbit`, `250kbit`,
 /// `10Mbit/s`, or a bare number of bits per second. Units are decimal (1 mbit = 10^6 bits).
 public struct LimitRate: Sendable, Hashable, Comparable, Codable, CustomStringConvertible {
+    /// Bits per second on the wire (headers included, as tc counts them).
     public var bitsPerSecond: UInt64
 
+    /// A rate of exactly `bitsPerSecond`.
     public init(bitsPerSecond: UInt64) { self.bitsPerSecond = bitsPerSecond }
 
     /// Parses the forms above; nil for anything else, or for zero.
@@ -67,18 +69,23 @@ private extension String {
 ///
 /// A cgroup is matched exactly: sockets of its child cgroups are not covered by its rules.
 public struct LimitSelector: Sendable, Hashable, Encodable, CustomStringConvertible {
+    /// Whether each connection gets the rate or all matching traffic shares it.
     public enum Scope: String, Sendable, Codable {
         case connection
         case aggregate
     }
 
+    /// How the rate applies.
     public let scope: Scope
     /// The cgroup v2 id (its directory's inode number): always set for per-connection rules.
     public let cgroupID: UInt64?
     /// The interface whose egress an aggregate rule limits.
     public let interface: String?
+    /// Per connection: only sockets bound to this local port (a server's).
     public let localPort: UInt16?
+    /// Per connection: only sockets connected to this remote port.
     public let remotePort: UInt16?
+    /// Only traffic to (per connection: connections with) an address in this prefix.
     public let remote: IPPrefix?
 
     /// A per-connection selector: the cgroup's TCP connections, optionally only those on a local
@@ -137,7 +144,9 @@ public struct LimitSelector: Sendable, Hashable, Encodable, CustomStringConverti
 public struct LimitRule: Sendable, Hashable, Encodable, CustomStringConvertible {
     /// Never reused, so a new rule never inherits an old rule's counters.
     public var id: UInt32
+    /// Which traffic it covers.
     public var selector: LimitSelector
+    /// Its rate.
     public var rate: LimitRate
 
     public var description: String { "\(rate) \(selector)" }

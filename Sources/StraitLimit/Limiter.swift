@@ -20,10 +20,12 @@ import StraitSystem
 /// is reloaded. Removing the last rule of a cgroup or interface detaches the program from it (and
 /// deletes the fq Strait installed); removing the last rule removes everything.
 public final class Limiter: @unchecked Sendable {
+    /// Where `strait limit` pins everything unless told otherwise.
     public static let defaultPinDirectory = BPFFS.defaultMount + "/strait/limit"
     /// Aggregate limits drop packets that would wait longer than this (Cilium's value).
     public static let defaultHorizonNanoseconds: UInt64 = 2_000_000_000
 
+    /// The bpffs folder this value's descriptors were opened from.
     public let pinDirectory: String
     let config: TypedMap<UInt32, strait_limit_config>
     let rules: TypedMap<UInt32, strait_limit_rule>
@@ -327,6 +329,7 @@ public final class Limiter: @unchecked Sendable {
 
     /// What ``remove(_:grace:)`` did.
     public struct RemoveOutcome: Sendable {
+        /// False when no rule had this selector.
         public var removed: Bool
         /// The interface whose default root qdisc was put back, if any.
         public var restoredQdisc: String?
@@ -413,13 +416,17 @@ public final class Limiter: @unchecked Sendable {
         /// Nothing attached (what `list` shows before anything is loaded).
         public static let none = Attachments(cgroups: [], interfaces: [])
 
+        /// One interface with the egress program, as recorded when it was attached.
         public struct Interface: Sendable, Encodable {
             public var name: String
+            /// In the namespace it was attached in.
             public var ifindex: UInt32
+            /// True when `remove` will delete fq there (Strait installed it over the default).
             public var installedFairQueue: Bool
         }
     }
 
+    /// Reads the pinned links and the `interfaces` map. Costs a directory read and a map walk.
     public func attachments() throws -> Attachments {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: Self.linksPath(in: pinDirectory))) ?? []
         let cgroups = names.sorted().compactMap { name -> String? in
@@ -434,8 +441,10 @@ public final class Limiter: @unchecked Sendable {
     public struct Stats: Sendable, Encodable {
         public var pinDirectory: String
         public var attachments: Attachments
+        /// Every rule, in ``rulesList()`` order.
         public var rules: [RuleCount]
 
+        /// One rule and its counters.
         public struct RuleCount: Sendable, Encodable {
             public var rule: LimitRule
             /// Aggregate: packets matched, their bytes, those given a later departure, those dropped past the horizon.
@@ -448,6 +457,7 @@ public final class Limiter: @unchecked Sendable {
         }
     }
 
+    /// The rules with their counters, summed over CPUs (one map lookup per rule).
     public func stats() throws -> Stats {
         let counts = try rulesList().map { rule in
             let sum = try counters.summedOverCPUs(rule.id)

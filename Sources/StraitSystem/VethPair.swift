@@ -5,9 +5,13 @@ import Foundation
 /// rather than loopback. The sender's end is `senderInterface` in `sender`. ``delete()`` removes
 /// both namespaces, and the veth with them.
 public struct VethPair: Sendable {
+    /// The namespace whose interface the traffic leaves by (where egress programs and qdiscs go).
     public let sender: NetworkNamespace
+    /// The namespace the traffic arrives in.
     public let receiver: NetworkNamespace
+    /// The veth end in `sender`.
     public let senderInterface: String
+    /// The veth end in `receiver`.
     public let receiverInterface: String
     /// `198.18.SUBNET.1` and `.2`; `2001:db8:SUBNET::1` and `::2`.
     public let senderIPv4: String
