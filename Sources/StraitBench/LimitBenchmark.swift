@@ -208,7 +208,7 @@ public struct LimitBenchmarkChart {
             series: LimitBenchmark.Method.allCases.map { method in
                 SVGChart.Series(name: method.rawValue, color: colors[method] ?? "#000",
                                 points: report.rows.filter { $0.method == method }.map { (x: Int($0.setMbps), y: $0.achievedOverSet * 100) })
-            },
+            }.filter { !$0.points.isEmpty },  // methods this machine could not run
             reference: ("100% of the set rate", 100))
         chart.xLabel = "set rate (Mbit/s)"
         chart.xTick = { $0 >= 1000 ? "\($0 / 1000) Gbit/s" : "\($0) Mbit/s" }
