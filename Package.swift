@@ -82,6 +82,13 @@ let package = Package(
             exclude: ["bpf"],
             plugins: ["BPFCompiler"]
         ),
+        // Rate limits per connection (sock_ops pacing) and in aggregate (tc egress EDT under fq) (`strait limit`).
+        .target(
+            name: "StraitLimit",
+            dependencies: ["StraitBPF", "StraitKernelABI", "StraitSystem", "StraitDrop"],
+            exclude: ["bpf"],
+            plugins: ["BPFCompiler"]
+        ),
         // The L4 TCP proxy engine: copy, splice and sockmap datapaths, balancing, health checks.
         .target(
             name: "StraitProxy",
@@ -165,7 +172,7 @@ let package = Package(
         // Side-by-side measurement against the peers each issue names.
         .target(
             name: "StraitBench",
-            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitDrop", "StraitProxy", "StraitSteer", "StraitNet", "StraitNetBench", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitDrop", "StraitProxy", "StraitSteer", "StraitNet", "StraitNetBench", "StraitLimit", .product(name: "Logging", package: "swift-log")]
         ),
 
         // Layer 4: the commands. StraitCLI is what `strait` and `strait-bench` share: exit codes,
@@ -181,7 +188,7 @@ let package = Package(
         .executableTarget(
             name: "strait",
             dependencies: [
-                "StraitBPF", "StraitAccel", "StraitSystem", "StraitDrop", "StraitProxy", "StraitSteer", "StraitNet", "StraitCLI", "StraitBuildInfo", "StraitAgent",
+                "StraitBPF", "StraitAccel", "StraitSystem", "StraitDrop", "StraitProxy", "StraitSteer", "StraitNet", "StraitCLI", "StraitBuildInfo", "StraitAgent", "StraitLimit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -189,7 +196,7 @@ let package = Package(
         .executableTarget(
             name: "strait-bench",
             dependencies: [
-                "StraitBench", "StraitNetBench", "StraitProxy", "StraitSystem", "StraitCLI", "StraitBuildInfo",
+                "StraitBench", "StraitNetBench", "StraitProxy", "StraitLimit", "StraitSystem", "StraitCLI", "StraitBuildInfo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -214,6 +221,7 @@ let package = Package(
         .testTarget(name: "StraitAccelTests", dependencies: ["StraitAccel", "StraitBPF", "CLibBPF", "StraitTestSupport"]),
         .testTarget(name: "StraitDropTests", dependencies: ["StraitDrop", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitTestSupport"]),
         .testTarget(name: "StraitProxyTests", dependencies: ["StraitProxy", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitNet", "StraitTestSupport", "StraitBench"]),
+        .testTarget(name: "StraitLimitTests", dependencies: ["StraitLimit", "StraitBPF", "StraitKernelABI", "StraitSystem", "StraitTestSupport"]),
         .testTarget(name: "StraitNetBenchTests", dependencies: ["StraitNetBench"]),
         .testTarget(
             name: "StraitAgentTests",

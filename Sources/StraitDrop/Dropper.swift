@@ -104,11 +104,7 @@ public final class Dropper: @unchecked Sendable {
     }
 
     /// Runs `body` holding the pin directory's lock, so rule changes from two commands never interleave.
-    func locked<T>(_ body: () throws -> T) throws -> T {
-        let lock = try DirectoryLock(path: pinDirectory)
-        defer { lock.unlock() }
-        return try body()
-    }
+    func locked<T>(_ body: () throws -> T) throws -> T { try DirectoryLock.holding(pinDirectory, body) }
 
     // MARK: Attachments
 

@@ -27,3 +27,13 @@ public final class DirectoryLock {
         fd = -1
     }
 }
+
+extension DirectoryLock {
+    /// Runs `body` holding the lock on `path`, released on return or throw: how rule changes from
+    /// two commands on one pin folder take turns.
+    public static func holding<T>(_ path: String, _ body: () throws -> T) throws -> T {
+        let lock = try DirectoryLock(path: path)
+        defer { lock.unlock() }
+        return try body()
+    }
+}

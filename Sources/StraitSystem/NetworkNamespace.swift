@@ -54,8 +54,15 @@ public struct NetworkNamespace: Sendable, Hashable {
     /// Runs `ip` with `arguments`; throws with its output when it fails.
     @discardableResult
     public static func runIP(_ arguments: [String]) throws -> String {
+        try runTool(FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip") ? "/usr/sbin/ip" : "/sbin/ip", arguments)
+    }
+
+    /// Runs an iproute2 tool (`ip`, `tc`) at `path`, in the calling thread's network namespace (the
+    /// child inherits the thread's); throws with its output when it fails.
+    @discardableResult
+    public static func runTool(_ path: String, _ arguments: [String]) throws -> String {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip") ? "/usr/sbin/ip" : "/sbin/ip")
+        process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
         let output = Pipe()
         process.standardOutput = output
@@ -65,7 +72,7 @@ public struct NetworkNamespace: Sendable, Hashable {
         process.waitUntilExit()
         let text = String(decoding: data, as: UTF8.self)
         guard process.terminationStatus == 0 else {
-            throw SystemCallError("ip \(arguments.joined(separator: " ")): \(text.trimmingCharacters(in: .whitespacesAndNewlines))", .invalidArgument)
+            throw SystemCallError("\(URL(fileURLWithPath: path).lastPathComponent) \(arguments.joined(separator: " ")): \(text.trimmingCharacters(in: .whitespacesAndNewlines))", .invalidArgument)
         }
         return text
     }

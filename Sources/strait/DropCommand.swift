@@ -38,9 +38,9 @@ struct DropCommand: ParsableCommand {
 
     /// Who a rule change must not lock out, unless --force.
     struct Safety: ParsableArguments {
-        @Flag(help: "Skip the check that refuses changes dropping the address this command is run from (SSH peers).")
+        @Flag(help: "Skip the check that refuses changes cutting off the address this command is run from (SSH peers).")
         var force = false
-        @Option(name: .customLong("protect"), help: "Also refuse changes that would drop this address (repeatable).")
+        @Option(name: .customLong("protect"), help: "Also protect this address (repeatable).")
         var protected: [String] = []
 
         func sources() throws -> [ProtectedSource] {

@@ -7,3 +7,4 @@
 #include "drop.h"
 #include "proxy.h"
 #include "steer.h"
+#include "limit.h"
