@@ -157,10 +157,25 @@ public final class Proxy: @unchecked Sendable {
         }
     }
 
+    /// Reads, checks and applies the configuration file at `path` (SIGHUP's reload): any mistake in
+    /// the file, however hostile, throws and leaves the running configuration serving. Returns
+    /// what it applied.
+    @discardableResult
+    public func reload(fromFile path: String) throws(ProxyError) -> ProxyConfig {
+        let next: ProxyConfig
+        do { next = try ProxyConfigLoader.load(path: path) } catch { throw .config(error) }
+        try reload(next)
+        return next
+    }
+
     /// Applies a configuration (from any thread but a proxy loop's): listeners with the same address keep their socket (no refused
     /// connections), new ones are bound, removed ones stop accepting; established relays keep the
     /// settings they started with. Throws without changing anything if a new address cannot be bound.
+    /// Throws ``ProxyError/config(_:)`` for a configuration that fails ``ProxyConfig/validate(dualStack:)``.
     public func reload(_ config: ProxyConfig) throws(ProxyError) {
+        do { try config.validate() } catch {
+            throw .config(ProxyConfigError(file: "<config>", line: 0, column: 0, message: error.message))
+        }
         var clusters: [String: ClusterRuntime] = [:]
         let (bound, kept, removed): ([ListenerRuntime], [ListenerRuntime], [ListenerRuntime]) = try state.withLock { state throws(ProxyError) in
             for cluster in config.clusters {

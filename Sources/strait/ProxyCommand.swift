@@ -48,6 +48,10 @@ struct ProxyRun: ParsableCommand {
     var handoverSocket: String = defaultHandOverSocket
     @Option(help: .hidden) var takeOver: String?
 
+    func validate() throws {
+        guard (1...64).contains(threads) else { throw ValidationError("--threads: from 1 to 64 (got \(threads))") }
+    }
+
     func run() throws {
         if let check {
             do {
@@ -67,7 +71,6 @@ struct ProxyRun: ParsableCommand {
             return handler
         }
         let logger = Logger(label: "strait.proxy")
-        guard (1...64).contains(threads) else { throw ValidationError("--threads: from 1 to 64") }
 
         ProxySignals.install()
         // In a restart: the same listening sockets as the previous process, so nothing queued on
@@ -115,9 +118,7 @@ struct ProxyRun: ParsableCommand {
                     continue
                 }
                 do {
-                    let next = try ProxyConfigLoader.load(path: path)
-                    try proxy.reload(next)
-                    current = next
+                    current = try proxy.reload(fromFile: path)
                 } catch {
                     logger.error("reload rejected, keeping the running configuration: \(error)")
                 }
@@ -241,6 +242,8 @@ struct ProxyRestart: ParsableCommand {
 
     @Option(help: "The running proxy's pid file.") var pidFile: String = defaultPidFile
     @Option(help: "Seconds to wait for the new process.") var timeout: Double = 10
+
+    func validate() throws { try requireSeconds(timeout, in: 0.1...3600, option: "--timeout") }
 
     func run() throws {
         let old = try ProxyReload.runningPid(pidFile)

@@ -29,6 +29,12 @@ struct SteerServe: ParsableCommand {
     @Option(help: "Seconds the old process may drain once replaced.") var drainSeconds: Double = 10
     @Option(help: "Stop after this many seconds (0: until SIGINT/SIGTERM or replaced).") var duration: Double = 0
 
+    func validate() throws {
+        guard (1...64).contains(loops) else { throw ValidationError("--loops: from 1 to 64 (got \(loops))") }
+        try requireSeconds(drainSeconds, in: 0...86_400, option: "--drain-seconds")
+        try requireSeconds(duration, in: 0...31_622_400, option: "--duration")
+    }
+
     func run() throws {
         Strait.bootstrapLogging()
         guard let steeringPolicy = SteeringPolicy(parsing: policy), !{ if case .payload = steeringPolicy { true } else { false } }() else {

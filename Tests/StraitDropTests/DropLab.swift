@@ -65,6 +65,13 @@ final class DropLab: @unchecked Sendable {
         }
     }
 
+    /// The attachment `attach` makes on the receiver's interface (its namespace inode and index).
+    func receiverAttachment(mode: XDPMode, live: Bool) throws -> Dropper.Attachment {
+        let interface = receiverInterface
+        let ifindex = try receiver.run { try NetworkInterface(named: interface).index }
+        return Dropper.Attachment(interface: interface, mode: mode, netns: try receiver.inode(), ifindex: ifindex, live: live)
+    }
+
     static func wire(receiver: NetworkNamespace, sender: NetworkNamespace, receiverInterface: String, senderInterface: String, subnet: Int) throws {
         try NetworkNamespace.runIP(["-n", receiver.name, "link", "add", receiverInterface, "type", "veth", "peer", "name", senderInterface, "netns", sender.name])
         try NetworkNamespace.runIP(["-n", receiver.name, "addr", "add", "198.18.\(subnet).1/24", "dev", receiverInterface])
