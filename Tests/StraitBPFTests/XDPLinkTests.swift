@@ -1,6 +1,6 @@
 import CLibBPF
 import Foundation
-import StraitBPF
+@testable import StraitBPF
 import StraitSystem
 import StraitTestSupport
 import Testing
@@ -106,5 +106,26 @@ struct XDPLinkTests {
         let error = bpfError { _ = try BPFProgram.loadXDPPass().attachXDP(interface: "sdr-none", mode: .generic) }
         #expect(error?.errno?.rawValue == ENODEV)
         #expect(error?.description.contains("sdr-none") == true)
+    }
+}
+
+@Suite("libbpf options structs")
+struct LibBPFOptionsTests {
+    @Test("every byte is zero but `sz`, which is the C sizeof; libbpf accepts the struct (no `non-zero extra bytes`)")
+    func zeroedOptions() throws {
+        // Dirty the heap first, so a struct built on reused memory would show it.
+        for _ in 0..<16 { _ = [UInt8](repeating: 0xFF, count: 64).withUnsafeBytes { Array($0) } }
+        let bytes = withLibBPFOptions(bpf_xdp_query_opts.self) { options in
+            Array(UnsafeRawBufferPointer(start: options, count: MemoryLayout<bpf_xdp_query_opts>.stride))
+        }
+        #expect(bytes.count == 32, "sizeof(struct bpf_xdp_query_opts) in libbpf 1.1's header")
+        #expect(bytes.prefix(8) == ArraySlice(withUnsafeBytes(of: 32) { Array($0) }))
+        #expect(bytes.dropFirst(8).allSatisfy { $0 == 0 })
+    }
+
+    @Test("bpf_xdp_query answers for loopback", kernelGate)
+    func queryLoopback() throws {
+        let attachment = try XDPAttachment.query(ifindex: 1)
+        #expect(attachment.mode == nil || attachment.programID != 0)
     }
 }
