@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # Build: libbpf through pkg-config. Benchmarks and tests: the peers and iproute2 for namespaces.
 APT_PACKAGES := pkg-config libbpf-dev libelf-dev zlib1g-dev iproute2 bpftool iperf3 sockperf haproxy wrk nftables iptables
 
-.PHONY: demo test deps build release clean
+.PHONY: demo test deps build release clean fuzz fuzz-build fuzz-run fuzz-smoke
 
 ## Install the Debian packages that are missing (no-op when all are there).
 deps:
@@ -35,6 +35,37 @@ demo: release
 test: deps
 	$(SWIFT) build --build-tests
 	$(SUDO) env CI=$(CI) $(SWIFT) test --skip-build --no-parallel
+	$(MAKE) fuzz-smoke
+
+## Fuzzing (README, "Reliability"): libFuzzer on the parsers of hostile input, each for
+## FUZZ_SECONDS. The targets are built with the fuzzer and AddressSanitizer in a scratch folder of
+## their own; new inputs go to $(FUZZ_SCRATCH)/corpus, crashes to $(FUZZ_SCRATCH)/crashes (each
+## becomes a unit test and a fix). The committed seeds in Fuzz/corpus are read, never written.
+FUZZ_TARGETS := config drop-rules rpc-frame metrics-request
+FUZZ_SECONDS ?= 60
+FUZZ_SCRATCH := .build-fuzz
+FUZZ_FLAGS := -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING -Xcc -fsanitize=fuzzer-no-link,address
+
+fuzz: deps
+	$(MAKE) fuzz-run FUZZ_SECONDS=$(FUZZ_SECONDS)
+
+## `make test`'s last step: every target for a few seconds, so CI catches a parser regression.
+fuzz-smoke:
+	$(MAKE) fuzz-run FUZZ_SECONDS=5
+
+fuzz-build:
+	for target in $(FUZZ_TARGETS); do \
+		$(SWIFT) build --scratch-path $(FUZZ_SCRATCH) --product fuzz-$$target $(FUZZ_FLAGS) || exit 1; \
+	done
+
+fuzz-run: fuzz-build
+	mkdir -p $(FUZZ_SCRATCH)/crashes
+	for target in $(FUZZ_TARGETS); do \
+		mkdir -p $(FUZZ_SCRATCH)/corpus/$$target; \
+		nice -n 10 $(FUZZ_SCRATCH)/debug/fuzz-$$target -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+			-max_len=65536 -print_final_stats=1 -artifact_prefix=$(FUZZ_SCRATCH)/crashes/$$target- \
+			$(FUZZ_SCRATCH)/corpus/$$target Fuzz/corpus/$$target || exit 1; \
+	done
 
 clean:
-	rm -rf .build
+	rm -rf .build $(FUZZ_SCRATCH)

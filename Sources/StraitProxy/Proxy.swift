@@ -337,16 +337,20 @@ public final class Proxy: @unchecked Sendable {
             let forwarder = context.forwarder
             let endpoints = context.endpoints
             let server = try Server(address: address, group: group, handlers: ConnectionHandlers(onRequest: { connection in
-                guard connection.reader.distance(to: UInt8(ascii: "\n")) != nil,
-                      let request = try? connection.reader.peek(connection.reader.readableBytes)
-                else { return }
-                let text = String(decoding: request, as: UTF8.self)
-                guard text.contains("\r\n\r\n") else { return }
-                try connection.reader.skip(connection.reader.readableBytes)
+                let reader = connection.reader
+                guard let window = try? reader.peek(min(reader.readableBytes, MetricsRequest.maximumHeaderBytes + 4)) else { return }
+                let request = MetricsRequest.classify(window)
+                switch request {
+                case .incomplete: return
+                case .tooLarge:
+                    connection.close()
+                    return
+                case .metrics, .other: try reader.skip(reader.readableBytes)
+                }
                 if let forwarder { metrics.recordKernel(forwarder.counters()) }
                 if let endpoints { metrics.recordEndpoints(endpoints.counters()) }
-                let body = text.hasPrefix("GET /metrics") ? metrics.exposition() : "see /metrics\n"
-                let status = text.hasPrefix("GET /metrics") ? "200 OK" : "404 Not Found"
+                let body = request == .metrics ? metrics.exposition() : "see /metrics\n"
+                let status = request == .metrics ? "200 OK" : "404 Not Found"
                 connection.writer.write(string: "HTTP/1.1 \(status)\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)")
                 connection.flush()
                 connection.close()
