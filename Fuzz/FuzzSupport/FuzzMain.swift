@@ -18,11 +18,8 @@ public enum FuzzMain {
         Self.body = body
         #if FUZZING
         var argc = CommandLine.argc
-        var argv = CommandLine.unsafeArgv
-        exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in
-            FuzzMain.body(size == 0 ? [] : Array(UnsafeBufferPointer(start: data, count: size)))
-            return 0
-        })
+        var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
+        exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in fuzzTestOneInput(data, size) })
         #else
         var failed = false
         var count = 0
@@ -47,3 +44,13 @@ public enum FuzzMain {
         #endif
     }
 }
+
+#if FUZZING
+/// libFuzzer's per-input entry, for its own `main` (linked in whole with the runtime, so the symbol
+/// must exist); the target's `main` runs ``FuzzMain/run(_:)``, which drives libFuzzer itself.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    FuzzMain.body(size == 0 || data == nil ? [] : Array(UnsafeBufferPointer(start: data, count: size)))
+    return 0
+}
+#endif
