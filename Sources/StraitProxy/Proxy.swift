@@ -190,13 +190,15 @@ public final class Proxy: @unchecked Sendable {
             var next: [ListenerRuntime] = []
             var bound: [ListenerRuntime] = []
             var kept: [ListenerRuntime] = []
+            // By address, so a reload is linear in the listener count (addresses are unique: validate()).
+            var reusable = Dictionary(state.listeners.filter { $0.address.port != 0 }.map { ($0.address, $0) }, uniquingKeysWith: { first, _ in first })
             for listener in config.listeners {
                 guard let cluster = clusters[listener.cluster] else {
                     for runtime in bound { closeDescriptor(runtime.fd) }
                     throw .config(ProxyConfigError(file: "<config>", line: 0, column: 0, message: "listener \(listener.name) names unknown cluster \(listener.cluster)"))
                 }
                 let settings = ListenerSettings(config: listener, cluster: cluster)
-                if listener.address.port != 0, let existing = state.listeners.first(where: { old in old.address == listener.address && !kept.contains { $0 === old } }) {
+                if listener.address.port != 0, let existing = reusable.removeValue(forKey: listener.address) {
                     existing.settings.withLock { $0 = settings }
                     kept.append(existing)
                     next.append(existing)
@@ -218,7 +220,8 @@ public final class Proxy: @unchecked Sendable {
                     throw .bind(listener: listener.name, address: "\(listener.address)", error)
                 }
             }
-            let removed = state.listeners.filter { old in !next.contains { $0 === old } }
+            let nextIdentities = Set(next.map(ObjectIdentifier.init))
+            let removed = state.listeners.filter { !nextIdentities.contains(ObjectIdentifier($0)) }
             state.retired += removed
             state.listeners = next
             state.config = config
