@@ -45,6 +45,17 @@ public struct SteerBenchmark: Sendable {
             /// Most loaded member over least loaded; nil (JSON `null`) when one got nothing, since
             /// JSON has no infinity.
             public var maxOverMin: Double?
+
+            enum CodingKeys: String, CodingKey { case policy, transport, perMember, maxOverMin }
+
+            /// Writes `maxOverMin` as `null` when nil, so every row has the same keys.
+            public func encode(to encoder: Encoder) throws {
+                var container = encoder.container(keyedBy: CodingKeys.self)
+                try container.encode(policy, forKey: .policy)
+                try container.encode(transport, forKey: .transport)
+                try container.encode(perMember, forKey: .perMember)
+                try container.encode(maxOverMin, forKey: .maxOverMin)
+            }
         }
 
         public struct Remap: Sendable, Codable {
