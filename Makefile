@@ -66,6 +66,7 @@ fuzz-run: fuzz-build
 		mkdir -p $(FUZZ_SCRATCH)/corpus/$$target; \
 		ASAN_OPTIONS=detect_leaks=0 nice -n 10 $(FUZZ_SCRATCH)/debug/fuzz-$$target -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
 			-max_len=65536 -detect_leaks=0 -print_final_stats=1 -artifact_prefix=$(FUZZ_SCRATCH)/crashes/$$target- \
+			$$(test -f Fuzz/$$target.dict && echo -dict=Fuzz/$$target.dict) \
 			$(FUZZ_SCRATCH)/corpus/$$target Fuzz/corpus/$$target || exit 1; \
 	done
 
