@@ -2,6 +2,7 @@ import Foundation
 import StraitNet
 import StraitProxy
 import StraitSystem
+import StraitTestSupport
 import Testing
 
 /// Files a hostile or careless user writes: none may crash the checker or a running proxy, each
@@ -217,5 +218,65 @@ struct HostileReloadTests {
             open.close()
             fresh.close()
         }
+    }
+}
+
+@Suite("Reload: SIGHUP with a hostile file, in a real proxy process", .serialized)
+struct HostileSignalReloadTests {
+    @Test("the process survives SIGHUP with overflowing durations, deep nesting and binary bytes, keeps its connection and accepts new ones")
+    func sighup() throws {
+        let binary = try #require(RestartTests.straitBinary, "build the strait product first (make test does)")
+        let upstream = try ThreadedUpstream(echoHandler)
+        defer { upstream.stop() }
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueTestName("strait-sighup")).path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let configFile = folder + "/strait.yaml", pidFile = folder + "/proxy.pid"
+        let port = try TestListener(.ipv4).port
+        let good = "clusters:\n  - name: b\n    upstreams: [\"\(upstream.address)\"]\nlisteners:\n  - name: web\n    bind: 127.0.0.1:\(port)\n    cluster: b\n    datapath: copy\n"
+        try Data(good.utf8).write(to: URL(fileURLWithPath: configFile))
+
+        let proxy = Process()
+        proxy.executableURL = URL(fileURLWithPath: binary)
+        proxy.arguments = ["proxy", "--config", configFile, "--pid-file", pidFile, "--handover-socket", folder + "/handover.sock", "--log-level", "critical"]
+        try proxy.run()
+        defer {
+            if proxy.isRunning { proxy.terminate() }
+            proxy.waitUntilExit()
+        }
+        var ready = false
+        for _ in 0..<200 where !ready {
+            ready = (try? connectClient(port: port, timeoutSeconds: 2)) != nil && FileManager.default.fileExists(atPath: pidFile)
+            if !ready { usleep(20_000) }
+        }
+        try #require(ready, "the proxy did not start listening")
+        let open = try connectClient(port: port)
+        defer { open.close() }
+
+        let hostile: [[UInt8]] = [
+            Array((good + "    connect_timeout: 1e10h\n").utf8),
+            Array((good + "    idle_timeout: 1e12h\n").utf8),
+            Array((good + "drain_timeout: inf\n").utf8),
+            Array(String(repeating: "[", count: 5000).utf8),
+            [0x7F, 0x45, 0x4C, 0x46, 0x00, 0x01, 0x02],
+        ]
+        for (index, bytes) in hostile.enumerated() {
+            try Data(bytes).write(to: URL(fileURLWithPath: configFile))
+            kill(proxy.processIdentifier, SIGHUP)
+            usleep(300_000)
+            #expect(proxy.isRunning, "file \(index): the proxy died on reload")
+            let message = Array("after reload \(index)".utf8)
+            try open.sendAll(message)
+            #expect(try open.receive(exactly: message.count) == message, "file \(index): the open connection survived")
+            let fresh = try connectClient(port: port)
+            try fresh.sendAll(Array("new".utf8))
+            #expect(try fresh.receive(exactly: 3) == Array("new".utf8), "file \(index): new connections are accepted")
+            fresh.close()
+        }
+        open.close()
+        kill(proxy.processIdentifier, SIGTERM)
+        proxy.waitUntilExit()
+        #expect(proxy.terminationReason == .exit && proxy.terminationStatus == 0, "a clean drain, not a crash")
+        #expect(!FileManager.default.fileExists(atPath: pidFile), "the pid file is removed")
     }
 }
