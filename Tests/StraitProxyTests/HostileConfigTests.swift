@@ -3,6 +3,7 @@ import StraitNet
 import StraitProxy
 import StraitSystem
 import StraitTestSupport
+import Synchronization
 import Testing
 
 /// Files a hostile or careless user writes: none may crash the checker or a running proxy, each
@@ -52,6 +53,22 @@ struct HostileConfigTests {
         let error = try #require(problem(yaml))
         #expect(error.message.contains("nested more than \(ConfigText.maximumDepth) levels"), "\(error)")
         #expect(error.line >= 1 && error.column >= 1)
+    }
+
+    @Test("nesting at the bound reaches the schema check, even on a thread with a 256 KiB stack")
+    func depthAtTheBoundOnASmallStack() throws {
+        let yaml = "listeners: " + String(repeating: "[", count: ConfigText.maximumDepth - 1) + String(repeating: "]", count: ConfigText.maximumDepth - 1) + "\n"
+        let result = Mutex<ProxyConfigError?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        let thread = Thread {
+            result.withLock { $0 = self.problem(yaml) }
+            done.signal()
+        }
+        thread.stackSize = 256 << 10
+        thread.start()
+        done.wait()
+        let error = try #require(result.withLock { $0 })
+        #expect(!error.message.contains("nested"), "\(error)")
     }
 
     @Test("a second key of the same name is an error, at the second key")
