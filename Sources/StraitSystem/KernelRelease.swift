@@ -15,6 +15,7 @@ public struct KernelRelease: Sendable, CustomStringConvertible {
         return KernelRelease(text: withUnsafeBytes(of: name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) })
     }
 
+    /// A release as `uname -r` prints it (for tests, and for releases read elsewhere).
     public init(text: String) { self.text = text }
 
     /// The leading `major.minor`, or nil when the text does not start with them.

@@ -18,9 +18,12 @@ public struct ProxyConfigProblem: Error, Equatable, CustomStringConvertible {
         case topLevel(String)
     }
 
+    /// What the problem is about, for the loader to find its line and column.
     public let subject: Subject
+    /// What is wrong and what was expected, with control characters escaped.
     public let message: String
 
+    /// A problem with `subject`; control characters in `message` are escaped here.
     public init(_ subject: Subject, _ message: String) {
         self.subject = subject
         self.message = message.escapingControlCharacters
