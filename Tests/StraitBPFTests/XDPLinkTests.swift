@@ -129,3 +129,21 @@ struct LibBPFOptionsTests {
         #expect(attachment.mode == nil || attachment.programID != 0)
     }
 }
+
+@Suite("ENOMEM advice follows the kernel's memory accounting")
+struct MemoryAdviceTests {
+    @Test("from 5.11 BPF memory is charged to the memory cgroup: the advice says so, and not RLIMIT_MEMLOCK")
+    func advice() {
+        #expect(KernelRelease(text: "6.1.0-18-amd64").isAtLeast(5, 11))
+        #expect(KernelRelease(text: "5.11.0").isAtLeast(5, 11))
+        #expect(!KernelRelease(text: "5.10.0-28-amd64").isAtLeast(5, 11))
+        #expect(!KernelRelease(text: "4.19.0").isAtLeast(5, 11))
+        #expect(KernelRelease(text: "6.18.0").version! == (6, 18))
+        let message = BPFError.call("bpf_map_update_elem(rule_hits)", .noMemory).description
+        if KernelRelease.current.isAtLeast(5, 11) {
+            #expect(message.contains("memory cgroup") && message.contains("RLIMIT_MEMLOCK does not apply"), "\(message)")
+        } else {
+            #expect(message.contains("raise RLIMIT_MEMLOCK"), "\(message)")
+        }
+    }
+}
