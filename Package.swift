@@ -201,6 +201,16 @@ let package = Package(
             ]
         ),
 
+        // Fuzz targets for the parsers that read hostile input (`make fuzz`, README "Reliability").
+        // Built normally each replays the inputs given as arguments; built with -DFUZZING and
+        // -sanitize=fuzzer it runs libFuzzer.
+        .target(name: "CFuzzDriver", path: "Fuzz/CFuzzDriver"),
+        .target(name: "FuzzSupport", dependencies: ["CFuzzDriver"], path: "Fuzz/FuzzSupport"),
+        .executableTarget(name: "fuzz-config", dependencies: ["FuzzSupport", "StraitProxy"], path: "Fuzz/config"),
+        .executableTarget(name: "fuzz-drop-rules", dependencies: ["FuzzSupport", "StraitDrop"], path: "Fuzz/drop-rules"),
+        .executableTarget(name: "fuzz-rpc-frame", dependencies: ["FuzzSupport", "StraitNet"], path: "Fuzz/rpc-frame"),
+        .executableTarget(name: "fuzz-metrics-request", dependencies: ["FuzzSupport", "StraitNet"], path: "Fuzz/metrics-request"),
+
         // Fixtures every kernel test uses: a private cgroup, a private pin folder, namespaces, the CI gate.
         .target(
             name: "StraitTestSupport",

@@ -81,8 +81,8 @@ public final class Accelerator {
         if isEnabled(pinDirectory: pinDirectory) {
             let accelerator = try Accelerator(pinDirectory: pinDirectory)
             let current = try accelerator.cgroup()
-            guard current?.path == cgroup.path else {
-                throw AccelError.enabledElsewhere(current: current?.path ?? "(unknown)", requested: cgroup.path)
+            guard let current, (try? current.canonical().path) ?? current.path == (try? cgroup.canonical().path) ?? cgroup.path else {
+                throw AccelError.enabledElsewhere(current: current.map(\.path) ?? "(unknown)", requested: cgroup.path)
             }
             try accelerator.apply(policy, prefixes: prefixes, redirect: true)
             return accelerator

@@ -47,7 +47,9 @@ public enum BPFError: Error, CustomStringConvertible {
         case .invalidArgument:
             "The kernel refused the arguments: it may be too old for this program or attach type (run `strait doctor`)."
         case .noMemory:
-            "The kernel could not allocate memory for the map or program; on kernels before 5.11 raise RLIMIT_MEMLOCK (ulimit -l)."
+            KernelRelease.current.isAtLeast(5, 11)
+                ? "The kernel could not allocate memory for the map, its elements or the program. This kernel charges BPF memory to the memory cgroup (RLIMIT_MEMLOCK does not apply): check free memory and the cgroup's memory.max."
+                : "The kernel could not allocate memory for the map or program; on this kernel (before 5.11) raise RLIMIT_MEMLOCK (ulimit -l)."
         case .fileExists:
             "Something is already there: detach or unpin it first."
         case .resourceBusy:

@@ -1,4 +1,7 @@
 import CLibBPF
+#if canImport(Glibc)
+import Glibc
+#endif
 import SystemPackage
 
 /// A live BPF map, owning one descriptor. Untyped: keys and values are bytes. Use ``typed(key:value:)``
@@ -59,7 +62,19 @@ public final class BPFMap: @unchecked Sendable {
         throw .call("bpf_map_lookup_elem(\(name))", Errno(rawValue: -result))
     }
 
+    /// Writes one element. `ENOMEM` is retried up to 8 times, 1 ms then twice as long each time
+    /// (255 ms in all): a map created with `BPF_F_NO_PREALLOC` allocates each new element from a
+    /// per-CPU cache that the kernel refills asynchronously (bpf_mem_alloc, 6.1 and later), so a
+    /// burst of inserts can find it empty while memory is free. A lasting shortage still throws.
     func update(key: UnsafeRawPointer, value: UnsafeRawPointer, flags: UpdateFlags) throws(BPFError) {
+        var pause: useconds_t = 1_000
+        for _ in 0..<8 {
+            let result = bpf_map_update_elem(descriptor.rawValue, key, value, flags.rawValue)
+            if result == 0 { return }
+            guard -result == Errno.noMemory.rawValue else { throw .call("bpf_map_update_elem(\(name))", Errno(rawValue: -result)) }
+            usleep(pause)
+            pause *= 2
+        }
         try libbpfCall("bpf_map_update_elem(\(name))") { bpf_map_update_elem(descriptor.rawValue, key, value, flags.rawValue) }
     }
 

@@ -55,17 +55,18 @@ extension BPFProgram {
     /// program types that support it (XDP, tc, …). Each call is one syscall running `repetitions` times.
     public func testRun(input: [UInt8], repetitions: UInt32 = 1) throws(BPFError) -> TestRunResult {
         var output = [UInt8](repeating: 0, count: max(input.count, 256) + 256)
-        var options = bpf_test_run_opts()
-        options.sz = MemoryLayout<bpf_test_run_opts>.size
-        options.repeat = Int32(clamping: repetitions)
-        let result = input.withUnsafeBytes { inputBytes in
-            output.withUnsafeMutableBytes { outputBytes in
-                options.data_in = inputBytes.baseAddress
-                options.data_size_in = UInt32(inputBytes.count)
-                options.data_out = outputBytes.baseAddress
-                options.data_size_out = UInt32(outputBytes.count)
-                return bpf_prog_test_run_opts(descriptor.rawValue, &options)
+        let (result, options) = withLibBPFOptions(bpf_test_run_opts.self) { options in
+            options.pointee.repeat = Int32(clamping: repetitions)
+            let result = input.withUnsafeBytes { inputBytes in
+                output.withUnsafeMutableBytes { outputBytes in
+                    options.pointee.data_in = inputBytes.baseAddress
+                    options.pointee.data_size_in = UInt32(inputBytes.count)
+                    options.pointee.data_out = outputBytes.baseAddress
+                    options.pointee.data_size_out = UInt32(outputBytes.count)
+                    return bpf_prog_test_run_opts(descriptor.rawValue, options)
+                }
             }
+            return (result, options.pointee)
         }
         if result < 0 { throw .call("bpf_prog_test_run(\(name))", .init(rawValue: -result)) }
         return TestRunResult(returnValue: options.retval, nanosecondsPerRun: options.duration, output: Array(output.prefix(Int(options.data_size_out))))

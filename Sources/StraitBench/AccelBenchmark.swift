@@ -187,13 +187,14 @@ func median(_ values: [Double]) -> Double {
 }
 
 /// Parses `64,256,1k,4k,64k` (k = 1024, m = 1048576).
-public func parseSizes(_ text: String) -> [Int]? {
-    let sizes = text.split(separator: ",").map { item -> Int? in
+public func parseSizes(_ text: String, maximum: Int = 1 << 30) -> [Int]? {
+    let sizes = text.split(separator: ",", omittingEmptySubsequences: false).map { item -> Int? in
         let lower = item.trimmingCharacters(in: .whitespaces).lowercased()
-        if lower.hasSuffix("k"), let value = Int(lower.dropLast()) { return value * 1024 }
-        if lower.hasSuffix("m"), let value = Int(lower.dropLast()) { return value << 20 }
-        return Int(lower)
+        let (digits, scale) = lower.hasSuffix("k") ? (lower.dropLast(), 1024) : lower.hasSuffix("m") ? (lower.dropLast(), 1 << 20) : (Substring(lower), 1)
+        guard let value = Int(digits), value > 0 else { return nil }
+        let (bytes, overflow) = value.multipliedReportingOverflow(by: scale)
+        return overflow || bytes > maximum ? nil : bytes
     }
-    guard !sizes.isEmpty, sizes.allSatisfy({ ($0 ?? 0) > 0 }) else { return nil }
+    guard !sizes.isEmpty, sizes.allSatisfy({ $0 != nil }) else { return nil }
     return sizes.map { $0! }
 }

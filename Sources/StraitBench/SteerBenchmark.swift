@@ -3,6 +3,7 @@ import Foundation
 import StraitNet
 import StraitSteer
 import StraitSystem
+import StraitSystem
 
 /// `strait bench steer`: what steering a SO_REUSEPORT group costs and buys, in a network namespace
 /// the benchmark creates (and deletes): balance over 4 members, keys remapped when one of 8 leaves,
@@ -158,10 +159,7 @@ public struct SteerBenchmark: Sendable {
                 relative: kernelRate > 0 ? rate / kernelRate : 0,
                 senderPathPerSecond: path, senderPathRelative: kernelPath > 0 ? path / kernelPath : 0)
         }
-        var name = utsname()
-        uname(&name)
-        let release = withUnsafeBytes(of: name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        return Report(balance: balance, remap: remap, restart: restart, restartAcrossProcesses: acrossProcesses, udp: udp, kernel: release)
+        return Report(balance: balance, remap: remap, restart: restart, restartAcrossProcesses: acrossProcesses, udp: udp, kernel: KernelRelease.current.text)
     }
 
     /// Runs async work to completion from the command's main thread (never a concurrency thread,
@@ -213,9 +211,10 @@ public struct SteerBenchmark: Sendable {
         return Report.Balance(policy: policy.description, transport: "udp", perMember: counts, maxOverMin: Self.spread(counts))
     }
 
-    static func spread(_ counts: [Int]) -> Double {
+    /// Most over least; nil when the least is 0 (one member got nothing).
+    static func spread(_ counts: [Int]) -> Double? {
         guard let low = counts.min(), let high = counts.max() else { return 0 }
-        return low == 0 ? .infinity : Double(high) / Double(low)
+        return low == 0 ? nil : Double(high) / Double(low)
     }
 
     // MARK: Remap

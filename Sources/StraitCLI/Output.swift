@@ -8,6 +8,8 @@ public func printJSON<T: Encodable>(_ value: T) throws {
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
     encoder.keyEncodingStrategy = .convertToSnakeCase
     encoder.dateEncodingStrategy = .iso8601
+    // JSON has no infinity or NaN: a ratio without a denominator prints as a string, never aborts the report.
+    encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
     print(String(decoding: try encoder.encode(value), as: UTF8.self))
 }
 
@@ -49,5 +51,13 @@ extension ParsableCommand {
             handler.logLevel = ProcessInfo.processInfo.environment["STRAIT_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .warning
             return handler
         }
+    }
+}
+
+/// Refuses a number of seconds outside `range`, NaN and infinity included (comparisons with NaN
+/// are all false, so a plain `guard x > 0` would let it through only to trap in a conversion).
+public func requireSeconds(_ value: Double, in range: ClosedRange<Double>, option: String) throws {
+    guard value.isFinite, range.contains(value) else {
+        throw ValidationError("\(option): a number of seconds from \(String(format: "%g", range.lowerBound)) to \(String(format: "%g", range.upperBound)) (got \(value))")
     }
 }

@@ -3,6 +3,9 @@ import StraitSystem
 /// Why a `strait drop` operation was refused or failed. Each description says what to do.
 public enum DropError: Error, CustomStringConvertible {
     case invalidRule(String, String)
+    /// A rule file that is not text, is too large, or has a line that is not a rule: the reason,
+    /// which names the line.
+    case invalidFile(String)
     /// Nothing is pinned under the directory: no rule or attachment exists yet.
     case notLoaded(String)
     /// The change would drop traffic from the address this command is run from.
@@ -23,6 +26,8 @@ public enum DropError: Error, CustomStringConvertible {
         switch self {
         case .invalidRule(let text, let reason):
             "invalid rule '\(text)': \(reason)"
+        case .invalidFile(let reason):
+            "invalid rule file: \(reason)"
         case .notLoaded(let directory):
             "strait drop is not loaded (nothing pinned under \(directory)): `strait drop add RULE`, `load FILE` or `attach IFACE` loads it."
         case .wouldLockOut(let source, let change):

@@ -64,8 +64,14 @@ public enum DropRule: Hashable, Sendable, CustomStringConvertible, Codable {
         try container.encode(description)
     }
 
+    /// A prefix without host bits: `1.2.3.4/24` is refused with the network it would mean, since
+    /// it is often a typo for `/32` or for another network.
     static func prefix(_ word: String, in text: String) throws(DropError) -> IPPrefix {
-        guard let prefix = IPPrefix(word) else { throw .invalidRule(text, "'\(word)' is not an address or prefix") }
+        guard let prefix = IPPrefix(word) else { throw .invalidRule(text, "'\(word)' is not an address or prefix (ADDRESS or ADDRESS/LENGTH)") }
+        let written = word.split(separator: "/", maxSplits: 1).first.flatMap { IPAddress(String($0)) }
+        guard written == prefix.address else {
+            throw .invalidRule(text, "'\(word)' has host bits set: the network is \(prefix) (or write \(written.map { "\($0)/\($0.isIPv4 ? 32 : 128)" } ?? "the address alone") for one host)")
+        }
         return prefix
     }
 
@@ -110,6 +116,19 @@ public struct DropRuleSet: Sendable, Codable, Equatable {
         self.rules = rules
     }
 
+    /// The largest rule file read: 64 MiB (a full set of 1,048,576 prefixes is about 20 MiB).
+    public static let maximumFileBytes = 64 << 20
+
+    /// Parses a rule file's bytes: UTF-8 (a leading byte-order mark is skipped), at most
+    /// ``maximumFileBytes``, no NUL or other control bytes but tab, CR and LF, then as
+    /// ``init(parsingFile:)-(String)``. Errors name the line and never echo raw bytes.
+    public init(parsingFile bytes: [UInt8]) throws(DropError) {
+        guard bytes.count <= Self.maximumFileBytes else { throw .invalidFile("larger than \(Self.maximumFileBytes >> 20) MiB") }
+        let body = bytes.starts(with: [0xEF, 0xBB, 0xBF]) ? bytes[3...] : bytes[...]
+        guard let text = String(validating: body, as: UTF8.self) else { throw .invalidFile("not UTF-8 text") }
+        try self.init(parsingFile: text)
+    }
+
     /// Parses a rule file: one rule a line in any text form of ``DropRule``; `#` starts a comment;
     /// a line `mode allow` (or `mode block`, the default) sets the mode. Duplicates collapse.
     /// Errors name the line.
@@ -117,10 +136,15 @@ public struct DropRuleSet: Sendable, Codable, Equatable {
         var mode = DropMode.block
         var rules: [DropRule] = []
         var seen = Set<DropRule>()
-        for (number, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        // `isNewline`: "\r\n" is one Character in Swift, so splitting on "\n" alone would keep a
+        // CRLF file as one line.
+        for (number, rawLine) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
             let line = String(rawLine.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? "")
                 .trimmingCharacters(in: [" ", "\t", "\r"])
             if line.isEmpty { continue }
+            if line.unicodeScalars.contains(where: { $0.properties.generalCategory == .control && $0 != "\t" }) {
+                throw .invalidFile("line \(number + 1): a control character; expected text (is this a binary file?)")
+            }
             let words = line.split(separator: " ")
             if words.first == "mode" {
                 guard words.count == 2, let parsed = DropMode(rawValue: String(words[1])) else {

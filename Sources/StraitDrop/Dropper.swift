@@ -108,59 +108,72 @@ public final class Dropper: @unchecked Sendable {
 
     // MARK: Attachments
 
-    /// An interface the program is attached to, from the pinned links.
+    /// An interface the program is attached to, from the pinned links. An attachment is known by
+    /// its network namespace and interface index, never by name alone: containers all call their
+    /// interface `eth0`.
     public struct Attachment: Sendable, Codable, Equatable {
         public var interface: String
         public var mode: XDPMode
+        /// The inode of the interface's network namespace (as `ls -i /proc/self/ns/net` or
+        /// `ip netns identify` resolve it): unique while the namespace lives.
+        public var netns: UInt64
+        /// The interface's index within that namespace.
+        public var ifindex: UInt32
         /// False when the interface has gone away since (the link is defunct; `detach` clears it).
         public var live: Bool
 
-        public init(interface: String, mode: XDPMode, live: Bool) {
+        public init(interface: String, mode: XDPMode, netns: UInt64, ifindex: UInt32, live: Bool) {
             self.interface = interface
             self.mode = mode
+            self.netns = netns
+            self.ifindex = ifindex
             self.live = live
         }
     }
 
-    /// Pins are named `MODE_IFNAME`, with `.` (forbidden in bpffs names) written as `%`.
-    static func linkPinName(interface: String, mode: XDPMode) -> String {
-        mode.rawValue + "_" + interface.replacingOccurrences(of: ".", with: "%")
+    /// Pins are named `MODE_NETNS_IFINDEX_IFNAME` (the namespace inode and interface index in
+    /// decimal), with `.` (forbidden in bpffs names) written as `%`.
+    static func linkPinName(interface: String, mode: XDPMode, netns: UInt64, ifindex: UInt32) -> String {
+        "\(mode.rawValue)_\(netns)_\(ifindex)_" + interface.replacingOccurrences(of: ".", with: "%")
     }
 
-    static func parseLinkPinName(_ name: String) -> (interface: String, mode: XDPMode)? {
-        let parts = name.split(separator: "_", maxSplits: 1).map(String.init)
-        guard parts.count == 2, let mode = XDPMode(rawValue: parts[0]) else { return nil }
-        return (parts[1].replacingOccurrences(of: "%", with: "."), mode)
+    static func parseLinkPinName(_ name: String) -> (interface: String, mode: XDPMode, netns: UInt64, ifindex: UInt32)? {
+        let parts = name.split(separator: "_", maxSplits: 3).map(String.init)
+        guard parts.count == 4, let mode = XDPMode(rawValue: parts[0]), let netns = UInt64(parts[1]), let ifindex = UInt32(parts[2]) else { return nil }
+        return (parts[3].replacingOccurrences(of: "%", with: "."), mode, netns, ifindex)
     }
 
-    /// Every attachment pinned here.
+    /// Every attachment pinned here, in every network namespace.
     public func attachments() -> [Attachment] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: Self.linksPath(in: pinDirectory))) ?? []
         return names.sorted().compactMap { name in
-            guard let (interface, mode) = Self.parseLinkPinName(name) else { return nil }
+            guard let (interface, mode, netns, ifindex) = Self.parseLinkPinName(name) else { return nil }
             let link = try? BPFLink.open(pinned: Self.linksPath(in: pinDirectory) + "/" + name)
             let live = (try? link?.xdpInterfaceIndex()) != nil
-            return Attachment(interface: interface, mode: mode, live: live)
+            return Attachment(interface: interface, mode: mode, netns: netns, ifindex: ifindex, live: live)
         }
     }
 
     /// Attaches the program to `interface` (in the calling thread's network namespace) through a
     /// BPF link, pinned so it stays after this process exits. Native mode on a driver without XDP
-    /// throws ``DropError/nativeUnsupported(_:)``; it never falls back silently.
+    /// throws ``DropError/nativeUnsupported(_:)``; it never falls back silently. An interface of
+    /// the same name in another namespace is another interface.
     public func attach(interface: String, mode: XDPMode = .native) throws {
         try locked {
-            if attachments().contains(where: { $0.interface == interface }) { throw DropError.alreadyAttached(interface) }
+            let netns = try NetworkNamespace.currentInode()
+            let ifindex = try NetworkInterface(named: interface).index
+            if attachments().contains(where: { $0.netns == netns && $0.ifindex == ifindex }) { throw DropError.alreadyAttached(interface) }
             let program = try BPFProgram.open(pinned: Self.programPath(in: pinDirectory))
             let link: BPFLink
             do {
-                link = try program.attachXDP(interface: interface, mode: mode)
+                link = try program.attachXDP(ifindex: ifindex, mode: mode)
             } catch let error as BPFError where error.errno == .notSupported {
                 throw DropError.nativeUnsupported(interface)
             } catch let error as BPFError where error.errno == .resourceBusy || error.errno == .fileExists {
                 throw DropError.alreadyAttached(interface)
             }
             do {
-                try link.pin(at: Self.linksPath(in: pinDirectory) + "/" + Self.linkPinName(interface: interface, mode: mode))
+                try link.pin(at: Self.linksPath(in: pinDirectory) + "/" + Self.linkPinName(interface: interface, mode: mode, netns: netns, ifindex: ifindex))
             } catch {
                 try? link.detach()
                 throw error
@@ -168,16 +181,23 @@ public final class Dropper: @unchecked Sendable {
         }
     }
 
-    /// Detaches from `interface`. When no interface remains, the program, the maps and their rules
-    /// are removed too: nothing of strait drop stays in the kernel. Keep rules in a file and `load` it.
-    /// With `removingWhenLast` false the program, maps and rules stay even then (the node agent
-    /// re-attaching its only interface in another mode keeps its rules and their counters).
+    /// Detaches from `interface` in the calling thread's network namespace (found by its index, or
+    /// by name once the interface is gone). When no attachment remains in any namespace, the
+    /// program, the maps and their rules are removed too: nothing of strait drop stays in the
+    /// kernel. Keep rules in a file and `load` it. With `removingWhenLast` false the program, maps
+    /// and rules stay even then (the node agent re-attaching its only interface in another mode
+    /// keeps its rules and their counters).
     public func detach(interface: String, removingWhenLast: Bool = true) throws {
         try locked {
-            guard let attachment = attachments().first(where: { $0.interface == interface }) else {
+            let netns = try NetworkNamespace.currentInode()
+            let ifindex = try? NetworkInterface(named: interface).index
+            let matches = { (attachment: Attachment) in
+                attachment.netns == netns && (ifindex.map { attachment.ifindex == $0 } ?? (attachment.interface == interface))
+            }
+            guard let attachment = attachments().first(where: matches) else {
                 throw DropError.notAttached(interface)
             }
-            let pin = Self.linksPath(in: pinDirectory) + "/" + Self.linkPinName(interface: interface, mode: attachment.mode)
+            let pin = Self.linksPath(in: pinDirectory) + "/" + Self.linkPinName(interface: attachment.interface, mode: attachment.mode, netns: attachment.netns, ifindex: attachment.ifindex)
             // A link whose interface has gone is detached already; only its pin is left to remove.
             if attachment.live { try BPFLink.open(pinned: pin).detach() }
             try BPFFS.unpin(pin)
@@ -283,6 +303,18 @@ public final class Dropper: @unchecked Sendable {
         return first
     }
 
+    /// Refuses a set with more rules of one kind than its map holds, before any map is touched: the
+    /// same ``DropError/tooManyRules(kind:limit:)`` every time, never a half-filled standby set.
+    static func checkCapacity(_ rules: [DropRule]) throws(DropError) {
+        var counts: [String: Int] = [:]
+        for rule in rules {
+            let key = DropRuleKey(rule)
+            let count = counts[key.kind, default: 0] + 1
+            guard count <= key.limit else { throw .tooManyRules(kind: key.kind, limit: key.limit) }
+            counts[key.kind] = count
+        }
+    }
+
     /// Refuses a change after which a protected source that passes now would be dropped.
     func checkLockOut(from current: DropRuleSet, to next: DropRuleSet, protecting: [ProtectedSource], change: String) throws {
         for source in protecting where current.admits(source: source.address, tcpPort: source.tcpPort) {
@@ -340,6 +372,7 @@ public final class Dropper: @unchecked Sendable {
     /// next load empties them (a packet may still be reading it at the flip). Costs two map syscalls
     /// per rule.
     public func load(_ ruleSet: DropRuleSet, protecting: [ProtectedSource] = []) throws {
+        try Self.checkCapacity(ruleSet.rules)
         try locked {
             let current = try self.ruleSet()
             try checkLockOut(from: current, to: ruleSet, protecting: protecting, change: "loading this rule set")

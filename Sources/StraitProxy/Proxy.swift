@@ -161,10 +161,25 @@ public final class Proxy: @unchecked Sendable {
         }
     }
 
+    /// Reads, checks and applies the configuration file at `path` (SIGHUP's reload): any mistake in
+    /// the file, however hostile, throws and leaves the running configuration serving. Returns
+    /// what it applied.
+    @discardableResult
+    public func reload(fromFile path: String) throws(ProxyError) -> ProxyConfig {
+        let next: ProxyConfig
+        do { next = try ProxyConfigLoader.load(path: path) } catch { throw .config(error) }
+        try reload(next)
+        return next
+    }
+
     /// Applies a configuration (from any thread but a proxy loop's): listeners with the same address keep their socket (no refused
     /// connections), new ones are bound, removed ones stop accepting; established relays keep the
     /// settings they started with. Throws without changing anything if a new address cannot be bound.
+    /// Throws ``ProxyError/config(_:)`` for a configuration that fails ``ProxyConfig/validate(dualStack:)``.
     public func reload(_ config: ProxyConfig) throws(ProxyError) {
+        do { try config.validate() } catch {
+            throw .config(ProxyConfigError(file: "<config>", line: 0, column: 0, message: error.message))
+        }
         var clusters: [String: ClusterRuntime] = [:]
         let (bound, kept, removed): ([ListenerRuntime], [ListenerRuntime], [ListenerRuntime]) = try state.withLock { state throws(ProxyError) in
             for cluster in config.clusters {
@@ -179,13 +194,15 @@ public final class Proxy: @unchecked Sendable {
             var next: [ListenerRuntime] = []
             var bound: [ListenerRuntime] = []
             var kept: [ListenerRuntime] = []
+            // By address, so a reload is linear in the listener count (addresses are unique: validate()).
+            var reusable = Dictionary(state.listeners.filter { $0.address.port != 0 }.map { ($0.address, $0) }, uniquingKeysWith: { first, _ in first })
             for listener in config.listeners {
                 guard let cluster = clusters[listener.cluster] else {
                     for runtime in bound { closeDescriptor(runtime.fd) }
                     throw .config(ProxyConfigError(file: "<config>", line: 0, column: 0, message: "listener \(listener.name) names unknown cluster \(listener.cluster)"))
                 }
                 let settings = ListenerSettings(config: listener, cluster: cluster)
-                if listener.address.port != 0, let existing = state.listeners.first(where: { old in old.address == listener.address && !kept.contains { $0 === old } }) {
+                if listener.address.port != 0, let existing = reusable.removeValue(forKey: listener.address) {
                     existing.settings.withLock { $0 = settings }
                     kept.append(existing)
                     next.append(existing)
@@ -207,7 +224,8 @@ public final class Proxy: @unchecked Sendable {
                     throw .bind(listener: listener.name, address: "\(listener.address)", error)
                 }
             }
-            let removed = state.listeners.filter { old in !next.contains { $0 === old } }
+            let nextIdentities = Set(next.map(ObjectIdentifier.init))
+            let removed = state.listeners.filter { !nextIdentities.contains(ObjectIdentifier($0)) }
             state.retired += removed
             state.listeners = next
             state.config = config

@@ -44,6 +44,15 @@ public struct Cgroup: Sendable, Hashable, CustomStringConvertible {
         return Cgroup(path: relative == "/" ? root.path : root.path + relative)
     }
 
+    /// The same cgroup under its canonical absolute path (`realpath(3)`: a relative path from the
+    /// working directory, `.`, `..`, symlinks and trailing slashes resolved), so two spellings of
+    /// one directory compare equal. Throws when the directory does not exist.
+    public func canonical() throws(SystemCallError) -> Cgroup {
+        guard let resolved = realpath(path, nil) else { throw SystemCallError("realpath(\(path))", Errno(rawValue: errno)) }
+        defer { free(resolved) }
+        return Cgroup(path: String(cString: resolved))
+    }
+
     /// Makes a child cgroup (mkdir); it is empty until processes are moved into it.
     public func makeChild(named name: String) throws(SystemCallError) -> Cgroup {
         let child = Cgroup(path: path + "/" + name)

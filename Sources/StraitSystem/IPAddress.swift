@@ -71,11 +71,14 @@ public struct IPPrefix: Hashable, Sendable, CustomStringConvertible {
     public let address: IPAddress
     public let length: Int
 
-    /// Parses `ADDRESS/LENGTH`, or a bare address as a host prefix (/32 or /128).
+    /// Parses `ADDRESS/LENGTH` (LENGTH in decimal digits), or a bare address as a host prefix
+    /// (/32 or /128). `198.18.0.0/` is refused, not read as a host. Host bits are cleared
+    /// (`1.2.3.4/24` is `1.2.3.0/24`): callers that must refuse them compare with ``address``.
     public init?(_ text: String) {
-        let parts = text.split(separator: "/", maxSplits: 1).map(String.init)
+        let parts = text.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
         guard let address = IPAddress(parts[0]) else { return nil }
         let maximum = address.isIPv4 ? 32 : 128
+        if parts.count == 2 { guard !parts[1].isEmpty, parts[1].utf8.allSatisfy({ (0x30...0x39).contains($0) }), parts[1].count <= 3 else { return nil } }
         let length = parts.count == 2 ? Int(parts[1]) : maximum
         guard let length, (0...maximum).contains(length) else { return nil }
         self.init(address: address, length: length)

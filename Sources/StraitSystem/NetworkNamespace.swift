@@ -14,6 +14,27 @@ public struct NetworkNamespace: Sendable, Hashable {
 
     public var path: String { "/var/run/netns/\(name)" }
 
+    /// The inode of the calling thread's network namespace (`/proc/thread-self/ns/net`): what tells
+    /// two namespaces apart while both live (two namespaces may each have an `eth0`).
+    public static func currentInode() throws(SystemCallError) -> UInt64 {
+        try inode(of: "/proc/thread-self/ns/net")
+    }
+
+    /// The inode of this named namespace.
+    public func inode() throws(SystemCallError) -> UInt64 { try Self.inode(of: path) }
+
+    /// The `ip netns` name of the namespace with this inode, or nil when none names it.
+    public static func named(inode: UInt64) -> String? {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: "/var/run/netns")) ?? []
+        return names.sorted().first { (try? NetworkNamespace(name: $0).inode()) == inode }
+    }
+
+    private static func inode(of path: String) throws(SystemCallError) -> UInt64 {
+        var status = stat()
+        try systemCall("stat(\(path))") { stat(path, &status) }
+        return UInt64(status.st_ino)
+    }
+
     /// Creates the namespace with `ip netns add` and brings its loopback up.
     public static func create(_ name: String) throws -> NetworkNamespace {
         try runIP(["netns", "add", name])

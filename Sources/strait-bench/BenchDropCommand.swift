@@ -16,11 +16,16 @@ struct BenchDrop: ParsableCommand {
     @Flag(help: "Print one JSON object instead of the table.") var json = false
     @Option(help: "Also draw drops per CPU-second to this SVG file.") var svg: String?
 
+    func validate() throws {
+        let cpus = sysconf(CInt(_SC_NPROCESSORS_ONLN))
+        guard cpu >= 0, cpu < cpus else { throw ValidationError("--cpu: a CPU number from 0 to \(cpus - 1) (got \(cpu))") }
+        try requireSeconds(duration, in: 0.1...20, option: "--duration")
+    }
+
     func run() throws {
         Self.bootstrapLogging()
         let counts = prefixes.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         guard !counts.isEmpty, counts.allSatisfy({ (1...200_000).contains($0) }) else { throw ValidationError("--prefixes: counts from 1 to 200000, e.g. 10,10000,100000") }
-        guard duration > 0, duration <= 20 else { throw ValidationError("--duration: between 0 and 20 seconds") }
         var benchmark = DropBenchmark()
         benchmark.prefixCounts = counts
         benchmark.seconds = duration

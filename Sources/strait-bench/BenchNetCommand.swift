@@ -42,8 +42,10 @@ struct BenchNet: ParsableCommand {
         guard !selected.isEmpty, selected.isSubset(of: ["http", "rpc", "allocations"]) else {
             throw ValidationError("--parts: a comma-separated subset of http, rpc, allocations")
         }
-        guard let connectionCounts = Self.numbers(connections), let payloadSizes = Self.numbers(payloads), let callerCounts = Self.numbers(callers) else {
-            throw ValidationError("--connections, --payloads, --callers: comma-separated positive numbers")
+        guard let connectionCounts = Self.numbers(connections, maximum: 100_000), let payloadSizes = Self.numbers(payloads, maximum: 4 << 20),
+            let callerCounts = Self.numbers(callers, maximum: 10_000)
+        else {
+            throw ValidationError("--connections (1 to 100000), --payloads (1 to 4194304 bytes), --callers (1 to 10000): comma-separated numbers")
         }
         guard (1...60).contains(duration), (1...60).contains(rpcDuration) else { throw ValidationError("--duration, --rpc-duration: 1 to 60 seconds") }
         guard (1...64).contains(threads) else { throw ValidationError("--threads: 1 to 64") }
@@ -90,9 +92,10 @@ struct BenchNet: ParsableCommand {
         }
     }
 
-    static func numbers(_ text: String) -> [Int]? {
-        let values = text.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
-        guard !values.isEmpty, values.allSatisfy({ ($0 ?? 0) > 0 }) else { return nil }
+    /// Comma-separated counts from 1 to `maximum`; nil when any item is empty or out of range.
+    static func numbers(_ text: String, maximum: Int) -> [Int]? {
+        let values = text.split(separator: ",", omittingEmptySubsequences: false).map { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !values.isEmpty, values.allSatisfy({ (1...maximum).contains($0 ?? 0) }) else { return nil }
         return values.compactMap { $0 }
     }
 

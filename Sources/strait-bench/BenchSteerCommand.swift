@@ -53,7 +53,7 @@ struct BenchSteer: ParsableCommand {
         var sections = ["SO_REUSEPORT steering, kernel \(report.kernel), in a private network namespace."]
         if !report.balance.isEmpty {
             sections.append("Balance over 4 members (max/min; 1.00 is perfect):\n\n" + table([["policy", "transport", "per member", "max/min"]] + report.balance.map {
-                [$0.policy, $0.transport, $0.perMember.map(String.init).joined(separator: " / "), $0.maxOverMin.isFinite ? String(format: "%.2f", $0.maxOverMin) : "all on one"]
+                [$0.policy, $0.transport, $0.perMember.map(String.init).joined(separator: " / "), $0.maxOverMin.map { String(format: "%.2f", $0) } ?? "one got none"]
             }))
         }
         if !report.remap.isEmpty {

@@ -28,13 +28,30 @@ struct AccelCommand: ParsableCommand {
 
         enum Mode: String, ExpressibleByArgument { case adaptive, always }
 
+        /// Comma-separated items, none empty: `""`, `,,` or `80,,81` are refused rather than read as
+        /// an empty list, which would mean every port or every peer.
+        static func items(_ text: String, option: String) throws -> [String] {
+            let items = text.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+            guard !items.contains(where: \.isEmpty) else {
+                throw ValidationError("\(option): a comma-separated list with no empty item (got '\(text)'); leave the option out for no restriction")
+            }
+            return items
+        }
+
         static func portList(_ text: String, option: String) throws -> [UInt16] {
-            try text.split(separator: ",").map { item in
-                guard let port = UInt16(item.trimmingCharacters(in: .whitespaces)), port > 0 else {
+            try items(text, option: option).map { item in
+                guard item.allSatisfy(\.isNumber), let port = UInt16(item), port > 0 else {
                     throw ValidationError("\(option): '\(item)' is not a port number (1-65535)")
                 }
                 return port
             }
+        }
+
+        func validate() throws {
+            if let bulkBytes, bulkBytes == 0 { throw ValidationError("--bulk-bytes: at least 1 byte") }
+            if let ports { _ = try Self.portList(ports, option: "--ports") }
+            if let excludePorts { _ = try Self.portList(excludePorts, option: "--exclude-ports") }
+            if let cidrs { _ = try Self.items(cidrs, option: "--cidrs") }
         }
 
         func applied(to base: AccelPolicy) throws -> AccelPolicy {
@@ -42,7 +59,7 @@ struct AccelCommand: ParsableCommand {
             if let ports { policy.ports = try Self.portList(ports, option: "--ports") }
             if let excludePorts { policy.excludePorts = try Self.portList(excludePorts, option: "--exclude-ports") }
             if let cidrs {
-                policy.cidrs = cidrs.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+                policy.cidrs = try Self.items(cidrs, option: "--cidrs")
                 do { _ = try policy.parsedCIDRs() } catch { throw ValidationError("--cidrs: \(error)") }
             }
             if let mode { policy.adaptive = mode == .adaptive }
@@ -70,10 +87,8 @@ struct AccelCommand: ParsableCommand {
 
         func run() throws {
             Strait.bootstrapLogging()
-            let target = try cgroup.map(Cgroup.init(path:)) ?? Cgroup.root()
-            guard target.exists else {
-                throw CommandFailure("--cgroup \(target.path) is not a cgroup v2 directory: create it (mkdir) under the cgroup v2 mount, or name one that exists")
-            }
+            let named = try cgroup.map(Cgroup.init(path:)) ?? Cgroup.root()
+            guard named.exists, let target = try? named.canonical() else { throw CommandFailure("--cgroup \(named.path) is not a cgroup v2 directory: create it (mkdir) under the cgroup v2 mount, or name one that exists") }
             let base = Accelerator.isEnabled(pinDirectory: pinDirectory) ? try Accelerator.open(pinDirectory: pinDirectory).policy() : AccelPolicy()
             let accelerator = try Accelerator.enable(
                 cgroup: target, policy: try policy.applied(to: base), pinDirectory: pinDirectory, calibration: noCalibrate ? nil : AccelCalibration.Plan())
@@ -207,6 +222,10 @@ struct AccelCommand: ParsableCommand {
         @Option(help: "Stop after this many events.") var count: Int?
         @Flag(help: "One JSON object per line.") var json = false
         @Option(help: .hidden) var pinDirectory: String = Accelerator.defaultPinDirectory
+
+        func validate() throws {
+            if let count, count < 1 { throw ValidationError("--count: at least 1 event (got \(count))") }
+        }
 
         func run() throws {
             Strait.bootstrapLogging()

@@ -119,11 +119,7 @@ struct DoctorCommand: ParsableCommand {
         return Report(kernel: kernelRelease(), checks: checks, ready: ready)
     }
 
-    static func kernelRelease() -> String {
-        var name = utsname()
-        uname(&name)
-        return withUnsafeBytes(of: name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-    }
+    static func kernelRelease() -> String { KernelRelease.current.text }
 
     /// The effective capability set, from /proc/self/status.
     static func capabilities() -> UInt64? {

@@ -85,7 +85,8 @@ struct DropCommand: ParsableCommand {
         func run() throws {
             Strait.bootstrapLogging()
             let dropper = try Dropper.open(pinDirectory: common.pinDirectory)
-            try dropper.detach(interface: interface)
+            let interface = self.interface
+            try namespace.run { try dropper.detach(interface: interface) }
             let loaded = Dropper.isLoaded(pinDirectory: common.pinDirectory)
             if common.json {
                 struct Outcome: Encodable { var detached: String; var stillLoaded: Bool }
@@ -160,8 +161,10 @@ struct DropCommand: ParsableCommand {
             let listing = Listing(mode: set.mode, attachments: dropper.attachments(), rules: set.rules)
             if common.json { return try printJSON(listing) }
             print("mode \(set.mode)")
+            let here = try? NetworkNamespace.currentInode()
             for attachment in listing.attachments {
-                print("# attached to \(attachment.interface) (\(attachment.mode))\(attachment.live ? "" : " — interface gone, run detach")")
+                let place = attachment.netns == here ? "" : " in netns \(NetworkNamespace.named(inode: attachment.netns) ?? "inode \(attachment.netns)")"
+                print("# attached to \(attachment.interface)\(place) (\(attachment.mode))\(attachment.live ? "" : " — interface gone, run detach")")
             }
             for rule in set.rules { print(rule) }
         }
@@ -171,18 +174,20 @@ struct DropCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Replace the whole rule set at once from a file (one rule a line, `#` comments, optional `mode allow|block`; `-` reads standard input).")
         @Argument(help: "The rule file.") var file: String
+        @Flag(help: "Accept a file with no rules (it removes every rule; in allow-list mode it drops everything).") var allowEmpty = false
         @OptionGroup var safety: Safety
         @OptionGroup var common: Common
 
         func run() throws {
             Strait.bootstrapLogging()
-            let text: String
-            if file == "-" {
-                text = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
-            } else {
-                text = try String(contentsOfFile: file, encoding: .utf8)
+            let bytes: [UInt8]
+            do { bytes = try FileContents.read(path: file, limit: DropRuleSet.maximumFileBytes) } catch {
+                throw ValidationError("cannot read \(file == "-" ? "standard input" : file): \(error)")
             }
-            let set = try DropRuleSet(parsingFile: text)
+            let set = try DropRuleSet(parsingFile: bytes)
+            guard !set.rules.isEmpty || allowEmpty else {
+                throw ValidationError("\(file == "-" ? "standard input" : file) has no rules: loading it would remove every rule. Pass --allow-empty if that is what you want.")
+            }
             let dropper = try Dropper.open(pinDirectory: common.pinDirectory, create: true)
             try dropper.load(set, protecting: try safety.sources())
             if common.json {
@@ -216,6 +221,10 @@ struct DropCommand: ParsableCommand {
         @Flag(help: "Print the Prometheus text format (for node_exporter's textfile collector).") var prometheus = false
         @Option(help: "Rules to show, most matched first (the JSON has all).") var top = 20
         @OptionGroup var common: Common
+
+        func validate() throws {
+            guard top >= 0 else { throw ValidationError("--top: a count of rules, 0 or more (got \(top))") }
+        }
 
         func run() throws {
             Strait.bootstrapLogging()

@@ -49,6 +49,10 @@ struct ProxyRun: ParsableCommand {
     var handoverSocket: String = defaultHandOverSocket
     @Option(help: .hidden) var takeOver: String?
 
+    func validate() throws {
+        guard (1...64).contains(threads) else { throw ValidationError("--threads: from 1 to 64 (got \(threads))") }
+    }
+
     func run() throws {
         if let check {
             struct Outcome: Encodable {
@@ -80,7 +84,6 @@ struct ProxyRun: ParsableCommand {
             return handler
         }
         let logger = Logger(label: "strait.proxy")
-        guard (1...64).contains(threads) else { throw ValidationError("--threads: from 1 to 64") }
 
         try ProxySignals.install()
         // A second proxy on a live hand-over socket is refused before it binds anything.
@@ -153,9 +156,7 @@ struct ProxyRun: ParsableCommand {
                 }
                 try? notifier.send(.reloading)
                 do {
-                    let next = try ProxyConfigLoader.load(path: path)
-                    try proxy.reload(next)
-                    current = next
+                    current = try proxy.reload(fromFile: path)
                     try? notifier.send(.ready, .status("configuration reloaded; accepting on \(proxy.listenerAddresses.count) listener(s)"))
                 } catch {
                     logger.error("reload rejected, keeping the running configuration: \(error)")
@@ -344,8 +345,9 @@ struct ProxyRestart: ParsableCommand {
     /// Returns once the successor is fully in place: it accepts on every listening socket, the old
     /// process has stopped accepting, and the successor answers on the hand-over socket (so the
     /// next restart may start at once).
+    func validate() throws { try requireSeconds(timeout, in: 0.1...3600, option: "--timeout") }
+
     func run() throws {
-        guard timeout > 0, timeout <= 600 else { throw ValidationError("--timeout: more than 0 and at most 600 seconds") }
         let old = try ProxyReload.verifiedPid(pidFile, handoverSocket: handoverSocket)
         guard kill(old, SIGUSR2) == 0 else {
             throw CommandFailure("cannot signal process \(old) (from \(pidFile)): \(String(cString: strerror(errno))). The pid file is stale: is the proxy running?")

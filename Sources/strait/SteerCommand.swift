@@ -44,6 +44,12 @@ struct SteerServe: ParsableCommand {
         var pid: Int32?
     }
 
+    func validate() throws {
+        guard (1...64).contains(loops) else { throw ValidationError("--loops: from 1 to 64 (got \(loops))") }
+        try requireSeconds(drainSeconds, in: 0...86_400, option: "--drain-seconds")
+        try requireSeconds(duration, in: 0...31_622_400, option: "--duration")
+    }
+
     func run() throws {
         Strait.bootstrapLogging()
         guard let steeringPolicy = SteeringPolicy(parsing: policy), !{ if case .payload = steeringPolicy { true } else { false } }() else {

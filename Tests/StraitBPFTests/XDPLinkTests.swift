@@ -1,6 +1,6 @@
 import CLibBPF
 import Foundation
-import StraitBPF
+@testable import StraitBPF
 import StraitSystem
 import StraitTestSupport
 import Testing
@@ -106,5 +106,44 @@ struct XDPLinkTests {
         let error = bpfError { _ = try BPFProgram.loadXDPPass().attachXDP(interface: "sdr-none", mode: .generic) }
         #expect(error?.errno?.rawValue == ENODEV)
         #expect(error?.description.contains("sdr-none") == true)
+    }
+}
+
+@Suite("libbpf options structs")
+struct LibBPFOptionsTests {
+    @Test("every byte is zero but `sz`, which is the C sizeof; libbpf accepts the struct (no `non-zero extra bytes`)")
+    func zeroedOptions() throws {
+        // Dirty the heap first, so a struct built on reused memory would show it.
+        for _ in 0..<16 { _ = [UInt8](repeating: 0xFF, count: 64).withUnsafeBytes { Array($0) } }
+        let bytes = withLibBPFOptions(bpf_xdp_query_opts.self) { options in
+            Array(UnsafeRawBufferPointer(start: options, count: MemoryLayout<bpf_xdp_query_opts>.stride))
+        }
+        #expect(bytes.count == 32, "sizeof(struct bpf_xdp_query_opts) in libbpf 1.1's header")
+        #expect(bytes.prefix(8) == ArraySlice(withUnsafeBytes(of: 32) { Array($0) }))
+        #expect(bytes.dropFirst(8).allSatisfy { $0 == 0 })
+    }
+
+    @Test("bpf_xdp_query answers for loopback", kernelGate)
+    func queryLoopback() throws {
+        let attachment = try XDPAttachment.query(ifindex: 1)
+        #expect(attachment.mode == nil || attachment.programID != 0)
+    }
+}
+
+@Suite("ENOMEM advice follows the kernel's memory accounting")
+struct MemoryAdviceTests {
+    @Test("from 5.11 BPF memory is charged to the memory cgroup: the advice says so, and not RLIMIT_MEMLOCK")
+    func advice() {
+        #expect(KernelRelease(text: "6.1.0-18-amd64").isAtLeast(5, 11))
+        #expect(KernelRelease(text: "5.11.0").isAtLeast(5, 11))
+        #expect(!KernelRelease(text: "5.10.0-28-amd64").isAtLeast(5, 11))
+        #expect(!KernelRelease(text: "4.19.0").isAtLeast(5, 11))
+        #expect(KernelRelease(text: "6.18.0").version! == (6, 18))
+        let message = BPFError.call("bpf_map_update_elem(rule_hits)", .noMemory).description
+        if KernelRelease.current.isAtLeast(5, 11) {
+            #expect(message.contains("memory cgroup") && message.contains("RLIMIT_MEMLOCK does not apply"), "\(message)")
+        } else {
+            #expect(message.contains("raise RLIMIT_MEMLOCK"), "\(message)")
+        }
     }
 }

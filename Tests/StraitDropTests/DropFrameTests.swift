@@ -150,7 +150,34 @@ struct DropRuleTextTests {
         #expect(try DropRule(parsing: "198.18.0.7") == .source(IPPrefix("198.18.0.7/32")!))
         #expect(try DropRule(parsing: "src 2001:db8::1") == .source(IPPrefix("2001:db8::1/128")!))
         #expect(try DropRule(parsing: "TCP 443") == .destinationPort(.tcp, 443))
-        #expect(try DropRule(parsing: "198.18.3.7/16") == .source(IPPrefix("198.18.0.0/16")!), "host bits are cleared")
+    }
+
+    @Test("host bits are refused with the network they would mean; an empty length is not a host")
+    func hostBits() throws {
+        let error = #expect(throws: DropError.self) { _ = try DropRule(parsing: "1.2.3.4/24") }
+        #expect(error?.description.contains("the network is 1.2.3.0/24") == true, "\(String(describing: error))")
+        #expect(error?.description.contains("1.2.3.4/32") == true)
+        #expect(throws: DropError.self) { _ = try DropRule(parsing: "2001:db8::1/32") }
+        #expect(throws: DropError.self) { _ = try DropRule(parsing: "arp 198.18.3.7/16") }
+        for text in ["198.18.0.0/", "198.18.0.0/+8", "198.18.0.0/ 8", "198.18.0.0//8", "198.18.0.0/0008"] {
+            #expect(throws: DropError.self, "\(text)") { _ = try DropRule(parsing: text) }
+        }
+        #expect(try DropRule(parsing: "198.18.0.0/15") == .source(IPPrefix("198.18.0.0/15")!))
+        #expect(try DropRule(parsing: "0.0.0.0/0") == .source(IPPrefix("0.0.0.0/0")!))
+    }
+
+    @Test("a CRLF rule file reads line by line; a byte-order mark is skipped; binary is refused without echoing it")
+    func fileEncodings() throws {
+        let crlf = try DropRuleSet(parsingFile: Array("mode allow\r\n198.18.0.0/15\r\ntcp/22\r\n".utf8))
+        #expect(crlf == DropRuleSet(mode: .allow, rules: [.source(IPPrefix("198.18.0.0/15")!), .destinationPort(.tcp, 22)]))
+        let error = #expect(throws: DropError.self) { _ = try DropRuleSet(parsingFile: "tcp/22\r\nnonsense\r\n") }
+        #expect(error?.description.contains("line 2") == true)
+        #expect(try DropRuleSet(parsingFile: [0xEF, 0xBB, 0xBF] + Array("tcp/22\n".utf8)).rules == [.destinationPort(.tcp, 22)])
+        for bytes: [UInt8] in [[0x7F, 0x45, 0x4C, 0x46, 0x02, 0x01], [0x74, 0x63, 0x70, 0x2F, 0x32, 0x00, 0x0A], [0xFF, 0xFE, 0x00]] {
+            let error = #expect(throws: DropError.self) { _ = try DropRuleSet(parsingFile: bytes) }
+            #expect(error.map { !$0.description.unicodeScalars.contains { $0.value < 0x20 } } == true, "\(String(describing: error))")
+        }
+        #expect(try DropRuleSet(parsingFile: "# nothing\n\n").rules.isEmpty, "an empty set parses; `strait drop load` refuses it without --allow-empty")
     }
 
     @Test("bad rules say what is wrong")

@@ -65,6 +65,13 @@ final class DropLab: @unchecked Sendable {
         }
     }
 
+    /// The attachment `attach` makes on the receiver's interface (its namespace inode and index).
+    func receiverAttachment(mode: XDPMode, live: Bool) throws -> Dropper.Attachment {
+        let interface = receiverInterface
+        let ifindex = try receiver.run { try NetworkInterface(named: interface).index }
+        return Dropper.Attachment(interface: interface, mode: mode, netns: try receiver.inode(), ifindex: ifindex, live: live)
+    }
+
     /// Runs `body` with a fresh lab; tears it down afterwards whatever happens.
     static func with<T>(mode: XDPMode = .native, attach: Bool = true, _ body: (DropLab) throws -> T) throws -> T {
         let lab = try DropLab(mode: mode, attach: attach)

@@ -16,7 +16,7 @@ struct DropTrafficTests {
             let stats = try lab.dropper.stats()
             #expect(stats.count(.source(IPPrefix(lab.blockedIPv4)!))!.packets >= 20)
             #expect(stats.count(.droppedBlocked).packets >= 20)
-            #expect(stats.attachments == [Dropper.Attachment(interface: lab.receiverInterface, mode: .native, live: true)])
+            #expect(stats.attachments == [try lab.receiverAttachment(mode: .native, live: true)])
         }
     }
 
@@ -191,9 +191,11 @@ struct DropTrafficTests {
     @Test("an interface that went away shows as not live, and detach clears its pin")
     func interfaceGone() throws {
         try DropLab.with { lab in
+            let gone = try lab.receiverAttachment(mode: .native, live: false)
             try NetworkNamespace.runIP(["-n", lab.receiver.name, "link", "del", lab.receiverInterface])
-            #expect(lab.dropper.attachments() == [Dropper.Attachment(interface: lab.receiverInterface, mode: .native, live: false)])
-            try lab.dropper.detach(interface: lab.receiverInterface)
+            #expect(lab.dropper.attachments() == [gone])
+            let (dropper, interface) = (lab.dropper, lab.receiverInterface)
+            try lab.receiver.run { try dropper.detach(interface: interface) }
             #expect(!Dropper.isLoaded(pinDirectory: lab.dropper.pinDirectory))
         }
     }
@@ -206,7 +208,8 @@ struct DropTrafficTests {
             #expect(throws: DropError.self, "one attachment per interface") {
                 try lab.receiver.run { try lab.dropper.attach(interface: lab.receiverInterface, mode: .generic) }
             }
-            try lab.dropper.detach(interface: lab.receiverInterface)
+            let (dropper, interface) = (lab.dropper, lab.receiverInterface)
+            try lab.receiver.run { try dropper.detach(interface: interface) }
             #expect(try lab.attachedProgramID() == 0)
             #expect(!FileManager.default.fileExists(atPath: lab.dropper.pinDirectory))
             #expect(!Dropper.isLoaded(pinDirectory: lab.dropper.pinDirectory))

@@ -32,9 +32,10 @@ public struct XDPAttachment: Sendable, Equatable {
     /// Asks the kernel what runs at the XDP hook of the interface with index `ifindex` in the calling
     /// thread's network namespace. One netlink round trip; changes nothing.
     public static func query(ifindex: UInt32) throws(BPFError) -> XDPAttachment {
-        var options = bpf_xdp_query_opts()
-        options.sz = MemoryLayout<bpf_xdp_query_opts>.size
-        try libbpfCall("bpf_xdp_query(ifindex \(ifindex))") { bpf_xdp_query(CInt(ifindex), 0, &options) }
+        let options = try withLibBPFOptions(bpf_xdp_query_opts.self) { options throws(BPFError) in
+            try libbpfCall("bpf_xdp_query(ifindex \(ifindex))") { bpf_xdp_query(CInt(ifindex), 0, options) }
+            return options.pointee
+        }
         let mode: XDPMode? =
             switch UInt32(options.attach_mode) {
             case UInt32(XDP_ATTACHED_DRV): .native
@@ -58,10 +59,10 @@ extension BPFProgram {
     /// program per interface and mode. ``XDPMode/native`` fails with EOPNOTSUPP on drivers without
     /// XDP support: fall back to ``XDPMode/generic`` explicitly, never silently.
     public func attachXDP(ifindex: UInt32, mode: XDPMode) throws(BPFError) -> BPFLink {
-        var options = bpf_link_create_opts()
-        options.sz = MemoryLayout<bpf_link_create_opts>.size
-        options.flags = mode.flags
-        let fd = bpf_link_create(descriptor.rawValue, CInt(ifindex), BPF_XDP, &options)
+        let fd = withLibBPFOptions(bpf_link_create_opts.self) { options in
+            options.pointee.flags = mode.flags
+            return bpf_link_create(descriptor.rawValue, CInt(ifindex), BPF_XDP, options)
+        }
         let summary = "\(name) → XDP (\(mode)) on ifindex \(ifindex)"
         guard fd >= 0 else { throw .call("bpf_link_create(\(summary))", .init(rawValue: -fd)) }
         return BPFLink(descriptor: Descriptor(taking: fd), summary: summary)
@@ -146,17 +147,18 @@ extension BPFProgram {
     /// namespace. The call blocks until done (a signal ends it early). Returns mean ns per frame.
     @discardableResult
     public func runLive(frame: [UInt8], repetitions: UInt32, batchSize: UInt32 = 64) throws(BPFError) -> UInt32 {
-        var options = bpf_test_run_opts()
-        options.sz = MemoryLayout<bpf_test_run_opts>.size
-        options.repeat = Int32(clamping: repetitions)
-        options.flags = UInt32(BPF_F_TEST_XDP_LIVE_FRAMES)
-        options.batch_size = batchSize
-        let result = frame.withUnsafeBytes { bytes in
-            options.data_in = bytes.baseAddress
-            options.data_size_in = UInt32(bytes.count)
-            return bpf_prog_test_run_opts(descriptor.rawValue, &options)
+        let (result, duration) = withLibBPFOptions(bpf_test_run_opts.self) { options in
+            options.pointee.repeat = Int32(clamping: repetitions)
+            options.pointee.flags = UInt32(BPF_F_TEST_XDP_LIVE_FRAMES)
+            options.pointee.batch_size = batchSize
+            let result = frame.withUnsafeBytes { bytes in
+                options.pointee.data_in = bytes.baseAddress
+                options.pointee.data_size_in = UInt32(bytes.count)
+                return bpf_prog_test_run_opts(descriptor.rawValue, options)
+            }
+            return (result, options.pointee.duration)
         }
         if result < 0 { throw .call("bpf_prog_test_run(\(name), live frames)", .init(rawValue: -result)) }
-        return options.duration
+        return duration
     }
 }

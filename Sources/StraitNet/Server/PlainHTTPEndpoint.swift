@@ -39,15 +39,18 @@ public final class PlainHTTPEndpoint: @unchecked Sendable {
         group = try EventLoopGroup(loopCount: 1)
         do {
             let handlers = ConnectionHandlers(onRequest: { connection in
-                guard let available = try? connection.reader.peek(connection.reader.readableBytes) else { return }
-                let text = String(decoding: available, as: UTF8.self)
-                guard text.contains("\r\n\r\n") || text.contains("\n\n") else {
-                    if text.utf8.count > 16384 { connection.close() }  // no header end within 16 KiB: not a probe
+                let reader = connection.reader
+                guard let window = try? reader.peek(min(reader.readableBytes, HTTPRequestHead.maximumHeaderBytes + 4)) else { return }
+                let head = HTTPRequestHead.classify(window)
+                switch head {
+                case .incomplete: return
+                case .tooLarge:  // no end of headers within the bound: not a probe, and never buffered
+                    connection.close()
                     return
+                case .malformed, .request: try reader.skip(reader.readableBytes)
                 }
-                try connection.reader.skip(connection.reader.readableBytes)
-                let response = Self.answer(requestHead: text, routes: routes)
-                let isHead = text.hasPrefix("HEAD ")
+                let response = Self.answer(head, routes: routes)
+                let isHead: Bool = if case .request("HEAD", _) = head { true } else { false }
                 connection.writer.write(string: "HTTP/1.1 \(response.status) \(Self.reason(response.status))\r\nContent-Type: \(response.contentType)\r\nContent-Length: \(response.body.utf8.count)\r\nConnection: close\r\n\r\n" + (isHead ? "" : response.body))
                 connection.flush()
                 connection.close()
@@ -64,11 +67,9 @@ public final class PlainHTTPEndpoint: @unchecked Sendable {
     }
 
     /// Routes one request head: the request line's method and exact path.
-    static func answer(requestHead: String, routes: [String: @Sendable () -> Response]) -> Response {
-        let requestLine = requestHead.prefix { $0 != "\r" && $0 != "\n" }.split(separator: " ")
-        guard requestLine.count >= 2 else { return Response(status: 400, body: "bad request\n") }
-        guard requestLine[0] == "GET" || requestLine[0] == "HEAD" else { return Response(status: 405, body: "only GET and HEAD\n") }
-        let path = String(requestLine[1].prefix { $0 != "?" })
+    static func answer(_ head: HTTPRequestHead, routes: [String: @Sendable () -> Response]) -> Response {
+        guard case .request(let method, let path) = head else { return Response(status: 400, body: "bad request\n") }
+        guard method == "GET" || method == "HEAD" else { return Response(status: 405, body: "only GET and HEAD\n") }
         guard let route = routes[path] else {
             return Response(status: 404, body: "not found; try " + routes.keys.sorted().joined(separator: ", ") + "\n")
         }

@@ -13,7 +13,11 @@ let response: StaticString = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nCon
 
 let arguments = CommandLine.arguments
 let port = arguments.count > 1 ? UInt16(arguments[1]) ?? 47080 : 47080
-let loops = arguments.count > 2 ? Int(arguments[2]) ?? 2 : 2
+let loops = arguments.count > 2 && !arguments[2].hasPrefix("--") ? Int(arguments[2]) ?? 0 : 2
+guard (1...64).contains(loops) else {
+    writeLine("straitnet-http: LOOPS from 1 to 64\nusage: straitnet-http [PORT] [LOOPS] [--count-allocations]", to: 2)
+    exit(64)
+}
 let allocations = AllocationCounter.fromArguments(arguments)
 
 // A request ends at its empty line. Lines are consumed as they complete, so a request split

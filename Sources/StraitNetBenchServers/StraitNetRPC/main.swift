@@ -20,16 +20,20 @@ import Glibc
 let arguments = CommandLine.arguments
 func argument(_ index: Int) -> Int? { arguments.count > index ? Int(arguments[index]) : nil }
 
-func usage() -> Never {
+/// Prints the usage (after `problem`, when given) and exits 64 (EX_USAGE).
+func usage(_ problem: String? = nil) -> Never {
+    if let problem { writeLine("straitnet-rpc: \(problem)", to: 2) }
     writeLine("usage: straitnet-rpc serve PORT [LOOPS] [--count-allocations] | load PORT PAYLOAD_BYTES CALLERS SECONDS", to: 2)
-    exit(2)
+    exit(64)
 }
 
 switch arguments.count > 1 ? arguments[1] : "" {
 case "serve":
     guard let port = argument(2).flatMap(UInt16.init(exactly:)) else { usage() }
+    let loops = arguments.count > 3 && !arguments[3].hasPrefix("--") ? argument(3) : 2
+    guard let loops, (1...64).contains(loops) else { usage("LOOPS: from 1 to 64") }
     let allocations = AllocationCounter.fromArguments(arguments)
-    let group = try EventLoopGroup(loopCount: argument(3) ?? 2)
+    let group = try EventLoopGroup(loopCount: loops)
     let handlers = FrameServer.handlers { request in
         request.respond(request.payload)
         allocations?.requests.add(1, ordering: .relaxed)
@@ -40,8 +44,8 @@ case "serve":
 
 case "load":
     guard let port = argument(2).flatMap(UInt16.init(exactly:)), let payloadBytes = argument(3), let callers = argument(4),
-        let seconds = argument(5), callers > 0, seconds > 0
-    else { usage() }
+        let seconds = argument(5), (0...(16 << 20)).contains(payloadBytes), (1...10_000).contains(callers), (1...3600).contains(seconds)
+    else { usage("PAYLOAD_BYTES from 0 to 16777216, CALLERS from 1 to 10000, SECONDS from 1 to 3600") }
     let group = try EventLoopGroup(loopCount: 1)
     let client = try await MuxClient.connect(to: .loopback(port: port), dialer: Dialer(group: group))
     let run = LoadRun(client: client, payloadBytes: payloadBytes, callers: callers, seconds: seconds)

@@ -142,7 +142,9 @@ public struct ProxyConfig: Sendable, Equatable {
 }
 
 extension SocketAddress {
-    /// Parses `1.2.3.4:80`, `[2001:db8::1]:80` or `localhost:80`.
+    /// Parses `1.2.3.4:80`, `[2001:db8::1]:80` or `localhost:80`. An IPv6 address must be in
+    /// brackets: `::1:19001` is refused, since it could also be read as the address `::1:19001`
+    /// with no port.
     public init?(parsing text: String) {
         var host: Substring
         let portText: Substring
@@ -150,28 +152,42 @@ extension SocketAddress {
             guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else { return nil }
             host = text[text.index(after: text.startIndex)..<close]
             portText = text[text.index(close, offsetBy: 2)...]
+            guard host.contains(":") else { return nil }
         } else {
             guard let colon = text.lastIndex(of: ":") else { return nil }
             host = text[..<colon]
             portText = text[text.index(after: colon)...]
+            guard !host.contains(":") else { return nil }
         }
         if host == "localhost" { host = "127.0.0.1" }
-        guard let port = UInt16(portText), let address = IPAddress(String(host)) else { return nil }
+        guard !portText.isEmpty, portText.allSatisfy(\.isASCIIDigit), let port = UInt16(portText), let address = IPAddress(String(host)) else { return nil }
         self = .ip(address, port: port)
     }
 }
 
 extension Duration {
-    /// Parses `250ms`, `2s`, `5m`, `1h`, or a bare number of seconds.
+    /// The longest duration a configuration may give (366 days): far beyond any useful timeout,
+    /// and far below what a loop's nanosecond clock can add without overflowing.
+    public static let configurationMaximum: Duration = .seconds(366 * 86_400)
+
+    /// Parses `250ms`, `2s`, `5m`, `1h`, or a bare number of seconds: decimal digits with an
+    /// optional fraction of up to 9 digits (no sign, exponent, `inf` or `nan`), at most
+    /// ``configurationMaximum``. Exact: the value is computed in integers, never through a
+    /// floating-point conversion that could trap.
     init?(parsing text: String) {
-        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
-        for (suffix, scale) in units where text.hasSuffix(suffix) {
-            guard let value = Double(text.dropLast(suffix.count)), value >= 0 else { return nil }
-            self = .nanoseconds(Int64(value * scale * 1e9))
-            return
-        }
-        guard let value = Double(text), value >= 0 else { return nil }
-        self = .nanoseconds(Int64(value * 1e9))
+        let units: [(suffix: String, nanoseconds: Int128)] = [("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000)]
+        let unit = units.first { text.hasSuffix($0.suffix) } ?? ("", 1_000_000_000)
+        let number = text.dropLast(unit.suffix.count)
+        let parts = number.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
+        guard let whole = parts.first, !whole.isEmpty, whole.count <= 12, whole.allSatisfy(\.isASCIIDigit) else { return nil }
+        let fraction = parts.count == 2 ? parts[1] : ""
+        guard parts.count == 1 || !fraction.isEmpty, fraction.count <= 9, fraction.allSatisfy(\.isASCIIDigit) else { return nil }
+        guard let wholeValue = Int128(whole), let fractionValue = fraction.isEmpty ? 0 : Int128(fraction) else { return nil }
+        var scale: Int128 = 1
+        for _ in 0..<fraction.count { scale *= 10 }
+        let nanoseconds = wholeValue * unit.nanoseconds + fractionValue * unit.nanoseconds / scale
+        guard nanoseconds <= Int128(Self.configurationMaximum.wholeNanoseconds) else { return nil }
+        self = .nanoseconds(Int64(nanoseconds))
     }
 }
 
@@ -190,4 +206,9 @@ extension SocketAddress {
         if case .ip(let address, _) = self { return address.isIPv4 ? AF_INET : AF_INET6 }
         return AF_UNIX
     }
+}
+
+extension Character {
+    /// `0` to `9` only (`isNumber` also takes other scripts' digits and fractions such as `½`).
+    var isASCIIDigit: Bool { ("0"..."9").contains(self) }
 }

@@ -3,7 +3,9 @@ import StraitNet
 import Yams
 
 /// A configuration mistake, located: `file:line:column: message`, where the message says what
-/// was expected. Line and column are 1-based, as editors show them.
+/// was expected. Line and column are 1-based, as editors show them (0 when the mistake has no
+/// place, such as an unreadable file). Control characters in the file name and message are
+/// escaped, so a hostile file cannot send raw bytes to a terminal or forge log lines.
 public struct ProxyConfigError: Error, Equatable, CustomStringConvertible {
     public let file: String
     public let line: Int
@@ -11,10 +13,10 @@ public struct ProxyConfigError: Error, Equatable, CustomStringConvertible {
     public let message: String
 
     public init(file: String, line: Int, column: Int, message: String) {
-        self.file = file
+        self.file = file.escapingControlCharacters
         self.line = line
         self.column = column
-        self.message = message
+        self.message = message.escapingControlCharacters
     }
 
     public var description: String { "\(file):\(line):\(column): \(message)" }
@@ -45,12 +47,22 @@ public struct ProxyConfigError: Error, Equatable, CustomStringConvertible {
 /// endpoints_cgroup: /sys/fs/cgroup/unified/apps   # local endpoints that may use skmsg
 /// ```
 public enum ProxyConfigLoader {
-    /// Reads and checks the file at `path`.
+    /// Reads and checks the file at `path`. An unreadable file is reported with its errno.
     public static func load(path: String) throws(ProxyConfigError) -> ProxyConfig {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw ProxyConfigError(file: path, line: 0, column: 0, message: "cannot read the file")
+        let bytes: [UInt8]
+        do {
+            bytes = try ConfigText.read(path: path)
+        } catch {
+            throw ProxyConfigError(file: path, line: 0, column: 0, message: "cannot read the file: \(error)")
         }
-        return try parse(String(decoding: data, as: UTF8.self), file: path)
+        return try parse(bytes: bytes, file: path)
+    }
+
+    /// Checks a file's bytes: at most ``ConfigText/maximumBytes``, UTF-8 (a leading byte-order mark
+    /// is skipped) without control bytes, nested at most ``ConfigText/maximumDepth`` deep, then YAML
+    /// of the shape above, then ``ProxyConfig/validate(dualStack:)``.
+    public static func parse(bytes: [UInt8], file: String) throws(ProxyConfigError) -> ProxyConfig {
+        try parse(try ConfigText.decode(bytes, file: file), file: file)
     }
 
     /// Checks YAML text; `file` names it in errors.
@@ -70,19 +82,21 @@ public enum ProxyConfigLoader {
     /// Parses YAML into a node tree with positions (nil for an empty document); a syntax error is
     /// reported at its line and column.
     public static func compose(_ yaml: String, file: String) throws(ProxyConfigError) -> Node? {
+        let yaml = yaml.hasPrefix("\u{FEFF}") ? String(yaml.dropFirst()) : yaml
+        try ConfigText.checkShape(yaml, file: file)
         do {
             return try Yams.compose(yaml: yaml)
         } catch let error as YamlError {
-            throw syntaxError(error, file: file)
+            throw syntaxError(error, file: file, yaml: yaml)
         } catch {
             throw ProxyConfigError(file: file, line: 0, column: 0, message: "\(error)")
         }
     }
 
-    private static func syntaxError(_ error: YamlError, file: String) -> ProxyConfigError {
+    private static func syntaxError(_ error: YamlError, file: String, yaml: String) -> ProxyConfigError {
         switch error {
         case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _), .composer(_, let problem, let mark, _):
-            return ProxyConfigError(file: file, line: mark.line, column: mark.column, message: "invalid YAML: \(problem)")
+            return ProxyConfigError(file: file, line: mark.line, column: mark.column, message: "invalid YAML: \(problem)\(ConfigText.hint(line: mark.line, in: yaml))")
         default:
             return ProxyConfigError(file: file, line: 0, column: 0, message: "invalid YAML: \(error)")
         }
@@ -103,7 +117,8 @@ public struct ConfigNodeReader: Sendable {
         ProxyConfigError(file: file, line: node.mark?.line ?? 0, column: node.mark?.column ?? 0, message: message)
     }
 
-    /// The mapping's entries by key, after checking that every key is one of `allowed`.
+    /// The mapping's entries by key, after checking that every key is one of `allowed` and appears
+    /// once (YAML parsers differ on which of two equal keys wins: a second one is a mistake).
     public func fields(_ node: Node, _ what: String, allowed: [String]) throws(ProxyConfigError) -> [String: Node] {
         guard let mapping = node.mapping else { throw error(node, "expected \(what) as a mapping of \(allowed.joined(separator: ", "))") }
         var result: [String: Node] = [:]
@@ -111,7 +126,9 @@ public struct ConfigNodeReader: Sendable {
             guard let name = key.string, allowed.contains(name) else {
                 throw error(key, "unknown key `\(key.string ?? "?")` in \(what); expected one of \(allowed.joined(separator: ", "))")
             }
-            result[name] = value
+            guard result.updateValue(value, forKey: name) == nil else {
+                throw error(key, "a second `\(name)` key in \(what); expected each key once")
+            }
         }
         return result
     }
@@ -139,15 +156,22 @@ public struct ConfigNodeReader: Sendable {
     /// A duration scalar: `250ms`, `2s`, `5m`, `1h` or bare seconds.
     public func duration(_ node: Node, _ what: String) throws(ProxyConfigError) -> Duration {
         guard let text = node.scalar?.string, let value = Duration(parsing: text) else {
-            throw error(node, "expected \(what) as a duration such as 250ms, 2s, 5m or 1h")
+            throw error(node, "expected \(what) as a duration such as 250ms, 2s, 5m or 1h (digits, an optional fraction, at most 366 days)")
         }
         return value
     }
 
-    /// A `host:port` scalar with a numeric IP (or localhost).
+    /// A `host:port` scalar with a numeric IP (or localhost); IPv6 hosts in brackets, quoted in YAML.
     public func address(_ node: Node, _ what: String) throws(ProxyConfigError) -> SocketAddress {
-        guard let text = node.scalar?.string, let value = SocketAddress(parsing: text) else {
-            throw error(node, "expected \(what) as host:port with a numeric IP (127.0.0.1:6000, [2001:db8::1]:6000)")
+        guard let text = node.scalar?.string else {
+            // `bind: [::1]:6000` unquoted is a YAML flow sequence, not text.
+            throw error(node, "expected \(what) as host:port; an IPv6 address must be quoted in YAML: \"[2001:db8::1]:6000\"")
+        }
+        guard let value = SocketAddress(parsing: text) else {
+            let unbracketed = !text.hasPrefix("[") && text.filter { $0 == ":" }.count > 1
+            throw error(node, unbracketed
+                ? "expected \(what) as host:port with an IPv6 host in brackets (\"[::1]:6000\"): `\(text)` is ambiguous"
+                : "expected \(what) as host:port with a numeric IP (127.0.0.1:6000, \"[2001:db8::1]:6000\")")
         }
         return value
     }
@@ -177,33 +201,30 @@ public struct ConfigNodeReader: Sendable {
 
     func config(_ root: Node) throws(ProxyConfigError) -> ProxyConfig {
         let top = try fields(root, "the configuration", allowed: ["listeners", "clusters", "metrics", "drain_timeout", "access_log", "endpoints_cgroup"])
+        let clusterNodes = try list(try required(top, "clusters", in: root, "the configuration"), "`clusters`")
+        let listenerNodes = try list(try required(top, "listeners", in: root, "the configuration"), "`listeners`")
         var clusters: [ClusterConfig] = []
-        for node in try list(try required(top, "clusters", in: root, "the configuration"), "`clusters`") {
-            let cluster = try self.cluster(node)
-            if clusters.contains(where: { $0.name == cluster.name }) { throw error(node, "a second cluster named `\(cluster.name)`; expected unique names") }
-            clusters.append(cluster)
-        }
+        for node in clusterNodes { clusters.append(try cluster(node)) }
         var listeners: [ListenerConfig] = []
-        for node in try list(try required(top, "listeners", in: root, "the configuration"), "`listeners`") {
-            let listener = try self.listener(node, index: listeners.count)
-            if !clusters.contains(where: { $0.name == listener.cluster }) {
-                let clusterNode = node.mapping?["cluster"] ?? node
-                throw error(clusterNode, "unknown cluster `\(listener.cluster)`; expected one of \(clusters.map(\.name).joined(separator: ", "))")
-            }
-            if listeners.contains(where: { $0.name == listener.name }) { throw error(node, "a second listener named `\(listener.name)`; expected unique names") }
-            if listeners.contains(where: { $0.address == listener.address && listener.address.port != 0 }) {
-                throw error(node, "a second listener on \(listener.address); expected one listener per address")
-            }
-            listeners.append(listener)
-        }
+        for node in listenerNodes { listeners.append(try listener(node, index: listeners.count)) }
         var config = ProxyConfig(listeners: listeners, clusters: clusters)
         if let node = top["metrics"] { config.metricsAddress = try address(node, "`metrics`") }
         if let node = top["drain_timeout"] { config.drainTimeout = try duration(node, "`drain_timeout`") }
         if let node = top["access_log"] { config.accessLog = try boolean(node, "`access_log`") }
-        if let node = top["endpoints_cgroup"] {
-            let path = try string(node, "`endpoints_cgroup` (a cgroup v2 directory)")
-            guard path.hasPrefix("/") else { throw error(node, "expected `endpoints_cgroup` as an absolute path to a cgroup v2 directory") }
-            config.endpointsCgroup = path
+        if let node = top["endpoints_cgroup"] { config.endpointsCgroup = try string(node, "`endpoints_cgroup` (a cgroup v2 directory)") }
+        do {
+            try config.validate()
+        } catch {
+            func field(_ node: Node, _ name: String?) -> Node { name.flatMap { node.mapping?[$0] } ?? node }
+            let node: Node =
+                switch error.subject {
+                case .configuration: root
+                case .listener(let index, let name): field(listenerNodes[index], name)
+                case .cluster(let index, let name): field(clusterNodes[index], name)
+                case .upstream(let cluster, let index): clusterNodes[cluster].mapping?["upstreams"]?.sequence.map { Array($0)[index] } ?? clusterNodes[cluster]
+                case .topLevel(let name): top[name] ?? root
+                }
+            throw self.error(node, error.message)
         }
         return config
     }
@@ -220,7 +241,7 @@ public struct ConfigNodeReader: Sendable {
         if let value = entries["idle_timeout"] {
             listener.idleTimeout = value.scalar?.string == "none" ? nil : try duration(value, "`idle_timeout` (or none)")
         }
-        if let value = entries["max_connections"] { listener.maxConnections = try integer(value, "`max_connections`", range: 1...1_000_000) }
+        if let value = entries["max_connections"] { listener.maxConnections = try integer(value, "`max_connections`", range: ListenerConfig.maxConnectionsRange) }
         return listener
     }
 
@@ -230,14 +251,14 @@ public struct ConfigNodeReader: Sendable {
         let name = try string(try required(entries, "name", in: node, what), "the cluster's `name`")
         var upstreams: [UpstreamConfig] = []
         for upstreamNode in try list(try required(entries, "upstreams", in: node, what), "`upstreams`") {
-            if upstreamNode.scalar != nil {
+            if upstreamNode.mapping == nil {
                 upstreams.append(UpstreamConfig(address: try address(upstreamNode, "an upstream")))
                 continue
             }
             let upstream = try fields(upstreamNode, "an upstream", allowed: ["address", "weight"])
             upstreams.append(UpstreamConfig(
                 address: try address(try required(upstream, "address", in: upstreamNode, "an upstream"), "`address`"),
-                weight: try upstream["weight"].map { node throws(ProxyConfigError) in try integer(node, "`weight`", range: 1...1000) } ?? 1))
+                weight: try upstream["weight"].map { node throws(ProxyConfigError) in try integer(node, "`weight`", range: UpstreamConfig.weightRange) } ?? 1))
         }
         var cluster = ClusterConfig(name: name, upstreams: upstreams)
         if let value = entries["balance"] { cluster.balancing = try choice(value, "`balance`") }
@@ -246,9 +267,8 @@ public struct ConfigNodeReader: Sendable {
             var health = HealthCheck()
             if let node = check["interval"] { health.interval = try duration(node, "`interval`") }
             if let node = check["timeout"] { health.timeout = try duration(node, "`timeout`") }
-            if let node = check["rise"] { health.rise = try integer(node, "`rise`", range: 1...100) }
-            if let node = check["fall"] { health.fall = try integer(node, "`fall`", range: 1...100) }
-            if health.timeout > health.interval { throw error(value, "expected `timeout` no longer than `interval`") }
+            if let node = check["rise"] { health.rise = try integer(node, "`rise`", range: HealthCheck.countRange) }
+            if let node = check["fall"] { health.fall = try integer(node, "`fall`", range: HealthCheck.countRange) }
             cluster.healthCheck = health
         }
         return cluster
