@@ -42,33 +42,19 @@ public struct SteerBenchmark: Sendable {
             public var policy: String
             public var transport: String
             public var perMember: [Int]
-            /// Most loaded member over least loaded (infinity when one got nothing; null in JSON).
-            public var maxOverMin: Double
-
-            public init(policy: String, transport: String, perMember: [Int], maxOverMin: Double) {
-                self.policy = policy
-                self.transport = transport
-                self.perMember = perMember
-                self.maxOverMin = maxOverMin
-            }
+            /// Most loaded member over least loaded; nil (JSON `null`) when one got nothing, since
+            /// JSON has no infinity.
+            public var maxOverMin: Double?
 
             enum CodingKeys: String, CodingKey { case policy, transport, perMember, maxOverMin }
 
-            public init(from decoder: Decoder) throws {
-                let container = try decoder.container(keyedBy: CodingKeys.self)
-                policy = try container.decode(String.self, forKey: .policy)
-                transport = try container.decode(String.self, forKey: .transport)
-                perMember = try container.decode([Int].self, forKey: .perMember)
-                maxOverMin = try container.decodeIfPresent(Double.self, forKey: .maxOverMin) ?? .infinity
-            }
-
-            /// JSON has no infinity: a member that got nothing is written as `null`.
+            /// Writes `maxOverMin` as `null` when nil, so every row has the same keys.
             public func encode(to encoder: Encoder) throws {
                 var container = encoder.container(keyedBy: CodingKeys.self)
                 try container.encode(policy, forKey: .policy)
                 try container.encode(transport, forKey: .transport)
                 try container.encode(perMember, forKey: .perMember)
-                try container.encode(maxOverMin.isFinite ? maxOverMin : nil, forKey: .maxOverMin)
+                try container.encode(maxOverMin, forKey: .maxOverMin)
             }
         }
 

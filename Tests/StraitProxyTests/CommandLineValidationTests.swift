@@ -9,7 +9,7 @@ struct CommandLineValidationTests {
     /// Runs `binary` (beside the test bundle) with `arguments` and standard input `input`; returns
     /// the exit status and standard error. Killed after 20 s.
     static func run(_ binary: String, _ arguments: [String], input: [UInt8] = []) throws -> (status: Int32, error: String) {
-        let path = try #require(RestartTests.straitBinary.map { URL(fileURLWithPath: $0).deletingLastPathComponent().appendingPathComponent(binary).path })
+        let path = try #require(StraitProcesses.executable.map { URL(fileURLWithPath: $0).deletingLastPathComponent().appendingPathComponent(binary).path })
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments

@@ -242,7 +242,7 @@ struct HostileReloadTests {
 struct HostileSignalReloadTests {
     @Test("the process survives SIGHUP with overflowing durations, deep nesting and binary bytes, keeps its connection and accepts new ones")
     func sighup() throws {
-        let binary = try #require(RestartTests.straitBinary, "build the strait product first (make test does)")
+        let binary = try #require(StraitProcesses.executable, "build the strait product first (make test does)")
         let upstream = try ThreadedUpstream(echoHandler)
         defer { upstream.stop() }
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueTestName("strait-sighup")).path
