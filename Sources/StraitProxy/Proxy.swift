@@ -233,6 +233,7 @@ public final class Proxy: @unchecked Sendable {
             }
         }
         for runtime in removed {
+            runtime.closed.store(true, ordering: .relaxed)
             for loop in loops { onLoop(loop) { loop.deregister(runtime.fd) } }
             closeDescriptor(runtime.fd)
         }
@@ -283,6 +284,7 @@ public final class Proxy: @unchecked Sendable {
             return state.listeners
         }
         for runtime in listeners {
+            runtime.closed.store(true, ordering: .relaxed)
             for loop in loops { onLoop(loop) { loop.deregister(runtime.fd) } }
             closeDescriptor(runtime.fd)
         }
@@ -301,6 +303,7 @@ public final class Proxy: @unchecked Sendable {
             return state.listeners
         }
         for runtime in listeners {
+            runtime.closed.store(true, ordering: .relaxed)
             for loop in loops { onLoop(loop) { loop.deregister(runtime.fd) } }
             closeDescriptor(runtime.fd)
         }
@@ -321,7 +324,11 @@ public final class Proxy: @unchecked Sendable {
             let metrics = self.metrics
             let forwarder = context.forwarder
             let endpoints = context.endpoints
-            let server = try Server(address: address, group: group, handlers: ConnectionHandlers(onRequest: { connection in
+            var configuration = ServerConfiguration()
+            configuration.connection.inputLimit = Self.metricsRequestLimit
+            configuration.connection.readIdleTimeout = Self.metricsIdleTimeout
+            configuration.logger = logger
+            let server = try Server(address: address, group: group, configuration: configuration, handlers: ConnectionHandlers(onRequest: { connection in
                 guard connection.reader.distance(to: UInt8(ascii: "\n")) != nil,
                       let request = try? connection.reader.peek(connection.reader.readableBytes)
                 else { return }
@@ -335,6 +342,13 @@ public final class Proxy: @unchecked Sendable {
                 connection.writer.write(string: "HTTP/1.1 \(status)\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)")
                 connection.flush()
                 connection.close()
+            }, onDisconnect: { _, reason in
+                // A request larger than the limit, or a client too slow to send one, is closed.
+                switch reason {
+                case .inputLimit: metrics.error("metrics_request_too_large")
+                case .idleTimeout: metrics.error("metrics_request_timeout")
+                default: break
+                }
             }))
             metricsServer = (group, server)
             logger.info("metrics on http://\(server.address)/metrics")
@@ -342,6 +356,12 @@ public final class Proxy: @unchecked Sendable {
             throw .system(error)
         }
     }
+
+    /// Largest `/metrics` request (line and headers) read before the connection is closed, and
+    /// counted as `metrics_request_too_large`.
+    static let metricsRequestLimit = 64 << 10
+    /// A `/metrics` client that sends nothing for this long is closed (`metrics_request_timeout`).
+    static let metricsIdleTimeout: Duration = .seconds(10)
 
     /// The bound address of the metrics endpoint, if one runs.
     public var metricsAddress: SocketAddress? { metricsServer?.server.address }
@@ -352,10 +372,20 @@ private func loops0Ticker(_ health: HealthChecker) {
 }
 
 /// Accepts on one listener for one loop.
-final class Acceptor: PollHandler {
+///
+/// Out of descriptors (`EMFILE`, `ENFILE`) or kernel memory (`ENOBUFS`, `ENOMEM`), the pending
+/// connection stays in the listen queue and the level-triggered listener would wake this loop again
+/// at once: so the acceptor leaves the loop for ``backoff`` and comes back on a tick, counts each
+/// pause (`strait_proxy_errors_total{kind="accept_no_descriptors"}`), logs once per episode and
+/// once when accepting works again. Relays already running are not touched.
+final class Acceptor: PollHandler, TickHandler {
     let loop: ProxyLoop
     let listener: ListenerRuntime
     let context: ProxyContext
+    private var resumeAt: UInt64?
+
+    /// How long accepting pauses when descriptors run out.
+    static let backoff: UInt64 = 100_000_000
 
     init(loop: ProxyLoop, listener: ListenerRuntime, context: ProxyContext) {
         self.loop = loop
@@ -369,11 +399,16 @@ final class Acceptor: PollHandler {
             let accepted = strait_accept4_nonblocking(fd)
             if accepted < 0 {
                 let error = errno
-                if error != EAGAIN && error != EWOULDBLOCK && error != EINTR && error != ECONNABORTED {
+                if error == EMFILE || error == ENFILE || error == ENOBUFS || error == ENOMEM {
+                    pause(errno: error)
+                } else if error != EAGAIN && error != EWOULDBLOCK && error != EINTR && error != ECONNABORTED {
                     context.metrics.error("accept")
                     context.logger.warning("accept failed: errno \(error)")
                 }
                 return
+            }
+            if listener.outOfDescriptors.exchange(false, ordering: .relaxed) {
+                context.logger.notice("accepting again on \(listener.address)")
             }
             let settings = listener.settings.withLock { $0 }
             if listener.active.load(ordering: .relaxed) >= settings.config.maxConnections {
@@ -387,6 +422,25 @@ final class Acceptor: PollHandler {
             let relay = Relay(loop: loop, context: context, listener: listener, settings: settings, client: accepted, clientAddress: SocketAddress.peer(of: accepted))
             relay.start()
         }
+    }
+
+    private func pause(errno error: CInt) {
+        context.metrics.error("accept_no_descriptors")
+        if !listener.outOfDescriptors.exchange(true, ordering: .relaxed) {
+            let limit = (try? ResourceLimits.openFiles()).map { " (RLIMIT_NOFILE \($0.soft))" } ?? ""
+            context.logger.warning("accept on \(listener.address) failed: \(String(cString: strerror(error)))\(limit); pausing it \(Self.backoff / 1_000_000) ms at a time until descriptors free up, established connections go on")
+        }
+        loop.deregister(listener.fd)
+        resumeAt = loop.now &+ Self.backoff
+        loop.addTicker(self)
+    }
+
+    func tick(now: UInt64) {
+        guard let resumeAt, now >= resumeAt else { return }
+        self.resumeAt = nil
+        loop.removeTicker(self)
+        guard !listener.closed.load(ordering: .relaxed) else { return }
+        try? loop.register(listener.fd, events: ProxyLoop.input | UInt32(EPOLLEXCLUSIVE.rawValue), handler: self)
     }
 }
 

@@ -67,6 +67,13 @@ struct ProxyRun: ParsableCommand {
             return handler
         }
         let logger = Logger(label: "strait.proxy")
+        // Two descriptors per connection: the soft default (often 1024) would cap a proxy at ~500.
+        do {
+            let limits = try ResourceLimits.raiseOpenFilesToHard()
+            logger.debug("RLIMIT_NOFILE \(limits.before.soft) -> \(limits.after.soft)")
+        } catch {
+            logger.warning("cannot raise RLIMIT_NOFILE to its hard limit: \(error)")
+        }
         guard (1...64).contains(threads) else { throw ValidationError("--threads: from 1 to 64") }
 
         ProxySignals.install()

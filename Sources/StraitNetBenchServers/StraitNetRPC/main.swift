@@ -29,6 +29,7 @@ switch arguments.count > 1 ? arguments[1] : "" {
 case "serve":
     guard let port = argument(2).flatMap(UInt16.init(exactly:)) else { usage() }
     let allocations = AllocationCounter.fromArguments(arguments)
+    try? ResourceLimits.raiseOpenFilesToHard()  // the server owns this process
     let group = try EventLoopGroup(loopCount: argument(3) ?? 2)
     let handlers = FrameServer.handlers { request in
         request.respond(request.payload)

@@ -90,11 +90,22 @@ public struct ListenerConfig: Sendable, Equatable {
     public var idleTimeout: Duration?
     /// Connections above this are accepted and closed at once, and counted.
     public var maxConnections: Int
+    /// Sockmap: most bytes of one direction the kernel holds between reading them from one socket
+    /// and the other socket's send buffer taking them (the psock backlog, which has no limit of its
+    /// own). Above it the direction is copied in userspace and the sender waits on TCP's window.
+    /// Kernel memory per connection is then at most both sockets' buffers plus this, each way.
+    public var maxInFlight: Int
+
+    /// The default ``maxInFlight``: 4 MiB, the size of TCP's largest default send buffer
+    /// (`tcp_wmem`), so a fast peer never notices it.
+    public static let defaultMaxInFlight = 4 << 20
 
     public init(
         name: String, address: SocketAddress, cluster: String, datapath: Datapath = .auto,
-        connectTimeout: Duration = .seconds(5), idleTimeout: Duration? = .seconds(3600), maxConnections: Int = 10_000
+        connectTimeout: Duration = .seconds(5), idleTimeout: Duration? = .seconds(3600), maxConnections: Int = 10_000,
+        maxInFlight: Int = ListenerConfig.defaultMaxInFlight
     ) {
+        self.maxInFlight = maxInFlight
         self.name = name
         self.address = address
         self.cluster = cluster

@@ -10,7 +10,8 @@
 // when it is a client of a proxy listener or the server side of a proxy upstream
 // (`endpoint_filter`), so its sends run `strait_endpoint_msg`.
 //
-// Order. A direction moves PASSING -> EGRESS -> INGRESS, and may end on STACK from any of them.
+// Order. A direction moves PASSING -> EGRESS -> INGRESS, and may end on STACK from any of them;
+// INGRESS goes back to EGRESS when the other endpoint does not read (route->max_in_flight).
 //  - Bytes sent before the route exists take the endpoint's own connection; the proxy writes them
 //    into the target socket. EGRESS starts at the first send that finds `route->forwarded` equal to
 //    what the endpoint's own connection has queued (its write_seq since establishment, which counts
@@ -175,7 +176,7 @@ int strait_endpoint_msg(struct sk_msg_md *msg)
     }
     struct strait_sock_key peer = route->peer_key;
     // The other endpoint's progress matters only until this direction settles and reaches ingress.
-    int look = route->peer_tracked && (!state->settled || state->mode == STRAIT_ENDPOINT_EGRESS);
+    int look = route->peer_tracked && (!state->settled || state->mode == STRAIT_ENDPOINT_EGRESS || route->max_in_flight);
     struct strait_endpoint_progress *other = look ? bpf_map_lookup_elem(&endpoint_progress, &peer) : 0;
     if (!state->settled) {
         __u32 inbound = other ? (__u32)other->ingress : 0;
@@ -192,6 +193,24 @@ int strait_endpoint_msg(struct sk_msg_md *msg)
     if (state->mode == STRAIT_ENDPOINT_EGRESS && other && other->tcp_read == (__u32)(route->forwarded + state->egress)) {
         state->mode = STRAIT_ENDPOINT_INGRESS;
         c->directions_to_ingress++;
+    }
+    if (state->mode == STRAIT_ENDPOINT_INGRESS && route->max_in_flight) {
+        // Reads of the ingress queue are invisible here, and that queue is charged to TCP's global
+        // memory only: bound what the other endpoint may hold unread. Progress is a TCP read or a
+        // send straight to this endpoint; without any for max_in_flight bytes, go back to EGRESS
+        // (safe: the other endpoint reads its ingress queue before its TCP queue).
+        if (other && (other->tcp_read != state->answer_read || other->ingress != state->answer_ingress)) {
+            state->answer_read = other->tcp_read;
+            state->answer_ingress = other->ingress;
+            state->unanswered = 0;
+        }
+        if (state->unanswered + size > route->max_in_flight) {
+            state->mode = STRAIT_ENDPOINT_EGRESS;
+            state->unanswered = 0;
+            c->directions_to_egress++;
+        } else {
+            state->unanswered += size;
+        }
     }
     if (state->mode == STRAIT_ENDPOINT_INGRESS) {
         if (bpf_msg_redirect_hash(msg, &endpoint_socks, &peer, BPF_F_INGRESS) == SK_PASS) {
