@@ -143,7 +143,7 @@ let package = Package(
         // Side-by-side measurement against the peers each issue names.
         .target(
             name: "StraitBench",
-            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitDrop", "StraitProxy", "StraitSteer", "StraitNet", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitDrop", "StraitProxy", "StraitSteer", "StraitNet", "StraitTestSupport", .product(name: "Logging", package: "swift-log")]
         ),
 
         // Layer 4: the command.
@@ -178,7 +178,7 @@ let package = Package(
         .testTarget(name: "StraitNetBenchTests", dependencies: ["StraitNetBench"]),
         .testTarget(
             name: "StraitNetTests",
-            dependencies: ["StraitNet", .product(name: "PropertyBased", package: "swift-property-based")]
+            dependencies: ["StraitNet", "StraitSystem", "StraitTestSupport", .product(name: "PropertyBased", package: "swift-property-based")]
         ),
     ]
 )

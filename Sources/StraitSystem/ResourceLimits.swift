@@ -10,6 +10,11 @@ public enum ResourceLimits {
     public struct Limit: Sendable, Equatable {
         public var soft: UInt64
         public var hard: UInt64
+
+        public init(soft: UInt64, hard: UInt64) {
+            self.soft = soft
+            self.hard = hard
+        }
     }
 
     /// `RLIMIT_NOFILE` now.
