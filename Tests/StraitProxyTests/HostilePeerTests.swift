@@ -60,7 +60,7 @@ struct HostilePeerTests {
 
     // MARK: Item 1: no fixed deadline on a half-close that makes progress
 
-    /// 4 MiB at about 320 KiB/s through an upstream with a 4 KiB receive buffer (so the proxy's
+    /// 4 MiB at about 320 KiB/s through an upstream with a 64 KiB receive buffer (so the proxy's
     /// send buffer stays small and the bytes wait in the kernel): about 13 s, longer than the 10 s
     /// after which sockmap used to reset a half-closed connection with bytes still in its backlog.
     @Test("a half-closed upload to a slow upstream arrives whole and is counted as delivered", .enabled(if: KernelTestGate.enabled, gate))
@@ -74,7 +74,7 @@ struct HostilePeerTests {
                 group.addTask {
                     let log = TransferLog()
                     let upstream = try ThreadedUpstream { socket in
-                        var small: CInt = 4096
+                        var small: CInt = 64 << 10
                         setsockopt(socket.fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<CInt>.size))
                         if let result = try? HostilePeers.readSlowly(socket, pattern: clientPattern, bytesPerSecond: 320 << 10) { log.add(result) }
                         socket.close()
@@ -133,7 +133,7 @@ struct HostilePeerTests {
                     guard let turn = try? socket.polledReceive(exactly: 64), turn.count == 64, (try? socket.sendAll(turn)) != nil else { return }
                 }
                 gate.wait()
-                if let result = try? socket.polledReceiveAndVerify(clientPattern) { log.add(result) }
+                do { log.add(try socket.polledReceiveAndVerify(clientPattern)) } catch let failure as ReadFailure { log.add((-Int(failure.code), nil)) } catch {}
                 socket.close()
             }
             defer { upstream.stop() }
@@ -149,7 +149,8 @@ struct HostilePeerTests {
                 let stalled = ResourceSnapshot.now()
                 let bound = Self.connectionBound(maxInFlight: ListenerConfig.defaultMaxInFlight)
                 let memoryTaken = before.memoryAvailable - stalled.memoryAvailable
-                print("non-reading upstream, \(datapath): pushed \(pushed >> 20) MiB before stalling (bound \(bound >> 20) MiB); MemAvailable -\(memoryTaken >> 20) MiB, TCP memory +\((stalled.tcpMemory - before.tcpMemory) >> 20) MiB, RSS +\((stalled.resident - before.resident) >> 20) MiB")
+                let skmsg = proxy.skmsgCounters.map { " skmsg: to ingress \($0.directions_to_ingress), back to egress \($0.directions_to_egress), to stack \($0.directions_to_stack), redirected \($0.redirected_bytes >> 20) MiB" } ?? ""
+                print("non-reading upstream, \(datapath):\(skmsg) pushed \(pushed >> 20) MiB before stalling (bound \(bound >> 20) MiB); MemAvailable -\(memoryTaken >> 20) MiB, TCP memory +\((stalled.tcpMemory - before.tcpMemory) >> 20) MiB, RSS +\((stalled.resident - before.resident) >> 20) MiB")
                 #expect(pushed < 256 << 20, "\(datapath): the client pushed everything: no back-pressure")
                 #expect(pushed <= bound, "\(datapath): pushed \(pushed) > bound \(bound)")
                 // Machine-wide and noisy (other builds run here): only a loose check. Unbounded, the
@@ -160,7 +161,7 @@ struct HostilePeerTests {
                 try client.shutdownWrite()
                 try await eventually(seconds: 30) { !log.all.isEmpty }
                 let seen = log.all
-                #expect(seen.first?.count == pushed && seen.first?.mismatch == nil, "\(datapath): pushed \(pushed), upstream got \(seen)")
+                #expect(seen.first?.count == pushed && seen.first?.mismatch == nil, "\(datapath): pushed \(pushed), upstream got \(seen.map { "\($0.count) bytes, first mismatch \($0.mismatch ?? -1)" })")
                 client.close()
                 try await eventually { proxy.activeConnections == 0 }
             }
@@ -215,7 +216,9 @@ struct HostilePeerTests {
                 for socket in horde + clients { socket.close() }
                 try await eventually { proxy.activeConnections == 0 }
                 #expect(proxy.activeConnections == 0, "\(datapath): \(proxy.activeConnections) connections left")
-                #expect(ProxyHarness.metric(proxy, "strait_proxy_errors_total", "kind=\"client_reset\"") >= 1, "\(datapath): the reset was not counted")
+                // A reset before the upstream answered ends as client_gone.
+                let resets = ProxyHarness.metric(proxy, "strait_proxy_errors_total", "kind=\"client_reset\"") + ProxyHarness.metric(proxy, "strait_proxy_errors_total", "kind=\"client_gone\"")
+                #expect(resets >= 1, "\(datapath): the reset was not counted")
                 try await eventually { ResourceSnapshot.now().descriptors <= baseline.descriptors }
                 let after = ResourceSnapshot.now()
                 #expect(after.descriptors <= baseline.descriptors, "\(datapath): \(after.descriptors) descriptors, \(baseline.descriptors) before")
@@ -291,13 +294,17 @@ struct HostilePeerTests {
                         let message = clientPattern.bytes(at: 0, count: 1024)
                         try? client.sendAll(message)
                         try? client.shutdownWrite()
-                        served.add((try? client.polledReceiveAndVerify(clientPattern)) ?? (-1, nil))
+                        do {
+                            served.add(try client.polledReceiveAndVerify(clientPattern))
+                        } catch let failure as ReadFailure {
+                            served.add((-Int(failure.code), nil))  // a reset is a clean end; a timeout is not
+                        }
                     }
                 })
             }
             let ends = served.all
             #expect(ends.count == 40, "every client ends: \(ends.count)")
-            #expect(ends.allSatisfy { ($0.count == 1024 || $0.count == 0) && $0.mismatch == nil }, "exact or closed cleanly: \(ends.map(\.count))")
+            #expect(ends.allSatisfy { ($0.count == 1024 || $0.count == 0 || $0.count == -Int(ECONNRESET)) && $0.mismatch == nil }, "exact or closed cleanly: \(ends.map(\.count))")
             #expect(ProxyHarness.metric(proxy, "strait_proxy_errors_total", "kind=\"accept_no_descriptors\"") >= 1, "the back-off was not counted")
             for client in clients { client.close() }
             for _ in 0..<10 {

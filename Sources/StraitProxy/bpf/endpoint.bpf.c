@@ -11,7 +11,7 @@
 // (`endpoint_filter`), so its sends run `strait_endpoint_msg`.
 //
 // Order. A direction moves PASSING -> EGRESS -> INGRESS, and may end on STACK from any of them;
-// INGRESS goes back to EGRESS when the other endpoint does not read (route->max_in_flight).
+// INGRESS goes back to EGRESS, for good, when the other endpoint does not read (route->max_in_flight).
 //  - Bytes sent before the route exists take the endpoint's own connection; the proxy writes them
 //    into the target socket. EGRESS starts at the first send that finds `route->forwarded` equal to
 //    what the endpoint's own connection has queued (its write_seq since establishment, which counts
@@ -190,7 +190,7 @@ int strait_endpoint_msg(struct sk_msg_md *msg)
         state->last_read = read;
         state->last_inbound = inbound;
     }
-    if (state->mode == STRAIT_ENDPOINT_EGRESS && other && other->tcp_read == (__u32)(route->forwarded + state->egress)) {
+    if (state->mode == STRAIT_ENDPOINT_EGRESS && !state->ingress_closed && other && other->tcp_read == (__u32)(route->forwarded + state->egress)) {
         state->mode = STRAIT_ENDPOINT_INGRESS;
         c->directions_to_ingress++;
     }
@@ -205,7 +205,10 @@ int strait_endpoint_msg(struct sk_msg_md *msg)
             state->unanswered = 0;
         }
         if (state->unanswered + size > route->max_in_flight) {
+            // For good: a receiver this far behind is a one-way stream, which egress serves as
+            // well, and a send that EGRESS answered with EAGAIN must be retried on EGRESS.
             state->mode = STRAIT_ENDPOINT_EGRESS;
+            state->ingress_closed = 1;
             state->unanswered = 0;
             c->directions_to_egress++;
         } else {

@@ -102,6 +102,8 @@ struct strait_endpoint_state {
                           // showed progress (read over TCP, or sent straight to this one)
     __u32 answer_read;    // the other endpoint's tcp_read and ingress when it last showed progress
     __u64 answer_ingress;
+    __u32 ingress_closed; // 1: went back to EGRESS over the budget; never INGRESS again
+    __u32 reserved2;
 };
 
 /// Value of `endpoint_progress`, keyed by an endpoint socket's own key; written by that socket's
