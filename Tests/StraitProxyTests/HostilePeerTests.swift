@@ -60,15 +60,17 @@ struct HostilePeerTests {
 
     // MARK: Item 1: no fixed deadline on a half-close that makes progress
 
-    /// 4 MiB at about 320 KiB/s through an upstream with a 64 KiB receive buffer (so the proxy's
-    /// send buffer stays small and the bytes wait in the kernel): about 13 s, longer than the 10 s
-    /// after which sockmap used to reset a half-closed connection with bytes still in its backlog.
+    /// The case: 16 MiB uploaded and half-closed, read at 1 MiB/s by an upstream with a
+    /// 64 KiB receive buffer: about 16 s, of which some 12 MiB wait in the kernel (the proxy's
+    /// send buffer takes at most 4 MiB here), longer than the 10 s after which sockmap used to reset
+    /// the connection with bytes still in its backlog. Every byte must arrive, the client must see
+    /// the upstream's FIN, and the access counters must say what reached the upstream.
     @Test("a half-closed upload to a slow upstream arrives whole and is counted as delivered", .enabled(if: KernelTestGate.enabled, gate))
     func slowUpstreamHalfClose() async throws {
-        let size = 4 << 20
-        // sockmap with a budget no upload reaches (the kernel's half-close wait), with a small one
-        // (throttled to copy mid-way), and copy for reference; all at once.
-        let cases: [(Datapath, Int)] = [(.sockmap, 64 << 20), (.sockmap, 1 << 20), (.copy, ListenerConfig.defaultMaxInFlight)]
+        let size = 16 << 20
+        // sockmap with a budget this upload never reaches (the kernel's half-close wait), with the
+        // default one (throttled to copy mid-way), and copy for reference; all at once.
+        let cases: [(Datapath, Int)] = [(.sockmap, 64 << 20), (.sockmap, ListenerConfig.defaultMaxInFlight), (.copy, ListenerConfig.defaultMaxInFlight)]
         try await withThrowingTaskGroup(of: Void.self) { group in
             for (datapath, budget) in cases {
                 group.addTask {
@@ -76,7 +78,7 @@ struct HostilePeerTests {
                     let upstream = try ThreadedUpstream { socket in
                         var small: CInt = 64 << 10
                         setsockopt(socket.fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<CInt>.size))
-                        if let result = try? HostilePeers.readSlowly(socket, pattern: clientPattern, bytesPerSecond: 320 << 10) { log.add(result) }
+                        if let result = try? HostilePeers.readSlowly(socket, pattern: clientPattern, bytesPerSecond: 1 << 20) { log.add(result) }
                         socket.close()
                     }
                     defer { upstream.stop() }
@@ -87,7 +89,7 @@ struct HostilePeerTests {
                         try client.send(clientPattern, count: size, chunk: 128 << 10)
                         try client.shutdownWrite()
                         var end = -Int(ETIMEDOUT)
-                        for _ in 0..<6 where end == -Int(ETIMEDOUT) { end = client.polledReceiveOnce() }
+                        for _ in 0..<9 where end == -Int(ETIMEDOUT) { end = client.polledReceiveOnce() }
                         #expect(end == 0, "\(datapath) budget \(budget): the client saw \(end), not the upstream's FIN")
                         try await eventually { proxy.activeConnections == 0 }
                         let seen = log.all
@@ -95,9 +97,6 @@ struct HostilePeerTests {
                         let counted = ProxyHarness.metric(proxy, "strait_proxy_bytes_total", "direction=\"upstream\"")
                         #expect(counted == Double(size), "\(datapath) budget \(budget): counted \(counted) bytes up")
                         #expect(ProxyHarness.metric(proxy, "strait_proxy_errors_total", "kind=\"upstream_reset\"") == 0)
-                        if budget == 1 << 20 {
-                            #expect(ProxyHarness.metric(proxy, "strait_proxy_errors_total", "kind=\"sockmap_throttled\"") >= 1, "the 1 MiB budget never throttled")
-                        }
                     }
                 }
             }
@@ -156,6 +155,9 @@ struct HostilePeerTests {
                 // Machine-wide and noisy (other builds run here): only a loose check. Unbounded, the
                 // 256 MiB push alone would take about twice that in skbs.
                 #expect(memoryTaken < 2 * bound, "\(datapath): MemAvailable fell by \(memoryTaken >> 20) MiB")
+                if datapath == .sockmap || datapath == .auto {
+                    #expect(ProxyHarness.metric(proxy, "strait_proxy_errors_total", "kind=\"sockmap_throttled\"") >= 1, "\(datapath): the in-flight budget never throttled")
+                }
                 #expect(stalled.resident - before.resident < 64 << 20, "\(datapath): RSS grew by \((stalled.resident - before.resident) >> 20) MiB")
                 gate.open()
                 try client.shutdownWrite()

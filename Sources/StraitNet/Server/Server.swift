@@ -39,7 +39,7 @@ public final class Server: ConnectionOwner, @unchecked Sendable {
     var acceptors: [Acceptor] = []
     private let live = ManagedAtomic<Int>(0)
     private let drainingFlag = ManagedAtomic<Bool>(false)
-    private let limitCloses = ManagedAtomic<Int>(0)
+    private let refusedCount = ManagedAtomic<Int>(0)
     private let acceptBackoffCount = ManagedAtomic<Int>(0)
 
     /// Binds `address` (TCP) and starts accepting.
@@ -101,13 +101,17 @@ public final class Server: ConnectionOwner, @unchecked Sendable {
     func connectionOpened() { live.wrappingIncrement(ordering: .relaxed) }
 
     func connectionClosed(_ connection: Connection) {
-        if connection.closeReason == .inputLimit { limitCloses.wrappingIncrement(ordering: .relaxed) }
+        switch connection.closeReason {
+        case .inputLimit, .handlerFailed: refusedCount.wrappingIncrement(ordering: .relaxed)
+        default: break
+        }
         live.wrappingDecrement(ordering: .relaxed)
     }
 
-    /// Connections closed because a request did not fit the input limit (``CloseReason/inputLimit``).
-    /// Safe from any thread.
-    public var inputLimitCloses: Int { limitCloses.load(ordering: .relaxed) }
+    /// Connections closed for breaking a limit or the protocol: a request that did not fit the input
+    /// limit (``CloseReason/inputLimit``), or a handler that threw (a frame above the frame limit,
+    /// ``CloseReason/handlerFailed(_:)``). Safe from any thread.
+    public var refusedConnections: Int { refusedCount.load(ordering: .relaxed) }
 
     /// Times accepting paused because the process or system was out of descriptors
     /// (`EMFILE`/`ENFILE`). Safe from any thread.
