@@ -56,6 +56,7 @@ struct NetHostilePeerTests {
             client.close()
             good.close()
             await server.shutdown(gracePeriod: .milliseconds(100))
+            await Self.eventually { descriptorsOpened(since: before).isEmpty }  // the listener closes on its loop
             #expect(descriptorsOpened(since: before).isEmpty, "left open: \(descriptorsOpened(since: before))")
         }
     }
@@ -84,6 +85,7 @@ struct NetHostilePeerTests {
             #expect(String(decoding: try good.receiveToEnd(), as: UTF8.self).hasSuffix("ok"))
             good.close()
             await server.shutdown(gracePeriod: .milliseconds(100))
+            await Self.eventually { descriptorsOpened(since: before).isEmpty }  // the listener closes on its loop
             #expect(descriptorsOpened(since: before).isEmpty, "left open: \(descriptorsOpened(since: before))")
         }
     }
@@ -126,6 +128,7 @@ struct NetHostilePeerTests {
             #expect(try good.polledReceive(exactly: 1000) == Self.pattern.bytes(at: 0, count: 1000))
             good.close()
             await server.shutdown(gracePeriod: .milliseconds(100))
+            await Self.eventually { descriptorsOpened(since: before).isEmpty }  // the listener closes on its loop
             #expect(descriptorsOpened(since: before).isEmpty, "left open: \(descriptorsOpened(since: before))")
         }
     }
