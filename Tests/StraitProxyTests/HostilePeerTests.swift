@@ -132,7 +132,8 @@ struct HostilePeerTests {
                     guard let turn = try? socket.polledReceive(exactly: 64), turn.count == 64, (try? socket.sendAll(turn)) != nil else { return }
                 }
                 gate.wait()
-                do { log.add(try socket.polledReceiveAndVerify(clientPattern)) } catch let failure as ReadFailure { log.add((-Int(failure.code), nil)) } catch {}
+                let verified = try? HostilePeers.readSlowly(socket, pattern: clientPattern, bytesPerSecond: 1 << 30, chunk: 256 << 10, stallLimit: .seconds(60))
+                log.add(verified ?? (-1, nil))
                 socket.close()
             }
             defer { upstream.stop() }
@@ -159,10 +160,12 @@ struct HostilePeerTests {
                     #expect(ProxyHarness.metric(proxy, "strait_proxy_errors_total", "kind=\"sockmap_throttled\"") >= 1, "\(datapath): the in-flight budget never throttled")
                 }
                 #expect(stalled.resident - before.resident < 64 << 20, "\(datapath): RSS grew by \((stalled.resident - before.resident) >> 20) MiB")
+                HostilePeers.longestStall.withLock { $0 = .zero }
                 gate.open()
                 try client.shutdownWrite()
                 try await eventually(seconds: 30) { !log.all.isEmpty }
                 let seen = log.all
+                print("  \(datapath): longest wait for a byte after the upstream began to read: \(HostilePeers.longestStall.withLock { $0 })")
                 #expect(seen.first?.count == pushed && seen.first?.mismatch == nil, "\(datapath): pushed \(pushed), upstream got \(seen.map { "\($0.count) bytes, first mismatch \($0.mismatch ?? -1)" })")
                 client.close()
                 try await eventually { proxy.activeConnections == 0 }

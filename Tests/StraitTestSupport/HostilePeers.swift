@@ -1,5 +1,6 @@
 import Foundation
 import StraitSystem
+import Synchronization
 
 /// Peers that misbehave the ways real ones do, for tests against every proxy datapath and every
 /// StraitNet server, and for `strait bench soak`: one that never reads, one that reads slowly, one
@@ -11,6 +12,9 @@ import StraitSystem
 /// bytes exact or a clean error; memory bounded (``ResourceSnapshot``); descriptors back to the
 /// baseline; the server still serving others.
 public enum HostilePeers {
+    /// The longest a ``readSlowly(_:pattern:bytesPerSecond:chunk:limit:stallLimit:)`` waited for a byte.
+    public static let longestStall = Mutex<Duration>(.zero)
+
     /// A connected blocking IPv4 socket to 127.0.0.1:`port`, with send and receive timeouts.
     public static func connect(port: UInt16, timeoutSeconds: Int = 30) throws -> TestSocket {
         let fd = try systemCall("socket") { Glibc.socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0) }
@@ -55,7 +59,9 @@ public enum HostilePeers {
 
     /// Reads to the end (or `limit` bytes) in reads of `chunk` bytes at about `bytesPerSecond`
     /// (polled reads, see ``TestSocket/polledReceive(into:)``), checking every byte against `pattern`. Returns the count and the first mismatch, if any.
-    public static func readSlowly(_ socket: TestSocket, pattern: PatternStream, bytesPerSecond: Int, chunk: Int = 16 << 10, limit: Int = .max) throws -> (count: Int, firstMismatch: Int?) {
+    /// A read that finds nothing for ``TestSocket/readDeadline`` is retried until `stallLimit` has
+    /// passed with no byte (and the longest such wait is in ``longestStall``).
+    public static func readSlowly(_ socket: TestSocket, pattern: PatternStream, bytesPerSecond: Int, chunk: Int = 16 << 10, limit: Int = .max, stallLimit: Duration = TestSocket.readDeadline) throws -> (count: Int, firstMismatch: Int?) {
         var buffer = [UInt8](repeating: 0, count: chunk)
         var total = 0
         var mismatch: Int?
@@ -65,7 +71,13 @@ public enum HostilePeers {
             let due = started + .milliseconds(total * 1000 / max(1, bytesPerSecond))
             if due > .now { Thread.sleep(forTimeInterval: Double((due - .now).components.attoseconds) / 1e18 + Double((due - .now).components.seconds)) }
             let want = min(chunk, limit - total)
-            let got = buffer.withUnsafeMutableBytes { socket.polledReceive(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<want])) }
+            let waitStarted = ContinuousClock.now
+            var got = -Int(ETIMEDOUT)
+            while got == -Int(ETIMEDOUT) && ContinuousClock.now - waitStarted < stallLimit {
+                got = buffer.withUnsafeMutableBytes { socket.polledReceive(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<want])) }
+            }
+            let waited = ContinuousClock.now - waitStarted
+            longestStall.withLock { $0 = max($0, waited) }
             if got < 0 { throw ReadFailure(code: Int32(-got)) }
             if got == 0 { break }
             if mismatch == nil && !buffer.withUnsafeBytes({ pattern.matches(UnsafeRawBufferPointer(rebasing: $0[0..<got]), at: total) }) {

@@ -442,6 +442,7 @@ final class Relay: PollHandler, TickHandler {
     private func beginCopying(_ direction: Direction) {
         direction.throttled = true
         context.metrics.error("sockmap_throttled")
+        context.logger.debug("sockmap: \(direction.source == client ? "client" : "upstream") side over its in-flight budget; copying it once the kernel's backlog is out")
         completeCopying(direction)
     }
 
@@ -454,6 +455,7 @@ final class Relay: PollHandler, TickHandler {
             setFastTicks(true)
             return
         }
+        context.logger.debug("sockmap: backlog out (\(written) bytes written), copying \(direction.source == client ? "client" : "upstream") side")
         let copying = Direction(source: direction.source, sink: direction.sink, mode: .copy(LinkBuffer()))
         copying.bytesForwarded = direction.bytesForwarded &+ state.redirected
         copying.confirmEnd = { [unowned self, unowned copying] in

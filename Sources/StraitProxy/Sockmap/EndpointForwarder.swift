@@ -95,8 +95,8 @@ public final class EndpointForwarder: @unchecked Sendable {
         /// Whether each endpoint is in the endpoint hash (local, in the cgroup) and so routed.
         public internal(set) var clientTracked: Bool
         public internal(set) var upstreamTracked: Bool
-        /// Most bytes an endpoint puts straight into the other's receive queue with no sign that
-        /// it reads (see `struct strait_endpoint_route`).
+        /// Most bytes unread in an endpoint's ingress queue before the other endpoint's sends go
+        /// back to egress (see `struct strait_endpoint_route`).
         let maxInFlight: UInt32
     }
 

@@ -64,8 +64,8 @@ struct strait_endpoint_route {
     __u64 forwarded;      // bytes of this endpoint the proxy has written into that socket
     struct strait_sock_key peer_key;  // the other endpoint's own key
     __u32 peer_tracked;   // 1: the other endpoint is in `endpoint_socks`
-    __u32 max_in_flight;  // INGRESS: most bytes put into the other endpoint's queue with no sign
-                          // that it reads (0: no limit); then back to EGRESS, where TCP's window
+    __u32 max_in_flight;  // INGRESS: most bytes unread in the other endpoint's ingress queue
+                          // (0: no limit); above, back to EGRESS for good, where TCP's window
                           // bounds the rest
 };
 
@@ -98,20 +98,19 @@ struct strait_endpoint_state {
     __u32 sends;          // redirected sends while unsettled
     __u32 last_read;      // TCP bytes read, and bytes the other endpoint put straight into this
     __u32 last_inbound;   // one's queue, at the previous redirected send
-    __u32 unanswered;     // INGRESS: bytes put into the other endpoint's queue since it last
-                          // showed progress (read over TCP, or sent straight to this one)
-    __u32 answer_read;    // the other endpoint's tcp_read and ingress when it last showed progress
-    __u64 answer_ingress;
+    __u32 unanswered;     // INGRESS: bytes the other endpoint may hold unread: what it had unread
+                          // at its last send, plus what this one sent since
     __u32 ingress_closed; // 1: went back to EGRESS over the budget; never INGRESS again
-    __u32 reserved2;
+    __u64 answer_sends;   // the other endpoint's `sends` when `unanswered` was last reset
 };
 
 /// Value of `endpoint_progress`, keyed by an endpoint socket's own key; written by that socket's
 /// sk_msg at each send, read by the other endpoint's sk_msg and by the proxy (accounting, idle).
 struct strait_endpoint_progress {
     __u32 tcp_read;       // TCP bytes this endpoint's application had read, at its last send
-    __u32 reserved;
+    __u32 ingress_unread; // bytes unread in this endpoint's own ingress queue, at its last send
     __u64 ingress;        // bytes this endpoint sent straight into the other endpoint's queue
+    __u64 sends;          // sends this endpoint made (each publishes the fields above)
 };
 
 /// Per-CPU totals (index 0 of `endpoint_stats`).
