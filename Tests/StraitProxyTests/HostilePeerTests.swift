@@ -21,7 +21,7 @@ struct Endpoints: Sendable {
         return try SkmsgTests.client(port: port, in: cgroup)
     }
 
-    func config(_ datapath: Datapath, upstream: SocketAddress, maxInFlight: Int = ListenerConfig.defaultMaxInFlight) -> ProxyConfig {
+    func config(_ datapath: Datapath, upstream: SocketAddress, maxInFlight: Int? = nil) -> ProxyConfig {
         var config = cgroup.map { SkmsgTests.config($0, datapath: datapath, upstreams: [upstream]) } ?? ProxyHarness.config(datapath: datapath, upstreams: [upstream])
         config.listeners[0].maxInFlight = maxInFlight
         return config
@@ -137,7 +137,7 @@ struct HostilePeerTests {
                 socket.close()
             }
             defer { upstream.stop() }
-            try await ProxyHarness.with(endpoints.config(datapath, upstream: upstream.address)) { proxy, port in
+            try await ProxyHarness.with(endpoints.config(datapath, upstream: upstream.address, maxInFlight: ListenerConfig.defaultMaxInFlight)) { proxy, port in
                 let client = try endpoints.client(port: port)
                 for turn in 0..<Self.nonReadingTurns {
                     let message = upstreamPattern.bytes(at: turn * 64, count: 64)

@@ -163,7 +163,7 @@ public struct ResourceSnapshot: Sendable, CustomStringConvertible {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8),
               let line = text.split(separator: "\n").first(where: { $0.hasPrefix(key) })
         else { return 0 }
-        return Int(line.dropFirst(key.count).split(separator: " ").first ?? "") ?? 0
+        return Int(line.dropFirst(key.count).split(whereSeparator: \.isWhitespace).first ?? "") ?? 0
     }
 
     private static func tcpPages() -> Int {

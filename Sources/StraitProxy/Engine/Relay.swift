@@ -189,7 +189,7 @@ final class Relay: PollHandler, TickHandler {
             self.route = nil
         }
         do {
-            pair = try forwarder.join(client, upstream, maxInFlight: settings.config.maxInFlight)
+            pair = try forwarder.join(client, upstream, maxInFlight: settings.config.maxInFlight ?? 0)
         } catch {
             context.metrics.error("sockmap_join")
             context.logger.warning("sockmap join failed, staying in userspace: \(error)")
@@ -312,7 +312,7 @@ final class Relay: PollHandler, TickHandler {
     private func armEndpoints() {
         guard let endpoints = context.endpoints, let up = toUpstream, let down = toClient else { return }
         do {
-            route = try endpoints.arm(clientSide: client, upstreamSide: upstream, forwardedUp: up.bytesForwarded, forwardedDown: down.bytesForwarded, maxInFlight: settings.config.maxInFlight)
+            route = try endpoints.arm(clientSide: client, upstreamSide: upstream, forwardedUp: up.bytesForwarded, forwardedDown: down.bytesForwarded, maxInFlight: settings.config.maxInFlight ?? ListenerConfig.defaultMaxInFlight)
         } catch {
             if case .sockmap(let failure) = error, failure.errno == .notSupported {
                 // A socket past ESTABLISHED (its peer already sent FIN) cannot join a sockhash; the
@@ -420,6 +420,7 @@ final class Relay: PollHandler, TickHandler {
     /// Sockets whose throttle watch (polling input) waits for the next tick after a wake-up that
     /// was not a throttle.
     private var inputWatchPaused: Set<CInt> = []
+    private var lastThrottleReport: UInt64 = 0
 
     /// What the verdict recorded for the direction out of `direction.source`.
     private func kernelState(of direction: Direction) -> SockmapForwarder.DirectionState {
@@ -449,9 +450,14 @@ final class Relay: PollHandler, TickHandler {
     /// Once every redirected byte is in the sink's send queue, replaces the kernel direction with a
     /// copying one: what the source's queue holds now comes after all of them, in order.
     private func completeCopying(_ direction: Direction) {
-        guard direction.throttled, case .kernel = direction.mode else { return }
+        // Only the relay's current directions: a caller's loop may still hold one replaced here.
+        guard direction.throttled, case .kernel = direction.mode, direction === toUpstream || direction === toClient else { return }
         let state = kernelState(of: direction)
         guard let written = writtenBytes(direction), written >= direction.bytesForwarded &+ state.redirected else {
+            if loop.now &- lastThrottleReport > 1_000_000_000 {
+                lastThrottleReport = loop.now
+                context.logger.debug("sockmap: waiting for the backlog: written \(writtenBytes(direction) ?? 0) of \(direction.bytesForwarded) + \(state.redirected), passed \(state.passed)")
+            }
             setFastTicks(true)
             return
         }
@@ -464,6 +470,7 @@ final class Relay: PollHandler, TickHandler {
             return received &- 1 <= copying.bytesForwarded &+ UInt64(copying.pendingBytes) || self.phase != .relaying
         }
         if direction === toUpstream { toUpstream = copying } else { toClient = copying }
+        direction.throttled = false  // replaced: nothing acts on it again
         pumpCopied()
         carryKernelHalfClose()
     }
@@ -477,8 +484,12 @@ final class Relay: PollHandler, TickHandler {
                 if try direction.pump() { lastActivity = loop.now }
             } catch {
                 switch error {
-                case .source: resetFrom(direction.source)
-                case .sink: resetFrom(direction.sink)
+                case .source(let failure):
+                    context.logger.debug("sockmap, copied direction: reading failed: \(failure)")
+                    resetFrom(direction.source)
+                case .sink(let failure):
+                    context.logger.debug("sockmap, copied direction: writing failed: \(failure)")
+                    resetFrom(direction.sink)
                 }
                 return
             }
