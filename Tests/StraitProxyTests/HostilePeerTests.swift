@@ -284,7 +284,7 @@ struct HostilePeerTests {
             let served = TransferLog()
             do {
                 defer { try? ResourceLimits.setOpenFiles(saved) }
-                try ResourceLimits.setOpenFiles(.init(soft: UInt64(ResourceSnapshot.now().descriptors + 12), hard: saved.hard))
+                try ResourceLimits.setOpenFiles(.init(soft: UInt64(ResourceSnapshot.now().descriptors + 6), hard: saved.hard))
                 try concurrently(clients.map { client in
                     {
                         var address = sockaddr_in()
