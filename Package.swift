@@ -172,7 +172,7 @@ let package = Package(
         // Side-by-side measurement against the peers each issue names.
         .target(
             name: "StraitBench",
-            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitDrop", "StraitProxy", "StraitSteer", "StraitNet", "StraitNetBench", "StraitLimit", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitDrop", "StraitProxy", "StraitSteer", "StraitNet", "StraitNetBench", "StraitLimit", "StraitTestSupport", .product(name: "Logging", package: "swift-log")]
         ),
 
         // Layer 4: the commands. StraitCLI is what `strait` and `strait-bench` share: exit codes,
@@ -242,7 +242,7 @@ let package = Package(
         ),
         .testTarget(
             name: "StraitNetTests",
-            dependencies: ["StraitNet", .product(name: "PropertyBased", package: "swift-property-based")]
+            dependencies: ["StraitNet", "StraitSystem", "StraitTestSupport", .product(name: "PropertyBased", package: "swift-property-based")]
         ),
     ]
 )

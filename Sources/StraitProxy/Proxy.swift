@@ -255,6 +255,7 @@ public final class Proxy: @unchecked Sendable {
             }
         }
         for runtime in removed {
+            runtime.closed.store(true, ordering: .relaxed)
             for loop in loops { onLoop(loop) { loop.deregister(runtime.fd) } }
             closeDescriptor(runtime.fd)
         }
@@ -305,6 +306,7 @@ public final class Proxy: @unchecked Sendable {
             return state.listeners
         }
         for runtime in listeners {
+            runtime.closed.store(true, ordering: .relaxed)
             for loop in loops { onLoop(loop) { loop.deregister(runtime.fd) } }
             closeDescriptor(runtime.fd)
         }
@@ -330,6 +332,7 @@ public final class Proxy: @unchecked Sendable {
             return state.listeners
         }
         for runtime in listeners {
+            runtime.closed.store(true, ordering: .relaxed)
             for loop in loops { onLoop(loop) { loop.deregister(runtime.fd) } }
             closeDescriptor(runtime.fd)
         }
@@ -363,8 +366,13 @@ public final class Proxy: @unchecked Sendable {
             }
         }
         do {
+            let metrics = self.metrics
             let endpoint = try PlainHTTPEndpoint(
-                address: address, listener: adopted, routes: ["/metrics": { [weak self] in .init(body: self?.metricsText() ?? "") }])
+                address: address, listener: adopted, routes: ["/metrics": { [weak self] in .init(body: self?.metricsText() ?? "") }],
+                refused: { refusal in
+                    // A request larger than the bound, or a client too slow to send one, is closed.
+                    metrics.error(refusal == .tooLarge ? "metrics_request_too_large" : "metrics_request_timeout")
+                })
             metricsServer = endpoint
             logger.info("metrics on http://\(endpoint.address)/metrics")
         } catch {
@@ -387,10 +395,20 @@ private func loops0Ticker(_ health: HealthChecker) {
 }
 
 /// Accepts on one listener for one loop.
-final class Acceptor: PollHandler {
+///
+/// Out of descriptors (`EMFILE`, `ENFILE`) or kernel memory (`ENOBUFS`, `ENOMEM`), the pending
+/// connection stays in the listen queue and the level-triggered listener would wake this loop again
+/// at once: so the acceptor leaves the loop for ``backoff`` and comes back on a tick, counts each
+/// pause (`strait_proxy_errors_total{kind="accept_no_descriptors"}`), logs once per episode and
+/// once when accepting works again. Relays already running are not touched.
+final class Acceptor: PollHandler, TickHandler {
     let loop: ProxyLoop
     let listener: ListenerRuntime
     let context: ProxyContext
+    private var resumeAt: UInt64?
+
+    /// How long accepting pauses when descriptors run out.
+    static let backoff: UInt64 = 100_000_000
 
     init(loop: ProxyLoop, listener: ListenerRuntime, context: ProxyContext) {
         self.loop = loop
@@ -404,11 +422,16 @@ final class Acceptor: PollHandler {
             let accepted = strait_accept4_nonblocking(fd)
             if accepted < 0 {
                 let error = errno
-                if error != EAGAIN && error != EWOULDBLOCK && error != EINTR && error != ECONNABORTED {
+                if error == EMFILE || error == ENFILE || error == ENOBUFS || error == ENOMEM {
+                    pause(errno: error)
+                } else if error != EAGAIN && error != EWOULDBLOCK && error != EINTR && error != ECONNABORTED {
                     context.metrics.error("accept")
                     context.logger.warning("accept failed: errno \(error)")
                 }
                 return
+            }
+            if listener.outOfDescriptors.exchange(false, ordering: .relaxed) {
+                context.logger.notice("accepting again on \(listener.address)")
             }
             let settings = listener.settings.withLock { $0 }
             if listener.active.load(ordering: .relaxed) >= settings.config.maxConnections {
@@ -422,6 +445,25 @@ final class Acceptor: PollHandler {
             let relay = Relay(loop: loop, context: context, listener: listener, settings: settings, client: accepted, clientAddress: SocketAddress.peer(of: accepted))
             relay.start()
         }
+    }
+
+    private func pause(errno error: CInt) {
+        context.metrics.error("accept_no_descriptors")
+        if !listener.outOfDescriptors.exchange(true, ordering: .relaxed) {
+            let limit = (try? ResourceLimits.openFiles()).map { " (RLIMIT_NOFILE \($0.soft))" } ?? ""
+            context.logger.warning("accept on \(listener.address) failed: \(String(cString: strerror(error)))\(limit); pausing it \(Self.backoff / 1_000_000) ms at a time until descriptors free up, established connections go on")
+        }
+        loop.deregister(listener.fd)
+        resumeAt = loop.now &+ Self.backoff
+        loop.addTicker(self)
+    }
+
+    func tick(now: UInt64) {
+        guard let resumeAt, now >= resumeAt else { return }
+        self.resumeAt = nil
+        loop.removeTicker(self)
+        guard !listener.closed.load(ordering: .relaxed) else { return }
+        try? loop.register(listener.fd, events: ProxyLoop.input | UInt32(EPOLLEXCLUSIVE.rawValue), handler: self)
     }
 }
 

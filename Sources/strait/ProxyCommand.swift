@@ -84,6 +84,13 @@ struct ProxyRun: ParsableCommand {
             return handler
         }
         let logger = Logger(label: "strait.proxy")
+        // Two descriptors per connection: the soft default (often 1024) would cap a proxy at ~500.
+        do {
+            let limits = try ResourceLimits.raiseOpenFilesToHard()
+            logger.debug("RLIMIT_NOFILE \(limits.before.soft) -> \(limits.after.soft)")
+        } catch {
+            logger.warning("cannot raise RLIMIT_NOFILE to its hard limit: \(error)")
+        }
 
         try ProxySignals.install()
         // A second proxy on a live hand-over socket is refused before it binds anything.

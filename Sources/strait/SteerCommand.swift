@@ -52,6 +52,7 @@ struct SteerServe: ParsableCommand {
 
     func run() throws {
         Strait.bootstrapLogging()
+        try? ResourceLimits.raiseOpenFilesToHard()  // this command owns its process: one descriptor per connection
         guard let steeringPolicy = SteeringPolicy(parsing: policy), !{ if case .payload = steeringPolicy { true } else { false } }() else {
             throw ValidationError("--policy: kernel, consistent-hash[:client|:4-tuple], active-backup or active-active")
         }

@@ -13,6 +13,7 @@ struct ConfigTests {
             connect_timeout: 250ms
             idle_timeout: none
             max_connections: 100
+            max_in_flight: 2MiB
         clusters:
           - name: backend
             balance: consistent_hash
@@ -35,6 +36,7 @@ struct ConfigTests {
         #expect(listener.connectTimeout == .milliseconds(250))
         #expect(listener.idleTimeout == nil)
         #expect(listener.maxConnections == 100)
+        #expect(listener.maxInFlight == 2 << 20)
         let cluster = config.clusters[0]
         #expect(cluster.balancing == .consistentHash)
         #expect(cluster.upstreams.map(\.weight) == [2, 1])
@@ -55,6 +57,8 @@ struct ConfigTests {
         ("clusters:\n  - name: b\n    upstreams: [127.0.0.1:1]\n    health_check: { interval: soon }\nlisteners:\n  - bind: 127.0.0.1:6000\n    cluster: b\n", 4, 31, "duration"),
         ("clusters:\n  - name: b\n    upstreams:\n      - { address: 127.0.0.1:1, weight: 0 }\nlisteners:\n  - bind: 127.0.0.1:6000\n    cluster: b\n", 4, 41, "integer in 1...1000"),
         ("clusters:\n  - name: b\n    upstreams: [127.0.0.1:1]\nlisteners:\n  - cluster: b\n", 5, 5, "needs `bind`"),
+        ("clusters:\n  - name: b\n    upstreams: [127.0.0.1:1]\nlisteners:\n  - bind: 127.0.0.1:6000\n    cluster: b\n    max_in_flight: 1KiB\n", 7, 20, "size in 64KiB...1024MiB"),
+        ("clusters:\n  - name: b\n    upstreams: [127.0.0.1:1]\nlisteners:\n  - bind: 127.0.0.1:6000\n    cluster: b\n    max_in_flight: lots\n", 7, 20, "size in 64KiB...1024MiB"),
         ("clusters:\n  - name: b\n    upstreams: [127.0.0.1:1\nlisteners: x\n", 4, 10, "invalid YAML"),
     ])
     func mistakes(yaml: String, line: Int, column: Int, expected: String) {

@@ -86,27 +86,7 @@ func spliceEchoHandler(_ socket: TestSocket) {
 
 /// A connected blocking client socket to 127.0.0.1:`port`.
 func connectClient(port: UInt16, timeoutSeconds: Int = 30) throws -> TestSocket {
-    let fd = try systemCall("socket") { socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0) }
-    let client = TestSocket(fd: fd)
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-    address.sin_port = port.bigEndian
-    let length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    try withUnsafePointer(to: &address) { pointer in
-        try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
-            _ = try systemCall("connect") { connect(fd, raw, length) }
-        }
-    }
-    client.setReceiveTimeout(seconds: timeoutSeconds)
-    return client
-}
-
-/// Closes a socket so the peer sees a reset.
-func resetClose(_ socket: TestSocket) {
-    var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
-    setsockopt(socket.fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
-    socket.close()
+    try HostilePeers.connect(port: port, timeoutSeconds: timeoutSeconds)
 }
 
 /// recv once; returns the count, 0 at end of stream, or -errno.

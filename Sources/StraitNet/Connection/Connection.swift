@@ -356,7 +356,15 @@ public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
             releaseBuffers()
         } else if let failure {
             close(reason: .handlerFailed(failure))
+        } else {
+            closeIfInputStuck()
         }
+    }
+
+    /// The input is full and the handler took nothing from it: no more bytes can be read, so it
+    /// would wait for ever. Close instead (the server counts it).
+    private func closeIfInputStuck() {
+        if state == .active && reader.readableBytes >= options.inputLimit { close(reason: .inputLimit) }
     }
 
     /// Calls `onRequest` while it makes progress on the input. Returns what it threw, if it did.
@@ -392,6 +400,7 @@ public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
             close(reason: .handlerFailed(failure))
             return
         }
+        closeIfInputStuck()
         readAndDispatch()
     }
 

@@ -20,6 +20,9 @@ public enum CloseReason: Sendable, Equatable, CustomStringConvertible {
     case connectFailed(SystemCallError)
     /// `onRequest` threw; the description of what it threw.
     case handlerFailed(String)
+    /// ``ConnectionOptions/inputLimit`` unread bytes sat in the input and the handler consumed
+    /// none of them (a request or frame larger than the limit): waiting could only wedge.
+    case inputLimit
     /// The server or the event loop group shut down.
     case shutdown
 
@@ -49,6 +52,7 @@ public enum CloseReason: Sendable, Equatable, CustomStringConvertible {
         case .connectTimeout: "connect timeout"
         case .connectFailed(let error): "connect failed: \(error)"
         case .handlerFailed(let error): "handler failed: \(error)"
+        case .inputLimit: "input limit reached with no complete request"
         case .shutdown: "shut down"
         }
     }
@@ -77,7 +81,10 @@ public enum HandlerExecution: Sendable {
 
 /// Per-connection limits and deadlines.
 public struct ConnectionOptions: Sendable {
-    /// Reading stops while this many unread bytes sit in the input, until the handler consumes some.
+    /// Reading stops while this many unread bytes sit in the input, until the handler consumes some;
+    /// a handler that consumes none of them then (the request is larger) closes the connection
+    /// with ``CloseReason/inputLimit``. RPC framing refuses a frame that could not fit
+    /// (``Frame/maximumLength(_:for:)``) before it gets here.
     public var inputLimit = 4 << 20
     /// Above this many unsent output bytes the connection stops reading (so the peer's requests
     /// stop producing responses), until output falls to ``outputLowWatermark``.

@@ -26,6 +26,13 @@ public enum Frame {
     /// Default largest accepted frame (`length` field), 16 MiB.
     public static let defaultMaximumLength = 16 << 20
 
+    /// The largest frame `connection` can take: `requested`, or less if the connection's input
+    /// limit could not hold it whole (a longer frame would wait for bytes it can never read), so
+    /// the two limits always agree and a frame above either is refused at its header.
+    public static func maximumLength(_ requested: Int, for connection: Connection) -> Int {
+        min(requested, connection.options.inputLimit - 4)
+    }
+
     /// A complete frame's header, as found at the front of a reader.
     public struct Header: Sendable, Equatable {
         public let id: UInt64

@@ -4,7 +4,9 @@
 /// Responses written during a burst are flushed together, so a pipelined client gets them in one
 /// `writev`. The handler may instead answer later, from any thread, with ``FrameRequest/deferred``.
 public enum FrameServer {
-    /// Handlers for a ``Server`` that calls `handle` for each request frame.
+    /// Handlers for a ``Server`` that calls `handle` for each request frame. A frame longer than
+    /// `maximumLength`, or than the connection's input limit can hold, closes the connection
+    /// (``NetError/protocolViolation(_:)``) as soon as its header arrives.
     public static func handlers(
         maximumLength: Int = Frame.defaultMaximumLength,
         handle: @escaping @Sendable (inout FrameRequest) throws -> Void
@@ -12,7 +14,7 @@ public enum FrameServer {
         ConnectionHandlers(onRequest: { connection in
             let reader = connection.reader
             var wrote = false
-            while let header = try Frame.next(in: reader, maximumLength: maximumLength) {
+            while let header = try Frame.next(in: reader, maximumLength: Frame.maximumLength(maximumLength, for: connection)) {
                 guard header.kind == .request else {
                     throw NetError.protocolViolation("a client sent a frame of kind \(header.kind)")
                 }

@@ -142,7 +142,7 @@ public final class MuxClient: TimerTarget, @unchecked Sendable {
             readingResponses = false
             connection.flush()
         }
-        while let header = try Frame.next(in: reader, maximumLength: maximumLength) {
+        while let header = try Frame.next(in: reader, maximumLength: Frame.maximumLength(maximumLength, for: connection)) {
             guard let call = pending.removeValue(forKey: header.id) else {
                 try! reader.skip(header.payloadLength)  // timed out already
                 continue

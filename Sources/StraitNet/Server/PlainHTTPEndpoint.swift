@@ -33,10 +33,29 @@ public final class PlainHTTPEndpoint: @unchecked Sendable {
     /// The server behind the endpoint: its listener travels in a restart's hand-over.
     public let server: Server
 
+    /// Why a client was closed without an answer, for the owner to count.
+    public enum Refusal: Sendable {
+        /// No end of headers within ``HTTPRequestHead/maximumHeaderBytes``.
+        case tooLarge
+        /// Nothing more arrived for ``idleTimeout`` before the request was complete.
+        case timeout
+    }
+
+    /// A client that sends nothing for this long before its request is complete is closed.
+    public static let idleTimeout: Duration = .seconds(10)
+
     /// Binds `address` (or serves on `listener`, a predecessor's socket already bound there, which
-    /// this endpoint then owns) and serves `routes` (exact path → answer).
-    public init(address: SocketAddress, listener: Listener? = nil, routes: [String: @Sendable () -> Response]) throws(SystemCallError) {
+    /// this endpoint then owns) and serves `routes` (exact path → answer). A client is read up to
+    /// the header bound and for at most ``idleTimeout`` of silence, so a hostile one holds one
+    /// descriptor and at most a few KiB; `refused` hears of each one closed that way.
+    public init(
+        address: SocketAddress, listener: Listener? = nil, routes: [String: @Sendable () -> Response],
+        refused: (@Sendable (Refusal) -> Void)? = nil
+    ) throws(SystemCallError) {
         group = try EventLoopGroup(loopCount: 1)
+        var configuration = ServerConfiguration()
+        configuration.connection.inputLimit = 2 * HTTPRequestHead.maximumHeaderBytes
+        configuration.connection.readIdleTimeout = Self.idleTimeout
         do {
             let handlers = ConnectionHandlers(onRequest: { connection in
                 let reader = connection.reader
@@ -45,6 +64,7 @@ public final class PlainHTTPEndpoint: @unchecked Sendable {
                 switch head {
                 case .incomplete: return
                 case .tooLarge:  // no end of headers within the bound: not a probe, and never buffered
+                    refused?(.tooLarge)
                     connection.close()
                     return
                 case .malformed, .request: try reader.skip(reader.readableBytes)
@@ -54,11 +74,17 @@ public final class PlainHTTPEndpoint: @unchecked Sendable {
                 connection.writer.write(string: "HTTP/1.1 \(response.status) \(Self.reason(response.status))\r\nContent-Type: \(response.contentType)\r\nContent-Length: \(response.body.utf8.count)\r\nConnection: close\r\n\r\n" + (isHead ? "" : response.body))
                 connection.flush()
                 connection.close()
+            }, onDisconnect: { _, reason in
+                switch reason {
+                case .inputLimit: refused?(.tooLarge)
+                case .idleTimeout: refused?(.timeout)
+                default: break
+                }
             })
             if let listener {
-                server = try Server(listeners: [listener], group: group, handlers: handlers)
+                server = try Server(listeners: [listener], group: group, configuration: configuration, handlers: handlers)
             } else {
-                server = try Server(address: address, group: group, handlers: handlers)
+                server = try Server(address: address, group: group, configuration: configuration, handlers: handlers)
             }
         } catch {
             group.shutdown()

@@ -39,6 +39,8 @@ public final class Server: ConnectionOwner, @unchecked Sendable {
     var acceptors: [Acceptor] = []
     private let live = ManagedAtomic<Int>(0)
     private let drainingFlag = ManagedAtomic<Bool>(false)
+    private let refusedCount = ManagedAtomic<Int>(0)
+    private let acceptBackoffCount = ManagedAtomic<Int>(0)
 
     /// Binds `address` (TCP) and starts accepting.
     public convenience init(
@@ -98,7 +100,24 @@ public final class Server: ConnectionOwner, @unchecked Sendable {
 
     func connectionOpened() { live.wrappingIncrement(ordering: .relaxed) }
 
-    func connectionClosed(_ connection: Connection) { live.wrappingDecrement(ordering: .relaxed) }
+    func connectionClosed(_ connection: Connection) {
+        switch connection.closeReason {
+        case .inputLimit, .handlerFailed: refusedCount.wrappingIncrement(ordering: .relaxed)
+        default: break
+        }
+        live.wrappingDecrement(ordering: .relaxed)
+    }
+
+    /// Connections closed for breaking a limit or the protocol: a request that did not fit the input
+    /// limit (``CloseReason/inputLimit``), or a handler that threw (a frame above the frame limit,
+    /// ``CloseReason/handlerFailed(_:)``). Safe from any thread.
+    public var refusedConnections: Int { refusedCount.load(ordering: .relaxed) }
+
+    /// Times accepting paused because the process or system was out of descriptors
+    /// (`EMFILE`/`ENFILE`). Safe from any thread.
+    public var acceptBackoffs: Int { acceptBackoffCount.load(ordering: .relaxed) }
+
+    func acceptBackedOff() { acceptBackoffCount.wrappingIncrement(ordering: .relaxed) }
 
     /// Graceful shutdown: stop accepting at once; close idle connections; let running handlers
     /// finish and their output go out; after `gracePeriod`, close whatever is left. Returns when
@@ -131,6 +150,8 @@ final class Acceptor: Selectable, @unchecked Sendable {
     let spreadOverGroup: Bool
     private var stopped = false
     private var retryScheduled = false
+    /// Accepting failed and has not succeeded since (logged once per episode).
+    private var inBackoff = false
 
     init(listener: Listener, loop: EventLoop, server: Server, spreadOverGroup: Bool) {
         self.listener = listener
@@ -152,15 +173,25 @@ final class Acceptor: Selectable, @unchecked Sendable {
                 guard case .done(let accepted) = try EpollCall.accept(listener.fd) else { return }
                 fd = accepted
             } catch {
-                server.configuration.logger.warning("accept failed on \(listener.address): \(error)")
+                // Out of descriptors, or another failure: retry in 10 ms rather than spin (edge
+                // triggered, no new event would come). One log line per episode, each counted.
+                if !inBackoff {
+                    inBackoff = true
+                    server.configuration.logger.warning("accept failed on \(listener.address): \(error); retrying every 10 ms until it succeeds")
+                }
                 if !retryScheduled {
                     retryScheduled = true
+                    server.acceptBackedOff()
                     loop.schedule(after: .milliseconds(10)) { [self] in
                         retryScheduled = false
                         acceptAll()
                     }
                 }
                 return
+            }
+            if inBackoff {
+                inBackoff = false
+                server.configuration.logger.info("accepting again on \(listener.address)")
             }
             let options = server.configuration.connection
             if options.noDelay, case .ip = listener.address {

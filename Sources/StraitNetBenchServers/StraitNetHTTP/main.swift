@@ -3,6 +3,7 @@
 // Usage: straitnet-http PORT [LOOPS] [--count-allocations]
 import BenchAllocationCounter
 import StraitNet
+import StraitSystem
 
 #if canImport(Glibc)
 import Glibc
@@ -36,6 +37,7 @@ let handlers = ConnectionHandlers(onRequest: { connection in
     allocations?.requests.add(responses, ordering: .relaxed)
 })
 
+try? ResourceLimits.raiseOpenFilesToHard()  // the server owns this process
 let group = try EventLoopGroup(loopCount: loops)
 var configuration = ServerConfiguration()
 configuration.backlog = 4096

@@ -33,6 +33,7 @@ case "serve":
     let loops = arguments.count > 3 && !arguments[3].hasPrefix("--") ? argument(3) : 2
     guard let loops, (1...64).contains(loops) else { usage("LOOPS: from 1 to 64") }
     let allocations = AllocationCounter.fromArguments(arguments)
+    try? ResourceLimits.raiseOpenFilesToHard()  // the server owns this process
     let group = try EventLoopGroup(loopCount: loops)
     let handlers = FrameServer.handlers { request in
         request.respond(request.payload)

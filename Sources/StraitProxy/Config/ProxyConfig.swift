@@ -90,11 +90,26 @@ public struct ListenerConfig: Sendable, Equatable {
     public var idleTimeout: Duration?
     /// Connections above this are accepted and closed at once, and counted.
     public var maxConnections: Int
+    /// Most bytes of one direction the kernel may hold on the way, or nil for the defaults.
+    /// Sockmap: between reading them from one socket and the other socket's send buffer taking them
+    /// (the psock backlog, which has no limit of its own); above it the direction is copied in
+    /// userspace and the sender waits on TCP's window, so kernel memory per connection is at most
+    /// both sockets' buffers plus this, each way. nil leaves sockmap unlimited, because a
+    /// connection whose two directions are both throttled at once can stall (README, limitations).
+    /// skmsg: unread bytes in an endpoint's ingress queue before the other endpoint's sends go back
+    /// to egress; nil means ``defaultMaxInFlight``.
+    public var maxInFlight: Int?
+
+    /// 4 MiB, the size of TCP's largest default send buffer (`tcp_wmem`), so a peer that reads
+    /// never notices it.
+    public static let defaultMaxInFlight = 4 << 20
 
     public init(
         name: String, address: SocketAddress, cluster: String, datapath: Datapath = .auto,
-        connectTimeout: Duration = .seconds(5), idleTimeout: Duration? = .seconds(3600), maxConnections: Int = 10_000
+        connectTimeout: Duration = .seconds(5), idleTimeout: Duration? = .seconds(3600), maxConnections: Int = 10_000,
+        maxInFlight: Int? = nil
     ) {
+        self.maxInFlight = maxInFlight
         self.name = name
         self.address = address
         self.cluster = cluster

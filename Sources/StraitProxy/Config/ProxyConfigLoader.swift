@@ -34,6 +34,7 @@ public struct ProxyConfigError: Error, Equatable, CustomStringConvertible {
 ///     connect_timeout: 2s
 ///     idle_timeout: 1h
 ///     max_connections: 10000
+///     max_in_flight: 4MiB       # sockmap: bytes the kernel holds per direction before copying
 /// clusters:
 ///   - name: backend
 ///     balance: round_robin      # round_robin | least_connections | consistent_hash
@@ -153,6 +154,18 @@ public struct ConfigNodeReader: Sendable {
         return value
     }
 
+    /// A byte count: plain bytes, or with a `KiB`, `MiB` or `GiB` suffix (`4MiB`, `512KiB`).
+    func byteSize(_ node: Node, _ what: String, range: ClosedRange<Int>) throws(ProxyConfigError) -> Int {
+        let units: [(String, Int)] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("", 1)]
+        let text = node.scalar?.string.trimmingCharacters(in: .whitespaces) ?? ""
+        for (suffix, scale) in units where text.hasSuffix(suffix) {
+            let number = text.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)
+            if let value = Int(number), value <= range.upperBound / scale, range.contains(value * scale) { return value * scale }
+            break
+        }
+        throw error(node, "expected \(what) as a size in \(range.lowerBound >> 10)KiB...\(range.upperBound >> 20)MiB (bytes, or with KiB, MiB or GiB)")
+    }
+
     /// A duration scalar: `250ms`, `2s`, `5m`, `1h` or bare seconds.
     public func duration(_ node: Node, _ what: String) throws(ProxyConfigError) -> Duration {
         guard let text = node.scalar?.string, let value = Duration(parsing: text) else {
@@ -231,7 +244,7 @@ public struct ConfigNodeReader: Sendable {
 
     func listener(_ node: Node, index: Int) throws(ProxyConfigError) -> ListenerConfig {
         let what = "a listener"
-        let entries = try fields(node, what, allowed: ["name", "bind", "cluster", "datapath", "connect_timeout", "idle_timeout", "max_connections"])
+        let entries = try fields(node, what, allowed: ["name", "bind", "cluster", "datapath", "connect_timeout", "idle_timeout", "max_connections", "max_in_flight"])
         var listener = ListenerConfig(
             name: try entries["name"].map { node throws(ProxyConfigError) in try string(node, "the listener's `name`") } ?? "listener\(index)",
             address: try address(try required(entries, "bind", in: node, what), "`bind`"),
@@ -242,6 +255,7 @@ public struct ConfigNodeReader: Sendable {
             listener.idleTimeout = value.scalar?.string == "none" ? nil : try duration(value, "`idle_timeout` (or none)")
         }
         if let value = entries["max_connections"] { listener.maxConnections = try integer(value, "`max_connections`", range: ListenerConfig.maxConnectionsRange) }
+        if let value = entries["max_in_flight"] { listener.maxInFlight = try byteSize(value, "`max_in_flight`", range: (64 << 10)...(1 << 30)) }
         return listener
     }
 

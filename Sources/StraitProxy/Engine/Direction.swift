@@ -44,6 +44,17 @@ final class Direction {
     var pipeFull = false
     /// Reading pauses while a datapath switch waits for buffers to empty.
     var readingPaused = false
+    /// Sockmap only: the verdict went over this direction's in-flight budget and now passes its
+    /// bytes to `source`'s own queue; the relay copies them once the kernel's backlog has reached
+    /// `sink`.
+    var throttled = false
+    /// Asked at end of stream: false when `source` still has bytes on their way to its queue (a
+    /// sockmap socket reports the end while the kernel's backlog may hold the last passed bytes).
+    /// Then reading stops with ``awaitingEnd`` set, and the relay asks again later.
+    var confirmEnd: (() -> Bool)?
+    var awaitingEnd = false
+    /// Sockmap half-close: bytes the sink had taken at the last look (progress resets idleness).
+    var lastWrittenSeen: UInt64 = 0
 
     /// Most bytes held in userspace per direction (copy) before reading pauses.
     static let bufferLimit = 1 << 20
@@ -69,7 +80,7 @@ final class Direction {
     var wantsInput: Bool {
         switch mode {
         case .kernel: return false
-        case .copy(let buffer): return !sourceEnded && !readingPaused && buffer.readableBytes < Self.bufferLimit
+        case .copy(let buffer): return !sourceEnded && !readingPaused && !awaitingEnd && buffer.readableBytes < Self.bufferLimit
         case .splice: return !sourceEnded && !readingPaused && !pipeFull
         }
     }
@@ -103,6 +114,10 @@ final class Direction {
                 do { result = try buffer.read(from: source, limit: Self.readChunk) } catch { throw .source(error) }
                 guard case .done(let count) = result else { break }
                 if count == 0 {
+                    if let confirmEnd, !confirmEnd() {
+                        awaitingEnd = true
+                        break
+                    }
                     sourceEnded = true
                     break
                 }

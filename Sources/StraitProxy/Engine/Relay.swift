@@ -89,7 +89,6 @@ final class Relay: PollHandler, TickHandler {
     private var switchRequested = false
     private var switchRequestedAt: UInt64 = 0
     private var fastTicking = false
-    private var flushWaitStarted: UInt64 = 0
     private var resetSource: CInt?
     private var resetSeenAt: UInt64 = 0
 
@@ -190,7 +189,7 @@ final class Relay: PollHandler, TickHandler {
             self.route = nil
         }
         do {
-            pair = try forwarder.join(client, upstream)
+            pair = try forwarder.join(client, upstream, maxInFlight: settings.config.maxInFlight ?? 0)
         } catch {
             context.metrics.error("sockmap_join")
             context.logger.warning("sockmap join failed, staying in userspace: \(error)")
@@ -287,13 +286,15 @@ final class Relay: PollHandler, TickHandler {
     private func updateInterests() {
         guard phase == .relaying, let up = toUpstream, let down = toClient else { return }
         for (fd, outgoing, incoming) in [(client, up, down), (upstream, down, up)] {
-            if datapath == .sockmap {
-                let done = outgoing.sourceEnded && incoming.sinkShut
-                if done { loop.deregister(fd) } else { loop.update(fd, events: outgoing.sourceEnded ? 0 : ProxyLoop.peerHangUp) }
-                continue
-            }
             var events: UInt32 = 0
-            if outgoing.wantsInput { events |= ProxyLoop.input }
+            if datapath == .sockmap, case .kernel = outgoing.mode {
+                // Input here means the verdict throttled the direction (or the strparser is late).
+                if !outgoing.sourceEnded && !outgoing.throttled {
+                    events = ProxyLoop.peerHangUp | (inputWatchPaused.contains(fd) ? 0 : ProxyLoop.input)
+                }
+            } else if outgoing.wantsInput {
+                events |= ProxyLoop.input
+            }
             if incoming.wantsOutput { events |= ProxyLoop.output }
             if events == 0 && outgoing.sourceEnded && incoming.sinkShut {
                 loop.deregister(fd)  // nothing more can happen here; a HUP would only spin
@@ -311,7 +312,7 @@ final class Relay: PollHandler, TickHandler {
     private func armEndpoints() {
         guard let endpoints = context.endpoints, let up = toUpstream, let down = toClient else { return }
         do {
-            route = try endpoints.arm(clientSide: client, upstreamSide: upstream, forwardedUp: up.bytesForwarded, forwardedDown: down.bytesForwarded)
+            route = try endpoints.arm(clientSide: client, upstreamSide: upstream, forwardedUp: up.bytesForwarded, forwardedDown: down.bytesForwarded, maxInFlight: settings.config.maxInFlight ?? ListenerConfig.defaultMaxInFlight)
         } catch {
             if case .sockmap(let failure) = error, failure.errno == .notSupported {
                 // A socket past ESTABLISHED (its peer already sent FIN) cannot join a sockhash; the
@@ -380,7 +381,13 @@ final class Relay: PollHandler, TickHandler {
 
     // MARK: Kernel datapath
 
+    /// Sockmap events. The kernel moves the bytes; a side is polled for its peer's FIN (carried
+    /// once the kernel has written everything before it), for errors, and for input, which means
+    /// the verdict throttled that direction (`struct strait_proxy_pair`): its bytes now wait in the
+    /// source's own queue, and once the kernel's backlog has reached the sink the relay copies
+    /// them. A direction copied this way is pumped here like on `copy`.
     private func kernelEvent(fd: CInt, events: UInt32) {
+        guard let up = toUpstream, let down = toClient else { return }
         if events & ProxyLoop.error != 0 {
             // Bytes the reset side sent before its RST may still sit in the peer's psock backlog;
             // a reset now would discard them. Let them reach the peer socket first (bounded).
@@ -392,41 +399,143 @@ final class Relay: PollHandler, TickHandler {
             }
             return
         }
-        if events & (ProxyLoop.peerHangUp | ProxyLoop.hangUp) != 0 {
-            if fd == client { toUpstream?.sourceEnded = true } else { toClient?.sourceEnded = true }
-            carryKernelHalfClose()
+        if events & ProxyLoop.output != 0 {
+            for direction in [up, down] where direction.sink == fd { direction.sinkBlocked = false }
+        }
+        let outgoing = fd == client ? up : down
+        if case .kernel = outgoing.mode, !outgoing.throttled, events & (ProxyLoop.input | ProxyLoop.peerHangUp | ProxyLoop.hangUp) != 0 {
+            if kernelState(of: outgoing).throttled {
+                beginCopying(outgoing)
+            } else if events & (ProxyLoop.peerHangUp | ProxyLoop.hangUp) != 0 {
+                outgoing.sourceEnded = true
+            } else {
+                // Input the verdict is about to take (the strparser ran late): look again next tick.
+                inputWatchPaused.insert(fd)
+            }
+        }
+        pumpCopied()
+        carryKernelHalfClose()
+    }
+
+    /// Sockets whose throttle watch (polling input) waits for the next tick after a wake-up that
+    /// was not a throttle.
+    private var inputWatchPaused: Set<CInt> = []
+    private var lastThrottleReport: UInt64 = 0
+
+    /// What the verdict recorded for the direction out of `direction.source`.
+    private func kernelState(of direction: Direction) -> SockmapForwarder.DirectionState {
+        guard let pair, let forwarder = context.forwarder else { return SockmapForwarder.DirectionState() }
+        let both = forwarder.state(pair)
+        return direction.source == pair.first ? both.fromFirst : both.fromSecond
+    }
+
+    /// Bytes written into `direction.sink` since the relay began (TCP: acknowledged plus queued,
+    /// less the FIN once sent), or nil if the socket cannot say.
+    private func writtenBytes(_ direction: Direction) -> UInt64? {
+        guard let counters = try? RelayCall.streamCounters(direction.sink), let queued = try? RelayCall.unacknowledgedBytes(direction.sink)
+        else { return nil }
+        let base = direction.sink == upstream ? upstreamAckBase : clientAckBase
+        return counters.acked &+ UInt64(queued) &- base &- (direction.sinkShut ? 1 : 0)
+    }
+
+    /// The verdict throttled `direction`: poll fast until the kernel's backlog has reached the
+    /// sink, then copy it (``completeCopying(_:)``).
+    private func beginCopying(_ direction: Direction) {
+        direction.throttled = true
+        context.metrics.error("sockmap_throttled")
+        context.logger.debug("sockmap: \(direction.source == client ? "client" : "upstream") side over its in-flight budget; copying it once the kernel's backlog is out")
+        completeCopying(direction)
+    }
+
+    /// Once every redirected byte is in the sink's send queue, replaces the kernel direction with a
+    /// copying one: what the source's queue holds now comes after all of them, in order.
+    private func completeCopying(_ direction: Direction) {
+        // Only the relay's current directions: a caller's loop may still hold one replaced here.
+        guard direction.throttled, case .kernel = direction.mode, direction === toUpstream || direction === toClient else { return }
+        let state = kernelState(of: direction)
+        guard let written = writtenBytes(direction), written >= direction.bytesForwarded &+ state.redirected else {
+            if loop.now &- lastThrottleReport > 1_000_000_000 {
+                lastThrottleReport = loop.now
+                context.logger.debug("sockmap: waiting for the backlog: written \(writtenBytes(direction) ?? 0) of \(direction.bytesForwarded) + \(state.redirected), passed \(state.passed)")
+            }
+            setFastTicks(true)
+            return
+        }
+        context.logger.debug("sockmap: backlog out (\(written) bytes written), copying \(direction.source == client ? "client" : "upstream") side")
+        let copying = Direction(source: direction.source, sink: direction.sink, mode: .copy(LinkBuffer()))
+        copying.bytesForwarded = direction.bytesForwarded &+ state.redirected
+        copying.confirmEnd = { [unowned self, unowned copying] in
+            // Every byte the source received (less its FIN) has been read by the verdict or by us.
+            guard let received = try? RelayCall.streamCounters(copying.source).received else { return true }
+            return received &- 1 <= copying.bytesForwarded &+ UInt64(copying.pendingBytes) || self.phase != .relaying
+        }
+        if direction === toUpstream { toUpstream = copying } else { toClient = copying }
+        direction.throttled = false  // replaced: nothing acts on it again
+        pumpCopied()
+        carryKernelHalfClose()
+    }
+
+    /// Pumps the directions that left the kernel (throttled), like on `copy`.
+    private func pumpCopied() {
+        guard phase == .relaying, let up = toUpstream, let down = toClient else { return }
+        for direction in [up, down] {
+            guard case .copy = direction.mode else { continue }
+            do {
+                if try direction.pump() { lastActivity = loop.now }
+            } catch {
+                switch error {
+                case .source(let failure):
+                    context.logger.debug("sockmap, copied direction: reading failed: \(failure)")
+                    resetFrom(direction.source)
+                case .sink(let failure):
+                    context.logger.debug("sockmap, copied direction: writing failed: \(failure)")
+                    resetFrom(direction.sink)
+                }
+                return
+            }
         }
     }
 
-    /// For each direction whose source sent FIN: once every byte the source received has been
-    /// written into the sink (TCP_INFO bytes acked plus SIOCOUTQ, against the source's bytes
-    /// received less the FIN), shut the sink's write side. Until then, poll every millisecond.
+    /// For each kernel direction whose source sent FIN: once every byte the source received has
+    /// been written into the sink (TCP_INFO bytes acked plus SIOCOUTQ, against the source's bytes
+    /// received less the FIN), shut the sink's write side. Until then, poll every millisecond; no
+    /// deadline while the sink takes bytes (a slow reader is not an idle one): the idle timeout
+    /// alone ends a wait that makes no progress.
     private func carryKernelHalfClose() {
         guard phase == .relaying, let up = toUpstream, let down = toClient else { return }
         var waiting = false
-        for (direction, sinkBase) in [(up, upstreamAckBase), (down, clientAckBase)] where direction.sourceEnded && !direction.sinkShut {
-            guard let source = try? RelayCall.streamCounters(direction.source),
-                  let sink = try? RelayCall.streamCounters(direction.sink),
-                  let queued = try? RelayCall.unacknowledgedBytes(direction.sink)
-            else {
+        for direction in [up, down] {
+            if direction.throttled, case .kernel = direction.mode {
+                completeCopying(direction)
+                waiting = true
+                continue
+            }
+            if direction.awaitingEnd {
+                waiting = true
+                continue
+            }
+            guard case .kernel = direction.mode, direction.sourceEnded, !direction.sinkShut else { continue }
+            guard let source = try? RelayCall.streamCounters(direction.source), let written = writtenBytes(direction) else {
                 resetFrom(direction.sink)
                 return
             }
             let received = source.received &- 1
-            let written = sink.acked &+ UInt64(queued) &- sinkBase
-            if written >= received || (flushWaitStarted != 0 && loop.now &- flushWaitStarted > 10_000_000_000) {
-                if written < received {
-                    context.logger.warning("sockmap half-close: \(received - written) bytes never reached the peer socket in 10 s; closing anyway")
-                }
+            if written >= received {
                 direction.sinkShut = true
                 try? SocketCall.shutdown(direction.sink, how: CInt(SHUT_WR))
+            } else if kernelState(of: direction).throttled {
+                beginCopying(direction)  // the last messages went over the budget: copy them
+                waiting = true
             } else {
+                if written != direction.lastWrittenSeen {
+                    direction.lastWrittenSeen = written
+                    lastActivity = loop.now
+                }
                 waiting = true
             }
         }
+        guard phase == .relaying, let up = toUpstream, let down = toClient else { return }
         setFastTicks(waiting)
-        if waiting && flushWaitStarted == 0 { flushWaitStarted = loop.now }
-        if !waiting { flushWaitStarted = 0 }
         if up.sinkShut && down.sinkShut {
             finish(.completed)
         } else {
@@ -438,12 +547,10 @@ final class Relay: PollHandler, TickHandler {
     /// 100 ms passed), reset the peer too.
     private func carryKernelReset() {
         guard phase == .relaying, let source = resetSource, let up = toUpstream, let down = toClient else { return }
-        let (direction, sinkBase) = source == client ? (up, upstreamAckBase) : (down, clientAckBase)
+        let direction = source == client ? up : down
         var flushed = direction.sinkShut
-        if !flushed, let from = try? RelayCall.streamCounters(direction.source), let to = try? RelayCall.streamCounters(direction.sink),
-           let queued = try? RelayCall.unacknowledgedBytes(direction.sink) {
-            let received = from.received &- (direction.sourceEnded ? 1 : 0)
-            flushed = to.acked &+ UInt64(queued) &- sinkBase >= received
+        if !flushed, let from = try? RelayCall.streamCounters(direction.source), let written = writtenBytes(direction) {
+            flushed = written >= from.received &- (direction.sourceEnded ? 1 : 0)
         }
         if flushed || loop.now &- resetSeenAt > 100_000_000 {
             resetFrom(source)
@@ -472,7 +579,15 @@ final class Relay: PollHandler, TickHandler {
                     carryKernelReset()
                     return
                 }
-                if fastTicking { carryKernelHalfClose() }
+                if fastTicking {
+                    for direction in [toUpstream, toClient] where direction?.awaitingEnd == true { direction?.awaitingEnd = false }
+                    pumpCopied()
+                    carryKernelHalfClose()
+                }
+                if !inputWatchPaused.isEmpty {
+                    inputWatchPaused.removeAll()
+                    updateInterests()
+                }
                 if phase == .relaying, now &- lastKernelCheck >= 1_000_000_000, let pair, let forwarder = context.forwarder {
                     lastKernelCheck = now
                     let counts = forwarder.redirectedBytes(pair)
@@ -507,6 +622,15 @@ final class Relay: PollHandler, TickHandler {
 
     // MARK: Closing
 
+    /// Bytes of `direction` that reached its sink's TCP send queue and, when the sink is about to
+    /// be reset (`reset`: its queue is discarded), only those its peer acknowledged.
+    private func deliveredBytes(_ direction: Direction, reset: Bool) -> UInt64? {
+        guard let written = writtenBytes(direction) else { return nil }
+        guard reset, let counters = try? RelayCall.streamCounters(direction.sink) else { return written }
+        let base = direction.sink == upstream ? upstreamAckBase : clientAckBase
+        return min(written, counters.acked &- base)
+    }
+
     /// `fd` reset or failed: reset the other side, close both.
     private func resetFrom(_ fd: CInt) {
         finish(fd == client ? .clientReset : .upstreamReset)
@@ -523,9 +647,12 @@ final class Relay: PollHandler, TickHandler {
         var bytesUp = toUpstream?.bytesForwarded ?? 0
         var bytesDown = toClient?.bytesForwarded ?? 0
         if let pair, let forwarder = context.forwarder {
-            let counts = forwarder.redirectedBytes(pair)
-            bytesUp += counts.fromFirst
-            bytesDown += counts.fromSecond
+            // What reached each peer's socket, not what the verdict took in: bytes still in a
+            // backlog when the relay ends are lost with it, and a reset loses what is unsent.
+            if let up = toUpstream, let down = toClient {
+                bytesUp = deliveredBytes(up, reset: end == .clientReset) ?? bytesUp
+                bytesDown = deliveredBytes(down, reset: end == .upstreamReset) ?? bytesDown
+            }
             forwarder.release(pair)
         }
         if let route, let endpoints = context.endpoints {

@@ -41,6 +41,11 @@ final class ListenerRuntime: Sendable {
     let address: SocketAddress
     let settings: Mutex<ListenerSettings>
     let active = Atomic<Int>(0)
+    /// Set before the socket is closed (reload, drain): an acceptor backing off must not poll it
+    /// again, its number may be reused.
+    let closed = Atomic<Bool>(false)
+    /// Accepting is backing off for lack of descriptors: logged once per episode, over all loops.
+    let outOfDescriptors = Atomic<Bool>(false)
 
     init(fd: CInt, address: SocketAddress, settings: ListenerSettings) {
         self.fd = fd

@@ -95,6 +95,9 @@ public final class EndpointForwarder: @unchecked Sendable {
         /// Whether each endpoint is in the endpoint hash (local, in the cgroup) and so routed.
         public internal(set) var clientTracked: Bool
         public internal(set) var upstreamTracked: Bool
+        /// Most bytes unread in an endpoint's ingress queue before the other endpoint's sends go
+        /// back to egress (see `struct strait_endpoint_route`).
+        let maxInFlight: UInt32
     }
 
     /// Which endpoint a published count belongs to.
@@ -104,13 +107,14 @@ public final class EndpointForwarder: @unchecked Sendable {
     /// (connected to the upstream) redirect targets, and routes each tracked endpoint's sends into
     /// the socket facing the other endpoint. `forwardedUp`/`forwardedDown`: bytes the proxy has
     /// already written each way. Untracked endpoints get no route; ``refresh(_:forwardedUp:forwardedDown:)`` looks again.
-    public func arm(clientSide: CInt, upstreamSide: CInt, forwardedUp: UInt64, forwardedDown: UInt64) throws(ProxyError) -> Route {
+    /// `maxInFlight` bounds what an endpoint may park in the other endpoint's receive queue.
+    public func arm(clientSide: CInt, upstreamSide: CInt, forwardedUp: UInt64, forwardedDown: UInt64, maxInFlight: Int) throws(ProxyError) -> Route {
         var route: Route
         do {
             route = Route(
                 clientKey: try Self.remoteEndpointKey(of: clientSide), upstreamKey: try Self.remoteEndpointKey(of: upstreamSide),
                 clientSideCookie: try RelayCall.cookie(clientSide), upstreamSideCookie: try RelayCall.cookie(upstreamSide),
-                clientTracked: false, upstreamTracked: false)
+                clientTracked: false, upstreamTracked: false, maxInFlight: UInt32(clamping: maxInFlight))
         } catch {
             throw .system(error)
         }
@@ -150,9 +154,9 @@ public final class EndpointForwarder: @unchecked Sendable {
     private func write(_ route: Route, _ sender: Sender, forwarded: UInt64) {
         let value = switch sender {
         case .client:
-            strait_endpoint_route(target_cookie: route.upstreamSideCookie, forwarded: forwarded, peer_key: route.upstreamKey, peer_tracked: route.upstreamTracked ? 1 : 0, reserved: 0)
+            strait_endpoint_route(target_cookie: route.upstreamSideCookie, forwarded: forwarded, peer_key: route.upstreamKey, peer_tracked: route.upstreamTracked ? 1 : 0, max_in_flight: route.maxInFlight)
         case .upstream:
-            strait_endpoint_route(target_cookie: route.clientSideCookie, forwarded: forwarded, peer_key: route.clientKey, peer_tracked: route.clientTracked ? 1 : 0, reserved: 0)
+            strait_endpoint_route(target_cookie: route.clientSideCookie, forwarded: forwarded, peer_key: route.clientKey, peer_tracked: route.clientTracked ? 1 : 0, max_in_flight: route.maxInFlight)
         }
         try? routes.update(sender == .client ? route.clientKey : route.upstreamKey, value)
     }

@@ -68,9 +68,13 @@ public final class SockmapForwarder: @unchecked Sendable {
 
     /// Puts `first` and `second` (connected TCP sockets, owned by the caller) into the maps so that
     /// each one's received bytes go to the other's egress, including bytes already queued.
-    /// Userspace must not read from or splice these sockets afterwards: a socket with a psock has
-    /// no `splice_read`, and its bytes now belong to the verdict.
-    public func join(_ first: CInt, _ second: CInt) throws(ProxyError) -> Pair {
+    /// Userspace must not splice these sockets afterwards (a socket with a psock has no
+    /// `splice_read`), and reads them only once a direction is ``DirectionState/throttled``: then
+    /// the verdict passes that direction's bytes to the source's own receive queue, after at most
+    /// `maxInFlight` bytes waiting for the peer's send buffer (0: no limit; see
+    /// `struct strait_proxy_pair`).
+    public func join(_ first: CInt, _ second: CInt, maxInFlight: Int) throws(ProxyError) -> Pair {
+        let budget = UInt32(clamping: maxInFlight)
         let pair: Pair
         do {
             pair = Pair(first: first, second: second, firstCookie: try RelayCall.cookie(first), secondCookie: try RelayCall.cookie(second))
@@ -79,8 +83,13 @@ public final class SockmapForwarder: @unchecked Sendable {
         }
         do {
             try lock.withLock { _ throws(BPFError) in
-                try pairs.update(pair.firstCookie, strait_proxy_pair(peer_cookie: pair.secondCookie, bytes: 0, messages: 0))
-                try pairs.update(pair.secondCookie, strait_proxy_pair(peer_cookie: pair.firstCookie, bytes: 0, messages: 0))
+                var toSecond = strait_proxy_pair()
+                toSecond.peer_cookie = pair.secondCookie
+                toSecond.max_in_flight = budget
+                var toFirst = toSecond
+                toFirst.peer_cookie = pair.firstCookie
+                try pairs.update(pair.firstCookie, toSecond)
+                try pairs.update(pair.secondCookie, toFirst)
                 // Targets first (no programs): each socket is a valid redirect target before either
                 // one can run a verdict.
                 try targets.update(pair.firstCookie, UInt64(first), flags: .noExist)
@@ -103,11 +112,30 @@ public final class SockmapForwarder: @unchecked Sendable {
         return pair
     }
 
+    /// One direction of a pair as the verdict left it: bytes out of one socket.
+    public struct DirectionState: Sendable, Equatable {
+        /// Bytes redirected to the peer's egress.
+        public var redirected: UInt64 = 0
+        /// Bytes passed to the source's own receive queue since the direction was throttled
+        /// (userspace reads and copies them).
+        public var passed: UInt64 = 0
+        /// The direction went over its in-flight budget: every later byte is passed.
+        public var throttled = false
+    }
+
+    /// Each direction's state: out of `first`, out of `second`.
+    public func state(_ pair: Pair) -> (fromFirst: DirectionState, fromSecond: DirectionState) {
+        func read(_ cookie: UInt64) -> DirectionState {
+            guard let value = (try? pairs.lookup(cookie)) ?? nil else { return DirectionState() }
+            return DirectionState(redirected: value.bytes, passed: value.passed, throttled: value.throttled != 0)
+        }
+        return (read(pair.firstCookie), read(pair.secondCookie))
+    }
+
     /// Bytes the verdict redirected out of each socket of the pair so far.
     public func redirectedBytes(_ pair: Pair) -> (fromFirst: UInt64, fromSecond: UInt64) {
-        let first = (try? pairs.lookup(pair.firstCookie))??.bytes ?? 0
-        let second = (try? pairs.lookup(pair.secondCookie))??.bytes ?? 0
-        return (first, second)
+        let both = state(pair)
+        return (both.fromFirst.redirected, both.fromSecond.redirected)
     }
 
     /// Removes the pair from the maps (closing the sockets also takes them out of the hashes).

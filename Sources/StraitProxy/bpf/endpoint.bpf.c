@@ -10,7 +10,8 @@
 // when it is a client of a proxy listener or the server side of a proxy upstream
 // (`endpoint_filter`), so its sends run `strait_endpoint_msg`.
 //
-// Order. A direction moves PASSING -> EGRESS -> INGRESS, and may end on STACK from any of them.
+// Order. A direction moves PASSING -> EGRESS -> INGRESS, and may end on STACK from any of them;
+// INGRESS goes back to EGRESS, for good, when the other endpoint does not read (route->max_in_flight).
 //  - Bytes sent before the route exists take the endpoint's own connection; the proxy writes them
 //    into the target socket. EGRESS starts at the first send that finds `route->forwarded` equal to
 //    what the endpoint's own connection has queued (its write_seq since establishment, which counts
@@ -27,6 +28,7 @@
 #include <linux/types.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 #include <strait/accel.h>
 #include <strait/proxy.h>
 #include <strait/sock_key.bpf.h>
@@ -141,6 +143,30 @@ int strait_endpoint_sockops(struct bpf_sock_ops *skops)
     return 1;
 }
 
+// CO-RE views for an endpoint's own ingress queue: its psock (sk_user_data, flag bits masked)
+// counts the bytes queued there and not yet read in msg_tot_len.
+struct sock___strait {
+    void *sk_user_data;
+} __attribute__((preserve_access_index));
+
+struct sk_psock___strait {
+    __u32 msg_tot_len;
+} __attribute__((preserve_access_index));
+
+#define SK_USER_DATA_PTRMASK (~7UL)
+
+// Bytes waiting unread in this endpoint's own ingress queue (0 if it cannot be told).
+static __always_inline __u32 unread_ingress(struct tcp_sock *tcp)
+{
+    unsigned long user = 0;
+    __u32 queued = 0;
+    bpf_probe_read_kernel(&user, sizeof(user), (char *)tcp + bpf_core_field_offset(struct sock___strait, sk_user_data));
+    user &= SK_USER_DATA_PTRMASK;
+    if (user)
+        bpf_probe_read_kernel(&queued, sizeof(queued), (char *)user + bpf_core_field_offset(struct sk_psock___strait, msg_tot_len));
+    return queued;
+}
+
 SEC("sk_msg")
 int strait_endpoint_msg(struct sk_msg_md *msg)
 {
@@ -157,8 +183,11 @@ int strait_endpoint_msg(struct sk_msg_md *msg)
     if (!tcp)
         goto pass;
     __u32 read = tcp->copied_seq - state->base_seq;
-    if (own)
+    if (own) {
         own->tcp_read = read;
+        own->ingress_unread = unread_ingress(tcp);
+        own->sends++;
+    }
     struct strait_endpoint_route *route = bpf_map_lookup_elem(&endpoint_routes, &state->self);
     if (!route) {
         // No route yet (PASSING), or the relay is gone: its sockets are closing, and the endpoint's
@@ -175,7 +204,7 @@ int strait_endpoint_msg(struct sk_msg_md *msg)
     }
     struct strait_sock_key peer = route->peer_key;
     // The other endpoint's progress matters only until this direction settles and reaches ingress.
-    int look = route->peer_tracked && (!state->settled || state->mode == STRAIT_ENDPOINT_EGRESS);
+    int look = route->peer_tracked && (!state->settled || state->mode == STRAIT_ENDPOINT_EGRESS || route->max_in_flight);
     struct strait_endpoint_progress *other = look ? bpf_map_lookup_elem(&endpoint_progress, &peer) : 0;
     if (!state->settled) {
         __u32 inbound = other ? (__u32)other->ingress : 0;
@@ -189,9 +218,27 @@ int strait_endpoint_msg(struct sk_msg_md *msg)
         state->last_read = read;
         state->last_inbound = inbound;
     }
-    if (state->mode == STRAIT_ENDPOINT_EGRESS && other && other->tcp_read == (__u32)(route->forwarded + state->egress)) {
+    if (state->mode == STRAIT_ENDPOINT_EGRESS && !state->ingress_closed && other && other->tcp_read == (__u32)(route->forwarded + state->egress)) {
         state->mode = STRAIT_ENDPOINT_INGRESS;
         c->directions_to_ingress++;
+    }
+    if (state->mode == STRAIT_ENDPOINT_INGRESS && route->max_in_flight) {
+        // Bound what the other endpoint holds unread in its ingress queue (charged to TCP's global
+        // memory only). It publishes that count at each of its sends; since its last one, add what
+        // this direction sent. Over the budget, back to EGRESS for good, where its receive window
+        // bounds the rest (safe: it reads its ingress queue before its TCP queue; and a receiver
+        // this far behind is a one-way stream, which egress serves as well).
+        if (other && other->sends != state->answer_sends) {
+            state->answer_sends = other->sends;
+            state->unanswered = other->ingress_unread;
+        }
+        if (state->unanswered + size > route->max_in_flight) {
+            state->mode = STRAIT_ENDPOINT_EGRESS;
+            state->ingress_closed = 1;
+            c->directions_to_egress++;
+        } else {
+            state->unanswered += size;
+        }
     }
     if (state->mode == STRAIT_ENDPOINT_INGRESS) {
         if (bpf_msg_redirect_hash(msg, &endpoint_socks, &peer, BPF_F_INGRESS) == SK_PASS) {

@@ -43,6 +43,34 @@ struct {
     __type(value, struct strait_proxy_counters);
 } proxy_stats SEC(".maps");
 
+// CO-RE view of the kernel's tcp_sock: only the field read here.
+struct tcp_sock {
+    __u32 write_seq;
+} __attribute__((preserve_access_index));
+
+// Would `length` more bytes put more than `max_in_flight` of this source's bytes between the
+// verdict and the peer's TCP send queue (in the peer's psock backlog)? Verdicts of one socket run
+// one at a time, so the first one, with nothing redirected yet, takes the peer's base.
+static __always_inline int over_budget(struct strait_proxy_pair *pair, __u64 peer, __u32 length)
+{
+    struct bpf_sock *target = bpf_map_lookup_elem(&proxy_targets, &peer);
+    if (!target)
+        return 0;  // the peer is gone; the redirect below fails and says so
+    int over = 0;
+    struct tcp_sock *tcp = bpf_skc_to_tcp_sock(target);
+    if (tcp) {
+        __u32 written = tcp->write_seq;
+        if (!pair->based) {
+            pair->peer_base_write_seq = written;
+            pair->based = 1;
+        }
+        __u32 in_flight = (__u32)pair->bytes - (written - pair->peer_base_write_seq);
+        over = in_flight + length > pair->max_in_flight;
+    }
+    bpf_sk_release(target);
+    return over;
+}
+
 // One message is whatever the strparser has: a TCP stream has no framing to respect.
 SEC("sk_skb/stream_parser")
 int strait_proxy_parser(struct __sk_buff *skb)
@@ -64,8 +92,19 @@ int strait_proxy_verdict(struct __sk_buff *skb)
     }
     __u32 length = skb->len;
     __u64 peer = pair->peer_cookie;
-    __sync_fetch_and_add(&pair->bytes, length);
     __sync_fetch_and_add(&pair->messages, 1);
+    if (!pair->throttled && pair->max_in_flight && over_budget(pair, peer, length)) {
+        pair->throttled = 1;
+        if (stats)
+            stats->throttles++;
+    }
+    if (pair->throttled) {
+        // Kept in this socket's own receive queue, charged to its receive buffer: the sender's
+        // window closes. The proxy reads these bytes and copies them, after the backlog.
+        __sync_fetch_and_add(&pair->passed, length);
+        return SK_PASS;
+    }
+    __sync_fetch_and_add(&pair->bytes, length);
     long verdict = bpf_sk_redirect_hash(skb, &proxy_targets, &peer, 0);
     if (stats) {
         if (verdict == SK_PASS) {

@@ -6,11 +6,27 @@
 
 /// Value of `proxy_pairs`, keyed by the socket cookie (SO_COOKIE) of the socket whose received
 /// bytes are redirected. Written by userspace before the socket joins `proxy_socks`; the verdict
-/// program adds to `bytes` and `messages`.
+/// program adds to `bytes`, `messages` and `passed`, and sets `throttled`.
+///
+/// Back-pressure. A redirected skb waits in the peer's psock backlog until the peer's send buffer
+/// takes it, and that backlog has no limit of its own: a peer that never reads would let the
+/// source's window stay open for ever. So the verdict keeps the bytes in flight (redirected, not yet
+/// in the peer's TCP send queue: `bytes - (peer write_seq - peer_base_write_seq)`) under
+/// `max_in_flight`. The first message that would go over it, and every later one (`throttled`
+/// latches, so order holds), is passed to the source socket's own receive queue instead, where it
+/// is charged to the source's receive buffer: TCP's window closes and the sender stops. The proxy
+/// sees the source readable, waits until the backlog has reached the peer's send queue, and copies
+/// the rest of that direction in userspace (Relay.swift).
 struct strait_proxy_pair {
     __u64 peer_cookie;   // key in `proxy_targets` of the socket whose egress gets the bytes
     __u64 bytes;         // bytes redirected so far
     __u64 messages;      // verdicts run (one per parsed message)
+    __u64 passed;        // bytes passed to the source's own queue once throttled
+    __u32 max_in_flight; // bytes redirected and not yet in the peer's send queue, at most (0: no limit)
+    __u32 peer_base_write_seq; // the peer's write_seq at this source's first verdict (nothing of
+                               // the source's was redirected yet); set by the verdict
+    __u32 throttled;     // 1: over budget once; from then on every message is passed
+    __u32 based;         // 1: peer_base_write_seq is set
 };
 
 /// Per-CPU totals across all connections (index 0 of `proxy_stats`).
@@ -19,6 +35,7 @@ struct strait_proxy_counters {
     __u64 redirected_messages;
     __u64 unpaired_drops;    // a verdict for a socket with no pair entry: dropped (never expected)
     __u64 redirect_failures; // the peer had already left the map (it closed): dropped
+    __u64 throttles;         // directions that went over their in-flight budget (moved to copy)
 };
 
 // The skmsg datapath (endpoint.bpf.c): local endpoints' own sends go straight into the proxy's
@@ -48,7 +65,9 @@ struct strait_endpoint_route {
     __u64 forwarded;      // bytes of this endpoint the proxy has written into that socket
     struct strait_sock_key peer_key;  // the other endpoint's own key
     __u32 peer_tracked;   // 1: the other endpoint is in `endpoint_socks`
-    __u32 reserved;
+    __u32 max_in_flight;  // INGRESS: most bytes unread in the other endpoint's ingress queue
+                          // (0: no limit); above, back to EGRESS for good, where TCP's window
+                          // bounds the rest
 };
 
 enum strait_endpoint_mode {
@@ -80,14 +99,19 @@ struct strait_endpoint_state {
     __u32 sends;          // redirected sends while unsettled
     __u32 last_read;      // TCP bytes read, and bytes the other endpoint put straight into this
     __u32 last_inbound;   // one's queue, at the previous redirected send
+    __u32 unanswered;     // INGRESS: bytes the other endpoint may hold unread: what it had unread
+                          // at its last send, plus what this one sent since
+    __u32 ingress_closed; // 1: went back to EGRESS over the budget; never INGRESS again
+    __u64 answer_sends;   // the other endpoint's `sends` when `unanswered` was last reset
 };
 
 /// Value of `endpoint_progress`, keyed by an endpoint socket's own key; written by that socket's
 /// sk_msg at each send, read by the other endpoint's sk_msg and by the proxy (accounting, idle).
 struct strait_endpoint_progress {
     __u32 tcp_read;       // TCP bytes this endpoint's application had read, at its last send
-    __u32 reserved;
+    __u32 ingress_unread; // bytes unread in this endpoint's own ingress queue, at its last send
     __u64 ingress;        // bytes this endpoint sent straight into the other endpoint's queue
+    __u64 sends;          // sends this endpoint made (each publishes the fields above)
 };
 
 /// Per-CPU totals (index 0 of `endpoint_stats`).
@@ -100,4 +124,5 @@ struct strait_endpoint_counters {
     __u64 redirected_messages;
     __u64 passed_bytes;
     __u64 redirect_failures;  // the target had left its map (relay ended): sent on the own connection
+    __u64 directions_to_egress;  // INGRESS over its budget with a receiver that does not read: back to EGRESS
 };

@@ -1,0 +1,73 @@
+import Foundation
+
+/// A read that did not end in data or end of stream: the errno, or ETIMEDOUT after the deadline.
+public struct ReadFailure: Error, CustomStringConvertible {
+    public let code: Int32
+    public init(code: Int32) { self.code = code }
+    public var description: String { "read failed: \(String(cString: strerror(code))) (errno \(code))" }
+}
+
+/// Endpoint reads the way an event-driven program does them: poll(2) for input, then a
+/// non-blocking recv, waiting at most ``readDeadline`` for each. A *blocking* recv on a tracked endpoint can fail
+/// with a spurious EAGAIN (the kernel's `tcp_bpf_recvmsg`; see
+/// `SkmsgTests.blockingReceiveOnTrackedEndpoint` in StraitProxyTests), which would end a transfer that has not failed,
+/// so every other test reads this way and checks what it is about: the bytes.
+extension TestSocket {
+    public static let readDeadline: Duration = .seconds(10)
+
+    /// One read into `buffer`: the count, 0 at end of stream, or -errno (-ETIMEDOUT at the deadline).
+    public func polledReceive(into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        let deadline = ContinuousClock.now + Self.readDeadline
+        while true {
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { return -Int(ETIMEDOUT) }
+            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let milliseconds = CInt(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
+            let ready = poll(&entry, 1, milliseconds)
+            if ready < 0 {
+                if errno == EINTR { continue }
+                return -Int(errno)
+            }
+            if ready == 0 { continue }
+            let got = recv(fd, buffer.baseAddress!, buffer.count, Int32(MSG_DONTWAIT))
+            if got >= 0 { return got }
+            if errno == EAGAIN || errno == EINTR { continue }
+            return -Int(errno)
+        }
+    }
+
+    public func polledReceiveOnce(max: Int = 1 << 16) -> Int {
+        var buffer = [UInt8](repeating: 0, count: max)
+        return buffer.withUnsafeMutableBytes { polledReceive(into: $0) }
+    }
+
+    /// Exactly `count` bytes, or fewer if the stream ends first; throws on an error or timeout.
+    public func polledReceive(exactly count: Int) throws(ReadFailure) -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: count)
+        var offset = 0
+        while offset < count {
+            let got = buffer.withUnsafeMutableBytes { polledReceive(into: UnsafeMutableRawBufferPointer(rebasing: $0[offset...])) }
+            if got < 0 { throw ReadFailure(code: Int32(-got)) }
+            if got == 0 { break }
+            offset += got
+        }
+        return Array(buffer[0..<offset])
+    }
+
+    /// Reads to the end of the stream checking every byte against `pattern`.
+    public func polledReceiveAndVerify(_ pattern: PatternStream) throws(ReadFailure) -> (count: Int, firstMismatch: Int?) {
+        var buffer = [UInt8](repeating: 0, count: 1 << 18)
+        var total = 0
+        var mismatch: Int?
+        while true {
+            let got = buffer.withUnsafeMutableBytes { polledReceive(into: $0) }
+            if got < 0 { throw ReadFailure(code: Int32(-got)) }
+            if got == 0 { return (total, mismatch) }
+            if mismatch == nil, !buffer.withUnsafeBytes({ pattern.matches(UnsafeRawBufferPointer(rebasing: $0[0..<got]), at: total) }) {
+                mismatch = total
+            }
+            total += got
+        }
+    }
+}
+
