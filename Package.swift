@@ -56,6 +56,9 @@ let package = Package(
             ]
         ),
 
+        // Maglev consistent hashing, shared by every balancer (StraitSteer, StraitLB).
+        .target(name: "StraitMaglev"),
+
         // Compiles each feature's `bpf/*.bpf.c` with the toolchain's clang and ships the object as a resource.
         .plugin(name: "BPFCompiler", capability: .buildTool()),
 
@@ -91,7 +94,18 @@ let package = Package(
         // listener hand-over that restarts a StraitNet server without losing a connection.
         .target(
             name: "StraitSteer",
-            dependencies: ["StraitBPF", "StraitKernelABI", "StraitSystem", "StraitNet"],
+            dependencies: ["StraitBPF", "StraitKernelABI", "StraitMaglev", "StraitSystem", "StraitNet"],
+            exclude: ["bpf"],
+            plugins: ["BPFCompiler"]
+        ),
+        // Connect-time load balancing for local clients (cgroup sock_addr programs, `strait lb`).
+        .target(
+            name: "StraitLB",
+            dependencies: [
+                "StraitBPF", "StraitKernelABI", "StraitMaglev", "StraitSystem", "StraitNet", "StraitProxy",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             exclude: ["bpf"],
             plugins: ["BPFCompiler"]
         ),
@@ -143,14 +157,14 @@ let package = Package(
         // Side-by-side measurement against the peers each issue names.
         .target(
             name: "StraitBench",
-            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitDrop", "StraitProxy", "StraitSteer", "StraitNet", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitDrop", "StraitProxy", "StraitSteer", "StraitLB", "StraitNet", .product(name: "Logging", package: "swift-log")]
         ),
 
         // Layer 4: the command.
         .executableTarget(
             name: "strait",
             dependencies: [
-                "StraitBPF", "StraitAccel", "StraitBench", "StraitSystem", "StraitDrop", "StraitNetBench", "StraitProxy", "StraitSteer", "StraitNet",
+                "StraitBPF", "StraitAccel", "StraitBench", "StraitSystem", "StraitDrop", "StraitNetBench", "StraitProxy", "StraitSteer", "StraitLB", "StraitNet",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -170,11 +184,12 @@ let package = Package(
         ),
         .testTarget(
             name: "StraitSteerTests",
-            dependencies: ["StraitSteer", "StraitNet", "StraitBPF", "StraitSystem", "StraitKernelABI", "StraitTestSupport"]
+            dependencies: ["StraitSteer", "StraitMaglev", "StraitNet", "StraitBPF", "StraitSystem", "StraitKernelABI", "StraitTestSupport"]
         ),
         .testTarget(name: "StraitAccelTests", dependencies: ["StraitAccel", "StraitBPF", "CLibBPF", "StraitTestSupport"]),
         .testTarget(name: "StraitDropTests", dependencies: ["StraitDrop", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitTestSupport"]),
         .testTarget(name: "StraitProxyTests", dependencies: ["StraitProxy", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitNet", "StraitTestSupport"]),
+        .testTarget(name: "StraitLBTests", dependencies: ["StraitLB", "StraitMaglev", "StraitBPF", "StraitKernelABI", "StraitSystem", "StraitNet", "StraitTestSupport"]),
         .testTarget(name: "StraitNetBenchTests", dependencies: ["StraitNetBench"]),
         .testTarget(
             name: "StraitNetTests",

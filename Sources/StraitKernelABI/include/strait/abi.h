@@ -4,5 +4,6 @@
 #include <linux/types.h>
 #include "accel.h"
 #include "drop.h"
+#include "lb.h"
 #include "proxy.h"
 #include "steer.h"
