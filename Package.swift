@@ -105,6 +105,7 @@ let package = Package(
                 "StraitBPF", "StraitKernelABI", "StraitMaglev", "StraitSystem", "StraitNet", "StraitProxy",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             exclude: ["bpf"],
             plugins: ["BPFCompiler"]

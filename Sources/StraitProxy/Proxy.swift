@@ -31,7 +31,7 @@ public final class Proxy: @unchecked Sendable {
     private let loops: [ProxyLoop]
     private let health: HealthChecker
     private let state = Mutex<State>(State())
-    private var metricsServer: (group: EventLoopGroup, server: Server)?
+    private var metricsServer: MetricsEndpoint?
 
     private struct State {
         var config: ProxyConfig?
@@ -258,8 +258,7 @@ public final class Proxy: @unchecked Sendable {
     public func shutdown(drainTimeout: Duration) async {
         stopAccepting()
         if let metricsServer {
-            await metricsServer.server.shutdown(gracePeriod: .milliseconds(100))
-            metricsServer.group.shutdown()
+            await metricsServer.shutdown()
             self.metricsServer = nil
         }
         let deadline = ContinuousClock.now + drainTimeout
@@ -316,35 +315,24 @@ public final class Proxy: @unchecked Sendable {
     }
 
     private func startMetricsServer(_ address: SocketAddress) throws(ProxyError) {
+        let metrics = self.metrics
+        let forwarder = context.forwarder
+        let endpoints = context.endpoints
         do {
-            let group = try EventLoopGroup(loopCount: 1)
-            let metrics = self.metrics
-            let forwarder = context.forwarder
-            let endpoints = context.endpoints
-            let server = try Server(address: address, group: group, handlers: ConnectionHandlers(onRequest: { connection in
-                guard connection.reader.distance(to: UInt8(ascii: "\n")) != nil,
-                      let request = try? connection.reader.peek(connection.reader.readableBytes)
-                else { return }
-                let text = String(decoding: request, as: UTF8.self)
-                guard text.contains("\r\n\r\n") else { return }
-                try connection.reader.skip(connection.reader.readableBytes)
+            let endpoint = try MetricsEndpoint(address: address) {
                 if let forwarder { metrics.recordKernel(forwarder.counters()) }
                 if let endpoints { metrics.recordEndpoints(endpoints.counters()) }
-                let body = text.hasPrefix("GET /metrics") ? metrics.exposition() : "see /metrics\n"
-                let status = text.hasPrefix("GET /metrics") ? "200 OK" : "404 Not Found"
-                connection.writer.write(string: "HTTP/1.1 \(status)\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)")
-                connection.flush()
-                connection.close()
-            }))
-            metricsServer = (group, server)
-            logger.info("metrics on http://\(server.address)/metrics")
+                return metrics.exposition()
+            }
+            metricsServer = endpoint
+            logger.info("metrics on http://\(endpoint.address)/metrics")
         } catch {
             throw .system(error)
         }
     }
 
     /// The bound address of the metrics endpoint, if one runs.
-    public var metricsAddress: SocketAddress? { metricsServer?.server.address }
+    public var metricsAddress: SocketAddress? { metricsServer?.address }
 }
 
 private func loops0Ticker(_ health: HealthChecker) {

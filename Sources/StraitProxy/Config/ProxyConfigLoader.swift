@@ -71,7 +71,7 @@ public enum ProxyConfigLoader {
         return try Reader(file: file).config(root)
     }
 
-    private static func syntaxError(_ error: YamlError, file: String) -> ProxyConfigError {
+    package static func syntaxError(_ error: YamlError, file: String) -> ProxyConfigError {
         switch error {
         case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _), .composer(_, let problem, let mark, _):
             return ProxyConfigError(file: file, line: mark.line, column: mark.column, message: "invalid YAML: \(problem)")
@@ -81,16 +81,19 @@ public enum ProxyConfigLoader {
     }
 }
 
-/// Walks the node tree; every failure carries the node's mark.
-private struct Reader {
-    let file: String
+/// Walks the node tree; every failure carries the node's mark. Its typed readers are shared, within
+/// this package, by the other YAML configurations (`strait lb`).
+package struct Reader {
+    package let file: String
 
-    func error(_ node: Node, _ message: String) -> ProxyConfigError {
+    package init(file: String) { self.file = file }
+
+    package func error(_ node: Node, _ message: String) -> ProxyConfigError {
         ProxyConfigError(file: file, line: node.mark?.line ?? 0, column: node.mark?.column ?? 0, message: message)
     }
 
     /// The mapping's entries by key, after checking that every key is one of `allowed`.
-    func fields(_ node: Node, _ what: String, allowed: [String]) throws(ProxyConfigError) -> [String: Node] {
+    package func fields(_ node: Node, _ what: String, allowed: [String]) throws(ProxyConfigError) -> [String: Node] {
         guard let mapping = node.mapping else { throw error(node, "expected \(what) as a mapping of \(allowed.joined(separator: ", "))") }
         var result: [String: Node] = [:]
         for (key, value) in mapping {
@@ -102,38 +105,38 @@ private struct Reader {
         return result
     }
 
-    func required(_ fields: [String: Node], _ key: String, in node: Node, _ what: String) throws(ProxyConfigError) -> Node {
+    package func required(_ fields: [String: Node], _ key: String, in node: Node, _ what: String) throws(ProxyConfigError) -> Node {
         guard let value = fields[key] else { throw error(node, "\(what) needs `\(key)`") }
         return value
     }
 
-    func string(_ node: Node, _ what: String) throws(ProxyConfigError) -> String {
+    package func string(_ node: Node, _ what: String) throws(ProxyConfigError) -> String {
         guard let scalar = node.scalar, !scalar.string.isEmpty else { throw error(node, "expected \(what) as a string") }
         return scalar.string
     }
 
-    func integer(_ node: Node, _ what: String, range: ClosedRange<Int>) throws(ProxyConfigError) -> Int {
+    package func integer(_ node: Node, _ what: String, range: ClosedRange<Int>) throws(ProxyConfigError) -> Int {
         guard let text = node.scalar?.string, let value = Int(text), range.contains(value) else {
             throw error(node, "expected \(what) as an integer in \(range.lowerBound)...\(range.upperBound)")
         }
         return value
     }
 
-    func duration(_ node: Node, _ what: String) throws(ProxyConfigError) -> Duration {
+    package func duration(_ node: Node, _ what: String) throws(ProxyConfigError) -> Duration {
         guard let text = node.scalar?.string, let value = Duration(parsing: text) else {
             throw error(node, "expected \(what) as a duration such as 250ms, 2s, 5m or 1h")
         }
         return value
     }
 
-    func address(_ node: Node, _ what: String) throws(ProxyConfigError) -> SocketAddress {
+    package func address(_ node: Node, _ what: String) throws(ProxyConfigError) -> SocketAddress {
         guard let text = node.scalar?.string, let value = SocketAddress(parsing: text) else {
             throw error(node, "expected \(what) as host:port with a numeric IP (127.0.0.1:6000, [2001:db8::1]:6000)")
         }
         return value
     }
 
-    func boolean(_ node: Node, _ what: String) throws(ProxyConfigError) -> Bool {
+    package func boolean(_ node: Node, _ what: String) throws(ProxyConfigError) -> Bool {
         switch node.scalar?.string.lowercased() {
         case "true", "yes", "on": return true
         case "false", "no", "off": return false
@@ -141,14 +144,14 @@ private struct Reader {
         }
     }
 
-    func choice<T: RawRepresentable & CaseIterable>(_ node: Node, _ what: String) throws(ProxyConfigError) -> T where T.RawValue == String {
+    package func choice<T: RawRepresentable & CaseIterable>(_ node: Node, _ what: String) throws(ProxyConfigError) -> T where T.RawValue == String {
         guard let text = node.scalar?.string, let value = T(rawValue: text) else {
             throw error(node, "expected \(what) as one of \(T.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         return value
     }
 
-    func list(_ node: Node, _ what: String) throws(ProxyConfigError) -> [Node] {
+    package func list(_ node: Node, _ what: String) throws(ProxyConfigError) -> [Node] {
         guard let sequence = node.sequence, !sequence.isEmpty else { throw error(node, "expected \(what) as a non-empty list") }
         return Array(sequence)
     }
@@ -219,16 +222,19 @@ private struct Reader {
         }
         var cluster = ClusterConfig(name: name, upstreams: upstreams)
         if let value = entries["balance"] { cluster.balancing = try choice(value, "`balance`") }
-        if let value = entries["health_check"] {
-            let check = try fields(value, "`health_check`", allowed: ["interval", "timeout", "rise", "fall"])
-            var health = HealthCheck()
-            if let node = check["interval"] { health.interval = try duration(node, "`interval`") }
-            if let node = check["timeout"] { health.timeout = try duration(node, "`timeout`") }
-            if let node = check["rise"] { health.rise = try integer(node, "`rise`", range: 1...100) }
-            if let node = check["fall"] { health.fall = try integer(node, "`fall`", range: 1...100) }
-            if health.timeout > health.interval { throw error(value, "expected `timeout` no longer than `interval`") }
-            cluster.healthCheck = health
-        }
+        if let value = entries["health_check"] { cluster.healthCheck = try healthCheck(value) }
         return cluster
+    }
+
+    /// A `health_check` mapping: interval, timeout, rise, fall.
+    package func healthCheck(_ value: Node) throws(ProxyConfigError) -> HealthCheck {
+        let check = try fields(value, "`health_check`", allowed: ["interval", "timeout", "rise", "fall"])
+        var health = HealthCheck()
+        if let node = check["interval"] { health.interval = try duration(node, "`interval`") }
+        if let node = check["timeout"] { health.timeout = try duration(node, "`timeout`") }
+        if let node = check["rise"] { health.rise = try integer(node, "`rise`", range: 1...100) }
+        if let node = check["fall"] { health.fall = try integer(node, "`fall`", range: 1...100) }
+        if health.timeout > health.interval { throw error(value, "expected `timeout` no longer than `interval`") }
+        return health
     }
 }
