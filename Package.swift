@@ -190,7 +190,10 @@ let package = Package(
         .testTarget(name: "StraitAccelTests", dependencies: ["StraitAccel", "StraitBPF", "CLibBPF", "StraitTestSupport"]),
         .testTarget(name: "StraitDropTests", dependencies: ["StraitDrop", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitTestSupport"]),
         .testTarget(name: "StraitProxyTests", dependencies: ["StraitProxy", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitNet", "StraitTestSupport"]),
-        .testTarget(name: "StraitLBTests", dependencies: ["StraitLB", "StraitMaglev", "StraitBPF", "StraitKernelABI", "StraitSystem", "StraitNet", "StraitTestSupport"]),
+        .testTarget(
+            name: "StraitLBTests",
+            dependencies: ["StraitLB", "StraitMaglev", "StraitBPF", "StraitKernelABI", "StraitSystem", "StraitNet", "StraitProxy", "StraitTestSupport", .product(name: "Logging", package: "swift-log")]
+        ),
         .testTarget(name: "StraitNetBenchTests", dependencies: ["StraitNetBench"]),
         .testTarget(
             name: "StraitNetTests",

@@ -7,7 +7,7 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure Strait side by side with its peers, in one run, on this machine.",
-        subcommands: [BenchAccel.self, BenchNet.self, BenchProxy.self, BenchSteer.self, BenchDrop.self]
+        subcommands: [BenchAccel.self, BenchNet.self, BenchProxy.self, BenchSteer.self, BenchDrop.self, BenchLB.self, BenchLBClient.self]
     )
 }
 

@@ -7,7 +7,7 @@ struct Strait: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "strait",
         abstract: "Shortens the path data takes between sockets on Linux.",
-        subcommands: [DoctorCommand.self, AccelCommand.self, ProxyCommand.self, SteerCommand.self, DropCommand.self, BenchCommand.self]
+        subcommands: [DoctorCommand.self, AccelCommand.self, ProxyCommand.self, SteerCommand.self, DropCommand.self, LBCommand.self, BenchCommand.self]
     )
 
     static func bootstrapLogging() {
