@@ -200,9 +200,7 @@ public struct LBBenchmark: Sendable {
                 let chunk = [UInt8](repeating: 0x5a, count: 256 << 10)
                 var bytes = 0
                 while SocketCall.monotonicNanoseconds() < deadline {
-                    let sent = chunk.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-                    guard sent > 0 else { throw SystemCallError("write", Errno(rawValue: errno)) }
-                    bytes += sent
+                    bytes += try systemCall("write") { chunk.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
                 }
                 return Double(bytes) * 8 / (Double(SocketCall.monotonicNanoseconds() - started) / 1e9)
             }
@@ -215,11 +213,12 @@ public struct LBBenchmark: Sendable {
                     setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
                     closeDescriptor(fd)
                 }
-                guard request.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == 64 else { throw SystemCallError("write", Errno(rawValue: errno)) }
+                // 64 bytes fit any socket buffer: one write sends them all.
+                try systemCall("write") { request.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
                 var received = 0
                 while received < 64 {
-                    let got = request.withUnsafeMutableBytes { read(fd, $0.baseAddress! + received, 64 - received) }
-                    guard got > 0 else { throw SystemCallError("read", Errno(rawValue: got == 0 ? ECONNRESET : errno)) }
+                    let got = try systemCall("read") { request.withUnsafeMutableBytes { read(fd, $0.baseAddress! + received, 64 - received) } }
+                    guard got > 0 else { throw BenchError.conflict("the backend closed before answering") }
                     received += got
                 }
                 count += 1

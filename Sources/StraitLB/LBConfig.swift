@@ -15,7 +15,7 @@ public enum LBPolicy: String, Sendable, CaseIterable, Codable {
 
 /// The transport a service is for: a TCP service balances `connect()`, a UDP one balances both
 /// `connect()` and unconnected `sendmsg()`.
-public enum LBProtocol: String, Sendable, CaseIterable, Codable {
+public enum LBProtocol: String, Sendable, CaseIterable {
     case tcp
     case udp
 
@@ -24,7 +24,7 @@ public enum LBProtocol: String, Sendable, CaseIterable, Codable {
 }
 
 /// One backend of a service.
-public struct LBBackendConfig: Sendable, Hashable, Codable {
+public struct LBBackendConfig: Sendable, Hashable {
     public var address: IPAddress
     public var port: UInt16
     /// Relative share, 1...1000.

@@ -121,7 +121,7 @@ public enum LBMetrics {
         for service in snapshot.services {
             for backend in service.backends {
                 let labels = [("service", service.name), ("backend", backend.endpoint)]
-                registry.makeGauge(name: "strait_lb_backend_up", labels: labels).set(backend.up ? 1 : 0)
+                registry.makeGauge(name: "strait_lb_backend_up", labels: labels).set(Double(backend.up ? 1 : 0))
                 registry.makeGauge(name: "strait_lb_backend_connects", labels: labels).set(Double(backend.connects))
                 registry.makeGauge(name: "strait_lb_backend_datagrams", labels: labels).set(Double(backend.datagrams))
             }

@@ -13,7 +13,8 @@ import StraitSystem
 ///
 /// The checker owns nothing in the kernel. All its state lives on the loop thread.
 public final class LBHealthChecker: @unchecked Sendable {
-    private final class Target {
+    /// Loop-thread state of one checked backend (sent to the loop's closures, touched only there).
+    private final class Target: @unchecked Sendable {
         let ref: LBBackendRef
         let address: SocketAddress
         var check: HealthCheck

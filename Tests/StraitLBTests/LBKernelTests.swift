@@ -132,7 +132,7 @@ struct LBKernelTests {
             let sockets = try (0..<4).map { _ in try (0..<150).map { _ in try lab.socket(ipv6: false) } }
             let balancer = lab.balancer
             try concurrently([
-                {
+                { [first, second] in
                     var round = 0
                     while !stop.isSet && round < 2000 {
                         try balancer.apply([round % 2 == 0 ? second : first])
