@@ -37,4 +37,14 @@ public enum LBTable {
             return zip(members, shares).flatMap { Array(repeating: $0.id, count: $1) }
         }
     }
+
+    /// The table after members left and none joined (removed, or marked down), under Maglev:
+    /// entries whose owner is still live keep it, and only the leavers' entries take their owner
+    /// from `fresh` (the table built for the remaining members). A rebuilt Maglev table alone
+    /// moves a few more entries than the leavers' (Maglev is near-minimal, not minimal); this
+    /// moves exactly those. When members join, the caller builds a fresh table instead.
+    public static func shrink(_ previous: [UInt32], fresh: [UInt32], live: Set<UInt32>) -> [UInt32] {
+        precondition(previous.count == fresh.count)
+        return zip(previous, fresh).map { live.contains($0) ? $0 : $1 }
+    }
 }

@@ -17,7 +17,8 @@ import StraitSystem
 /// (``LBTable``), writes it to the service's standby table and then flips the service to it with
 /// one write of its `lb_services` value. A connect reads that value once, so it uses one whole
 /// table, old or new. Backends keep their ids across changes (Maglev's permutations follow the
-/// id), and the kernel entry of a backend that leaves is deleted only on the next apply, once no
+/// id); when backends only leave, the live owners keep their entries (``LBTable/shrink(_:fresh:live:)``),
+/// so only the leavers' sockets move; and the kernel entry of a backend that leaves is deleted only on the next apply, once no
 /// connect can still be reading a table that names it. Costs: one map write per changed table and
 /// one per changed service; an unchanged service costs nothing.
 public final class LoadBalancer: @unchecked Sendable {
@@ -55,6 +56,8 @@ public final class LoadBalancer: @unchecked Sendable {
         var config: LBServiceConfig
         var backendIDs: [UInt32]
         var down: Set<LBBackendConfig>
+        /// Live members of `contents` and their weights.
+        var weights: [UInt32: Int]
     }
 
     private struct ServiceIdentity: Hashable {
@@ -143,7 +146,7 @@ public final class LoadBalancer: @unchecked Sendable {
                 let identity = ServiceIdentity(address: config.address, port: config.port, transport: config.transport)
                 wanted.insert(identity)
                 var entry = installed[identity] ?? Installed(
-                    slot: allocateSlot(), table: 1, contents: nil, policy: config.policy, config: config, backendIDs: [], down: [])
+                    slot: allocateSlot(), table: 1, contents: nil, policy: config.policy, config: config, backendIDs: [], down: [], weights: [:])
                 var ids: [UInt32] = []
                 var members: [Maglev.Member] = []
                 var downHere: Set<LBBackendConfig> = []
@@ -157,7 +160,13 @@ public final class LoadBalancer: @unchecked Sendable {
                         members.append(Maglev.Member(id: id, weight: backend.weight))
                     }
                 }
-                let table = LBTable.build(members, policy: config.policy)
+                var table = LBTable.build(members, policy: config.policy)
+                let weights = Dictionary(uniqueKeysWithValues: members.map { ($0.id, $0.weight) })
+                if config.policy == .maglev, entry.policy == .maglev, let previous = entry.contents, !previous.isEmpty, !table.isEmpty,
+                   weights.allSatisfy({ entry.weights[$0.key] == $0.value }) {
+                    // Only leavers: keep every live owner in place, so only the leavers' sockets move.
+                    table = LBTable.shrink(previous, fresh: table, live: Set(weights.keys))
+                }
                 if entry.contents != table || entry.policy != config.policy {
                     let key = Self.serviceKey(identity)
                     if table.isEmpty {
@@ -172,6 +181,7 @@ public final class LoadBalancer: @unchecked Sendable {
                     entry.contents = table
                     entry.policy = config.policy
                 }
+                entry.weights = weights
                 entry.config = config
                 entry.backendIDs = ids
                 entry.down = downHere
