@@ -120,7 +120,8 @@ public struct LBBenchmark: Sendable {
     }
 
     func client(_ lab: LBBenchLab, target: String, mode: String, cgroup: String?, runner: ProcessRunner) throws -> Double {
-        let command = ["ip", "netns", "exec", lab.namespace.name] + clientCommand
+        // Not under `ip netns exec`: it remounts /sys, hiding the cgroup the client must join.
+        let command = clientCommand + ["--netns", lab.namespace.name]
             + ["--target", target, "--mode", mode, "--seconds", String(seconds)] + (cgroup.map { ["--cgroup", $0] } ?? [])
         let output = try runner.run(command, timeout: seconds + 30)
         guard let value = Double(output.trimmingCharacters(in: .whitespacesAndNewlines)) else {
@@ -163,12 +164,13 @@ public struct LBBenchmark: Sendable {
             var elements: [String] = []
             for index in 0..<count {
                 elements.append("\(Self.vip(index)) . tcp . \(Self.servicePort) : goto svc-\(index)")
-                text += "  chain svc-\(index) { numgen random mod 2 vmap { 0 : goto sep-\(index)-0, 1 : goto sep-\(index)-1 } }\n"
-                text += "  chain sep-\(index)-0 { meta l4proto tcp dnat to \(endpoints[0]) }\n"
-                text += "  chain sep-\(index)-1 { meta l4proto tcp dnat to \(endpoints[1]) }\n"
+                // Chains before the rules that jump to them; every statement ends with `;`.
+                text += "  chain sep-\(index)-0 { meta l4proto tcp dnat to \(endpoints[0]); }\n"
+                text += "  chain sep-\(index)-1 { meta l4proto tcp dnat to \(endpoints[1]); }\n"
+                text += "  chain svc-\(index) { numgen random mod 2 vmap { 0 : goto sep-\(index)-0, 1 : goto sep-\(index)-1 }; }\n"
             }
-            text += "  map service-ips { type ipv4_addr . inet_proto . inet_service : verdict; elements = { \(elements.joined(separator: ",\n    ")) } }\n"
-            text += "  chain output { type nat hook output priority -100; policy accept; ip daddr . meta l4proto . th dport vmap @service-ips }\n}\n"
+            text += "  map service-ips { type ipv4_addr . inet_proto . inet_service : verdict; elements = { \(elements.joined(separator: ",\n    ")) }; }\n"
+            text += "  chain output { type nat hook output priority -100; policy accept; ip daddr . meta l4proto . th dport vmap @service-ips; }\n}\n"
             let file = lab.scratch + "/nft.rules"
             try text.write(toFile: file, atomically: true, encoding: .utf8)
             _ = try runner.run(["ip", "netns", "exec", lab.namespace.name, "nft", "-f", file], timeout: 600)
@@ -186,12 +188,16 @@ public struct LBBenchmark: Sendable {
         }
     }
 
-    /// The client side, run in its own process (`strait bench lb-client`): joins `cgroup` if given,
-    /// then runs one closed loop against `target` for `seconds` and returns short connections per
+    /// The client side, run in its own process (`strait bench lb-client`): joins `cgroup` if given
+    /// and then the namespace, and runs one closed loop against `target` for `seconds` and returns short connections per
     /// second, or bulk bits per second.
     public enum Client {
-        public static func run(target: SocketAddress, bulk: Bool, seconds: Double, cgroup: String?) throws -> Double {
+        public static func run(target: SocketAddress, bulk: Bool, seconds: Double, cgroup: String?, namespace: String) throws -> Double {
             if let cgroup { try Cgroup(path: cgroup).add() }
+            return try NetworkNamespace(name: namespace).run { try loop(target: target, bulk: bulk, seconds: seconds) }
+        }
+
+        static func loop(target: SocketAddress, bulk: Bool, seconds: Double) throws -> Double {
             let deadline = SocketCall.monotonicNanoseconds() + UInt64(seconds * 1e9)
             let started = SocketCall.monotonicNanoseconds()
             if bulk {
@@ -228,7 +234,8 @@ public struct LBBenchmark: Sendable {
 
         static func open(_ target: SocketAddress) throws -> CInt {
             guard case .ip(let address, _) = target else { throw BenchError.conflict("--target: an IP address and port") }
-            let fd = try SocketCall.socket(domain: address.isIPv4 ? AF_INET : AF_INET6, type: CInt(SOCK_STREAM.rawValue))
+            // Blocking, unlike SocketCall.socket's: a closed loop waits in the kernel.
+            let fd = try systemCall("socket") { socket(address.isIPv4 ? AF_INET : AF_INET6, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0) }
             do {
                 try SocketCall.setOption(fd, level: CInt(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
                 _ = try target.withSockaddr { pointer, length throws(SystemCallError) in try SocketCall.connect(fd, pointer, length) }
@@ -269,7 +276,8 @@ final class LBBenchLab: @unchecked Sendable {
     }
 
     static func listen(_ address: SocketAddress) throws -> CInt {
-        let fd = try SocketCall.socket(domain: AF_INET, type: CInt(SOCK_STREAM.rawValue))
+        // Blocking: the serving thread waits in accept and read.
+        let fd = try systemCall("socket") { socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0) }
         try SocketCall.setOption(fd, level: SOL_SOCKET, name: SO_REUSEADDR, value: 1)
         try address.withSockaddr { pointer, length throws(SystemCallError) in try SocketCall.bind(fd, pointer, length) }
         try SocketCall.listen(fd, backlog: 4096)

@@ -61,10 +61,11 @@ struct BenchLBClient: ParsableCommand {
     @Option var mode: String
     @Option var seconds: Double
     @Option var cgroup: String?
+    @Option var netns: String
 
     func run() throws {
         guard let address = SocketAddress(parsing: target) else { throw ValidationError("--target: host:port") }
         guard mode == "short" || mode == "bulk" else { throw ValidationError("--mode: short or bulk") }
-        print(try LBBenchmark.Client.run(target: address, bulk: mode == "bulk", seconds: seconds, cgroup: cgroup))
+        print(try LBBenchmark.Client.run(target: address, bulk: mode == "bulk", seconds: seconds, cgroup: cgroup, namespace: netns))
     }
 }
