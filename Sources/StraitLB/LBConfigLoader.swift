@@ -1,4 +1,3 @@
-import Foundation
 import StraitKernelABI
 import StraitNet
 import StraitProxy
@@ -27,28 +26,12 @@ public typealias LBConfigError = ProxyConfigError
 public enum LBConfigLoader {
     /// Reads and checks the file at `path`.
     public static func load(path: String) throws(LBConfigError) -> LBConfig {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw LBConfigError(file: path, line: 0, column: 0, message: "cannot read the file")
-        }
-        return try parse(String(decoding: data, as: UTF8.self), file: path)
+        try parse(try ProxyConfigLoader.text(path: path), file: path)
     }
 
     /// Checks YAML text; `file` names it in errors.
     public static func parse(_ yaml: String, file: String) throws(LBConfigError) -> LBConfig {
-        let root: Node
-        do {
-            guard let node = try Yams.compose(yaml: yaml) else {
-                throw LBConfigError(file: file, line: 1, column: 1, message: "expected a mapping with `cgroup` and `services`, found an empty document")
-            }
-            root = node
-        } catch let error as LBConfigError {
-            throw error
-        } catch let error as YamlError {
-            throw ProxyConfigLoader.syntaxError(error, file: file)
-        } catch {
-            throw LBConfigError(file: file, line: 0, column: 0, message: "\(error)")
-        }
-        return try config(root, Reader(file: file))
+        try config(try ProxyConfigLoader.root(yaml, file: file, expected: "a mapping with `cgroup` and `services`"), Reader(file: file))
     }
 
     static func config(_ root: Node, _ reader: Reader) throws(LBConfigError) -> LBConfig {

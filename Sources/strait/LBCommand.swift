@@ -38,12 +38,7 @@ struct LBRun: ParsableCommand {
             return
         }
         guard let path = config else { throw ValidationError("--config FILE is required (or --check FILE)") }
-        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: one of trace, debug, info, notice, warning, error") }
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        try Strait.bootstrapLogging(level: logLevel)
         let logger = Logger(label: "strait.lb")
         var loaded = try load(path)
         if let metrics {

@@ -60,12 +60,7 @@ struct ProxyRun: ParsableCommand {
             }
         }
         let loaded = try loadConfig()
-        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: one of trace, debug, info, notice, warning, error") }
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        try Strait.bootstrapLogging(level: logLevel)
         let logger = Logger(label: "strait.proxy")
         guard (1...64).contains(threads) else { throw ValidationError("--threads: from 1 to 64") }
 

@@ -10,6 +10,16 @@ struct Strait: ParsableCommand {
         subcommands: [DoctorCommand.self, AccelCommand.self, ProxyCommand.self, SteerCommand.self, DropCommand.self, LBCommand.self, BenchCommand.self]
     )
 
+    /// Logging to standard error at `level` (a `--log-level` value), for long-running commands.
+    static func bootstrapLogging(level text: String) throws {
+        guard let level = Logger.Level(rawValue: text) else { throw ValidationError("--log-level: one of trace, debug, info, notice, warning, error") }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+    }
+
     static func bootstrapLogging() {
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)

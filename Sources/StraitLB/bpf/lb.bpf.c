@@ -17,6 +17,7 @@
 #include <linux/types.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <strait/hash.bpf.h>
 #include <strait/lb.h>
 
 #define ECONNREFUSED 111
@@ -88,20 +89,11 @@ static __always_inline void count_backend(__u32 id, int connected) {
     else stats->datagrams += 1;
 }
 
-static __always_inline __u32 mix(__u32 hash) {
-    hash ^= hash >> 16;
-    hash *= 0x85ebca6b;
-    hash ^= hash >> 13;
-    hash *= 0xc2b2ae35;
-    hash ^= hash >> 16;
-    return hash;
-}
-
 /// The table entry of a socket: its cookie through murmur3's finaliser (Maglev), or a random one.
 static __always_inline __u32 entry_for(__u64 cookie, __u32 policy) {
     if (policy == STRAIT_LB_RANDOM) return bpf_get_prandom_u32() % STRAIT_LB_TABLE_SIZE;
-    __u32 hash = mix((__u32)cookie ^ STRAIT_LB_HASH_SEED);
-    return mix(hash ^ (__u32)(cookie >> 32)) % STRAIT_LB_TABLE_SIZE;
+    __u32 hash = strait_mix32((__u32)cookie ^ STRAIT_LB_HASH_SEED);
+    return strait_mix32(hash ^ (__u32)(cookie >> 32)) % STRAIT_LB_TABLE_SIZE;
 }
 
 enum choice { NOT_A_SERVICE, CHOSEN, REFUSE };

@@ -47,20 +47,29 @@ public struct ProxyConfigError: Error, Equatable, CustomStringConvertible {
 public enum ProxyConfigLoader {
     /// Reads and checks the file at `path`.
     public static func load(path: String) throws(ProxyConfigError) -> ProxyConfig {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw ProxyConfigError(file: path, line: 0, column: 0, message: "cannot read the file")
-        }
-        return try parse(String(decoding: data, as: UTF8.self), file: path)
+        try parse(try text(path: path), file: path)
     }
 
     /// Checks YAML text; `file` names it in errors.
     public static func parse(_ yaml: String, file: String) throws(ProxyConfigError) -> ProxyConfig {
-        let root: Node
+        try Reader(file: file).config(try root(yaml, file: file, expected: "a mapping with `listeners` and `clusters`"))
+    }
+
+    /// The text of the file at `path` (shared with the other YAML configurations of this package).
+    package static func text(path: String) throws(ProxyConfigError) -> String {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ProxyConfigError(file: path, line: 0, column: 0, message: "cannot read the file")
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// The document's root node; a syntax error or an empty document is located in `file`.
+    package static func root(_ yaml: String, file: String, expected: String) throws(ProxyConfigError) -> Node {
         do {
             guard let node = try Yams.compose(yaml: yaml) else {
-                throw ProxyConfigError(file: file, line: 1, column: 1, message: "expected a mapping with `listeners` and `clusters`, found an empty document")
+                throw ProxyConfigError(file: file, line: 1, column: 1, message: "expected \(expected), found an empty document")
             }
-            root = node
+            return node
         } catch let error as ProxyConfigError {
             throw error
         } catch let error as YamlError {
@@ -68,10 +77,9 @@ public enum ProxyConfigLoader {
         } catch {
             throw ProxyConfigError(file: file, line: 0, column: 0, message: "\(error)")
         }
-        return try Reader(file: file).config(root)
     }
 
-    package static func syntaxError(_ error: YamlError, file: String) -> ProxyConfigError {
+    static func syntaxError(_ error: YamlError, file: String) -> ProxyConfigError {
         switch error {
         case .scanner(_, let problem, let mark, _), .parser(_, let problem, let mark, _), .composer(_, let problem, let mark, _):
             return ProxyConfigError(file: file, line: mark.line, column: mark.column, message: "invalid YAML: \(problem)")
