@@ -5,8 +5,8 @@ import StraitKernelABI
 import StraitMaglev
 import StraitSystem
 
-/// Connect-time load balancing for the sockets of one cgroup v2: lb.bpf.c's eight cgroup
-/// programs (connect, UDP sendmsg and recvmsg, getpeername; IPv4 and IPv6) attached as BPF links,
+/// Connect-time load balancing for the sockets of one cgroup v2: lb.bpf.c's cgroup programs
+/// (connect, UDP sendmsg and recvmsg, getpeername, IPv4 and IPv6; sock_release) attached as BPF links,
 /// and the maps that say which virtual addresses are services and where their sockets go.
 ///
 /// A `LoadBalancer` owns the links and the maps: they live as long as it does (``close()`` or
@@ -28,6 +28,7 @@ public final class LoadBalancer: @unchecked Sendable {
         ("lb_sendmsg4", BPF_CGROUP_UDP4_SENDMSG), ("lb_sendmsg6", BPF_CGROUP_UDP6_SENDMSG),
         ("lb_recvmsg4", BPF_CGROUP_UDP4_RECVMSG), ("lb_recvmsg6", BPF_CGROUP_UDP6_RECVMSG),
         ("lb_getpeername4", BPF_CGROUP_INET4_GETPEERNAME), ("lb_getpeername6", BPF_CGROUP_INET6_GETPEERNAME),
+        ("lb_release", BPF_CGROUP_INET_SOCK_RELEASE),
     ]
     /// Maps pinned for `strait lb status` when a pin directory is given.
     static let pinnedMapNames = ["lb_backend_stats", "lb_counters"]

@@ -252,4 +252,26 @@ int lb_getpeername4(struct bpf_sock_addr *ctx) { return reverse4(ctx); }
 SEC("cgroup/getpeername6")
 int lb_getpeername6(struct bpf_sock_addr *ctx) { return reverse6(ctx); }
 
+// A closing socket's reverse entry goes with it, so the LRU map holds live sockets and a connect
+// never pays for an eviction. Only the entry of the connected peer is known here; those of an
+// unconnected UDP socket age out of the LRU map.
+SEC("cgroup/sock_release")
+int lb_release(struct bpf_sock *sk) {
+    __u32 family = sk->family;
+    struct strait_lb_reverse_key reverse = {.cookie = bpf_get_socket_cookie(sk), .port = (__u16)sk->dst_port};
+    if (family == 2) {
+        __u32 address = sk->dst_ip4;
+        reverse.addr[10] = 0xff;
+        reverse.addr[11] = 0xff;
+        __builtin_memcpy(reverse.addr + 12, &address, 4);
+    } else if (family == 10) {
+        __u32 words[4] = {sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3]};
+        __builtin_memcpy(reverse.addr, words, 16);
+    } else {
+        return 1;
+    }
+    bpf_map_delete_elem(&lb_reverse, &reverse);
+    return 1;
+}
+
 char LICENSE[] SEC("license") = "GPL";
