@@ -59,6 +59,9 @@ let package = Package(
             ]
         ),
 
+        // Maglev consistent hashing, shared by every balancer (StraitSteer, StraitLB).
+        .target(name: "StraitMaglev"),
+
         // Build-time only: compiles each feature's `bpf/*.bpf.c` with the toolchain's clang and embeds
         // the object in the target as Swift source (StraitCodegen writes it); records the git commit.
         .executableTarget(name: "StraitCodegen"),
@@ -106,7 +109,19 @@ let package = Package(
         // listener hand-over that restarts a StraitNet server without losing a connection.
         .target(
             name: "StraitSteer",
-            dependencies: ["StraitBPF", "StraitKernelABI", "StraitSystem", "StraitNet"],
+            dependencies: ["StraitBPF", "StraitKernelABI", "StraitMaglev", "StraitSystem", "StraitNet"],
+            exclude: ["bpf"],
+            plugins: ["BPFCompiler"]
+        ),
+        // Connect-time load balancing for local clients (cgroup sock_addr programs, `strait lb`).
+        .target(
+            name: "StraitLB",
+            dependencies: [
+                "StraitBPF", "StraitKernelABI", "StraitMaglev", "StraitSystem", "StraitNet", "StraitProxy",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
             exclude: ["bpf"],
             plugins: ["BPFCompiler"]
         ),
@@ -172,7 +187,7 @@ let package = Package(
         // Side-by-side measurement against the peers each issue names.
         .target(
             name: "StraitBench",
-            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitDrop", "StraitProxy", "StraitSteer", "StraitNet", "StraitNetBench", "StraitLimit", "StraitTestSupport", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitDrop", "StraitProxy", "StraitSteer", "StraitLB", "StraitNet", "StraitNetBench", "StraitLimit", "StraitTestSupport", .product(name: "Logging", package: "swift-log")]
         ),
 
         // Layer 4: the commands. StraitCLI is what `strait` and `strait-bench` share: exit codes,
@@ -188,7 +203,7 @@ let package = Package(
         .executableTarget(
             name: "strait",
             dependencies: [
-                "StraitBPF", "StraitAccel", "StraitSystem", "StraitDrop", "StraitProxy", "StraitSteer", "StraitNet", "StraitCLI", "StraitBuildInfo", "StraitAgent", "StraitLimit",
+                "StraitBPF", "StraitAccel", "StraitSystem", "StraitDrop", "StraitProxy", "StraitSteer", "StraitNet", "StraitCLI", "StraitBuildInfo", "StraitAgent", "StraitLimit", "StraitLB",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -226,12 +241,16 @@ let package = Package(
         .testTarget(
             name: "StraitSteerTests",
             // StraitBench: the restart drill (a measurement, not part of the StraitSteer library).
-            dependencies: ["StraitSteer", "StraitNet", "StraitBPF", "StraitSystem", "StraitKernelABI", "StraitTestSupport", "StraitBench"]
+            dependencies: ["StraitSteer", "StraitMaglev", "StraitNet", "StraitBPF", "StraitSystem", "StraitKernelABI", "StraitTestSupport", "StraitBench"]
         ),
         .testTarget(name: "StraitAccelTests", dependencies: ["StraitAccel", "StraitBPF", "CLibBPF", "StraitTestSupport"]),
         .testTarget(name: "StraitDropTests", dependencies: ["StraitDrop", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitTestSupport"]),
         .testTarget(name: "StraitProxyTests", dependencies: ["StraitProxy", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitNet", "StraitTestSupport", "StraitBench"]),
         .testTarget(name: "StraitLimitTests", dependencies: ["StraitLimit", "StraitBPF", "StraitKernelABI", "StraitSystem", "StraitTestSupport"]),
+        .testTarget(
+            name: "StraitLBTests",
+            dependencies: ["StraitLB", "StraitMaglev", "StraitBPF", "StraitKernelABI", "StraitSystem", "StraitNet", "StraitProxy", "StraitTestSupport", .product(name: "Logging", package: "swift-log")]
+        ),
         .testTarget(name: "StraitNetBenchTests", dependencies: ["StraitNetBench"]),
         .testTarget(
             name: "StraitAgentTests",

@@ -43,6 +43,16 @@ extension String {
 }
 
 extension ParsableCommand {
+    /// Logging to standard error at `level` (a `--log-level` value), for long-running commands.
+    public static func bootstrapLogging(level text: String) throws {
+        guard let level = Logger.Level(rawValue: text) else { throw ValidationError("--log-level: one of trace, debug, info, notice, warning, error") }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+    }
+
     /// Sends swift-log to standard error at the level `STRAIT_LOG` names (default `warning`), the
     /// same for every Strait command. Call it once, at the start of `run()`.
     public static func bootstrapLogging() {

@@ -2,6 +2,7 @@ import CLibBPF
 import Foundation
 import StraitBPF
 import StraitKernelABI
+import StraitMaglev
 import StraitNet
 import StraitSystem
 import Synchronization

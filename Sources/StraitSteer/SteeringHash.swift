@@ -1,11 +1,12 @@
 import StraitKernelABI
+import StraitMaglev
 import StraitSystem
 
 /// The hash steer.bpf.c computes over a key (FNV-1a, then murmur3's finaliser), mirrored in Swift
 /// so placement can be predicted and checked: the same bytes give the same bucket on both sides.
 public enum SteeringHash {
     public static func hash<Bytes: Sequence>(_ bytes: Bytes) -> UInt32 where Bytes.Element == UInt8 {
-        mix(fnv1a(bytes))
+        Maglev.mix(fnv1a(bytes))
     }
 
     static func fnv1a<Bytes: Sequence>(_ bytes: Bytes, seed: UInt32 = UInt32(STRAIT_STEER_FNV_OFFSET)) -> UInt32 where Bytes.Element == UInt8 {
@@ -14,17 +15,6 @@ public enum SteeringHash {
             hash ^= UInt32(byte)
             hash = hash &* UInt32(STRAIT_STEER_FNV_PRIME)
         }
-        return hash
-    }
-
-    /// murmur3's 32-bit finaliser.
-    public static func mix(_ value: UInt32) -> UInt32 {
-        var hash = value
-        hash ^= hash >> 16
-        hash = hash &* 0x85eb_ca6b
-        hash ^= hash >> 13
-        hash = hash &* 0xc2b2_ae35
-        hash ^= hash >> 16
         return hash
     }
 

@@ -12,6 +12,6 @@ struct StraitBenchCommand: StraitCommandMain {
         commandName: "strait-bench",
         abstract: "Measure Strait side by side with its peers, in one run, on this machine (also run as `strait bench`).",
         version: "strait-bench " + BuildInfo.versionLine,
-        subcommands: [BenchAccel.self, BenchNet.self, BenchProxy.self, BenchSteer.self, BenchDrop.self, BenchLimit.self, BenchSoak.self]
+        subcommands: [BenchAccel.self, BenchNet.self, BenchProxy.self, BenchSteer.self, BenchDrop.self, BenchLimit.self, BenchSoak.self, BenchLB.self, BenchLBClient.self]
     )
 }

@@ -77,12 +77,7 @@ struct ProxyRun: ParsableCommand {
             }
         }
         let loaded = try loadConfig()
-        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: one of trace, debug, info, notice, warning, error") }
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        try Strait.bootstrapLogging(level: logLevel)
         let logger = Logger(label: "strait.proxy")
         // Two descriptors per connection: the soft default (often 1024) would cap a proxy at ~500.
         do {

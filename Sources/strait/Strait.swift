@@ -10,7 +10,7 @@ struct Strait: StraitCommandMain {
         commandName: "strait",
         abstract: "Shortens the path data takes between sockets on Linux.",
         version: "strait " + BuildInfo.versionLine,
-        subcommands: [DoctorCommand.self, AccelCommand.self, ProxyCommand.self, SteerCommand.self, DropCommand.self, LimitCommand.self, BenchCommand.self,
+        subcommands: [DoctorCommand.self, AccelCommand.self, ProxyCommand.self, SteerCommand.self, DropCommand.self, LBCommand.self, LimitCommand.self, BenchCommand.self,
             AgentCommand.self]
     )
 }

@@ -1,4 +1,5 @@
 import StraitKernelABI
+import StraitMaglev
 import StraitSteer
 import Testing
 

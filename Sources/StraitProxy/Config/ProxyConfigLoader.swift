@@ -66,6 +66,27 @@ public enum ProxyConfigLoader {
         try parse(try ConfigText.decode(bytes, file: file), file: file)
     }
 
+    /// The checked text of the file at `path` (size, UTF-8, control bytes, as ``load(path:)``), for
+    /// the other YAML configurations that share this reader (`strait lb`).
+    public static func text(path: String) throws(ProxyConfigError) -> String {
+        let bytes: [UInt8]
+        do {
+            bytes = try ConfigText.read(path: path)
+        } catch {
+            throw ProxyConfigError(file: path, line: 0, column: 0, message: "cannot read the file: \(error)")
+        }
+        return try ConfigText.decode(bytes, file: path)
+    }
+
+    /// The document's root node (bounded as ``compose(_:file:)``); an empty document is an error
+    /// saying what was `expected`.
+    public static func root(_ yaml: String, file: String, expected: String) throws(ProxyConfigError) -> Node {
+        guard let node = try compose(yaml, file: file) else {
+            throw ProxyConfigError(file: file, line: 1, column: 1, message: "expected \(expected), found an empty document")
+        }
+        return node
+    }
+
     /// Checks YAML text; `file` names it in errors.
     public static func parse(_ yaml: String, file: String) throws(ProxyConfigError) -> ProxyConfig {
         guard let root = try compose(yaml, file: file) else {
@@ -276,15 +297,18 @@ public struct ConfigNodeReader: Sendable {
         }
         var cluster = ClusterConfig(name: name, upstreams: upstreams)
         if let value = entries["balance"] { cluster.balancing = try choice(value, "`balance`") }
-        if let value = entries["health_check"] {
-            let check = try fields(value, "`health_check`", allowed: ["interval", "timeout", "rise", "fall"])
-            var health = HealthCheck()
-            if let node = check["interval"] { health.interval = try duration(node, "`interval`") }
-            if let node = check["timeout"] { health.timeout = try duration(node, "`timeout`") }
-            if let node = check["rise"] { health.rise = try integer(node, "`rise`", range: HealthCheck.countRange) }
-            if let node = check["fall"] { health.fall = try integer(node, "`fall`", range: HealthCheck.countRange) }
-            cluster.healthCheck = health
-        }
+        if let value = entries["health_check"] { cluster.healthCheck = try healthCheck(value) }
         return cluster
+    }
+
+    /// A `health_check` mapping: interval, timeout, rise, fall (the proxy's clusters and `strait lb`'s services).
+    public func healthCheck(_ value: Node) throws(ProxyConfigError) -> HealthCheck {
+        let check = try fields(value, "`health_check`", allowed: ["interval", "timeout", "rise", "fall"])
+        var health = HealthCheck()
+        if let node = check["interval"] { health.interval = try duration(node, "`interval`") }
+        if let node = check["timeout"] { health.timeout = try duration(node, "`timeout`") }
+        if let node = check["rise"] { health.rise = try integer(node, "`rise`", range: HealthCheck.countRange) }
+        if let node = check["fall"] { health.fall = try integer(node, "`fall`", range: HealthCheck.countRange) }
+        return health
     }
 }

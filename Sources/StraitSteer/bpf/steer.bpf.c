@@ -13,6 +13,7 @@
 #include <linux/types.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <strait/hash.bpf.h>
 #include <strait/steer.h>
 
 #define ETH_P_IP 0x0800
@@ -60,15 +61,6 @@ static __always_inline __u32 fnv1a(__u32 hash, const __u8 *bytes, __u32 length, 
     return hash;
 }
 
-static __always_inline __u32 finalise(__u32 hash) {
-    hash ^= hash >> 16;
-    hash *= 0x85ebca6b;
-    hash ^= hash >> 13;
-    hash *= 0xc2b2ae35;
-    hash ^= hash >> 16;
-    return hash;
-}
-
 /// Source address then destination address, back to back (8 bytes for IPv4, 32 for IPv6), read
 /// from the network header in one call.
 static __always_inline int read_addresses(struct sk_reuseport_md *md, __u8 addresses[32], __u32 *length) {
@@ -93,7 +85,7 @@ static __always_inline enum key_result key_hash(struct sk_reuseport_md *md, cons
         __u32 length = config->payload_length;
         if (length == 0 || length > STRAIT_STEER_MAX_KEY) return KEY_SHORT;
         if (bpf_skb_load_bytes(md, UDP_HEADER + config->payload_offset, key, length)) return KEY_SHORT;
-        *hash = finalise(fnv1a(h, key, length, STRAIT_STEER_MAX_KEY));
+        *hash = strait_mix32(fnv1a(h, key, length, STRAIT_STEER_MAX_KEY));
         return KEY_OK;
     }
     __u8 addresses[32] = {};
@@ -106,7 +98,7 @@ static __always_inline enum key_result key_hash(struct sk_reuseport_md *md, cons
         h = length == 4 ? fnv1a(h, addresses + 4, 4, 4) : fnv1a(h, addresses + 16, 16, 16);
         h = fnv1a(h, ports, 4, 4);
     }
-    *hash = finalise(h);
+    *hash = strait_mix32(h);
     return KEY_OK;
 }
 

@@ -5,6 +5,7 @@
 #include <linux/types.h>
 #include "accel.h"
 #include "drop.h"
+#include "lb.h"
 #include "proxy.h"
 #include "steer.h"
 #include "limit.h"

@@ -6,6 +6,9 @@
 /// stable id), claiming the next free entry on its turn. Computing a 16381-entry table costs well
 /// under a millisecond for 64 members; it runs in Swift and the result is written to the kernel in
 /// one map update.
+///
+/// It lives in its own small target so that every balancer shares one table builder: StraitSteer
+/// (SO_REUSEPORT groups) and StraitLB (connect-time load balancing) both import it.
 public enum Maglev {
     public struct Member: Sendable, Hashable {
         /// A stable identity: the same id gives the same permutation, whoever else is present.
@@ -27,8 +30,8 @@ public enum Maglev {
         let members = members.sorted { $0.id < $1.id }
         let maxWeight = members.map { max($0.weight, 1) }.max()!
         let permutations = members.map { member -> (offset: Int, skip: Int) in
-            let offset = Int(SteeringHash.mix(member.id &* 2_654_435_761 &+ 0x9E37_79B9) % UInt32(size))
-            let skip = Int(SteeringHash.mix(member.id ^ 0x85EB_CA6B &+ 0x1234_5678) % UInt32(size - 1)) + 1
+            let offset = Int(mix(member.id &* 2_654_435_761 &+ 0x9E37_79B9) % UInt32(size))
+            let skip = Int(mix(member.id ^ 0x85EB_CA6B &+ 0x1234_5678) % UInt32(size - 1)) + 1
             return (offset, skip)
         }
         var next = [Int](repeating: 0, count: members.count)
@@ -53,5 +56,17 @@ public enum Maglev {
             }
         }
         return table
+    }
+
+    /// murmur3's 32-bit finaliser: the mixing step of Maglev's permutations and of the hashes the
+    /// kernel programs compute (steer.bpf.c, lb.bpf.c), mirrored here bit for bit.
+    public static func mix(_ value: UInt32) -> UInt32 {
+        var hash = value
+        hash ^= hash >> 16
+        hash = hash &* 0x85eb_ca6b
+        hash ^= hash >> 13
+        hash = hash &* 0xc2b2_ae35
+        hash ^= hash >> 16
+        return hash
     }
 }

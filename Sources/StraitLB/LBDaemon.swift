@@ -1,0 +1,134 @@
+import Foundation
+import Logging
+import Prometheus
+import StraitBPF
+import StraitKernelABI
+import StraitNet
+import StraitProxy
+import StraitSystem
+
+/// What `strait lb --config FILE` runs: a ``LoadBalancer`` on the configured cgroup, the health
+/// checks of its backends (each change of health is applied at once), an optional Prometheus
+/// endpoint, and the state `strait lb status` reads (`state.json` in the state directory, the
+/// counters pinned in bpffs). Everything is undone by ``stop()``; a crash leaves only the pins
+/// and the state file, which the next start replaces, while the kernel drops the links with the
+/// process.
+public final class LBDaemon: @unchecked Sendable {
+    /// Where the state file lives by default.
+    public static let defaultStateDirectory = "/run/strait/lb"
+    /// Where the counters are pinned by default.
+    public static let defaultPinDirectory = BPFFS.defaultMount + "/strait/lb"
+
+    public let balancer: LoadBalancer
+    private let stateDirectory: String
+    private let logger: Logger
+    private let lock = NSLock()
+    private var config: LBConfig
+    private var down: Set<LBBackendRef> = []
+    private let group: EventLoopGroup
+    private var checker: LBHealthChecker?
+    private var metrics: PlainHTTPEndpoint?
+
+    /// Starts balancing `config` and its checks. Throws ``LBError/alreadyRunning(_:)`` when a live
+    /// process holds the state directory.
+    public init(config: LBConfig, stateDirectory: String = defaultStateDirectory, pinDirectory: String = defaultPinDirectory, logger: Logger) throws {
+        let statePath = LBStatus.statePath(in: stateDirectory)
+        if let previous = try? LBStatus.readState(path: statePath), previous.pid != getpid(), kill(previous.pid, 0) == 0 {
+            throw LBError.alreadyRunning(statePath)
+        }
+        try FileManager.default.createDirectory(atPath: stateDirectory, withIntermediateDirectories: true)
+        self.config = config
+        self.stateDirectory = stateDirectory
+        self.logger = logger
+        balancer = try LoadBalancer(
+            cgroup: Cgroup(path: config.cgroup), capacity: max(Int(STRAIT_LB_MAX_SERVICES), config.services.count * 2),
+            pinDirectory: pinDirectory)
+        group = try EventLoopGroup(loopCount: 1)
+        do {
+            try balancer.apply(config.services)
+            let checker = LBHealthChecker(group: group, logger: logger) { [weak self] down in self?.healthChanged(down) }
+            checker.configure(config.services)
+            self.checker = checker
+            if let address = config.metricsAddress {
+                let registry = PrometheusCollectorRegistry()
+                metrics = try PlainHTTPEndpoint(address: address, routes: ["/metrics": { [weak self] in
+                    guard let snapshot = try? self?.balancer.snapshot() else { return .init(body: "") }
+                    return .init(body: LBMetrics.exposition(snapshot, registry: registry))
+                }])
+                logger.info("metrics on http://\(metrics!.address)/metrics")
+            }
+            try publish()
+        } catch {
+            checker?.stop()
+            group.shutdown()
+            balancer.close()
+            throw error
+        }
+    }
+
+    /// The metrics endpoint's bound address, if one runs.
+    public var metricsAddress: SocketAddress? { metrics?.address }
+
+    /// Applies a new configuration (same cgroup; services, backends and checks may all change).
+    public func reload(_ next: LBConfig) throws {
+        try lock.withLock { () throws in
+            try balancer.apply(next.services, down: down)
+            config = next
+        }
+        checker?.configure(next.services)
+        try publish()
+    }
+
+    /// Stops the checks and the metrics endpoint, detaches the programs and removes the state.
+    public func stop() async {
+        checker?.stop()
+        checker = nil
+        await metrics?.shutdown()
+        metrics = nil
+        group.shutdown()
+        balancer.close()
+        try? FileManager.default.removeItem(atPath: LBStatus.statePath(in: stateDirectory))
+    }
+
+    private func healthChanged(_ next: Set<LBBackendRef>) {
+        do {
+            try lock.withLock { () throws in
+                try balancer.apply(config.services, down: next)
+                down = next
+            }
+            try publish()
+        } catch {
+            logger.error("applying a health change failed: \(error)")
+        }
+    }
+
+    /// Writes the state file status reads (atomically: a reader sees the old file or the new one).
+    private func publish() throws {
+        let state = LBStatus.State(pid: getpid(), snapshot: try balancer.snapshot())
+        let data = try JSONEncoder().encode(state)
+        try data.write(to: URL(fileURLWithPath: LBStatus.statePath(in: stateDirectory)), options: .atomic)
+    }
+}
+
+/// The Prometheus text of a snapshot, through a swift-prometheus registry (gauges copied from
+/// the kernel's counters before each scrape, as the proxy does with its kernel counters):
+///
+/// - `strait_lb_backend_up{service,backend}` (1 up, 0 down)
+/// - `strait_lb_backend_connects{service,backend}`, `strait_lb_backend_datagrams{service,backend}`
+/// - `strait_lb_balanced`, `strait_lb_refused`, `strait_lb_reversed`
+public enum LBMetrics {
+    public static func exposition(_ snapshot: LBSnapshot, registry: PrometheusCollectorRegistry) -> String {
+        for service in snapshot.services {
+            for backend in service.backends {
+                let labels = [("service", service.name), ("backend", backend.endpoint)]
+                registry.makeGauge(name: "strait_lb_backend_up", labels: labels).set(Double(backend.up ? 1 : 0))
+                registry.makeGauge(name: "strait_lb_backend_connects", labels: labels).set(Double(backend.connects))
+                registry.makeGauge(name: "strait_lb_backend_datagrams", labels: labels).set(Double(backend.datagrams))
+            }
+        }
+        registry.makeGauge(name: "strait_lb_balanced").set(Double(snapshot.counters.balanced))
+        registry.makeGauge(name: "strait_lb_refused").set(Double(snapshot.counters.refused))
+        registry.makeGauge(name: "strait_lb_reversed").set(Double(snapshot.counters.reversed))
+        return registry.emitToString()
+    }
+}

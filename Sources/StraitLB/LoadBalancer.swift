@@ -1,0 +1,291 @@
+import CLibBPF
+import Foundation
+import StraitBPF
+import StraitKernelABI
+import StraitMaglev
+import StraitSystem
+
+/// Connect-time load balancing for the sockets of one cgroup v2: lb.bpf.c's cgroup programs
+/// (connect, UDP sendmsg and recvmsg, getpeername, IPv4 and IPv6; sock_release) attached as BPF links,
+/// and the maps that say which virtual addresses are services and where their sockets go.
+///
+/// A `LoadBalancer` owns the links and the maps: they live as long as it does (``close()`` or
+/// deinit detaches everything; nothing is pinned unless `pinDirectory` is given, and then only
+/// the counters, for `strait lb status`). Processes outside the cgroup are never affected.
+///
+/// Every change goes through ``apply(_:down:)``, which computes each service's table in Swift
+/// (``LBTable``), writes it to the service's standby table and then flips the service to it with
+/// one write of its `lb_services` value. A connect reads that value once, so it uses one whole
+/// table, old or new. Backends keep their ids across changes (Maglev's permutations follow the
+/// id); when backends only leave, the live owners keep their entries (``LBTable/shrink(_:fresh:live:)``),
+/// so only the leavers' sockets move; and the kernel entry of a backend that leaves is deleted only on the next apply, once no
+/// connect can still be reading a table that names it. Costs: one map write per changed table and
+/// one per changed service; an unchanged service costs nothing.
+public final class LoadBalancer: @unchecked Sendable {
+    /// The programs of lb.bpf.c and the cgroup hook each attaches to.
+    static let programs: [(name: String, hook: bpf_attach_type)] = [
+        ("lb_connect4", BPF_CGROUP_INET4_CONNECT), ("lb_connect6", BPF_CGROUP_INET6_CONNECT),
+        ("lb_sendmsg4", BPF_CGROUP_UDP4_SENDMSG), ("lb_sendmsg6", BPF_CGROUP_UDP6_SENDMSG),
+        ("lb_recvmsg4", BPF_CGROUP_UDP4_RECVMSG), ("lb_recvmsg6", BPF_CGROUP_UDP6_RECVMSG),
+        ("lb_getpeername4", BPF_CGROUP_INET4_GETPEERNAME), ("lb_getpeername6", BPF_CGROUP_INET6_GETPEERNAME),
+        ("lb_release", BPF_CGROUP_INET_SOCK_RELEASE),
+    ]
+    /// Maps pinned for `strait lb status` when a pin directory is given.
+    static let pinnedMapNames = ["lb_backend_stats", "lb_counters"]
+
+    /// The cgroup whose sockets are balanced.
+    public let cgroup: Cgroup
+    /// Services the maps hold at most (fixed at start).
+    public let capacity: Int
+    /// Where the counters are pinned, if anywhere.
+    public let pinDirectory: String?
+
+    private let lock = NSLock()
+    private var links: [BPFLink]
+    private let services: TypedMap<strait_lb_service_key, strait_lb_service>
+    private let tables: TypedMap<UInt32, strait_lb_table>
+    private let backends: TypedMap<UInt32, strait_lb_backend>
+    private let backendStats: TypedMap<UInt32, strait_lb_backend_stats>
+    private let counters: TypedMap<UInt32, UInt64>
+
+    /// A service as the kernel holds it now.
+    private struct Installed {
+        var slot: UInt32
+        var table: UInt32
+        var contents: [UInt32]?
+        var policy: LBPolicy
+        var config: LBServiceConfig
+        var backendIDs: [UInt32]
+        var down: Set<LBBackendConfig>
+        /// Live members of `contents` and their weights.
+        var weights: [UInt32: Int]
+    }
+
+    private struct ServiceIdentity: Hashable {
+        var address: IPAddress
+        var port: UInt16
+        var transport: LBProtocol
+    }
+
+    private struct BackendIdentity: Hashable {
+        var service: ServiceIdentity
+        var address: IPAddress
+        var port: UInt16
+    }
+
+    private var installed: [ServiceIdentity: Installed] = [:]
+    private var backendIDs: [BackendIdentity: UInt32] = [:]
+    private var nextBackendID: UInt32 = 1
+    private var nextSlot: UInt32 = 0
+    private var freeSlots: [UInt32] = []
+    private var retiredBackends: [UInt32] = []
+
+    /// Loads lb.bpf.c with maps sized for `capacity` services and attaches its programs to
+    /// `cgroup`. With `pinDirectory`, pins the counters there (replacing older pins).
+    public init(cgroup: Cgroup, capacity: Int = Int(STRAIT_LB_MAX_SERVICES), pinDirectory: String? = nil) throws {
+        guard cgroup.exists else { throw LBError.noSuchCgroup(cgroup.path) }
+        self.cgroup = cgroup
+        self.capacity = capacity
+        self.pinDirectory = pinDirectory
+        let spec = try BPFObjectSpec(embedded: .lb)
+        let backendCapacity = UInt32(max(Int(STRAIT_LB_MAX_BACKEND_ENTRIES), capacity * 4))
+        try spec.setMaxEntries(UInt32(capacity), forMap: "lb_services")
+        try spec.setMaxEntries(UInt32(capacity * 2), forMap: "lb_tables")
+        try spec.setMaxEntries(backendCapacity, forMap: "lb_backends")
+        try spec.setMaxEntries(backendCapacity, forMap: "lb_backend_stats")
+        let object = try spec.load()
+        defer { object.close() }
+        services = try object.map("lb_services").typed(key: strait_lb_service_key.self, value: strait_lb_service.self)
+        tables = try object.map("lb_tables").typed(key: UInt32.self, value: strait_lb_table.self)
+        backends = try object.map("lb_backends").typed(key: UInt32.self, value: strait_lb_backend.self)
+        backendStats = try object.map("lb_backend_stats").typed(key: UInt32.self, value: strait_lb_backend_stats.self)
+        counters = try object.map("lb_counters").typed(key: UInt32.self, value: UInt64.self)
+        if let pinDirectory {
+            try BPFFS.ensureMounted()
+            try BPFFS.removeTree(pinDirectory)
+            try BPFFS.makeDirectory(pinDirectory)
+            for name in Self.pinnedMapNames { try object.map(name).pin(at: pinDirectory + "/" + name) }
+        }
+        var links: [BPFLink] = []
+        do {
+            for (name, hook) in Self.programs { links.append(try object.program(name).attach(cgroup: cgroup, as: hook)) }
+        } catch {
+            for link in links { try? link.close() }
+            if let pinDirectory { try? BPFFS.removeTree(pinDirectory) }
+            throw error
+        }
+        self.links = links
+    }
+
+    deinit { close() }
+
+    /// Detaches every program and removes the pins. The maps go with the last descriptor.
+    public func close() {
+        lock.withLock {
+            for link in links { try? link.close() }
+            links = []
+            if let pinDirectory { try? BPFFS.removeTree(pinDirectory) }
+        }
+    }
+
+    /// Makes the kernel balance exactly `configs`, with the backends in `down` left out of every
+    /// table (a service whose backends are all down refuses connects with ECONNREFUSED).
+    /// Services and backends not named any more are removed. Safe while traffic flows and from
+    /// any thread; see the type's documentation for why no connect sees a half-made change.
+    public func apply(_ configs: [LBServiceConfig], down: Set<LBBackendRef> = []) throws {
+        guard configs.count <= capacity else { throw LBError.tooManyServices(count: configs.count, capacity: capacity) }
+        try lock.withLock { () throws in
+            // Entries unreferenced since the previous apply: no connect can be reading them now.
+            for id in retiredBackends {
+                _ = try backends.delete(id)
+                _ = try backendStats.delete(id)
+            }
+            retiredBackends = []
+            var wanted: Set<ServiceIdentity> = []
+            var referenced: Set<UInt32> = []
+            for config in configs {
+                let identity = ServiceIdentity(address: config.address, port: config.port, transport: config.transport)
+                wanted.insert(identity)
+                var entry = installed[identity] ?? Installed(
+                    slot: allocateSlot(), table: 1, contents: nil, policy: config.policy, config: config, backendIDs: [], down: [], weights: [:])
+                var ids: [UInt32] = []
+                var members: [Maglev.Member] = []
+                var downHere: Set<LBBackendConfig> = []
+                for backend in config.backends {
+                    let id = try backendID(BackendIdentity(service: identity, address: backend.address, port: backend.port), backend)
+                    ids.append(id)
+                    referenced.insert(id)
+                    if down.contains(LBBackendRef(service: config.name, backend: backend.endpoint)) {
+                        downHere.insert(backend)
+                    } else {
+                        members.append(Maglev.Member(id: id, weight: backend.weight))
+                    }
+                }
+                var table = LBTable.build(members, policy: config.policy)
+                let weights = Dictionary(uniqueKeysWithValues: members.map { ($0.id, $0.weight) })
+                if config.policy == .maglev, entry.policy == .maglev, let previous = entry.contents, !previous.isEmpty, !table.isEmpty,
+                   weights.allSatisfy({ entry.weights[$0.key] == $0.value }) {
+                    // Only leavers: keep every live owner in place, so only the leavers' sockets move.
+                    table = LBTable.shrink(previous, fresh: table, live: Set(weights.keys))
+                }
+                if entry.contents != table || entry.policy != config.policy {
+                    let key = Self.serviceKey(identity)
+                    if table.isEmpty {
+                        try services.update(key, strait_lb_service(slot: entry.slot, table: entry.table, live: 0, policy: config.policy.kernelValue))
+                    } else {
+                        let standby = 1 - entry.table
+                        try tables.update(entry.slot * 2 + standby, Self.kernelTable(table))
+                        // The flip: one write, after the standby table is complete.
+                        try services.update(key, strait_lb_service(slot: entry.slot, table: standby, live: UInt32(members.count), policy: config.policy.kernelValue))
+                        entry.table = standby
+                    }
+                    entry.contents = table
+                    entry.policy = config.policy
+                }
+                entry.weights = weights
+                entry.config = config
+                entry.backendIDs = ids
+                entry.down = downHere
+                installed[identity] = entry
+            }
+            var released: [UInt32] = []
+            for (identity, entry) in installed where !wanted.contains(identity) {
+                _ = try services.delete(Self.serviceKey(identity))
+                _ = try tables.delete(entry.slot * 2)
+                _ = try tables.delete(entry.slot * 2 + 1)
+                released.append(entry.slot)
+                installed[identity] = nil
+            }
+            freeSlots += released
+            for (identity, id) in backendIDs where !referenced.contains(id) {
+                backendIDs[identity] = nil
+                retiredBackends.append(id)
+            }
+        }
+    }
+
+    /// What the kernel holds now, in configuration order of the last apply, with the connects and
+    /// datagrams each backend received (summed over CPUs).
+    public func snapshot() throws -> LBSnapshot {
+        try lock.withLock { () throws in
+            var services: [LBSnapshot.Service] = []
+            for entry in installed.values.sorted(by: { $0.slot < $1.slot }) {
+                var backends: [LBSnapshot.Backend] = []
+                for (backend, id) in zip(entry.config.backends, entry.backendIDs) {
+                    let stats = try backendStats.summedOverCPUs(id)
+                    backends.append(LBSnapshot.Backend(
+                        id: id, endpoint: backend.endpoint, weight: backend.weight, up: !entry.down.contains(backend),
+                        connects: stats.connects, datagrams: stats.datagrams))
+                }
+                services.append(LBSnapshot.Service(
+                    name: entry.config.name, endpoint: entry.config.endpoint, policy: entry.config.policy,
+                    healthChecked: entry.config.healthCheck != nil, backends: backends))
+            }
+            return LBSnapshot(cgroup: cgroup.path, services: services, counters: try kernelCounters())
+        }
+    }
+
+    /// The program's counters, summed over CPUs.
+    func kernelCounters() throws(BPFError) -> LBSnapshot.Counters {
+        LBSnapshot.Counters(
+            balanced: try counters.summedOverCPUs(UInt32(STRAIT_LB_BALANCED.rawValue)),
+            refused: try counters.summedOverCPUs(UInt32(STRAIT_LB_REFUSED.rawValue)),
+            reversed: try counters.summedOverCPUs(UInt32(STRAIT_LB_REVERSED.rawValue)))
+    }
+
+    /// The table a service uses now (backend ids per entry), or nil for an unknown service: what
+    /// a test predicts placement from.
+    public func table(service name: String) -> [UInt32]? {
+        lock.withLock { installed.values.first { $0.config.name == name }?.contents }
+    }
+
+    private func allocateSlot() -> UInt32 {
+        if let slot = freeSlots.popLast() { return slot }
+        defer { nextSlot += 1 }
+        return nextSlot
+    }
+
+    private func backendID(_ identity: BackendIdentity, _ backend: LBBackendConfig) throws(BPFError) -> UInt32 {
+        if let id = backendIDs[identity] { return id }
+        let id = nextBackendID
+        nextBackendID += 1
+        var value = strait_lb_backend()
+        withUnsafeMutableBytes(of: &value.addr) { $0.copyBytes(from: backend.address.ipv6Mapped) }
+        value.port = backend.port.bigEndian
+        try backends.update(id, value)
+        backendIDs[identity] = id
+        return id
+    }
+
+    private static func serviceKey(_ identity: ServiceIdentity) -> strait_lb_service_key {
+        var key = strait_lb_service_key()
+        withUnsafeMutableBytes(of: &key.addr) { $0.copyBytes(from: identity.address.ipv6Mapped) }
+        key.port = identity.port.bigEndian
+        key.protocol = identity.transport.number
+        return key
+    }
+
+    private static func kernelTable(_ entries: [UInt32]) -> strait_lb_table {
+        var table = strait_lb_table()
+        withUnsafeMutableBytes(of: &table.backends) { raw in
+            entries.withUnsafeBytes { raw.copyMemory(from: $0) }
+        }
+        return table
+    }
+}
+
+/// A backend of a named service, as health checks and `down` sets name it.
+public struct LBBackendRef: Hashable, Sendable {
+    public var service: String
+    /// `address:port` as ``LBBackendConfig/endpoint`` writes it.
+    public var backend: String
+
+    public init(service: String, backend: String) {
+        self.service = service
+        self.backend = backend
+    }
+}
+
+extension LBPolicy {
+    var kernelValue: UInt32 { self == .maglev ? UInt32(STRAIT_LB_MAGLEV.rawValue) : UInt32(STRAIT_LB_RANDOM.rawValue) }
+}
