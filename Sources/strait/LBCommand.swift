@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import Logging
+import StraitCLI
 import StraitLB
 import StraitNet
 import StraitProxy
