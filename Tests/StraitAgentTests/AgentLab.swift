@@ -178,7 +178,13 @@ final class AgentLab: @unchecked Sendable {
     }
 
     var accelLinkPath: String { paths.accelDirectory + "/link_sockops" }
-    var dropLinkPath: String { paths.dropDirectory + "/links/native_" + receiverInterface }
+    /// The pinned XDP link on the receiver's interface (named `native_NETNS_IFINDEX_NAME` by Dropper).
+    var dropLinkPath: String {
+        let folder = paths.dropDirectory + "/links"
+        let pins = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
+        let name = pins.first { $0.hasPrefix("native_") && $0.hasSuffix("_" + receiverInterface) } ?? "native_(none)_" + receiverInterface
+        return folder + "/" + name
+    }
 }
 
 /// GET `path` from `address` over plain HTTP/1.1; returns the status code and the body.

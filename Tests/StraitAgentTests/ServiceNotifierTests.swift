@@ -159,7 +159,7 @@ struct ServiceNotifierTests {
 
         let restart = Process()
         restart.executableURL = URL(fileURLWithPath: binary)
-        restart.arguments = ["proxy", "restart", "--pid-file", pidFile]
+        restart.arguments = ["proxy", "restart", "--pid-file", pidFile, "--handover-socket", folder + "/handover.sock"]
         restart.standardOutput = FileHandle.nullDevice
         try restart.run()
         restart.waitUntilExit()
