@@ -1,3 +1,5 @@
+import CStraitSystem
+
 #if canImport(Glibc)
 import Glibc
 #endif
