@@ -83,8 +83,7 @@ public enum RelayCall {
 
     /// Closes with `SO_LINGER` zero, so the peer gets a reset instead of a FIN.
     public static func closeWithReset(_ fd: CInt) {
-        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
-        _ = Glibc.setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+        try? SocketCall.setResetOnClose(fd)
         closeDescriptor(fd)
     }
 

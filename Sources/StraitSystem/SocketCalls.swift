@@ -29,6 +29,14 @@ public enum SocketCall {
         try systemCall("setsockopt") { Glibc.setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<CInt>.size)) }
     }
 
+    /// `SO_LINGER` on with a zero timeout: the next `close` sends a reset (RST) instead of a FIN
+    /// and drops whatever is still unsent.
+    @inlinable
+    public static func setResetOnClose(_ fd: CInt) throws(SystemCallError) {
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        try systemCall("setsockopt SO_LINGER") { Glibc.setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size)) }
+    }
+
     /// `getsockopt(2)` for an integer option, e.g. `SO_ERROR` after a non-blocking connect.
     @inlinable
     public static func option(_ fd: CInt, level: CInt, name: CInt) throws(SystemCallError) -> CInt {

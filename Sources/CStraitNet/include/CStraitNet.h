@@ -10,6 +10,12 @@
 /// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC (accept4 needs _GNU_SOURCE, set in the .c file).
 int strait_accept4_nonblocking(int fd);
 
+/// Sets the calling thread's scheduler slice (EEVDF, Linux 6.12 and later) to `nanoseconds`
+/// with sched_setattr(2), keeping its policy and nice value; the kernel clamps it to 0.1-100 ms.
+/// A shorter slice lets the thread preempt a longer-slice thread when it wakes up. Returns 0,
+/// or -1 with errno set (EINVAL on kernels without custom slices).
+int strait_set_thread_slice(unsigned long long nanoseconds);
+
 /// Names the calling thread (at most 15 bytes), for top and debuggers.
 void strait_set_thread_name(const char *name);
 

@@ -61,13 +61,18 @@ public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
     @exclusivity(unchecked) private var writeBlockedSince: UInt64 = 0
     @exclusivity(unchecked) private var writeTimerArmed = false
     @exclusivity(unchecked) private var aboveHighWatermark = false
-    @exclusivity(unchecked) private var inDispatch = false
-    @exclusivity(unchecked) private var handlerRunning = false
+    @exclusivity(unchecked) var inDispatch = false
+    @exclusivity(unchecked) var handlerRunning = false
     @exclusivity(unchecked) private var handlerFailure: String?
-    @exclusivity(unchecked) private var draining = false
+    @exclusivity(unchecked) var draining = false
     @exclusivity(unchecked) private var lastReadAt: UInt64 = 0
     /// The peer's FIN or an error was reported: read to the end, never stop at a short read.
     @exclusivity(unchecked) private var peerHungUp = false
+    /// Half-closure and back-pressure state (Connection+HalfClose.swift).
+    @exclusivity(unchecked) var readingPaused = false
+    @exclusivity(unchecked) var inputClosedDelivered = false
+    @exclusivity(unchecked) var outputShutdownPending = false
+    @exclusivity(unchecked) var outputShut = false
     /// What the next read offers the kernel: ``ConnectionOptions/readChunk`` and up, adapting.
     @exclusivity(unchecked) private var readSize: Int
     @exclusivity(unchecked) var connectCompletion: (@Sendable (Result<Connection, NetError>) -> Void)?
@@ -147,8 +152,12 @@ public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
     }
 
     /// Writes `output` until it is empty or the socket is full. Loop only.
-    private func sendOutput() {
+    func sendOutput() {
         guard state == .active else { return }
+        if outputShut {
+            output.removeAll()
+            return
+        }
         while output.readableBytes > 0 && !writeBlocked {
             do {
                 if case .wouldBlock = try output.write(to: fd) {
@@ -168,7 +177,11 @@ public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
             aboveHighWatermark = false
             if readPaused && !inDispatch { loop.enqueue(.dispatch(self)) }
         }
-        if pending == 0, let reason = pendingClose { close(reason: reason) }
+        if pending == 0, let reason = pendingClose {
+            close(reason: reason)
+        } else if pending == 0 && outputShutdownPending {
+            finishShutdownOutput()
+        }
     }
 
     // MARK: Closing
@@ -246,6 +259,10 @@ public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
             sendOutput()
         }
         if events & (EpollCall.peerHangUp | EpollCall.hangUp | EpollCall.error) != 0 { peerHungUp = true }
+        if inputClosedDelivered {
+            if events & (EpollCall.hangUp | EpollCall.error) != 0 { closeAfterHangUp() }
+            return
+        }
         if events & (EpollCall.input | EpollCall.peerHangUp | EpollCall.hangUp | EpollCall.error) != 0 {
             readAndDispatch()
         }
@@ -286,7 +303,7 @@ public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
     }
 
     private var canRead: Bool {
-        !inputEnded && !draining && !aboveHighWatermark && reader.readableBytes < options.inputLimit
+        !inputEnded && !draining && !aboveHighWatermark && !readingPaused && reader.readableBytes < options.inputLimit
     }
 
     /// Reads what the socket has and runs the handler over it, until the socket is empty, a limit
@@ -296,7 +313,7 @@ public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
             readPaused = false
             readAvailable()
             guard state == .active else { return }
-            if reader.readableBytes > 0 {
+            if reader.readableBytes > 0 && !readingPaused {
                 dispatch()
                 if handlerRunning || state != .active { return }
             }
@@ -305,7 +322,7 @@ public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
         }
         guard state == .active, !handlerRunning else { return }
         if inputEnded {
-            closeWhenFlushed(.peerClosed)
+            if options.allowRemoteHalfClosure { inputDidEnd() } else { closeWhenFlushed(.peerClosed) }
         } else if draining {
             closeWhenFlushed(.shutdown)
         }
@@ -369,7 +386,7 @@ public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
 
     /// Calls `onRequest` while it makes progress on the input. Returns what it threw, if it did.
     private func runHandler() -> String? {
-        while reader.readableBytes > 0 && isActive {
+        while reader.readableBytes > 0 && isActive && !readingPaused {
             let before = reader.readableBytes
             do {
                 try handlers.onRequest(self)

@@ -105,6 +105,12 @@ public struct ConnectionOptions: Sendable {
     public var noDelay = true
     /// Where `onRequest` runs.
     public var execution: HandlerExecution = .onLoop
+    /// Keep the connection open when the peer finishes sending (its FIN), like SwiftNIO's
+    /// `allowRemoteHalfClosure`: ``ConnectionHandlers/onInputClosed`` is called instead of closing,
+    /// the connection can still write, and ``Connection/shutdownOutput()`` sends this side's FIN;
+    /// with both directions shut it closes. Off by default: the connection closes at the peer's
+    /// FIN once its responses are sent, which is what request/response servers want.
+    public var allowRemoteHalfClosure = false
 
     public init() {}
 }
@@ -120,14 +126,21 @@ public struct ConnectionHandlers: Sendable {
     public var onRequest: @Sendable (Connection) throws -> Void
     /// Once, after the connection closed, with the reason. Not called if `onConnect` never was.
     public var onDisconnect: (@Sendable (Connection, CloseReason) -> Void)?
+    /// Once, on the loop, when the peer finished sending and every byte it sent was handed to
+    /// `onRequest` (and reading is not paused), with ``ConnectionOptions/allowRemoteHalfClosure``
+    /// on. The connection stays open for writing until ``Connection/shutdownOutput()`` or a close.
+    public var onInputClosed: (@Sendable (Connection) -> Void)?
 
+    /// Handlers for a server or a dialed connection; only `onRequest` is required.
     public init(
         onConnect: (@Sendable (Connection) -> Void)? = nil,
         onRequest: @escaping @Sendable (Connection) throws -> Void,
-        onDisconnect: (@Sendable (Connection, CloseReason) -> Void)? = nil
+        onDisconnect: (@Sendable (Connection, CloseReason) -> Void)? = nil,
+        onInputClosed: (@Sendable (Connection) -> Void)? = nil
     ) {
         self.onConnect = onConnect
         self.onRequest = onRequest
         self.onDisconnect = onDisconnect
+        self.onInputClosed = onInputClosed
     }
 }

@@ -30,6 +30,14 @@ enum EpollCall {
         try systemCall("epoll_ctl ADD") { epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) }
     }
 
+    /// `epoll_ctl(EPOLL_CTL_MOD)`: replaces the interest set of `fd`, keeping `data`.
+    static func modify(_ epoll: CInt, _ fd: CInt, events: UInt32, data: UInt64) throws(SystemCallError) {
+        var event = epoll_event()
+        event.events = events
+        event.data.u64 = data
+        try systemCall("epoll_ctl MOD") { epoll_ctl(epoll, EPOLL_CTL_MOD, fd, &event) }
+    }
+
     /// `epoll_ctl(EPOLL_CTL_DEL)`. Removing before `close` matters: a descriptor duplicated into a
     /// child process would otherwise keep reporting events for a freed object.
     static func remove(_ epoll: CInt, _ fd: CInt) throws(SystemCallError) {

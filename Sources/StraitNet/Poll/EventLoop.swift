@@ -9,15 +9,21 @@ import Synchronization
 import Glibc
 #endif
 
-/// Something a loop polls: a connection or a listening socket. The loop stores an unretained
+/// Something a loop polls: a connection, a listening socket, or any descriptor put on the loop
+/// with ``EventLoop/register(descriptor:interest:handler:)``. The loop stores an unretained
 /// pointer to it in the epoll entry and calls `handleEvents` on the loop's thread. Public only
-/// as the base of ``Connection``; it cannot be subclassed outside StraitNet.
+/// as the base of ``Connection`` and ``DescriptorRegistration``; it cannot be subclassed outside
+/// StraitNet.
 ///
 /// Whoever registers a source passes one retain to the loop (``EventLoop/register(_:events:)``);
 /// the loop gives it back after the source deregisters, at the end of the loop iteration, so an
-/// event already fetched in the same `epoll_wait` batch never sees a freed object.
+/// event already fetched in the same `epoll_wait` batch never sees a freed object. Events carry
+/// the object, not the descriptor number, so an event fetched for a descriptor that was closed
+/// and whose number was reused in the same batch reaches the old, deregistered object, which
+/// drops it: stale events are dropped by construction, as with SwiftNIO's registration ids.
 public class Selectable {
-    /// The socket. Owned by this object: closed when it closes.
+    /// The descriptor. A ``Connection`` (or listener) owns it and closes it when it closes; a
+    /// ``DescriptorRegistration`` only borrows it from whoever registered it.
     public let fd: CInt
     /// The loop that polls it; everything about it happens on this loop's thread.
     public let loop: EventLoop
@@ -57,8 +63,10 @@ public final class EventLoop: @unchecked Sendable {
     private let threadID = ManagedAtomic<UInt>(0)
     @exclusivity(unchecked) private var timers = Heap<TimerEntry>()
     @exclusivity(unchecked) private var timerSequence: UInt64 = 0
-    /// Monotonic time of the current iteration, in nanoseconds (one clock read per wake-up).
-    @exclusivity(unchecked) private(set) var now: UInt64 = SocketCall.monotonicNanoseconds()
+    /// Monotonic time (`CLOCK_MONOTONIC`, nanoseconds) read once when the current iteration woke
+    /// up: what handlers and timers on this loop should use as "now" (free, unlike a clock read).
+    /// Loop thread only.
+    @exclusivity(unchecked) public private(set) var now: UInt64 = SocketCall.monotonicNanoseconds()
     @exclusivity(unchecked) private var deferredReleases: [Unmanaged<Selectable>] = []
     @exclusivity(unchecked) private var runningTasks = Deque<LoopTask>()
     /// Head of this loop's intrusive list of live connections.
@@ -116,8 +124,14 @@ public final class EventLoop: @unchecked Sendable {
     /// Removes `source` from epoll and closes its descriptor; the loop's retain is given back at
     /// the end of this iteration. Loop thread only.
     func deregisterAndClose(_ source: Selectable) {
-        try? EpollCall.remove(epoll, source.fd)
+        deregister(source)
         closeDescriptor(source.fd)
+    }
+
+    /// Removes `source` from epoll, leaving its descriptor open; the loop's retain is given back
+    /// at the end of this iteration. Loop thread only.
+    func deregister(_ source: Selectable) {
+        try? EpollCall.remove(epoll, source.fd)
         deferredReleases.append(Unmanaged.passUnretained(source))
     }
 
@@ -128,7 +142,9 @@ public final class EventLoop: @unchecked Sendable {
         timers.insert(TimerEntry(deadline: deadline, sequence: timerSequence, target: target, tag: tag))
     }
 
-    /// Runs `body` on the loop after `delay`, unless cancelled first. Safe from any thread.
+    /// Runs `body` on the loop after `delay`, unless cancelled first. Safe from any thread; costs a
+    /// ``ScheduledTask`` and the closure, plus a queued task from other threads. It shares the
+    /// loop's one timer heap with ``LoopTimer`` and the connections' deadlines.
     @discardableResult
     public func schedule(after delay: Duration, _ body: @escaping @Sendable () -> Void) -> ScheduledTask {
         let task = ScheduledTask(body)
@@ -287,13 +303,16 @@ struct TimerEntry: Comparable {
 }
 
 /// A closure scheduled on a loop with ``EventLoop/schedule(after:_:)``; ``cancel()`` stops it from
-/// running if it has not run yet.
+/// running if it has not run yet. One-shot and usable from any thread, at the cost of an object
+/// and a closure per call; a handler on the loop that re-arms the same deadline uses ``LoopTimer``.
 public final class ScheduledTask: TimerTarget, Sendable {
     private let body: @Sendable () -> Void
     private let cancelled = ManagedAtomic<Bool>(false)
 
     init(_ body: @escaping @Sendable () -> Void) { self.body = body }
 
+    /// Keeps the closure from running, if it has not started yet. Safe from any thread; the heap
+    /// entry stays until its deadline and is then ignored.
     public func cancel() { cancelled.store(true, ordering: .relaxed) }
 
     func timerFired(tag: UInt64) {
