@@ -108,7 +108,7 @@ uninstall:
 FUZZ_TARGETS := config drop-rules rpc-frame metrics-request
 FUZZ_SECONDS ?= 60
 FUZZ_SCRATCH := .build-fuzz
-FUZZ_FLAGS := -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING -Xcc -fsanitize=fuzzer-no-link,address
+# Package.swift adds the sanitizer flags when STRAIT_FUZZ is set (all but the build-time tool).
 
 fuzz: deps
 	$(MAKE) fuzz-run FUZZ_SECONDS=$(FUZZ_SECONDS)
@@ -119,7 +119,7 @@ fuzz-smoke:
 
 fuzz-build:
 	for target in $(FUZZ_TARGETS); do \
-		$(SWIFT) build --scratch-path $(FUZZ_SCRATCH) --product fuzz-$$target $(FUZZ_FLAGS) || exit 1; \
+		STRAIT_FUZZ=1 $(SWIFT) build --scratch-path $(FUZZ_SCRATCH) --product fuzz-$$target || exit 1; \
 	done
 
 fuzz-run: fuzz-build

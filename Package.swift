@@ -265,3 +265,16 @@ let package = Package(
         ),
     ]
 )
+
+// `make fuzz` (STRAIT_FUZZ=1): every target is built with libFuzzer's coverage and AddressSanitizer
+// and the fuzz executables link libFuzzer; the build-time tool the plugins run (StraitCodegen) is
+// left alone, since a tool linked with libFuzzer would run libFuzzer instead of its own main.
+if Context.environment["STRAIT_FUZZ"] != nil {
+    for target in package.targets where target.type != .plugin && target.type != .system && target.name != "StraitCodegen" {
+        target.swiftSettings = (target.swiftSettings ?? []) + [.unsafeFlags(["-sanitize=fuzzer,address"]), .define("FUZZING")]
+        target.cSettings = (target.cSettings ?? []) + [.unsafeFlags(["-fsanitize=fuzzer-no-link,address"])]
+        if target.name.hasPrefix("fuzz-") {
+            target.linkerSettings = (target.linkerSettings ?? []) + [.unsafeFlags(["-sanitize=fuzzer,address"])]
+        }
+    }
+}
