@@ -7,15 +7,7 @@ import Glibc
 /// The `strait` executable of this build and the processes tests start from it.
 public enum StraitProcesses {
     /// The `strait` executable beside this test bundle (`swift build --build-tests` builds it).
-    public static var executable: String? {
-        var directory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        for _ in 0..<3 {
-            let candidate = directory.appendingPathComponent("strait").path
-            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-            directory = directory.deletingLastPathComponent()
-        }
-        return nil
-    }
+    public static var executable: String? { BuiltProducts.executable("strait") }
 
     /// Runs `arguments` (an executable path first) to completion, at most `timeout` seconds
     /// (then SIGKILL); returns the exit status and what it wrote to stdout and stderr.
