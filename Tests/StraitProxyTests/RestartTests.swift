@@ -62,6 +62,16 @@ final class ProxyProcess: @unchecked Sendable {
         }
         if first.isRunning { first.terminate() }
         first.waitUntilExit()
+        // Any generation still alive (a successor a failed restart left behind) is found by its
+        // command line, which names this test's folder, and killed.
+        let processes = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        for name in processes {
+            guard let pid = pid_t(name), pid != getpid(),
+                let command = try? String(contentsOfFile: "/proc/\(name)/cmdline", encoding: .utf8),
+                command.contains(pidFile)
+            else { continue }
+            kill(pid, SIGKILL)
+        }
     }
 
     /// A configuration of one copy listener on `port` to `upstream`, optionally with metrics and a
