@@ -170,12 +170,12 @@ let package = Package(
         // It links the interposer only so that the build produces the library the servers are preloaded with.
         .target(name: "StraitNetBench", dependencies: [.product(name: "MallocInterposerSwift", package: "malloc-interposer")]),
 
-        // The node agent: one file of desired state (accel, drop, proxy) reconciled into the kernel,
+        // The node agent: one file of desired state (accel, drop, proxy, lb) reconciled into the kernel,
         // kept on SIGHUP, served as one /metrics, /healthz, /readyz endpoint (`strait agent`).
         .target(
             name: "StraitAgent",
             dependencies: [
-                "StraitAccel", "StraitBPF", "StraitDrop", "StraitKernelABI", "StraitNet", "StraitProxy", "StraitSystem",
+                "StraitAccel", "StraitBPF", "StraitDrop", "StraitKernelABI", "StraitLB", "StraitNet", "StraitProxy", "StraitSystem",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -255,7 +255,7 @@ let package = Package(
         .testTarget(
             name: "StraitAgentTests",
             dependencies: [
-                "StraitAgent", "StraitAccel", "StraitDrop", "StraitProxy", "StraitBPF", "StraitSystem", "StraitNet", "StraitTestSupport",
+                "StraitAgent", "StraitAccel", "StraitDrop", "StraitLB", "StraitProxy", "StraitBPF", "StraitSystem", "StraitNet", "StraitTestSupport",
                 .product(name: "Yams", package: "Yams"),
             ]
         ),

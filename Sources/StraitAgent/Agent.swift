@@ -1,7 +1,9 @@
 import Foundation
 import Logging
 import StraitAccel
+import Prometheus
 import StraitDrop
+import StraitLB
 import StraitNet
 import StraitProxy
 import StraitSystem
@@ -24,14 +26,17 @@ public enum AgentError: Error, CustomStringConvertible {
 /// One node's agent: holds the desired state of one file and keeps the kernel at it.
 ///
 /// ``start()`` checks the file, reconciles (adopting pins that already match, so restarting the
-/// agent drops no accelerated socket and no rule), starts the proxy if the file has one and serves
+/// agent drops no accelerated socket, no rule and no balanced service), starts the proxy and the lb's
+/// health checks if the file has them, and serves
 /// `/metrics`, `/healthz` and `/readyz`. ``reload()`` re-reads the file: one that does not check is
 /// rejected whole and nothing changes; one that does is applied part by part, only where the
 /// kernel differs. ``stop()`` ends the process's work (the proxy drains) and leaves the kernel
 /// state pinned for the next agent; ``KernelReconciler/cleanup(state:)`` removes it.
 ///
-/// The agent owns the proxy it runs and the HTTP endpoint; the pins belong to the kernel and are
-/// recorded in ``AgentState``. Calls are serialised by one lock: a scrape waits for a reload.
+/// The agent owns the proxy it runs, the lb daemon (its health checks; the lb's links and maps are
+/// pinned, so they outlive the agent like accel's and drop's) and the HTTP endpoint; the pins belong
+/// to the kernel and are recorded in ``AgentState``. Calls are serialised by one lock: a scrape
+/// waits for a reload.
 public final class Agent: @unchecked Sendable {
     /// What the agent is started with (the command line's options).
     public struct Options: Sendable {
@@ -82,6 +87,9 @@ public final class Agent: @unchecked Sendable {
     private var config: AgentConfig?
     private var state: AgentState
     private var proxy: Proxy?
+    private var lb: LBDaemon?
+    /// The lb's gauges, copied from its kernel counters at each scrape.
+    private let lbRegistry = PrometheusCollectorRegistry()
     private var endpoint: PlainHTTPEndpoint?
 
     /// Reads the state record; nothing is applied before ``start()``.
@@ -98,6 +106,9 @@ public final class Agent: @unchecked Sendable {
 
     /// The running proxy, if the file has a `proxy` section.
     public var runningProxy: Proxy? { lock.withLock { proxy } }
+
+    /// The running lb daemon, if the file has an `lb` section.
+    public var runningLB: LBDaemon? { lock.withLock { lb } }
 
     /// Checks the file (throwing ``AgentConfigError`` with every problem when it does not check:
     /// nothing is applied then), reconciles, serves the endpoint and tells systemd it is ready.
@@ -153,17 +164,20 @@ public final class Agent: @unchecked Sendable {
         return outcome
     }
 
-    /// Stops serving and drains the proxy; the pinned kernel state stays for the next agent.
+    /// Stops serving, the lb's health checks and drains the proxy; the pinned kernel state (the lb's
+    /// links included) stays for the next agent.
     public func stop() async {
         try? options.notifier.send(.stopping, .status("stopping; the kernel state stays pinned"))
-        let (endpoint, proxy, drain) = lock.withLock { () -> (PlainHTTPEndpoint?, Proxy?, Duration) in
+        let (endpoint, proxy, lb, drain) = lock.withLock { () -> (PlainHTTPEndpoint?, Proxy?, LBDaemon?, Duration) in
             defer {
                 self.endpoint = nil
                 self.proxy = nil
+                self.lb = nil
             }
-            return (self.endpoint, self.proxy, config?.proxy?.drainTimeout ?? .seconds(30))
+            return (self.endpoint, self.proxy, self.lb, config?.proxy?.drainTimeout ?? .seconds(30))
         }
         await endpoint?.shutdown()
+        await lb?.stop()
         await proxy?.shutdown(drainTimeout: drain)
     }
 
@@ -179,12 +193,14 @@ public final class Agent: @unchecked Sendable {
     private func kernelDifferences(_ config: AgentConfig) -> [String] {
         var differences = reconciler.accelDifferences(config.accel, state: state) + reconciler.dropDifferences(config.drop, state: state)
         if config.proxy != nil && proxy == nil { differences.append("proxy: not running") }
+        differences += lbDifferences(config.lb)
         metrics.setInSync(differences.isEmpty)
         return differences
     }
 
-    /// Every part's series in the Prometheus text format: the agent's own, then accel's and drop's
-    /// kernel counters (read now; drop's costs two map syscalls per rule) and the proxy's.
+    /// Every part's series in the Prometheus text format: the agent's own, then accel's, drop's and
+    /// lb's kernel counters (read now; drop's costs two map syscalls per rule, lb's one per backend)
+    /// and the proxy's.
     public func metricsText() -> String {
         _ = differences()
         return lock.withLock {
@@ -196,6 +212,7 @@ public final class Agent: @unchecked Sendable {
                 text += stats.prometheusText()
             }
             if let proxy { text += proxy.metricsText() }
+            if let lb, let snapshot = try? lb.balancer.snapshot() { text += LBMetrics.exposition(snapshot, registry: lbRegistry) }
             return text
         }
     }
@@ -204,6 +221,7 @@ public final class Agent: @unchecked Sendable {
     private func apply(_ next: AgentConfig) -> Outcome {
         var changes = [reconciler.reconcileAccel(next.accel, state: &state), reconciler.reconcileDrop(next.drop, state: &state)]
         changes.append(reconcileProxy(next.proxy))
+        changes.append(reconcileLB(next.lb))
         do { try state.write(options.paths.stateFile) } catch {
             logger.error("cannot record the agent state at \(options.paths.stateFile): \(error); `strait agent cleanup` will not know what this agent made")
         }
@@ -243,6 +261,81 @@ public final class Agent: @unchecked Sendable {
         } catch {
             return PartChange(part: "proxy", action: .failed, detail: "\(error)")
         }
+    }
+
+    /// Starts, changes or removes the lb. A running lb on the same cgroup, with maps large enough,
+    /// is changed in place (``LBDaemon/reload(_:)``: only changed services are written, each by one
+    /// table flip); a new cgroup or more services than the maps hold replaces it. A first start
+    /// adopts the pins an earlier agent left. Lock held.
+    private func reconcileLB(_ wanted: LBConfig?) -> PartChange {
+        let paths = options.paths
+        guard let wanted else {
+            guard lb != nil || state.lbCgroup != nil else { return PartChange(part: "lb", action: .unchanged, detail: "not configured") }
+            do {
+                if let running = lb {
+                    lb = nil
+                    nonisolated(unsafe) var failure: Error?
+                    Self.waitFor {
+                        do { try await running.remove() } catch { failure = error }
+                    }
+                    if let failure { throw failure }
+                } else {
+                    try paths.lbPersistence.remove()  // left by an earlier agent
+                }
+                state.lbCgroup = nil
+                return PartChange(part: "lb", action: .removed)
+            } catch {
+                return PartChange(part: "lb", action: .failed, detail: "\(error)")
+            }
+        }
+        var moved = false
+        if let running = lb {
+            let current = running.currentConfig
+            if current.cgroup == wanted.cgroup && running.balancer.capacity >= wanted.services.count {
+                if current == wanted { return PartChange(part: "lb", action: .unchanged) }
+                do {
+                    let changed = try running.reload(wanted)
+                    return PartChange(part: "lb", action: .updated, detail: "\(changed) service(s) changed")
+                } catch {
+                    return PartChange(part: "lb", action: .failed, detail: "\(error); the previous services stay balanced")
+                }
+            }
+            // Another cgroup, or more services than the maps were sized for: start over.
+            lb = nil
+            Self.waitFor { try? await running.remove() }
+            moved = true
+        }
+        do {
+            let daemon = try LBDaemon(
+                config: wanted, stateDirectory: paths.lbStateDirectory, pinDirectory: paths.lbDirectory, persistent: true, logger: Logger(label: "strait.lb"))
+            lb = daemon
+            state.lbCgroup = wanted.cgroup
+            let services = "\(wanted.services.count) service(s) on \(wanted.cgroup)"
+            if daemon.adopted {
+                return daemon.changedAtStart == 0
+                    ? PartChange(part: "lb", action: .unchanged, detail: "adopted \(services)")
+                    : PartChange(part: "lb", action: .updated, detail: "adopted, \(daemon.changedAtStart) service(s) changed")
+            }
+            return PartChange(part: "lb", action: moved ? .updated : .created, detail: (moved ? "replaced: " : "") + services)
+        } catch {
+            return PartChange(part: "lb", action: .failed, detail: "\(error)")
+        }
+    }
+
+    /// How the lb differs from `wanted` (empty: it matches). Lock held.
+    private func lbDifferences(_ wanted: LBConfig?) -> [String] {
+        guard let wanted else {
+            return state.lbCgroup != nil && options.paths.lbPersistence.exists ? ["lb: balancing, but the file has no lb section"] : []
+        }
+        guard let lb else { return ["lb: not running"] }
+        let current = lb.currentConfig
+        var differences: [String] = []
+        if current.cgroup != wanted.cgroup {
+            differences.append("lb: balancing \(current.cgroup), not \(wanted.cgroup)")
+        } else if current != wanted {
+            differences.append("lb: the services differ from the file (the last change failed)")
+        }
+        return differences + lb.balancer.kernelDifferences()
     }
 
     /// Runs async teardown from the synchronous reconcile (never on a proxy loop thread).

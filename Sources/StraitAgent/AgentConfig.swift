@@ -1,6 +1,7 @@
 import StraitAccel
 import StraitBPF
 import StraitDrop
+import StraitLB
 import StraitNet
 import StraitProxy
 import StraitSystem
@@ -19,16 +20,23 @@ public struct AgentConfig: Sendable, Equatable {
     public var drop: DropSection?
     /// The `strait proxy` configuration, in its own schema, run inside the agent's process.
     public var proxy: ProxyConfig?
+    /// Connect-time load balancing, in `strait lb --config`'s schema (without `metrics`: the
+    /// agent's endpoint shows the lb's series). Its programs stay attached across agent restarts.
+    public var lb: LBConfig?
 
     /// The default endpoint: loopback only; a fleet scraping from outside binds `0.0.0.0:9478`.
     public static let defaultMetricsAddress = SocketAddress.ip(IPAddress("127.0.0.1")!, port: 9478)
 
     /// A file with only the given sections.
-    public init(metricsAddress: SocketAddress = AgentConfig.defaultMetricsAddress, accel: AccelSection? = nil, drop: DropSection? = nil, proxy: ProxyConfig? = nil) {
+    public init(
+        metricsAddress: SocketAddress = AgentConfig.defaultMetricsAddress, accel: AccelSection? = nil, drop: DropSection? = nil, proxy: ProxyConfig? = nil,
+        lb: LBConfig? = nil
+    ) {
         self.metricsAddress = metricsAddress
         self.accel = accel
         self.drop = drop
         self.proxy = proxy
+        self.lb = lb
     }
 }
 

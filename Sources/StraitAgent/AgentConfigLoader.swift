@@ -2,6 +2,7 @@ import Foundation
 import StraitAccel
 import StraitBPF
 import StraitDrop
+import StraitLB
 import StraitNet
 import StraitProxy
 import StraitSystem
@@ -11,7 +12,8 @@ import Yams
 /// The file is rejected whole: the agent applies nothing of it.
 public struct AgentConfigError: Error, CustomStringConvertible {
     /// In file order. Each section is checked on its own, so a mistake in `accel` does not hide one
-    /// in `drop`; the `proxy` section reports its first mistake (the proxy's own loader stops there).
+    /// in `drop`; the `proxy` and `lb` sections report their first mistake each (their own loaders
+    /// stop there).
     public let problems: [ProxyConfigError]
 
     /// Problems as found; ``AgentConfigLoader`` sorts them by position.
@@ -43,9 +45,13 @@ public struct AgentConfigError: Error, CustomStringConvertible {
 /// proxy:                               # `strait proxy`'s schema, unchanged
 ///   listeners: [{ name: web, bind: 127.0.0.1:6000, cluster: web }]
 ///   clusters: [{ name: web, upstreams: [127.0.0.1:5201] }]
+/// lb:                                  # `strait lb --config`'s schema, without `metrics`
+///   cgroup: /sys/fs/cgroup/kubepods.slice
+///   services:
+///     - { name: web, address: 198.18.0.10:80, backends: [198.18.1.1:8080, 198.18.1.2:8080] }
 /// ```
 public enum AgentConfigLoader {
-    static let topKeys = ["metrics", "accel", "drop", "proxy"]
+    static let topKeys = ["metrics", "accel", "drop", "proxy", "lb"]
 
     /// Reads and checks the file at `path`.
     public static func load(path: String) throws(AgentConfigError) -> AgentConfig {
@@ -114,6 +120,9 @@ private struct Checker {
         if let node = top["drop"] { config.drop = drop(node) }
         if let node = top["proxy"] {
             config.proxy = check { () throws(ProxyConfigError) in try ProxyConfigLoader.config(from: node, file: reader.file) }
+        }
+        if let node = top["lb"] {
+            config.lb = check { () throws(ProxyConfigError) in try LBConfigLoader.section(from: node, file: reader.file) }
         }
         return config
     }

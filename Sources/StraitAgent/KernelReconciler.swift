@@ -2,6 +2,7 @@ import Foundation
 import StraitAccel
 import StraitBPF
 import StraitDrop
+import StraitLB
 import StraitSystem
 
 /// Where the agent keeps what outlives it: the bpffs pins of each part and the record of what it made.
@@ -29,6 +30,13 @@ public struct AgentPaths: Sendable, Equatable {
     public var accelDirectory: String { pinRoot + "/accel" }
     /// drop's pins.
     public var dropDirectory: String { pinRoot + "/drop" }
+    /// lb's pins (every map, and the links), what `strait lb status --pin-directory` takes.
+    public var lbDirectory: String { pinRoot + "/lb" }
+    /// lb's state (`state.json` for `strait lb status`, `tables.json` for adoption), beside the
+    /// state file: `/run/strait/lb` by default, `strait lb status`'s default too.
+    public var lbStateDirectory: String { (stateFile as NSString).deletingLastPathComponent + "/lb" }
+    /// Where the agent's persistent lb lives.
+    public var lbPersistence: LBPersistence { LBDaemon.persistence(stateDirectory: lbStateDirectory, pinDirectory: lbDirectory) }
 }
 
 /// What the agent made, so that it removes only its own: a part the file no longer names is torn
@@ -40,11 +48,14 @@ public struct AgentState: Codable, Sendable, Equatable {
     public var accelCgroup: String?
     /// The drop attachments the agent made; nil: the agent holds no drop state.
     public var dropInterfaces: [DropInterface]?
+    /// The cgroup the agent's lb balances; nil: the agent holds no lb state.
+    public var lbCgroup: String?
 
     /// An empty record: the agent made nothing.
-    public init(accelCgroup: String? = nil, dropInterfaces: [DropInterface]? = nil) {
+    public init(accelCgroup: String? = nil, dropInterfaces: [DropInterface]? = nil, lbCgroup: String? = nil) {
         self.accelCgroup = accelCgroup
         self.dropInterfaces = dropInterfaces
+        self.lbCgroup = lbCgroup
     }
 
     /// The record at `path`; empty when there is none (first start, after a reboot).
@@ -80,7 +91,7 @@ public struct PartChange: Sendable, Equatable, CustomStringConvertible {
         case failed
     }
 
-    /// `accel`, `drop` or `proxy`.
+    /// `accel`, `drop`, `proxy` or `lb`.
     public var part: String
     /// What was done.
     public var action: Action
@@ -283,6 +294,11 @@ public struct KernelReconciler: Sendable {
         if let interfaces = state.dropInterfaces {
             try Dropper.removeAll(pinDirectory: paths.dropDirectory)
             removed.append("drop (" + (interfaces.isEmpty ? "no interface" : interfaces.map(Self.describe).joined(separator: ", ")) + ")")
+        }
+        if let cgroup = state.lbCgroup {
+            try paths.lbPersistence.remove()
+            try? FileManager.default.removeItem(atPath: paths.lbStateDirectory)
+            removed.append("lb (cgroup \(cgroup))")
         }
         _ = rmdir(paths.pinRoot)  // only when empty: hand-made pins of other parts stay
         try? FileManager.default.removeItem(atPath: paths.stateFile)

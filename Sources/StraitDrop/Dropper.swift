@@ -45,19 +45,17 @@ public final class Dropper: @unchecked Sendable {
     static let sharedMapNames = ["config", "verdicts", "rule_hits"]
     static var allMapNames: [String] { sharedMapNames + RuleMaps.mapNames(set: 0) + RuleMaps.mapNames(set: 1) }
 
-    static func path(_ name: String, in directory: String) -> String { directory + "/" + name }
-    static func programPath(in directory: String) -> String { path("prog", in: directory) }
-    static func linksPath(in directory: String) -> String { path("links", in: directory) }
+    /// The pin folder at `directory`: the maps, the program `prog` (pinned last), `links/`.
+    static func folder(_ directory: String) -> PinFolder {
+        PinFolder(path: directory, repairAdvice: "Run `strait drop detach` on every interface (or remove \(directory)), then start again.")
+    }
+    static let programPin = "prog"
+    var folder: PinFolder { Self.folder(pinDirectory) }
 
     private init(pinDirectory: String) throws(BPFError) {
         self.pinDirectory = pinDirectory
-        func open(_ name: String) throws(BPFError) -> BPFMap {
-            let path = Self.path(name, in: pinDirectory)
-            guard BPFFS.exists(path) else {
-                throw .unsupported("\(path) is missing: the pins were made by another version of Strait. Run `strait drop detach` on every interface (or remove \(pinDirectory)), then start again.")
-            }
-            return try BPFMap.open(pinned: path)
-        }
+        let folder = Self.folder(pinDirectory)
+        func open(_ name: String) throws(BPFError) -> BPFMap { try folder.map(name) }
         config = try open("config").typed(key: UInt32.self, value: strait_drop_config.self)
         verdicts = try open("verdicts").typed(key: UInt32.self, value: strait_drop_counter.self)
         ruleHits = try open("rule_hits").typed(key: UInt32.self, value: strait_drop_counter.self)
@@ -77,7 +75,7 @@ public final class Dropper: @unchecked Sendable {
 
     /// Whether the program and maps are pinned under `pinDirectory`.
     public static func isLoaded(pinDirectory: String = defaultPinDirectory) -> Bool {
-        BPFFS.exists(programPath(in: pinDirectory)) && BPFFS.exists(path("config", in: pinDirectory))
+        folder(pinDirectory).contains([programPin, "config"])
     }
 
     /// Opens the pinned program and maps; with `create`, loads and pins them first when absent
@@ -85,26 +83,17 @@ public final class Dropper: @unchecked Sendable {
     public static func open(pinDirectory: String = defaultPinDirectory, create: Bool = false) throws -> Dropper {
         if isLoaded(pinDirectory: pinDirectory) { return try Dropper(pinDirectory: pinDirectory) }
         guard create else { throw DropError.notLoaded(pinDirectory) }
-        try BPFFS.ensureMounted()
-        // A half-made earlier attempt (crash between pins) is cleared first.
-        try BPFFS.removeTree(pinDirectory)
-        try BPFFS.makeDirectory(linksPath(in: pinDirectory))
-        do {
-            let object = try BPFObjectSpec(embedded: .drop).load()
-            for name in allMapNames { try object.map(name).pin(at: path(name, in: pinDirectory)) }
-            let dropper = try Dropper(pinDirectory: pinDirectory)
-            try dropper.config.update(0, strait_drop_config(active_set: 0, set_flags: (0, 0), next_rule_id: 1))
-            // The program last: `isLoaded` is true only once everything else is in place.
-            try object.program(programName).pin(at: programPath(in: pinDirectory))
-            return dropper
-        } catch {
-            try? BPFFS.removeTree(pinDirectory)
-            throw error
+        let object = try BPFObjectSpec(embedded: .drop).load()
+        defer { object.close() }
+        // The program last: `isLoaded` is true only once everything else is in place.
+        try folder(pinDirectory).populate(object: object, maps: allMapNames, programs: [(programName, programPin)]) {
+            try Dropper(pinDirectory: pinDirectory).config.update(0, strait_drop_config(active_set: 0, set_flags: (0, 0), next_rule_id: 1))
         }
+        return try Dropper(pinDirectory: pinDirectory)
     }
 
     /// Runs `body` holding the pin directory's lock, so rule changes from two commands never interleave.
-    func locked<T>(_ body: () throws -> T) throws -> T { try DirectoryLock.holding(pinDirectory, body) }
+    func locked<T>(_ body: () throws -> T) throws -> T { try folder.locked(body) }
 
     // MARK: Attachments
 
@@ -145,10 +134,9 @@ public final class Dropper: @unchecked Sendable {
 
     /// Every attachment pinned here, in every network namespace.
     public func attachments() -> [Attachment] {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: Self.linksPath(in: pinDirectory))) ?? []
-        return names.sorted().compactMap { name in
+        return folder.linkNames().compactMap { name in
             guard let (interface, mode, netns, ifindex) = Self.parseLinkPinName(name) else { return nil }
-            let link = try? BPFLink.open(pinned: Self.linksPath(in: pinDirectory) + "/" + name)
+            let link = try? BPFLink.open(pinned: folder.linksPath + "/" + name)
             let live = (try? link?.xdpInterfaceIndex()) != nil
             return Attachment(interface: interface, mode: mode, netns: netns, ifindex: ifindex, live: live)
         }
@@ -163,7 +151,7 @@ public final class Dropper: @unchecked Sendable {
             let netns = try NetworkNamespace.currentInode()
             let ifindex = try NetworkInterface(named: interface).index
             if attachments().contains(where: { $0.netns == netns && $0.ifindex == ifindex }) { throw DropError.alreadyAttached(interface) }
-            let program = try BPFProgram.open(pinned: Self.programPath(in: pinDirectory))
+            let program = try BPFProgram.open(pinned: folder.path(Self.programPin))
             let link: BPFLink
             do {
                 link = try program.attachXDP(ifindex: ifindex, mode: mode)
@@ -173,7 +161,7 @@ public final class Dropper: @unchecked Sendable {
                 throw DropError.alreadyAttached(interface)
             }
             do {
-                try link.pin(at: Self.linksPath(in: pinDirectory) + "/" + Self.linkPinName(interface: interface, mode: mode, netns: netns, ifindex: ifindex))
+                try link.pin(at: folder.linksPath + "/" + Self.linkPinName(interface: interface, mode: mode, netns: netns, ifindex: ifindex))
             } catch {
                 try? link.detach()
                 throw error
@@ -197,7 +185,7 @@ public final class Dropper: @unchecked Sendable {
             guard let attachment = attachments().first(where: matches) else {
                 throw DropError.notAttached(interface)
             }
-            let pin = Self.linksPath(in: pinDirectory) + "/" + Self.linkPinName(interface: attachment.interface, mode: attachment.mode, netns: attachment.netns, ifindex: attachment.ifindex)
+            let pin = folder.linksPath + "/" + Self.linkPinName(interface: attachment.interface, mode: attachment.mode, netns: attachment.netns, ifindex: attachment.ifindex)
             // A link whose interface has gone is detached already; only its pin is left to remove.
             if attachment.live { try BPFLink.open(pinned: pin).detach() }
             try BPFFS.unpin(pin)
@@ -208,11 +196,7 @@ public final class Dropper: @unchecked Sendable {
     /// Detaches every pinned link and removes everything under `pinDirectory`, whatever its state
     /// (for teardown, and for pins a crashed run left).
     public static func removeAll(pinDirectory: String = defaultPinDirectory) throws {
-        let links = linksPath(in: pinDirectory)
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: links)) ?? [] {
-            try? BPFLink.open(pinned: links + "/" + name).detach()
-        }
-        try BPFFS.removeTree(pinDirectory)
+        try folder(pinDirectory).removeAll()
     }
 
     // MARK: Rules

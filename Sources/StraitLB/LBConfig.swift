@@ -15,7 +15,7 @@ public enum LBPolicy: String, Sendable, CaseIterable, Codable {
 
 /// The transport a service is for: a TCP service balances `connect()`, a UDP one balances both
 /// `connect()` and unconnected `sendmsg()`.
-public enum LBProtocol: String, Sendable, CaseIterable {
+public enum LBProtocol: String, Sendable, CaseIterable, Codable {
     case tcp
     case udp
 

@@ -34,13 +34,23 @@ public enum LBConfigLoader {
         try config(try ProxyConfigLoader.root(yaml, file: file, expected: "a mapping with `cgroup` and `services`"), ConfigNodeReader(file: file))
     }
 
-    static func config(_ root: Node, _ reader: ConfigNodeReader) throws(LBConfigError) -> LBConfig {
-        let top = try reader.fields(root, "the configuration", allowed: ["cgroup", "services", "metrics"])
-        let cgroupNode = try reader.required(top, "cgroup", in: root, "the configuration")
+    /// Checks an already composed `lb:` section of another file (the node agent's), in the same
+    /// schema but without `metrics`: the agent serves the lb's series on its own endpoint.
+    public static func section(from node: Node, file: String) throws(LBConfigError) -> LBConfig {
+        let reader = ConfigNodeReader(file: file)
+        if let metrics = node.mapping?.first(where: { $0.key.string == "metrics" })?.key {
+            throw reader.error(metrics, "`metrics` is not set per part here: the agent's /metrics shows the lb's series; remove it from `lb`")
+        }
+        return try config(node, reader, what: "`lb`")
+    }
+
+    static func config(_ root: Node, _ reader: ConfigNodeReader, what: String = "the configuration") throws(LBConfigError) -> LBConfig {
+        let top = try reader.fields(root, what, allowed: ["cgroup", "services", "metrics"])
+        let cgroupNode = try reader.required(top, "cgroup", in: root, what)
         let cgroup = try reader.string(cgroupNode, "`cgroup` (a cgroup v2 directory)")
         guard cgroup.hasPrefix("/") else { throw reader.error(cgroupNode, "expected `cgroup` as an absolute path to a cgroup v2 directory") }
         var services: [LBServiceConfig] = []
-        for node in try reader.list(try reader.required(top, "services", in: root, "the configuration"), "`services`") {
+        for node in try reader.list(try reader.required(top, "services", in: root, what), "`services`") {
             let service = try self.service(node, reader)
             if services.contains(where: { $0.name == service.name }) {
                 throw reader.error(node, "a second service named `\(service.name)`; expected unique names")

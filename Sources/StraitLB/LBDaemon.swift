@@ -13,13 +13,23 @@ import StraitSystem
 /// counters pinned in bpffs). Everything is undone by ``stop()``; a crash leaves only the pins
 /// and the state file, which the next start replaces, while the kernel drops the links with the
 /// process.
+///
+/// With `persistent` (the node agent's lb), the balancer is a persistent ``LoadBalancer``: its
+/// links and maps stay pinned when the process ends, a start adopts them when they are on the same
+/// cgroup (writing only what differs from the file), ``stop()`` leaves them balancing, and
+/// ``remove()`` detaches them.
 public final class LBDaemon: @unchecked Sendable {
     /// Where the state file lives by default.
     public static let defaultStateDirectory = "/run/strait/lb"
     /// Where the counters are pinned by default.
     public static let defaultPinDirectory = BPFFS.defaultMount + "/strait/lb"
 
+    /// The balancer this process drives (owned: closed by ``stop()``).
     public let balancer: LoadBalancer
+    /// True when the start opened a persistent balancer's pins instead of loading anew.
+    public let adopted: Bool
+    /// How many services the start had to change in the kernel (0: the pins already matched).
+    public let changedAtStart: Int
     private let stateDirectory: String
     private let logger: Logger
     private let lock = NSLock()
@@ -29,9 +39,18 @@ public final class LBDaemon: @unchecked Sendable {
     private var checker: LBHealthChecker?
     private var metrics: PlainHTTPEndpoint?
 
+    /// Where a persistent daemon keeps its balancer: the pin directory, and `tables.json` in the state directory.
+    public static func persistence(stateDirectory: String, pinDirectory: String) -> LBPersistence {
+        LBPersistence(pinDirectory: pinDirectory, recordFile: stateDirectory + "/tables.json")
+    }
+
     /// Starts balancing `config` and its checks. Throws ``LBError/alreadyRunning(_:)`` when a live
-    /// process holds the state directory.
-    public init(config: LBConfig, stateDirectory: String = defaultStateDirectory, pinDirectory: String = defaultPinDirectory, logger: Logger) throws {
+    /// process holds the state directory. With `persistent`, adopts the balancer pinned there when
+    /// it is on the same cgroup and large enough, else replaces it with a new persistent one.
+    public init(
+        config: LBConfig, stateDirectory: String = defaultStateDirectory, pinDirectory: String = defaultPinDirectory, persistent: Bool = false,
+        logger: Logger
+    ) throws {
         let statePath = LBStatus.statePath(in: stateDirectory)
         if let previous = try? LBStatus.readState(path: statePath), previous.pid != getpid(), kill(previous.pid, 0) == 0 {
             throw LBError.alreadyRunning(statePath)
@@ -40,12 +59,29 @@ public final class LBDaemon: @unchecked Sendable {
         self.config = config
         self.stateDirectory = stateDirectory
         self.logger = logger
-        balancer = try LoadBalancer(
-            cgroup: Cgroup(path: config.cgroup), capacity: max(Int(STRAIT_LB_MAX_SERVICES), config.services.count * 2),
-            pinDirectory: pinDirectory)
-        group = try EventLoopGroup(loopCount: 1)
+        let cgroup = Cgroup(path: config.cgroup)
+        let capacity = max(Int(STRAIT_LB_MAX_SERVICES), config.services.count * 2)
+        if persistent {
+            let persistence = Self.persistence(stateDirectory: stateDirectory, pinDirectory: pinDirectory)
+            if let existing = LoadBalancer.adopt(cgroup: cgroup, persistence: persistence), existing.capacity >= config.services.count {
+                balancer = existing
+                adopted = true
+            } else {
+                balancer = try LoadBalancer(cgroup: cgroup, capacity: capacity, persistingIn: persistence)
+                adopted = false
+            }
+        } else {
+            balancer = try LoadBalancer(cgroup: cgroup, capacity: capacity, pinDirectory: pinDirectory)
+            adopted = false
+        }
         do {
-            try balancer.apply(config.services)
+            group = try EventLoopGroup(loopCount: 1)
+        } catch {
+            balancer.close()
+            throw error
+        }
+        do {
+            changedAtStart = try balancer.apply(config.services)
             let checker = LBHealthChecker(group: group, logger: logger) { [weak self] down in self?.healthChanged(down) }
             checker.configure(config.services)
             self.checker = checker
@@ -69,17 +105,25 @@ public final class LBDaemon: @unchecked Sendable {
     /// The metrics endpoint's bound address, if one runs.
     public var metricsAddress: SocketAddress? { metrics?.address }
 
+    /// The configuration in force (the last one applied).
+    public var currentConfig: LBConfig { lock.withLock { config } }
+
     /// Applies a new configuration (same cgroup; services, backends and checks may all change).
-    public func reload(_ next: LBConfig) throws {
-        try lock.withLock { () throws in
-            try balancer.apply(next.services, down: down)
+    /// Returns how many services the kernel had to change.
+    @discardableResult
+    public func reload(_ next: LBConfig) throws -> Int {
+        let changed = try lock.withLock { () throws -> Int in
+            let changed = try balancer.apply(next.services, down: down)
             config = next
+            return changed
         }
         checker?.configure(next.services)
         try publish()
+        return changed
     }
 
-    /// Stops the checks and the metrics endpoint, detaches the programs and removes the state.
+    /// Stops the checks and the metrics endpoint and removes the state file. The programs are
+    /// detached, unless the daemon is persistent: then they stay balancing through their pins.
     public func stop() async {
         checker?.stop()
         checker = nil
@@ -88,6 +132,12 @@ public final class LBDaemon: @unchecked Sendable {
         group.shutdown()
         balancer.close()
         try? FileManager.default.removeItem(atPath: LBStatus.statePath(in: stateDirectory))
+    }
+
+    /// Stops, and for a persistent daemon also detaches and unpins its balancer and deletes its record.
+    public func remove() async throws {
+        await stop()
+        try balancer.persistence?.remove()
     }
 
     private func healthChanged(_ next: Set<LBBackendRef>) {

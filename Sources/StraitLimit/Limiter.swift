@@ -46,20 +46,18 @@ public final class Limiter: @unchecked Sendable {
     static let sockOpsProgram = "strait_limit_sockops"
     static let egressProgram = "strait_limit_egress"
 
-    static func path(_ name: String, in directory: String) -> String { directory + "/" + name }
-    static func linksPath(in directory: String) -> String { path("links", in: directory) }
-    static func cgroupLinkPath(_ id: UInt64, in directory: String) -> String { linksPath(in: directory) + "/cgroup_\(id)" }
-    static func interfaceLinkPath(_ ifindex: UInt32, in directory: String) -> String { linksPath(in: directory) + "/tcx_\(ifindex)" }
+    /// The pin folder at `directory`: the maps, both programs (the egress one last), `links/`.
+    static func folder(_ directory: String) -> PinFolder {
+        PinFolder(path: directory, repairAdvice: "Run `strait limit remove --all` (or remove \(directory)), then start again.")
+    }
+    var folder: PinFolder { Self.folder(pinDirectory) }
+    static func cgroupLinkPath(_ id: UInt64, in directory: String) -> String { folder(directory).linksPath + "/cgroup_\(id)" }
+    static func interfaceLinkPath(_ ifindex: UInt32, in directory: String) -> String { folder(directory).linksPath + "/tcx_\(ifindex)" }
 
     private init(pinDirectory: String) throws {
         self.pinDirectory = pinDirectory
-        func open(_ name: String) throws -> BPFMap {
-            let path = Self.path(name, in: pinDirectory)
-            guard BPFFS.exists(path) else {
-                throw BPFError.unsupported("\(path) is missing: the pins were made by another version of Strait. Run `strait limit remove --all` (or remove \(pinDirectory)), then start again.")
-            }
-            return try BPFMap.open(pinned: path)
-        }
+        let folder = Self.folder(pinDirectory)
+        func open(_ name: String) throws -> BPFMap { try folder.map(name) }
         config = try open("config").typed(key: UInt32.self, value: strait_limit_config.self)
         rules = try open("rules").typed(key: UInt32.self, value: strait_limit_rule.self)
         connectionCgroups = try open("conn_cgroup").typed(key: UInt64.self, value: UInt32.self)
@@ -74,7 +72,7 @@ public final class Limiter: @unchecked Sendable {
 
     /// Whether the programs and maps are pinned under `pinDirectory`.
     public static func isLoaded(pinDirectory: String = defaultPinDirectory) -> Bool {
-        BPFFS.exists(path(egressProgram, in: pinDirectory)) && BPFFS.exists(path("config", in: pinDirectory))
+        folder(pinDirectory).contains([egressProgram, "config"])
     }
 
     /// The kernel object shipped with this module (built from `bpf/limit.bpf.c`).
@@ -85,26 +83,17 @@ public final class Limiter: @unchecked Sendable {
     public static func open(pinDirectory: String = defaultPinDirectory, create: Bool = false) throws -> Limiter {
         if isLoaded(pinDirectory: pinDirectory) { return try Limiter(pinDirectory: pinDirectory) }
         guard create else { throw LimitError.notLoaded(pinDirectory) }
-        try BPFFS.ensureMounted()
-        try BPFFS.removeTree(pinDirectory)  // a half-made earlier attempt
-        try BPFFS.makeDirectory(linksPath(in: pinDirectory))
-        do {
-            let object = try objectSpec().load()
-            for name in mapNames { try object.map(name).pin(at: path(name, in: pinDirectory)) }
-            let limiter = try Limiter(pinDirectory: pinDirectory)
-            try limiter.config.update(0, strait_limit_config(generation: 1, next_rule_id: 1, horizon_ns: defaultHorizonNanoseconds))
-            try object.program(sockOpsProgram).pin(at: path(sockOpsProgram, in: pinDirectory))
-            // The egress program last: `isLoaded` is true only once everything else is in place.
-            try object.program(egressProgram).pin(at: path(egressProgram, in: pinDirectory))
-            return limiter
-        } catch {
-            try? BPFFS.removeTree(pinDirectory)
-            throw error
+        let object = try objectSpec().load()
+        defer { object.close() }
+        // The egress program last: `isLoaded` is true only once everything else is in place.
+        try folder(pinDirectory).populate(object: object, maps: mapNames, programs: [(sockOpsProgram, sockOpsProgram), (egressProgram, egressProgram)]) {
+            try Limiter(pinDirectory: pinDirectory).config.update(0, strait_limit_config(generation: 1, next_rule_id: 1, horizon_ns: defaultHorizonNanoseconds))
         }
+        return try Limiter(pinDirectory: pinDirectory)
     }
 
     /// Runs `body` holding the pin folder's lock, so rule changes from two commands never interleave.
-    func locked<T>(_ body: () throws -> T) throws -> T { try DirectoryLock.holding(pinDirectory, body) }
+    func locked<T>(_ body: () throws -> T) throws -> T { try folder.locked(body) }
 
     func currentConfig() throws -> strait_limit_config {
         guard let configuration = try config.lookup(0) else { throw LimitError.notLoaded(pinDirectory) }
@@ -300,7 +289,7 @@ public final class Limiter: @unchecked Sendable {
             let pin = Self.cgroupLinkPath(id, in: pinDirectory)
             if BPFFS.exists(pin) { return false }
             guard let cgroup = Cgroup.find(id: id) else { throw LimitError.invalidSelector("no cgroup v2 has id \(id)") }
-            let link = try BPFProgram.open(pinned: Self.path(Self.sockOpsProgram, in: pinDirectory)).attach(cgroup: cgroup)
+            let link = try BPFProgram.open(pinned: folder.path(Self.sockOpsProgram)).attach(cgroup: cgroup)
             do { try link.pin(at: pin) } catch {
                 try? link.detach()
                 throw error
@@ -312,7 +301,7 @@ public final class Limiter: @unchecked Sendable {
             if BPFFS.exists(pin) { return false }
             let installed = try FairQueue.install(on: interface.name)
             do {
-                let link = try BPFProgram.open(pinned: Self.path(Self.egressProgram, in: pinDirectory)).attachTCX(ifindex: interface.index, direction: .egress)
+                let link = try BPFProgram.open(pinned: folder.path(Self.egressProgram)).attachTCX(ifindex: interface.index, direction: .egress)
                 do { try link.pin(at: pin) } catch {
                     try? link.detach()
                     throw error
@@ -397,11 +386,7 @@ public final class Limiter: @unchecked Sendable {
         if isLoaded(pinDirectory: pinDirectory), let limiter = try? Limiter(pinDirectory: pinDirectory) {
             for ifindex in (try? limiter.interfaces.keys()) ?? [] { _ = try? limiter.release(ifindex: ifindex) }
         }
-        let links = linksPath(in: pinDirectory)
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: links)) ?? [] {
-            try? BPFLink.open(pinned: links + "/" + name).detach()
-        }
-        try BPFFS.removeTree(pinDirectory)
+        try folder(pinDirectory).removeAll()
     }
 
     // MARK: Attachments and counters
@@ -428,8 +413,7 @@ public final class Limiter: @unchecked Sendable {
 
     /// Reads the pinned links and the `interfaces` map. Costs a directory read and a map walk.
     public func attachments() throws -> Attachments {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: Self.linksPath(in: pinDirectory))) ?? []
-        let cgroups = names.sorted().compactMap { name -> String? in
+        let cgroups = folder.linkNames().compactMap { name -> String? in
             guard name.hasPrefix("cgroup_"), let id = UInt64(name.dropFirst(7)) else { return nil }
             return Cgroup.find(id: id)?.path ?? "id \(id)"
         }

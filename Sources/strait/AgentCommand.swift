@@ -8,7 +8,7 @@ import StraitSystem
 struct AgentCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "agent",
-        abstract: "The node agent: holds the desired state of one file (accel, drop, proxy) and keeps the kernel at it.",
+        abstract: "The node agent: holds the desired state of one file (accel, drop, proxy, lb) and keeps the kernel at it.",
         discussion: """
             strait agent --config /etc/strait/strait.yaml
                                   reconcile (adopting pins that already match), serve /metrics, /healthz, /readyz
@@ -46,7 +46,7 @@ struct AgentRun: ParsableCommand {
         if let check {
             do {
                 let parsed = try AgentConfigLoader.load(path: check)
-                let parts = [parsed.accel.map { _ in "accel" }, parsed.drop.map { _ in "drop" }, parsed.proxy.map { _ in "proxy" }].compactMap { $0 }
+                let parts = [parsed.accel.map { _ in "accel" }, parsed.drop.map { _ in "drop" }, parsed.proxy.map { _ in "proxy" }, parsed.lb.map { _ in "lb" }].compactMap { $0 }
                 print("\(check): ok (" + (parts.isEmpty ? "no parts" : parts.joined(separator: ", ")) + "; metrics on \(parsed.metricsAddress))")
                 return
             } catch {

@@ -2,6 +2,7 @@ import Foundation
 import StraitAccel
 import StraitAgent
 import StraitDrop
+import StraitLB
 import Testing
 
 @Suite("Agent file")
@@ -49,14 +50,14 @@ struct AgentConfigTests {
             proxy:
               listeners: [{ name: web, bind: 127.0.0.1:6000, cluster: nope }]
               clusters: [{ name: web, upstreams: [127.0.0.1:5201] }]
-            lb: {}
+            lbx: {}
             """
         #expect {
             try AgentConfigLoader.parse(yaml, file: "f.yaml")
         } throws: { error in
             guard let error = error as? AgentConfigError else { return false }
             let lines = error.description.split(separator: "\n").map(String.init)
-            let expected = ["f.yaml:1:10:", "f.yaml:3:11:", "f.yaml:4:3: unknown key `portz`", "f.yaml:6:22:", "f.yaml:7:11:", "f.yaml:9:", "f.yaml:11:1: unknown key `lb`"]
+            let expected = ["f.yaml:1:10:", "f.yaml:3:11:", "f.yaml:4:3: unknown key `portz`", "f.yaml:6:22:", "f.yaml:7:11:", "f.yaml:9:", "f.yaml:11:1: unknown key `lbx`"]
             return lines.count == expected.count && zip(lines, expected).allSatisfy { $0.hasPrefix($1) }
         }
     }
@@ -81,5 +82,41 @@ struct AgentConfigTests {
         #expect {
             try AgentConfigLoader.parse("drop:\n  interfaces: [eth0]\n  rules_file: missing.rules\n", file: "a.yaml", directory: directory)
         } throws: { error in (error as? AgentConfigError)?.problems.first?.line == 3 }
+    }
+
+    @Test("an lb section is `strait lb --config`'s schema, read by its loader; `metrics` and its mistakes are located")
+    func lbSection() throws {
+        let yaml = """
+            lb:
+              cgroup: /sys/fs/cgroup/kubepods.slice
+              services:
+                - name: web
+                  address: 198.18.0.10:80
+                  policy: random
+                  backends: [{ address: 198.18.1.1:8080, weight: 3 }, 198.18.1.2:8080]
+                  health_check: { interval: 2s, timeout: 1s }
+                - { name: dns, address: "[2001:db8::53]:53", protocol: udp, backends: ["[2001:db8::1:1]:53"] }
+            """
+        let config = try AgentConfigLoader.parse(yaml, file: "strait.yaml")
+        let lb = try #require(config.lb)
+        #expect(lb == (try LBConfigLoader.parse(yaml.replacingOccurrences(of: "lb:\n", with: "").split(separator: "\n").map { $0.dropFirst(2) }.joined(separator: "\n"), file: "strait.yaml")))
+        #expect(lb.services.map(\.name) == ["web", "dns"])
+        #expect(lb.services[0].backends.map(\.weight) == [3, 1])
+        #expect(lb.services[1].transport == .udp)
+        #expect(lb.metricsAddress == nil)
+
+        let problems: [(text: String, at: String, says: String)] = [
+            ("lb:\n  cgroup: /x\n  metrics: 127.0.0.1:9300\n  services: []\n", "f.yaml:3:3: ", "`metrics` is not set per part here"),
+            ("lb:\n  cgroup: /x\n  servics: []\n", "f.yaml:3:3: ", "unknown key `servics`"),
+            ("lb:\n  cgroup: /x\n  services:\n    - { name: a, address: 198.18.0.10:80, backends: [\"[2001:db8::1]:80\"] }\n", "f.yaml:4:54: ", "expected an IPv4 backend"),
+        ]
+        for problem in problems {
+            #expect {
+                try AgentConfigLoader.parse(problem.text, file: "f.yaml")
+            } throws: { error in
+                guard let error = error as? AgentConfigError else { return false }
+                return error.problems.count == 1 && error.description.hasPrefix(problem.at) && error.description.contains(problem.says)
+            }
+        }
     }
 }

@@ -20,44 +20,30 @@ let kernelGate = ConditionTrait.enabled(if: KernelTestGate.enabled, Comment(rawV
 /// links, namespaces, the cgroup and the folder.
 final class AgentLab: @unchecked Sendable {
     let cgroup: TestCgroup
-    let receiver: NetworkNamespace
-    let sender: NetworkNamespace
-    let receiverInterface: String
-    let senderInterface: String
-    let subnet: Int
+    let pair: VethPairLab
     let folder: String
     let upstream: TestListener
 
+    var receiver: NetworkNamespace { pair.receiver }
+    var sender: NetworkNamespace { pair.sender }
+    var receiverInterface: String { pair.receiverInterface }
+    var subnet: Int { pair.subnet }
     var paths: AgentPaths { AgentPaths(pinRoot: cgroup.pinDirectory + "/strait", stateFile: folder + "/run/agent-state.json") }
     var configPath: String { folder + "/strait.yaml" }
-    var receiverIPv4: String { "198.18.\(subnet).1" }
-    var allowedIPv4: String { "198.18.\(subnet).2" }
-    var blockedIPv4: String { "198.18.\(subnet).3" }
-
-    private static let counter = NSLock()
-    nonisolated(unsafe) private static var next = 0
+    var receiverIPv4: String { pair.receiverIPv4 }
+    var allowedIPv4: String { pair.allowedIPv4 }
+    var blockedIPv4: String { pair.blockedIPv4 }
 
     private init(cgroup: TestCgroup) throws {
         self.cgroup = cgroup
-        let n = Self.counter.withLock { Self.next += 1; return Self.next }
-        subnet = 140 + n
-        let stem = "sag\(getpid() % 100_000)n\(n)"
-        receiverInterface = stem + "a"
-        senderInterface = stem + "b"
         folder = FileManager.default.temporaryDirectory.appendingPathComponent(uniqueTestName("strait-agent")).path
         try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         upstream = try TestListener(.ipv4)
-        receiver = try NetworkNamespace.create(uniqueTestName("strait-ns"))
         do {
-            sender = try NetworkNamespace.create(uniqueTestName("strait-ns"))
+            pair = try VethPairLab(interfacePrefix: "sag", firstSubnet: 140)
         } catch {
-            receiver.delete()
-            throw error
-        }
-        do {
-            try NetworkNamespace.wireVethPair(receiver: receiver, sender: sender, receiverInterface: receiverInterface, senderInterface: senderInterface, subnet: subnet)
-        } catch {
-            tearDown()
+            upstream.socket.close()
+            try? FileManager.default.removeItem(atPath: folder)
             throw error
         }
     }
@@ -74,9 +60,9 @@ final class AgentLab: @unchecked Sendable {
     private func tearDown() {
         try? Dropper.removeAll(pinDirectory: paths.dropDirectory)
         try? Accelerator.disable(pinDirectory: paths.accelDirectory)
+        try? paths.lbPersistence.remove()
         try? BPFFS.removeTree(paths.pinRoot)
-        receiver.delete()
-        sender.delete()
+        pair.delete()
         upstream.socket.close()
         try? FileManager.default.removeItem(atPath: folder)
     }
@@ -167,10 +153,7 @@ final class AgentLab: @unchecked Sendable {
     }
 
     /// The XDP program id on the receiving interface (0: none).
-    func xdpProgramID() throws -> UInt32 {
-        let interface = receiverInterface
-        return try receiver.run { try XDPAttachment.query(ifindex: NetworkInterface(named: interface).index).programID }
-    }
+    func xdpProgramID() throws -> UInt32 { try pair.receiverXDPProgramID() }
 
     /// The id of the link pinned at `path` (links are replaced only if this changes).
     func linkID(_ path: String) throws -> UInt32? {

@@ -17,7 +17,7 @@ struct AgentReconcileTests {
             let agent = lab.agent()
             let outcome = try agent.start()
             defer { Task { await agent.stop() } }
-            #expect(outcome.changes.map(\.action) == [.created, .created, .created], "\(outcome.changes)")
+            #expect(outcome.changes.map(\.action) == [.created, .created, .created, .unchanged], "\(outcome.changes)")
             #expect(outcome.differences.isEmpty, "\(outcome.differences)")
             #expect(Accelerator.isEnabled(pinDirectory: lab.paths.accelDirectory))
             #expect(try Accelerator.open(pinDirectory: lab.paths.accelDirectory).cgroup()?.path == lab.cgroup.cgroup.path)
@@ -89,7 +89,7 @@ struct AgentReconcileTests {
             #expect(seen.count == total)
             #expect(seen.firstMismatch == nil)
             let outcome = try #require(secondOutcome)
-            #expect(outcome.changes.map(\.action) == [.unchanged, .unchanged, .unchanged], "\(outcome.changes)")
+            #expect(outcome.changes.map(\.action) == [.unchanged, .unchanged, .unchanged, .unchanged], "\(outcome.changes)")
             #expect(outcome.differences.isEmpty)
             #expect(try lab.linkID(lab.accelLinkPath) == accelLink)
             #expect(try lab.linkID(lab.dropLinkPath) == dropLink)
@@ -120,7 +120,7 @@ struct AgentReconcileTests {
             try lab.write(lab.yaml(accelPorts: [6379], extraRules: ["tcp/23"]))
             let outcome = agent.reload()
             #expect(outcome.rejected == nil)
-            #expect(outcome.changes.map(\.action) == [.updated, .updated, .unchanged], "\(outcome.changes)")
+            #expect(outcome.changes.map(\.action) == [.updated, .updated, .unchanged, .unchanged], "\(outcome.changes)")
             #expect(outcome.changes[1].detail == "rules +1 -0")
             #expect(outcome.differences.isEmpty, "\(outcome.differences)")
             #expect(try Accelerator.open(pinDirectory: lab.paths.accelDirectory).policy().ports == [6379])
@@ -131,7 +131,7 @@ struct AgentReconcileTests {
             #expect(agent.runningProxy?.listenerAddresses["web"] == proxyAddress, "the proxy kept its listener")
 
             // The same file again: nothing to do.
-            #expect(agent.reload().changes.map(\.action) == [.unchanged, .unchanged, .unchanged])
+            #expect(agent.reload().changes.map(\.action) == [.unchanged, .unchanged, .unchanged, .unchanged])
             await agent.stop()
         }
     }
@@ -147,7 +147,7 @@ struct AgentReconcileTests {
             // Only the proxy remains: accel and drop, which this agent made, go.
             try lab.write("metrics: 127.0.0.1:0\n")
             let outcome = agent.reload()
-            #expect(outcome.changes.map(\.action) == [.removed, .removed, .unchanged], "\(outcome.changes)")
+            #expect(outcome.changes.map(\.action) == [.removed, .removed, .unchanged, .unchanged], "\(outcome.changes)")
             #expect(!Accelerator.isEnabled(pinDirectory: lab.paths.accelDirectory))
             #expect(!Dropper.isLoaded(pinDirectory: lab.paths.dropDirectory))
             #expect(try lab.xdpProgramID() == 0)

@@ -7,58 +7,42 @@ import Testing
 
 let kernelGate = ConditionTrait.enabled(if: KernelTestGate.enabled, Comment(rawValue: KernelTestGate.comment))
 
-/// Two network namespaces joined by a veth pair, with strait drop loaded under a private pin folder
-/// and attached to the receiving end. Addresses (198.18.S.0/24 and 2001:db8:S::/64, S per lab):
+/// A ``VethPairLab`` (receiver and sender namespaces, 198.18.S.0/24 and 2001:db8:S::/64) with
+/// strait drop loaded under a private pin folder and attached to the receiving end:
 ///
 ///     receiver  sdr…a  .1 / ::1   <— veth —>   sdr…b  .2 / ::2 (allowed), .3 / ::3 (blocked in tests)  sender
 ///
 /// Everything (namespaces, interfaces, pins, XDP links) is removed at the end, even on failure.
 final class DropLab: @unchecked Sendable {
-    let receiver: NetworkNamespace
-    let sender: NetworkNamespace
-    let receiverInterface: String
-    let senderInterface: String
-    let subnet: Int
+    let pair: VethPairLab
     let pinRoot: String
     let dropper: Dropper
 
-    var receiverIPv4: String { "198.18.\(subnet).1" }
-    var allowedIPv4: String { "198.18.\(subnet).2" }
-    var blockedIPv4: String { "198.18.\(subnet).3" }
-    var receiverIPv6: String { "2001:db8:\(subnet)::1" }
-    var allowedIPv6: String { "2001:db8:\(subnet)::2" }
-    var blockedIPv6: String { "2001:db8:\(subnet)::3" }
-
-    private static let counter = NSLock()
-    nonisolated(unsafe) private static var next = 0
+    var receiver: NetworkNamespace { pair.receiver }
+    var sender: NetworkNamespace { pair.sender }
+    var receiverInterface: String { pair.receiverInterface }
+    var senderInterface: String { pair.senderInterface }
+    var receiverIPv4: String { pair.receiverIPv4 }
+    var allowedIPv4: String { pair.allowedIPv4 }
+    var blockedIPv4: String { pair.blockedIPv4 }
+    var receiverIPv6: String { pair.receiverIPv6 }
+    var allowedIPv6: String { pair.allowedIPv6 }
+    var blockedIPv6: String { pair.blockedIPv6 }
 
     private init(mode: XDPMode, attach: Bool) throws {
         _ = LeftoverSweep.once
-        let n = Self.counter.withLock { Self.next += 1; return Self.next }
-        subnet = 100 + n
-        let stem = "sdr\(getpid() % 100_000)n\(n)"
-        receiverInterface = stem + "a"
-        senderInterface = stem + "b"
-        receiver = try NetworkNamespace.create(uniqueTestName("strait-ns"))
-        do {
-            sender = try NetworkNamespace.create(uniqueTestName("strait-ns"))
-        } catch {
-            receiver.delete()
-            throw error
-        }
+        pair = try VethPairLab(interfacePrefix: "sdr", firstSubnet: 100)
         pinRoot = BPFFS.defaultMount + "/" + uniqueTestName()
         do {
-            try NetworkNamespace.wireVethPair(receiver: receiver, sender: sender, receiverInterface: receiverInterface, senderInterface: senderInterface, subnet: subnet)
             try BPFFS.ensureMounted()
             try BPFFS.makeDirectory(pinRoot)
             dropper = try Dropper.open(pinDirectory: pinRoot + "/drop", create: true)
             if attach {
-                let dropper = self.dropper, interface = receiverInterface
-                try receiver.run { try dropper.attach(interface: interface, mode: mode) }
+                let dropper = self.dropper, interface = pair.receiverInterface
+                try pair.receiver.run { try dropper.attach(interface: interface, mode: mode) }
             }
         } catch {
-            receiver.delete()
-            sender.delete()
+            pair.delete()
             try? Dropper.removeAll(pinDirectory: pinRoot + "/drop")
             try? BPFFS.removeTree(pinRoot)
             throw error
@@ -81,83 +65,12 @@ final class DropLab: @unchecked Sendable {
 
     private func tearDown() {
         try? Dropper.removeAll(pinDirectory: pinRoot + "/drop")
-        receiver.delete()
-        sender.delete()
+        pair.delete()
         try? BPFFS.removeTree(pinRoot)
     }
 
     /// The XDP program id on the receiving interface now (0: none).
-    func attachedProgramID() throws -> UInt32 {
-        let interface = receiverInterface
-        return try receiver.run { try XDPAttachment.query(ifindex: NetworkInterface(named: interface).index).programID }
-    }
-}
-
-// MARK: Sockets in the namespaces
-
-/// A socket address for `ip` (IPv4 or IPv6 text) and `port`.
-func socketAddress(_ ip: String, _ port: UInt16) -> (storage: sockaddr_storage, length: socklen_t) {
-    var storage = sockaddr_storage()
-    if ip.contains(":") {
-        var address = sockaddr_in6()
-        address.sin6_family = sa_family_t(AF_INET6)
-        address.sin6_port = port.bigEndian
-        inet_pton(AF_INET6, ip, &address.sin6_addr)
-        withUnsafeMutableBytes(of: &storage) { $0.storeBytes(of: address, as: sockaddr_in6.self) }
-        return (storage, socklen_t(MemoryLayout<sockaddr_in6>.size))
-    }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_port = port.bigEndian
-    inet_pton(AF_INET, ip, &address.sin_addr)
-    withUnsafeMutableBytes(of: &storage) { $0.storeBytes(of: address, as: sockaddr_in.self) }
-    return (storage, socklen_t(MemoryLayout<sockaddr_in>.size))
-}
-
-/// The text address of a socket address.
-func addressText(_ storage: sockaddr_storage) -> String {
-    var copy = storage
-    var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-    if storage.ss_family == sa_family_t(AF_INET6) {
-        withUnsafeBytes(of: &copy) { raw in
-            var address = raw.load(as: sockaddr_in6.self).sin6_addr
-            _ = inet_ntop(AF_INET6, &address, &buffer, socklen_t(buffer.count))
-        }
-    } else {
-        withUnsafeBytes(of: &copy) { raw in
-            var address = raw.load(as: sockaddr_in.self).sin_addr
-            _ = inet_ntop(AF_INET, &address, &buffer, socklen_t(buffer.count))
-        }
-    }
-    return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-}
-
-/// A socket bound to `ip:port`, made inside `namespace` (it stays in that namespace for life).
-func boundSocket(in namespace: NetworkNamespace, type: Int32, ip: String, port: UInt16 = 0) throws -> CInt {
-    try namespace.run {
-        let fd = try systemCall("socket") { socket(ip.contains(":") ? AF_INET6 : AF_INET, type | Int32(SOCK_CLOEXEC.rawValue), 0) }
-        var one: CInt = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<CInt>.size))
-        var (storage, length) = socketAddress(ip, port)
-        do {
-            try withUnsafePointer(to: &storage) { pointer in
-                try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address in
-                    _ = try systemCall("bind \(ip):\(port)") { bind(fd, address, length) }
-                }
-            }
-        } catch {
-            close(fd)
-            throw error
-        }
-        return fd
-    }
-}
-
-func localPort(_ fd: CInt) -> UInt16 {
-    var storage = sockaddr_storage()
-    var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-    withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = getsockname(fd, $0, &length) } }
-    return withUnsafeBytes(of: &storage) { UInt16(bigEndian: $0.load(fromByteOffset: 2, as: UInt16.self)) }
+    func attachedProgramID() throws -> UInt32 { try pair.receiverXDPProgramID() }
 }
 
 /// A UDP receiver: collects datagrams (4-byte sequence numbers) by source address.
