@@ -22,8 +22,12 @@ struct AgentLBTests {
         let port: UInt16
 
         init(_ lab: AgentLab, address: String) throws {
-            fd = try boundSocket(in: lab.receiver, type: Int32(SOCK_STREAM.rawValue), ip: address)
-            try systemCall("listen") { listen(fd, 64) }
+            let fd = try boundSocket(in: lab.receiver, type: Int32(SOCK_STREAM.rawValue), ip: address)
+            do { try systemCall("listen") { listen(fd, 64) } } catch {
+                close(fd)
+                throw error
+            }
+            self.fd = fd
             self.address = address
             port = localPort(fd)
         }
@@ -36,7 +40,7 @@ struct AgentLBTests {
         func accept() -> TestSocket? {
             var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             guard poll(&entry, 1, 2000) == 1 else { return nil }
-            let accepted = Glibc.accept4(fd, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
+            let accepted = Glibc.accept(fd, nil, nil)
             return accepted >= 0 ? TestSocket(fd: accepted) : nil
         }
     }

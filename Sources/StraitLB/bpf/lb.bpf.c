@@ -125,21 +125,37 @@ static __always_inline enum choice choose(void *ctx, struct strait_lb_service_ke
     return CHOSEN;
 }
 
-static __always_inline void key_ipv4(struct strait_lb_service_key *key, __u32 address, __u32 port, __u32 protocol) {
-    __builtin_memset(key, 0, sizeof(*key));
-    key->addr[10] = 0xff;
-    key->addr[11] = 0xff;
-    __builtin_memcpy(key->addr + 12, &address, 4);
-    key->port = (__u16)port;
-    key->protocol = (__u8)protocol;
+/// The address a sock_addr program is asked about, as 16 bytes: an IPv4 one in its mapped form
+/// (::ffff:a.b.c.d), as the maps hold every address. `ipv6` is a constant at each call, so the
+/// compiler keeps one branch and the verifier only sees the context fields of the program's family.
+static __always_inline void read_address(struct bpf_sock_addr *ctx, __u8 addr[16], int ipv6) {
+    if (ipv6) {
+        __u32 words[4] = {CTX_READ(ctx->user_ip6[0]), CTX_READ(ctx->user_ip6[1]), CTX_READ(ctx->user_ip6[2]), CTX_READ(ctx->user_ip6[3])};
+        __builtin_memcpy(addr, words, 16);
+    } else {
+        __u32 address = CTX_READ(ctx->user_ip4);
+        __builtin_memset(addr, 0, 10);
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        __builtin_memcpy(addr + 12, &address, 4);
+    }
 }
 
-static __always_inline void key_ipv6(struct strait_lb_service_key *key, struct bpf_sock_addr *ctx) {
-    __builtin_memset(key, 0, sizeof(*key));
-    __u32 words[4] = {CTX_READ(ctx->user_ip6[0]), CTX_READ(ctx->user_ip6[1]), CTX_READ(ctx->user_ip6[2]), CTX_READ(ctx->user_ip6[3])};
-    __builtin_memcpy(key->addr, words, 16);
-    key->port = (__u16)CTX_READ(ctx->user_port);
-    key->protocol = (__u8)CTX_READ(ctx->protocol);
+/// Rewrites the address (from its 16-byte form) and the port the socket call goes on with.
+static __always_inline void rewrite(struct bpf_sock_addr *ctx, const __u8 addr[16], __u16 port, int ipv6) {
+    if (ipv6) {
+        __u32 words[4];
+        __builtin_memcpy(words, addr, 16);
+        ctx->user_ip6[0] = words[0];
+        ctx->user_ip6[1] = words[1];
+        ctx->user_ip6[2] = words[2];
+        ctx->user_ip6[3] = words[3];
+    } else {
+        __u32 address;
+        __builtin_memcpy(&address, addr + 12, 4);
+        ctx->user_ip4 = address;
+    }
+    ctx->user_port = port;
 }
 
 /// Rejects with ECONNREFUSED (connect and sendmsg only: they have a return value to set).
@@ -149,9 +165,13 @@ static __always_inline int refuse(void) {
     return 0;
 }
 
-static __always_inline int forward4(struct bpf_sock_addr *ctx, int connected) {
+/// connect() and unconnected sendmsg(): a service's destination becomes one of its backends.
+static __always_inline int forward(struct bpf_sock_addr *ctx, int ipv6, int connected) {
     struct strait_lb_service_key key;
-    key_ipv4(&key, CTX_READ(ctx->user_ip4), CTX_READ(ctx->user_port), CTX_READ(ctx->protocol));
+    __builtin_memset(&key, 0, sizeof(key));
+    read_address(ctx, key.addr, ipv6);
+    key.port = (__u16)CTX_READ(ctx->user_port);
+    key.protocol = (__u8)CTX_READ(ctx->protocol);
     const struct strait_lb_backend *backend = 0;
     __u32 id = 0;
     switch (choose(ctx, &key, &backend, &id)) {
@@ -160,97 +180,46 @@ static __always_inline int forward4(struct bpf_sock_addr *ctx, int connected) {
     case CHOSEN: break;
     }
     if (!backend) return 1;
-    __u32 address;
-    __builtin_memcpy(&address, backend->addr + 12, 4);
-    ctx->user_ip4 = address;
-    ctx->user_port = backend->port;
+    rewrite(ctx, backend->addr, backend->port, ipv6);
     count(STRAIT_LB_BALANCED);
     count_backend(id, connected);
     return 1;
 }
 
-static __always_inline int forward6(struct bpf_sock_addr *ctx, int connected) {
-    struct strait_lb_service_key key;
-    key_ipv6(&key, ctx);
-    const struct strait_lb_backend *backend = 0;
-    __u32 id = 0;
-    switch (choose(ctx, &key, &backend, &id)) {
-    case NOT_A_SERVICE: return 1;
-    case REFUSE: return refuse();
-    case CHOSEN: break;
-    }
-    if (!backend) return 1;
-    __u32 words[4];
-    __builtin_memcpy(words, backend->addr, 16);
-    ctx->user_ip6[0] = words[0];
-    ctx->user_ip6[1] = words[1];
-    ctx->user_ip6[2] = words[2];
-    ctx->user_ip6[3] = words[3];
-    ctx->user_port = backend->port;
-    count(STRAIT_LB_BALANCED);
-    count_backend(id, connected);
-    return 1;
-}
-
-/// The service a (socket, backend) pair was sent from, if any.
-static __always_inline struct strait_lb_service_key *reverse_lookup(void *ctx, const __u8 addr[16], __u32 port) {
-    struct strait_lb_reverse_key reverse = {.cookie = bpf_get_socket_cookie(ctx), .port = (__u16)port};
-    __builtin_memcpy(reverse.addr, addr, 16);
-    return bpf_map_lookup_elem(&lb_reverse, &reverse);
-}
-
-static __always_inline int reverse4(struct bpf_sock_addr *ctx) {
-    __u32 address = CTX_READ(ctx->user_ip4);
-    __u8 mapped[16] = {};
-    mapped[10] = 0xff;
-    mapped[11] = 0xff;
-    __builtin_memcpy(mapped + 12, &address, 4);
-    struct strait_lb_service_key *service = reverse_lookup(ctx, mapped, CTX_READ(ctx->user_port));
+/// recvmsg() and getpeername(): a backend this socket was sent to shows as the service it asked for.
+static __always_inline int reverse(struct bpf_sock_addr *ctx, int ipv6) {
+    struct strait_lb_reverse_key key = {.cookie = bpf_get_socket_cookie(ctx), .port = (__u16)CTX_READ(ctx->user_port)};
+    read_address(ctx, key.addr, ipv6);
+    struct strait_lb_service_key *service = bpf_map_lookup_elem(&lb_reverse, &key);
     if (!service) return 1;
-    __builtin_memcpy(&address, service->addr + 12, 4);
-    ctx->user_ip4 = address;
-    ctx->user_port = service->port;
-    count(STRAIT_LB_REVERSED);
-    return 1;
-}
-
-static __always_inline int reverse6(struct bpf_sock_addr *ctx) {
-    __u32 words[4] = {CTX_READ(ctx->user_ip6[0]), CTX_READ(ctx->user_ip6[1]), CTX_READ(ctx->user_ip6[2]), CTX_READ(ctx->user_ip6[3])};
-    struct strait_lb_service_key *service = reverse_lookup(ctx, (const __u8 *)words, CTX_READ(ctx->user_port));
-    if (!service) return 1;
-    __builtin_memcpy(words, service->addr, 16);
-    ctx->user_ip6[0] = words[0];
-    ctx->user_ip6[1] = words[1];
-    ctx->user_ip6[2] = words[2];
-    ctx->user_ip6[3] = words[3];
-    ctx->user_port = service->port;
+    rewrite(ctx, service->addr, service->port, ipv6);
     count(STRAIT_LB_REVERSED);
     return 1;
 }
 
 SEC("cgroup/connect4")
-int lb_connect4(struct bpf_sock_addr *ctx) { return forward4(ctx, 1); }
+int lb_connect4(struct bpf_sock_addr *ctx) { return forward(ctx, 0, 1); }
 
 SEC("cgroup/connect6")
-int lb_connect6(struct bpf_sock_addr *ctx) { return forward6(ctx, 1); }
+int lb_connect6(struct bpf_sock_addr *ctx) { return forward(ctx, 1, 1); }
 
 SEC("cgroup/sendmsg4")
-int lb_sendmsg4(struct bpf_sock_addr *ctx) { return forward4(ctx, 0); }
+int lb_sendmsg4(struct bpf_sock_addr *ctx) { return forward(ctx, 0, 0); }
 
 SEC("cgroup/sendmsg6")
-int lb_sendmsg6(struct bpf_sock_addr *ctx) { return forward6(ctx, 0); }
+int lb_sendmsg6(struct bpf_sock_addr *ctx) { return forward(ctx, 1, 0); }
 
 SEC("cgroup/recvmsg4")
-int lb_recvmsg4(struct bpf_sock_addr *ctx) { return reverse4(ctx); }
+int lb_recvmsg4(struct bpf_sock_addr *ctx) { return reverse(ctx, 0); }
 
 SEC("cgroup/recvmsg6")
-int lb_recvmsg6(struct bpf_sock_addr *ctx) { return reverse6(ctx); }
+int lb_recvmsg6(struct bpf_sock_addr *ctx) { return reverse(ctx, 1); }
 
 SEC("cgroup/getpeername4")
-int lb_getpeername4(struct bpf_sock_addr *ctx) { return reverse4(ctx); }
+int lb_getpeername4(struct bpf_sock_addr *ctx) { return reverse(ctx, 0); }
 
 SEC("cgroup/getpeername6")
-int lb_getpeername6(struct bpf_sock_addr *ctx) { return reverse6(ctx); }
+int lb_getpeername6(struct bpf_sock_addr *ctx) { return reverse(ctx, 1); }
 
 // A closing socket's reverse entry goes with it, so the LRU map holds live sockets and a connect
 // never pays for an eviction. Only the entry of the connected peer is known here; those of an
