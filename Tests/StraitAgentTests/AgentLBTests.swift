@@ -151,6 +151,7 @@ struct AgentLBTests {
             try lab.write(Self.yaml(lab, backends: [second]) + "    policy: roundrobin\n")
             #expect(agent.reload().rejected != nil)
             #expect(try Self.connectAndEcho(lab, backends, payload: [1, 2, 3]).backend == 1)
+            try lab.write(Self.yaml(lab, backends: [second]))
 
             // An agent restart: the links stay balancing while no agent runs, and the next one adopts them.
             let linkID = try lab.linkID(lab.paths.lbDirectory + "/links/lb_connect4")
