@@ -77,7 +77,7 @@ public final class LBDaemon: @unchecked Sendable {
         do {
             group = try EventLoopGroup(loopCount: 1)
         } catch {
-            balancer.close()
+            Self.abandon(balancer, adopted: adopted)
             throw error
         }
         do {
@@ -97,9 +97,16 @@ public final class LBDaemon: @unchecked Sendable {
         } catch {
             checker?.stop()
             group.shutdown()
-            balancer.close()
+            Self.abandon(balancer, adopted: adopted)
             throw error
         }
+    }
+
+    /// A start that failed: closes the balancer, and removes a persistent one it had just made
+    /// (nothing would own its pins); an adopted one stays as it was found.
+    private static func abandon(_ balancer: LoadBalancer, adopted: Bool) {
+        balancer.close()
+        if !adopted { try? balancer.persistence?.remove() }
     }
 
     /// The metrics endpoint's bound address, if one runs.
