@@ -10,7 +10,7 @@ import Prometheus
 /// - `strait_agent_in_sync`: 1 when the kernel matched the file at the last check
 /// - `strait_agent_last_reconcile_timestamp_seconds`
 ///
-/// The parts' own counters (accel, drop, proxy) are read from the kernel and the proxy at each
+/// The parts' own counters (accel, drop, lb, proxy) are read from the kernel and the proxy at each
 /// scrape and appended by ``Agent/metricsText()``.
 final class AgentMetrics: Sendable {
     let registry = PrometheusCollectorRegistry()
