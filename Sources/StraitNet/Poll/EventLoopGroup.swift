@@ -21,11 +21,12 @@ public final class EventLoopGroup: Sendable {
     ///
     /// A loop sleeps in `epoll_wait` between short bursts of work. On a machine with more busy
     /// threads than cores (two loops and a load generator on two cores, say), a woken loop with
-    /// the default slice (about 3 ms) waits for the running thread's slice to end, and every
-    /// connection it serves waits with it: that wait was most of StraitNet's p99 at 256 wrk
-    /// connections. With a shorter slice than the running thread's, the kernel (EEVDF, Linux 6.12
-    /// and later) lets the woken loop preempt it. It changes when a loop runs, not how much CPU it
-    /// gets: the scheduler's fairness is unchanged.
+    /// the default slice (about 3 ms) may wait for the running thread's slice to end, and every
+    /// connection it serves waits with it. With a shorter slice than the running thread's, the
+    /// kernel (EEVDF, Linux 6.12 and later) lets the woken loop preempt it. It changes when a loop
+    /// runs, not how much CPU it gets: the scheduler's fairness is unchanged. Measured later at 256
+    /// wrk connections on a shared machine, slices from 0.1 to 3 ms moved p99 less than the noise
+    /// between runs; where the loops run mattered more (``Placement/onePerCPU``).
     public static let defaultSchedulerSlice: Duration = .microseconds(100)
 
     /// Which CPUs the loop threads run on.
