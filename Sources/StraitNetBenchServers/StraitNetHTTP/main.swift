@@ -1,6 +1,7 @@
 // HTTP/1.1 plaintext server on StraitNet for `strait bench net`: `GET /` (any request, in fact)
 // gets 200 "Hello, World!" on a kept-alive connection.
-// Usage: straitnet-http PORT [LOOPS] [--count-allocations]
+// Usage: straitnet-http PORT [LOOPS] [--count-allocations] [--pin-loops]
+// --pin-loops pins loop i to CPU i (EventLoopGroup.Placement.onePerCPU); off by default, as in `strait bench net`.
 import BenchAllocationCounter
 import StraitNet
 import StraitSystem
@@ -16,7 +17,7 @@ let arguments = CommandLine.arguments
 let port = arguments.count > 1 ? UInt16(arguments[1]) ?? 47080 : 47080
 let loops = arguments.count > 2 && !arguments[2].hasPrefix("--") ? Int(arguments[2]) ?? 0 : 2
 guard (1...64).contains(loops) else {
-    writeLine("straitnet-http: LOOPS from 1 to 64\nusage: straitnet-http [PORT] [LOOPS] [--count-allocations]", to: 2)
+    writeLine("straitnet-http: LOOPS from 1 to 64\nusage: straitnet-http [PORT] [LOOPS] [--count-allocations] [--pin-loops]", to: 2)
     exit(64)
 }
 let allocations = AllocationCounter.fromArguments(arguments)
@@ -38,7 +39,8 @@ let handlers = ConnectionHandlers(onRequest: { connection in
 })
 
 try? ResourceLimits.raiseOpenFilesToHard()  // the server owns this process
-let group = try EventLoopGroup(loopCount: loops)
+let placement: EventLoopGroup.Placement = arguments.contains("--pin-loops") ? .onePerCPU : .anywhere
+let group = try EventLoopGroup(loopCount: loops, placement: placement)
 var configuration = ServerConfiguration()
 configuration.backlog = 4096
 let server = try Server(address: .loopback(port: port), group: group, configuration: configuration, handlers: handlers)
