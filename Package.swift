@@ -96,7 +96,7 @@ let package = Package(
         .target(
             name: "StraitProxy",
             dependencies: [
-                "StraitBPF", "StraitKernelABI", "StraitSystem", "StraitNet", "CStraitNet",
+                "StraitBPF", "StraitKernelABI", "StraitSystem", "StraitNet", "CStraitSystem",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -127,11 +127,10 @@ let package = Package(
         ),
 
         // The reactor network library: LinkBuffer, epoll reactors, connections, multiplexed RPC.
-        .target(name: "CStraitNet"),
         .target(
             name: "StraitNet",
             dependencies: [
-                "CStraitNet", "StraitSystem",
+                "CStraitSystem", "StraitSystem",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "Collections", package: "swift-collections"),

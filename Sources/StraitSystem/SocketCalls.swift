@@ -8,13 +8,14 @@ import Musl
 #endif
 
 
-/// The portable socket and vectored-I/O calls the reactor library uses, each wrapped once.
-/// (The Linux-only epoll, eventfd and accept4 need C declarations the Glibc module lacks; StraitNet
-/// wraps those the same way in `Poll/EpollCalls.swift`.)
+/// The socket and vectored-I/O calls, each wrapped once. Addresses are ``SocketAddress`` values.
+/// (epoll and eventfd, which only the reactor uses, are wrapped the same way in StraitNet's
+/// `Poll/EpollCalls.swift`, over declarations from the `CStraitSystem` shim.)
 ///
 /// Every function here goes through ``systemCall(_:_:)`` or ``nonBlockingCall(_:_:)``, so errno is
 /// read right after the call and `EINTR` is retried. Descriptors are plain `CInt`s: whoever receives
-/// one from a function here owns it and closes it with ``closeDescriptor(_:)``.
+/// one from a function here owns it and closes it with ``closeDescriptor(_:)``. Each call is one
+/// syscall unless its comment says otherwise, and none allocates.
 public enum SocketCall {
     /// `socket(2)`, always non-blocking and close-on-exec.
     @inlinable
@@ -46,7 +47,20 @@ public enum SocketCall {
         return value
     }
 
-    /// `bind(2)`.
+    /// A non-blocking, close-on-exec socket of `type` (`SOCK_STREAM`, `SOCK_DGRAM`) in the family of
+    /// `address`. The caller owns the descriptor.
+    @inlinable
+    public static func socket(for address: SocketAddress, type: CInt) throws(SystemCallError) -> CInt {
+        try socket(domain: address.family, type: type)
+    }
+
+    /// `bind(2)` to `address`. See ``SystemCallError/bindAdvice`` for what each failure means.
+    @inlinable
+    public static func bind(_ fd: CInt, to address: SocketAddress) throws(SystemCallError) {
+        try address.withSockaddr { pointer, length throws(SystemCallError) in try bind(fd, pointer, length) }
+    }
+
+    /// `bind(2)` with a C address already built (prefer ``bind(_:to:)``).
     @inlinable
     public static func bind(_ fd: CInt, _ address: UnsafePointer<sockaddr>, _ length: socklen_t) throws(SystemCallError) {
         try systemCall("bind") { Glibc.bind(fd, address, length) }
@@ -58,9 +72,18 @@ public enum SocketCall {
         try systemCall("listen") { Glibc.listen(fd, backlog) }
     }
 
-    /// `connect(2)` on a non-blocking socket: true when connected at once, false when the kernel
-    /// answered `EINPROGRESS` and the result comes later as writability plus `SO_ERROR`.
+    /// `connect(2)` to `address`. On a non-blocking socket: true when connected at once, false when
+    /// the kernel answered `EINPROGRESS` and the result comes later as writability plus `SO_ERROR`.
+    /// On a blocking socket it returns true once connected, or throws.
     @inlinable
+    @discardableResult
+    public static func connect(_ fd: CInt, to address: SocketAddress) throws(SystemCallError) -> Bool {
+        try address.withSockaddr { pointer, length throws(SystemCallError) in try connect(fd, pointer, length) }
+    }
+
+    /// `connect(2)` with a C address already built (prefer ``connect(_:to:)``); same results.
+    @inlinable
+    @discardableResult
     public static func connect(_ fd: CInt, _ address: UnsafePointer<sockaddr>, _ length: socklen_t) throws(SystemCallError) -> Bool {
         while true {
             if Glibc.connect(fd, address, length) == 0 { return true }
@@ -73,7 +96,27 @@ public enum SocketCall {
         }
     }
 
-    /// `getsockname(2)` into caller storage large enough for any address family.
+    /// The address `fd` is bound to (`getsockname(2)`), e.g. the port the kernel chose for port 0.
+    public static func localAddress(of fd: CInt) throws(SystemCallError) -> SocketAddress {
+        var storage = sockaddr_storage()
+        _ = try localAddress(fd, into: &storage)
+        return SocketAddress(storage: storage)
+    }
+
+    /// The peer of a connected socket (`getpeername(2)`); `ENOTCONN` when it has none.
+    public static func peerAddress(of fd: CInt) throws(SystemCallError) -> SocketAddress {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        try withUnsafeMutablePointer(to: &storage) { storage throws(SystemCallError) in
+            try storage.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer throws(SystemCallError) in
+                _ = try systemCall("getpeername") { Glibc.getpeername(fd, pointer, &length) }
+            }
+        }
+        return SocketAddress(storage: storage)
+    }
+
+    /// `getsockname(2)` into caller storage large enough for any address family (prefer
+    /// ``localAddress(of:)``); returns the length the kernel filled in.
     @inlinable
     public static func localAddress(_ fd: CInt, into storage: UnsafeMutablePointer<sockaddr_storage>) throws(SystemCallError) -> socklen_t {
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)

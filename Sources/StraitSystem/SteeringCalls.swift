@@ -118,9 +118,20 @@ extension NamespaceSysctl {
     /// `net.ipv4.ip_local_port_range`: the ports the kernel picks for outgoing connections (and for
     /// port 0) in the calling thread's namespace. A listener bound inside it can find its port held
     /// by a client socket.
-    public static func ephemeralPorts() throws(SystemCallError) -> ClosedRange<UInt16> {
-        let bounds = try read("net/ipv4/ip_local_port_range").split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { UInt16($0) }
-        guard bounds.count == 2, bounds[0] <= bounds[1] else { throw SystemCallError("read net.ipv4.ip_local_port_range", .invalidArgument) }
+    public static func ephemeralPorts() throws -> ClosedRange<UInt16> {
+        let text = try read("net/ipv4/ip_local_port_range")
+        let bounds = text.split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { UInt16($0) }
+        guard bounds.count == 2, bounds[0] <= bounds[1] else { throw SysctlValueError(name: "net/ipv4/ip_local_port_range", text: text) }
         return bounds[0]...bounds[1]
     }
+}
+
+/// A sysctl whose text is not what the kernel writes there (not two ports for a port range).
+public struct SysctlValueError: Error, Equatable, CustomStringConvertible {
+    /// The sysctl, as a path below `/proc/sys`.
+    public let name: String
+    /// What it read.
+    public let text: String
+
+    public var description: String { "/proc/sys/\(name) reads '\(text)', which is not the kernel's format" }
 }

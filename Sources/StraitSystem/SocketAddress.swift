@@ -1,12 +1,17 @@
-import StraitSystem
-
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Where a socket listens or connects: an IP address and port, or a Unix socket path.
+/// Where a socket listens or connects: an IP address and port, or a Unix socket path. It is Strait's
+/// one address type: every socket call in ``SocketCall`` takes it, and nothing outside StraitSystem
+/// builds a `sockaddr_in` by hand.
+///
+/// A plain value (no descriptor, no allocation beyond a Unix path's string); the C form is built on
+/// the stack for the length of one call by ``withSockaddr(_:)``.
 public enum SocketAddress: Sendable, Hashable, CustomStringConvertible {
+    /// An IPv4 or IPv6 address and a port in host byte order (0: the kernel chooses, when binding).
     case ip(IPAddress, port: UInt16)
+    /// A Unix domain socket at a filesystem path (at most 107 bytes).
     case unix(path: String)
 
     /// `host` is IPv4 or IPv6 text (no name lookup); nil when it is neither.
@@ -20,11 +25,18 @@ public enum SocketAddress: Sendable, Hashable, CustomStringConvertible {
         .ip(IPAddress("127.0.0.1")!, port: port)
     }
 
+    /// IPv6 loopback (`::1`) on `port` (0 lets the kernel choose).
+    public static func loopbackIPv6(port: UInt16 = 0) -> SocketAddress {
+        .ip(IPAddress("::1")!, port: port)
+    }
+
+    /// The port of an IP address; nil for a Unix socket.
     public var port: UInt16? {
         if case .ip(_, let port) = self { port } else { nil }
     }
 
-    var family: CInt {
+    /// The address family (`AF_INET`, `AF_INET6` or `AF_UNIX`): the domain of a socket for it.
+    public var family: CInt {
         switch self {
         case .ip(let address, _): address.isIPv4 ? AF_INET : AF_INET6
         case .unix: AF_UNIX
@@ -38,7 +50,9 @@ public enum SocketAddress: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
-    /// Calls `body` with the C form of the address (sockaddr_in, sockaddr_in6 or sockaddr_un).
+    /// Calls `body` with the C form of the address (sockaddr_in, sockaddr_in6 or sockaddr_un), built
+    /// in a `sockaddr_storage` on the stack and valid only inside `body`. Throws `ENAMETOOLONG`
+    /// (as bind(2) would) for a Unix path that does not fit `sun_path`.
     public func withSockaddr<Result>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws(SystemCallError) -> Result) throws(SystemCallError) -> Result {
         var storage = sockaddr_storage()
         let length: socklen_t
@@ -78,26 +92,20 @@ public enum SocketAddress: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
-    /// The address a socket is bound to (`getsockname`).
+    /// The address a socket is bound to (`getsockname`); see ``SocketCall/localAddress(of:)``.
     public static func local(of fd: CInt) throws(SystemCallError) -> SocketAddress {
-        var storage = sockaddr_storage()
-        _ = try SocketCall.localAddress(fd, into: &storage)
-        return SocketAddress(storage: storage)
+        try SocketCall.localAddress(of: fd)
     }
 
     /// The peer of a connected socket (`getpeername`), or nil when it has none or is not IP.
     public static func peer(of fd: CInt) -> SocketAddress? {
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let result = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &length) }
-        }
-        guard result == 0, [AF_INET, AF_INET6].contains(CInt(storage.ss_family)) else { return nil }
-        return SocketAddress(storage: storage)
+        guard let peer = try? SocketCall.peerAddress(of: fd), case .ip = peer else { return nil }
+        return peer
     }
 
-    /// Decodes an address the kernel filled in (sockaddr_in, sockaddr_in6 or sockaddr_un).
-    init(storage: sockaddr_storage) {
+    /// Decodes an address the kernel filled in (sockaddr_in, sockaddr_in6 or sockaddr_un): what
+    /// getsockname(2), getpeername(2), accept(2) and recvfrom(2) return.
+    public init(storage: sockaddr_storage) {
         var storage = storage
         let family = CInt(storage.ss_family)
         self = withUnsafeBytes(of: &storage) { bytes in
