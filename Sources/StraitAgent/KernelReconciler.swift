@@ -284,7 +284,7 @@ public struct KernelReconciler: Sendable {
             try Dropper.removeAll(pinDirectory: paths.dropDirectory)
             removed.append("drop (" + (interfaces.isEmpty ? "no interface" : interfaces.map(Self.describe).joined(separator: ", ")) + ")")
         }
-        _ = rmdir(paths.pinRoot)  // only when empty: hand-made pins of other parts stay
+        try? FileCall.removeDirectory(paths.pinRoot)  // only when empty: hand-made pins of other parts stay
         try? FileManager.default.removeItem(atPath: paths.stateFile)
         return removed
     }

@@ -28,6 +28,7 @@ public struct Cgroup: Sendable, Hashable, CustomStringConvertible {
     /// Absolute path in the cgroup v2 filesystem, e.g. `/sys/fs/cgroup/unified/strait-test-1`.
     public let path: String
 
+    /// Names the directory at `path`; nothing is checked or opened.
     public init(path: String) { self.path = path }
 
     public var description: String { path }
@@ -99,6 +100,7 @@ public struct Cgroup: Sendable, Hashable, CustomStringConvertible {
         try systemCall("open \(path)") { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
     }
 
+    /// Whether the directory exists now (one stat(2)).
     public var exists: Bool {
         var info = stat()
         return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR

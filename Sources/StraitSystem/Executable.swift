@@ -36,6 +36,7 @@ public struct ToolFailure: Error, CustomStringConvertible {
     /// What the tool printed (standard output and error), trimmed.
     public let output: String
 
+    /// A failure of `command` (tool first) with its exit status and output.
     public init(command: [String], status: Int32, output: String) {
         self.command = command
         self.status = status

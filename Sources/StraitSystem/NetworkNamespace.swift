@@ -8,10 +8,13 @@ import Glibc
 /// A named network namespace (as `ip netns` makes them, under /var/run/netns), for tests and
 /// benchmarks that need hosts of their own. Its loopback is brought up on creation.
 public struct NetworkNamespace: Sendable, Hashable {
+    /// The `ip netns` name.
     public let name: String
 
+    /// Names an existing namespace; nothing is opened (``create(_:)`` makes one).
     public init(name: String) { self.name = name }
 
+    /// Where `ip netns` keeps the namespace open (a bind mount of its nsfs file).
     public var path: String { "/var/run/netns/\(name)" }
 
     /// The inode of the calling thread's network namespace (`/proc/thread-self/ns/net`): what tells

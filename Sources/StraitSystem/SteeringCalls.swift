@@ -90,6 +90,7 @@ public enum NamespaceSysctl {
     /// closes are moved to another listener of its `SO_REUSEPORT` group instead of being reset.
     public static let tcpMigrateRequests = "net/ipv4/tcp_migrate_req"
 
+    /// The sysctl's value, trailing newline trimmed (open, one read of at most 256 bytes, close).
     public static func read(_ name: String) throws(SystemCallError) -> String {
         let fd = try systemCall("open /proc/sys/\(name)") { open("/proc/sys/" + name, O_RDONLY | O_CLOEXEC) }
         defer { closeDescriptor(fd) }
@@ -98,6 +99,7 @@ public enum NamespaceSysctl {
         return String(decoding: buffer.prefix(count), as: UTF8.self).trimmingSpaces
     }
 
+    /// Writes `value` (and a newline) to the sysctl; needs CAP_NET_ADMIN in the namespace's user namespace.
     public static func write(_ name: String, _ value: String) throws(SystemCallError) {
         let fd = try systemCall("open /proc/sys/\(name)") { open("/proc/sys/" + name, O_WRONLY | O_CLOEXEC) }
         defer { closeDescriptor(fd) }

@@ -76,6 +76,8 @@ ssize_t strait_receive_with_descriptors(int socket, void *bytes, size_t capacity
 
 /// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC (accept4 needs _GNU_SOURCE, set in reactor.c).
 int strait_accept4_nonblocking(int fd);
+/// accept4(2) with `flags` (SOCK_NONBLOCK, SOCK_CLOEXEC), no peer address.
+int strait_accept4(int fd, int flags);
 
 /// Sets the calling thread's scheduler slice (EEVDF, Linux 6.12 and later) to `nanoseconds`
 /// with sched_setattr(2), keeping its policy and nice value; the kernel clamps it to 0.1-100 ms.
