@@ -15,7 +15,7 @@ struct PackageShapeTests {
     }
 
     /// Modules every target may import without naming them: the toolchain's.
-    static let toolchain: Set<String> = ["Foundation", "FoundationEssentials", "Glibc", "Musl", "Dispatch", "Synchronization", "Testing", "XCTest"]
+    static let toolchain: Set<String> = ["Foundation", "FoundationEssentials", "Glibc", "Musl", "Dispatch", "Synchronization", "Testing", "XCTest", "PackagePlugin"]
     /// Modules that come with a product of another name.
     static let providedBy = ["DequeModule": "Collections", "HeapModule": "Collections", "CYaml": "Yams"]
 
@@ -85,8 +85,13 @@ struct PackageShapeTests {
         let files = FileManager.default.enumerator(at: root, includingPropertiesForKeys: nil)?.compactMap { $0 as? URL } ?? []
         var modules: Set<String> = []
         for file in files where file.pathExtension == "swift" {
+            var inMultilineString = false  // generated code in a """ literal imports nothing
             for line in try String(contentsOf: file, encoding: .utf8).split(separator: "\n") {
-                if let match = line.wholeMatch(of: /\s*(?:@_exported |@testable )?import ([A-Za-z_][A-Za-z_0-9]*)\s*/) { modules.insert(String(match.1)) }
+                if line.components(separatedBy: "\"\"\"").count % 2 == 0 { inMultilineString.toggle() }
+                guard !inMultilineString, line.contains("import ") else { continue }
+                if let match = line.wholeMatch(of: /\s*(?:@_exported |@testable )?import (?:enum |struct |class )?([A-Za-z_][A-Za-z_0-9]*)[.A-Za-z_0-9]*\s*/) {
+                    modules.insert(String(match.1))
+                }
             }
         }
         return modules
