@@ -1,6 +1,7 @@
 // swift-tools-version:6.1
 // Strait: shortens the path data takes between sockets on Linux.
-// The target list below is the architecture, bottom layer first.
+// The target list below is the architecture, bottom layer first: every target comes after all the
+// targets it depends on, and names every module it imports (StraitPackageTests checks both).
 import PackageDescription
 
 let package = Package(
@@ -11,7 +12,6 @@ let package = Package(
         .executable(name: "strait-bench", targets: ["strait-bench"]),
         .library(name: "StraitBPF", targets: ["StraitBPF"]),
         .library(name: "StraitNet", targets: ["StraitNet"]),
-        .library(name: "StraitNetBench", targets: ["StraitNetBench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -29,7 +29,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
-        // Layer 0: C. Debian's libbpf through pkg-config, and the structs shared by kernel programs and Swift.
+        // Layer 0: C. Debian's libbpf through pkg-config, the structs shared by kernel programs and
+        // Swift, and the one shim for what Swift's Glibc module leaves out.
         .systemLibrary(
             name: "CLibBPF",
             pkgConfig: "libbpf",
@@ -37,9 +38,10 @@ let package = Package(
         ),
         // include/: structs shared with Swift. bpf/: helpers for kernel programs only.
         .target(name: "StraitKernelABI", exclude: ["bpf"]),
+        // statfs, mount, setns, splice, recvmmsg, SCM_RIGHTS, TCP_INFO, epoll, eventfd, accept4, thread slices.
         .target(name: "CStraitSystem"),
 
-        // Layer 1: every syscall wrapped once, with its errno.
+        // Layer 1: every syscall wrapped once, with its errno; the address types (IPAddress, SocketAddress).
         .target(
             name: "StraitSystem",
             dependencies: [
@@ -49,7 +51,7 @@ let package = Package(
             ]
         ),
 
-        // Layer 2: the eBPF object/map/program/link API over libbpf.
+        // Layer 2: the eBPF object/map/program/link API over libbpf, and the pure algorithms.
         .target(
             name: "StraitBPF",
             dependencies: [
@@ -58,7 +60,6 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-
         // Maglev consistent hashing, shared by every balancer (StraitSteer, StraitLB).
         .target(name: "StraitMaglev"),
 
@@ -70,25 +71,37 @@ let package = Package(
         // The version and commit every installed binary reports.
         .target(name: "StraitBuildInfo", plugins: ["BuildInfoGenerator"]),
 
-        // Layer 3: features, each with its kernel C beside the Swift that loads it.
+        // Layer 3: the reactor network library: LinkBuffer, epoll reactors, connections, multiplexed RPC.
+        .target(
+            name: "StraitNet",
+            dependencies: [
+                "CStraitSystem", "StraitSystem",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "Collections", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
+        // Layer 4: features, each with its kernel C beside the Swift that loads it.
+        // Same-host acceleration: sock_ops + sk_msg redirects between local sockets (`strait accel`).
         .target(
             name: "StraitAccel",
-            dependencies: ["StraitBPF", "StraitKernelABI", "StraitSystem"],
+            dependencies: ["CLibBPF", "StraitBPF", "StraitKernelABI", "StraitSystem"],
             exclude: ["bpf"],
             plugins: ["BPFCompiler"]
         ),
-
         // XDP early drop from rule maps changed at run time (`strait drop`).
         .target(
             name: "StraitDrop",
-            dependencies: ["StraitBPF", "StraitKernelABI", "StraitSystem"],
+            dependencies: ["CLibBPF", "StraitBPF", "StraitKernelABI", "StraitSystem"],
             exclude: ["bpf"],
             plugins: ["BPFCompiler"]
         ),
         // Rate limits per connection (sock_ops pacing) and in aggregate (tc egress EDT under fq) (`strait limit`).
         .target(
             name: "StraitLimit",
-            dependencies: ["StraitBPF", "StraitKernelABI", "StraitSystem", "StraitDrop"],
+            dependencies: ["CLibBPF", "StraitBPF", "StraitKernelABI", "StraitSystem", "StraitDrop"],
             exclude: ["bpf"],
             plugins: ["BPFCompiler"]
         ),
@@ -96,7 +109,7 @@ let package = Package(
         .target(
             name: "StraitProxy",
             dependencies: [
-                "StraitBPF", "StraitKernelABI", "StraitSystem", "StraitNet", "CStraitNet",
+                "CStraitSystem", "StraitBPF", "StraitKernelABI", "StraitSystem", "StraitNet",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -109,7 +122,7 @@ let package = Package(
         // listener hand-over that restarts a StraitNet server without losing a connection.
         .target(
             name: "StraitSteer",
-            dependencies: ["StraitBPF", "StraitKernelABI", "StraitMaglev", "StraitSystem", "StraitNet"],
+            dependencies: ["CLibBPF", "StraitBPF", "StraitKernelABI", "StraitMaglev", "StraitSystem", "StraitNet"],
             exclude: ["bpf"],
             plugins: ["BPFCompiler"]
         ),
@@ -117,7 +130,7 @@ let package = Package(
         .target(
             name: "StraitLB",
             dependencies: [
-                "StraitBPF", "StraitKernelABI", "StraitMaglev", "StraitSystem", "StraitNet", "StraitProxy",
+                "CLibBPF", "StraitBPF", "StraitKernelABI", "StraitMaglev", "StraitSystem", "StraitNet", "StraitProxy",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -125,25 +138,58 @@ let package = Package(
             exclude: ["bpf"],
             plugins: ["BPFCompiler"]
         ),
-
-        // The reactor network library: LinkBuffer, epoll reactors, connections, multiplexed RPC.
-        .target(name: "CStraitNet"),
+        // The node agent: one file of desired state (accel, drop, proxy) reconciled into the kernel,
+        // kept on SIGHUP, served as one /metrics, /healthz, /readyz endpoint (`strait agent`).
         .target(
-            name: "StraitNet",
+            name: "StraitAgent",
             dependencies: [
-                "CStraitNet", "StraitSystem",
-                .product(name: "SystemPackage", package: "swift-system"),
-                .product(name: "Atomics", package: "swift-atomics"),
-                .product(name: "Collections", package: "swift-collections"),
+                "StraitAccel", "StraitBPF", "StraitDrop", "StraitKernelABI", "StraitLB", "StraitNet", "StraitProxy", "StraitSystem",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ]
+        ),
+
+        // Layer 5: the commands. StraitCLI is what `strait` and `strait-bench` share: exit codes,
+        // one-line failures, JSON and table output, logging set-up.
+        .target(
+            name: "StraitCLI",
+            dependencies: [
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // What an operator installs: no benchmark code, no interposer.
+        .executableTarget(
+            name: "strait",
+            dependencies: [
+                "CLibBPF", "StraitBPF", "StraitAccel", "StraitSystem", "StraitDrop", "StraitProxy", "StraitSteer", "StraitNet", "StraitCLI",
+                "StraitBuildInfo", "StraitAgent", "StraitLimit", "StraitLB",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
+        // Benchmarks, apart from what an operator installs (no library product exports them).
+        // The one bench-support target: process running, medians, ports, charts, and the peers and
+        // sockets the soak and steer benchmarks share with the tests (StraitTestSupport re-exports it).
+        .target(name: "StraitBenchSupport", dependencies: ["StraitBPF", "StraitSystem"]),
+        // Heap allocations per request in a bench server preloaded with malloc-interposer
+        // (`--count-allocations`). Apart from StraitBenchSupport so the servers load no Foundation.
+        .target(name: "BenchAllocationCounter", path: "Sources/StraitNetBenchServers/AllocationCounter"),
         // The two HTTP/1.1 plaintext servers `strait bench net` runs side by side, each in its own process.
-        .executableTarget(name: "straitnet-http", dependencies: ["StraitNet", "BenchAllocationCounter"], path: "Sources/StraitNetBenchServers/StraitNetHTTP"),
+        .executableTarget(
+            name: "straitnet-http",
+            dependencies: ["StraitNet", "StraitSystem", "BenchAllocationCounter"],
+            path: "Sources/StraitNetBenchServers/StraitNetHTTP"
+        ),
         .executableTarget(
             name: "swiftnio-http",
             dependencies: [
                 "BenchAllocationCounter",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
@@ -159,59 +205,33 @@ let package = Package(
             name: "swiftnio-rpc",
             dependencies: [
                 "BenchAllocationCounter",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             path: "Sources/StraitNetBenchServers/SwiftNIORPC"
         ),
-        // Heap allocations per request in a bench server preloaded with malloc-interposer (`--count-allocations`).
-        .target(name: "BenchAllocationCounter", path: "Sources/StraitNetBenchServers/AllocationCounter"),
         // Runs the servers above side by side (wrk for HTTP, the load peers for RPC); `strait bench net` calls it.
         // It links the interposer only so that the build produces the library the servers are preloaded with.
-        .target(name: "StraitNetBench", dependencies: [.product(name: "MallocInterposerSwift", package: "malloc-interposer")]),
-
-        // The node agent: one file of desired state (accel, drop, proxy, lb) reconciled into the kernel,
-        // kept on SIGHUP, served as one /metrics, /healthz, /readyz endpoint (`strait agent`).
         .target(
-            name: "StraitAgent",
-            dependencies: [
-                "StraitAccel", "StraitBPF", "StraitDrop", "StraitKernelABI", "StraitLB", "StraitNet", "StraitProxy", "StraitSystem",
-                .product(name: "Yams", package: "Yams"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "Prometheus", package: "swift-prometheus"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
-            ]
+            name: "StraitNetBench",
+            dependencies: ["StraitBenchSupport", .product(name: "MallocInterposerSwift", package: "malloc-interposer")]
         ),
-
         // Side-by-side measurement against the peers each issue names.
         .target(
             name: "StraitBench",
-            dependencies: ["StraitSystem", "StraitBPF", "StraitAccel", "StraitDrop", "StraitProxy", "StraitSteer", "StraitLB", "StraitNet", "StraitNetBench", "StraitLimit", "StraitTestSupport", .product(name: "Logging", package: "swift-log")]
-        ),
-
-        // Layer 4: the commands. StraitCLI is what `strait` and `strait-bench` share: exit codes,
-        // one-line failures, JSON and table output, logging set-up.
-        .target(
-            name: "StraitCLI",
             dependencies: [
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-            ]
-        ),
-        // What an operator installs: no benchmark code, no interposer.
-        .executableTarget(
-            name: "strait",
-            dependencies: [
-                "StraitBPF", "StraitAccel", "StraitSystem", "StraitDrop", "StraitProxy", "StraitSteer", "StraitNet", "StraitCLI", "StraitBuildInfo", "StraitAgent", "StraitLimit", "StraitLB",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "StraitSystem", "StraitBPF", "StraitNet", "StraitAccel", "StraitDrop", "StraitLimit", "StraitProxy", "StraitSteer", "StraitLB",
+                "StraitBenchSupport", "StraitNetBench",
+                .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(
             name: "strait-bench",
             dependencies: [
-                "StraitBench", "StraitNetBench", "StraitProxy", "StraitLimit", "StraitSystem", "StraitCLI", "StraitBuildInfo",
+                "StraitBench", "StraitBenchSupport", "StraitNetBench", "StraitNet", "StraitProxy", "StraitLimit", "StraitSystem", "StraitCLI",
+                "StraitBuildInfo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -226,12 +246,15 @@ let package = Package(
         .executableTarget(name: "fuzz-rpc-frame", dependencies: ["FuzzSupport", "StraitNet"], path: "Fuzz/rpc-frame"),
         .executableTarget(name: "fuzz-metrics-request", dependencies: ["FuzzSupport", "StraitNet"], path: "Fuzz/metrics-request"),
 
-        // Fixtures every kernel test uses: a private cgroup, a private pin folder, namespaces, the CI gate.
+        // Tests. Fixtures every kernel test uses: the CI gate, namespaces, built products (and, re-exported,
+        // StraitBenchSupport's private cgroup, sockets and hostile peers).
         .target(
             name: "StraitTestSupport",
-            dependencies: ["StraitSystem", "StraitBPF"],
+            dependencies: ["StraitSystem", "StraitBPF", "StraitBenchSupport"],
             path: "Tests/StraitTestSupport"
         ),
+        // The package's shape: one syscall layer, and this file's order and dependencies (reads the tree only).
+        .testTarget(name: "StraitPackageTests"),
         .testTarget(
             name: "StraitBPFTests",
             dependencies: ["StraitBPF", "CLibBPF", "StraitSystem", "StraitTestSupport"],
@@ -239,19 +262,35 @@ let package = Package(
             plugins: ["BPFCompiler"]
         ),
         .testTarget(
+            name: "StraitNetTests",
+            dependencies: ["StraitNet", "StraitSystem", "StraitTestSupport", .product(name: "PropertyBased", package: "swift-property-based")]
+        ),
+        .testTarget(
+            name: "StraitAccelTests",
+            dependencies: ["StraitAccel", "StraitBPF", "CLibBPF", "CStraitSystem", "StraitKernelABI", "StraitSystem", "StraitTestSupport"]
+        ),
+        .testTarget(name: "StraitDropTests", dependencies: ["StraitDrop", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitTestSupport"]),
+        .testTarget(name: "StraitLimitTests", dependencies: ["StraitLimit", "StraitDrop", "StraitBPF", "CLibBPF", "StraitKernelABI", "StraitSystem", "StraitTestSupport"]),
+        .testTarget(
+            name: "StraitProxyTests",
+            dependencies: [
+                "StraitProxy", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitNet", "StraitTestSupport", "StraitBench",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
             name: "StraitSteerTests",
             // StraitBench: the restart drill (a measurement, not part of the StraitSteer library).
-            dependencies: ["StraitSteer", "StraitMaglev", "StraitNet", "StraitBPF", "StraitSystem", "StraitKernelABI", "StraitTestSupport", "StraitBench"]
+            dependencies: [
+                "StraitSteer", "StraitMaglev", "StraitNet", "StraitBPF", "StraitSystem", "StraitKernelABI", "StraitTestSupport", "StraitBench",
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]
         ),
-        .testTarget(name: "StraitAccelTests", dependencies: ["StraitAccel", "StraitBPF", "CLibBPF", "StraitTestSupport"]),
-        .testTarget(name: "StraitDropTests", dependencies: ["StraitDrop", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitTestSupport"]),
-        .testTarget(name: "StraitProxyTests", dependencies: ["StraitProxy", "StraitBPF", "StraitKernelABI", "StraitSystem", "CStraitSystem", "StraitNet", "StraitTestSupport", "StraitBench"]),
-        .testTarget(name: "StraitLimitTests", dependencies: ["StraitLimit", "StraitBPF", "StraitKernelABI", "StraitSystem", "StraitTestSupport"]),
         .testTarget(
             name: "StraitLBTests",
             dependencies: ["StraitLB", "StraitMaglev", "StraitBPF", "StraitKernelABI", "StraitSystem", "StraitNet", "StraitProxy", "StraitTestSupport", .product(name: "Logging", package: "swift-log")]
         ),
-        .testTarget(name: "StraitNetBenchTests", dependencies: ["StraitNetBench"]),
         .testTarget(
             name: "StraitAgentTests",
             dependencies: [
@@ -259,10 +298,7 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
-        .testTarget(
-            name: "StraitNetTests",
-            dependencies: ["StraitNet", "StraitSystem", "StraitTestSupport", .product(name: "PropertyBased", package: "swift-property-based")]
-        ),
+        .testTarget(name: "StraitNetBenchTests", dependencies: ["StraitNetBench", "StraitBenchSupport"]),
     ]
 )
 

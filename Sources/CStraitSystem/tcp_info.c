@@ -3,6 +3,7 @@
 #include <linux/tcp.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
+#define STRAIT_KERNEL_TCP_INFO
 #include "strait_system.h"
 
 int strait_tcp_stream_counters(int fd, unsigned long long *bytes_acked, unsigned long long *bytes_received) {

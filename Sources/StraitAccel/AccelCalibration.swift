@@ -255,12 +255,9 @@ final class LoopbackListener {
     init() throws {
         let fd = try SocketCall.socket(domain: AF_INET, type: Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
         do {
-            var address = Self.loopback(port: 0)
-            try withUnsafePointer(to: &address) { try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { try SocketCall.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            try SocketCall.bind(fd, to: .loopback(port: 0))
             try SocketCall.listen(fd, backlog: 64)
-            var storage = sockaddr_storage()
-            _ = try SocketCall.localAddress(fd, into: &storage)
-            port = withUnsafeBytes(of: storage) { UInt16(bigEndian: $0.load(fromByteOffset: 2, as: UInt16.self)) }
+            port = try SocketCall.localAddress(of: fd).port ?? 0
         } catch {
             closeDescriptor(fd)
             throw error
@@ -270,23 +267,14 @@ final class LoopbackListener {
 
     deinit { closeDescriptor(fd) }
 
-    static func loopback(port: UInt16) -> sockaddr_in {
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = port.bigEndian
-        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-        return address
-    }
-
     /// Connects a client to this listener and accepts it; both sockets belong to the cgroup of the
     /// calling process (the listener's, for the accepted one).
     func connectPair() throws -> LoopbackPair {
         let client = try SocketCall.socket(domain: AF_INET, type: Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
         do {
-            var address = Self.loopback(port: port)
-            _ = try withUnsafePointer(to: &address) { try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { try SocketCall.connect(client, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-            let server = try systemCall("accept") { accept(fd, nil, nil) }
-            _ = fcntl(server, F_SETFD, FD_CLOEXEC)
+            try SocketCall.connect(client, to: .loopback(port: port))
+            // Loopback connects complete at once: the connection is queued before connect returns.
+            guard case .done(let server) = try SocketCall.accept(fd, nonBlocking: false) else { throw SystemCallError("accept4", .wouldBlock) }
             return LoopbackPair(client: client, server: server)
         } catch {
             closeDescriptor(client)

@@ -1,6 +1,7 @@
 import Foundation
 import StraitBPF
 import StraitKernelABI
+import StraitSystem
 
 extension Accelerator {
     /// Turns acceleration off and removes everything `enable` made.
@@ -28,7 +29,7 @@ extension Accelerator {
         try BPFFS.removeTree(pinDirectory)
         // The default folder's parent (/sys/fs/bpf/strait) was made by enable too: drop it if empty.
         if pinDirectory == defaultPinDirectory {
-            _ = rmdir((pinDirectory as NSString).deletingLastPathComponent)
+            try? FileCall.removeDirectory((pinDirectory as NSString).deletingLastPathComponent)
         }
     }
 }

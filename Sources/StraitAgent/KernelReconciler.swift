@@ -300,7 +300,7 @@ public struct KernelReconciler: Sendable {
             try? FileManager.default.removeItem(atPath: paths.lbStateDirectory)
             removed.append("lb (cgroup \(cgroup))")
         }
-        _ = rmdir(paths.pinRoot)  // only when empty: hand-made pins of other parts stay
+        try? FileCall.removeDirectory(paths.pinRoot)  // only when empty: hand-made pins of other parts stay
         try? FileManager.default.removeItem(atPath: paths.stateFile)
         return removed
     }

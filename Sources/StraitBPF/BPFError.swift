@@ -17,18 +17,18 @@ public enum BPFError: Error, CustomStringConvertible {
 
     public var errno: Errno? {
         switch self {
-        case .call(_, let errno), .verifierRejected(_, let errno, _): errno
+        case .call(_, let code), .verifierRejected(_, let code, _): code
         default: nil
         }
     }
 
     public var description: String {
         switch self {
-        case .call(let function, let errno):
-            return "\(function) failed: \(errno) (errno \(errno.rawValue)). \(Self.advice(for: errno))"
-        case .verifierRejected(let program, let errno, let log):
+        case .call(let function, let code):
+            return "\(function) failed: \(code) (errno \(code.rawValue)). \(Self.advice(for: code))"
+        case .verifierRejected(let program, let code, let log):
             let tail = log.split(separator: "\n").suffix(8).joined(separator: "\n  ")
-            return "the kernel's verifier rejected program '\(program)' (\(errno)). Last lines of its log:\n  \(tail)\nThe whole log is in the error's `log`; this is a bug in Strait's kernel program or a kernel too old for it: run `strait doctor`."
+            return "the kernel's verifier rejected program '\(program)' (\(code)). Last lines of its log:\n  \(tail)\nThe whole log is in the error's `log`; this is a bug in Strait's kernel program or a kernel too old for it: run `strait doctor`."
         case .layoutMismatch(let map, let part, let swiftSize, let kernelSize):
             return "map '\(map)': the Swift \(part) type is \(swiftSize) bytes but the map's \(part) is \(kernelSize) bytes. The shared struct in StraitKernelABI and the kernel program disagree: rebuild both from the same source."
         case .missing(let kind, let name, let available):
@@ -38,8 +38,8 @@ public enum BPFError: Error, CustomStringConvertible {
         }
     }
 
-    static func advice(for errno: Errno) -> String {
-        switch errno {
+    static func advice(for code: Errno) -> String {
+        switch code {
         case .notPermitted, .permissionDenied:
             "BPF needs root, or CAP_BPF with CAP_NET_ADMIN (and CAP_SYS_ADMIN for cgroup attachments): run with sudo."
         case .noSuchFileOrDirectory:

@@ -145,11 +145,11 @@ public final class BPFObjectSpec {
         }
         let result = bpf_object__load(object)
         if result < 0 {
-            let errno = Errno(rawValue: -result)
+            let code = Errno(rawValue: -result)
             if let failed = logs.first(where: { $0.buffer[0] != 0 }) {
-                throw .verifierRejected(program: failed.name, errno: errno, log: String(cString: failed.buffer))
+                throw .verifierRejected(program: failed.name, errno: code, log: String(cString: failed.buffer))
             }
-            throw .call("bpf_object__load(\(source))", errno)
+            throw .call("bpf_object__load(\(source))", code)
         }
         self.object = nil
         return BPFObject(object: object, image: image, source: source)

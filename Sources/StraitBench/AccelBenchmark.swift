@@ -1,6 +1,7 @@
 import Foundation
 import StraitAccel
 import StraitBPF
+import StraitBenchSupport
 import StraitNetBench
 import StraitSystem
 
@@ -109,14 +110,14 @@ public struct AccelBenchmark: Sendable {
                     // Alternate which goes first, so slow drift does not favour one side.
                     for useAcceleration in round % 2 == 0 ? [false, true] : [true, false] {
                         let value = try iperf.throughput(
-                            messageBytes: size, seconds: seconds, port: freePort(), affinity: placement.affinity, launcher: useAcceleration ? inside : .plain)
+                            messageBytes: size, seconds: seconds, port: BenchPorts.free(), affinity: placement.affinity, launcher: useAcceleration ? inside : .plain)
                         if useAcceleration { accelerated.append(value) } else { plain.append(value) }
                     }
                     if includeAlwaysRedirect {
                         var classic = policy
                         classic.adaptive = false
                         try accelerator.setPolicy(classic)
-                        always.append(try iperf.throughput(messageBytes: size, seconds: seconds, port: freePort(), affinity: placement.affinity, launcher: inside))
+                        always.append(try iperf.throughput(messageBytes: size, seconds: seconds, port: BenchPorts.free(), affinity: placement.affinity, launcher: inside))
                         try accelerator.setPolicy(policy)
                     }
                 }
@@ -133,7 +134,7 @@ public struct AccelBenchmark: Sendable {
         for round in 0..<repeats {
             if shouldStop() { throw BenchError.interrupted }
             for useAcceleration in round % 2 == 0 ? [false, true] : [true, false] {
-                let value = try sockperf.pingPong(messageBytes: latencyMessageBytes, seconds: seconds, port: freePort(), launcher: useAcceleration ? inside : .plain)
+                let value = try sockperf.pingPong(messageBytes: latencyMessageBytes, seconds: seconds, port: BenchPorts.free(), launcher: useAcceleration ? inside : .plain)
                 if useAcceleration { acceleratedLatency.append(value) } else { plainLatency.append(value) }
             }
         }
@@ -150,7 +151,7 @@ public struct AccelBenchmark: Sendable {
             for round in 0..<repeats {
                 if shouldStop() { throw BenchError.interrupted }
                 for useAcceleration in round % 2 == 0 ? [false, true] : [true, false] {
-                    let value = try wrk.keepAlive(connections: httpConnections, seconds: seconds, port: freePort(), launcher: useAcceleration ? inside : .plain)
+                    let value = try wrk.keepAlive(connections: httpConnections, seconds: seconds, port: BenchPorts.free(), launcher: useAcceleration ? inside : .plain)
                     if useAcceleration { accelerated.append(value) } else { plain.append(value) }
                 }
             }
@@ -178,12 +179,6 @@ public enum BenchError: Error, CustomStringConvertible {
         case .interrupted: "interrupted; everything the benchmark made was removed"
         }
     }
-}
-
-func median(_ values: [Double]) -> Double {
-    guard !values.isEmpty else { return 0 }
-    let sorted = values.sorted()
-    return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
 }
 
 /// Parses `64,256,1k,4k,64k` (k = 1024, m = 1048576).

@@ -1,5 +1,6 @@
 import Foundation
 import StraitBPF
+import StraitBenchSupport
 import StraitDrop
 import StraitSystem
 

@@ -1,5 +1,7 @@
 import Foundation
+import StraitBenchSupport
 import StraitNetBench
+import StraitSystem
 
 /// iperf3 (from Debian) as the throughput peer: one server per run, one client stream.
 public struct Iperf3: Sendable {
@@ -13,7 +15,7 @@ public struct Iperf3: Sendable {
     public func throughput(messageBytes: Int, seconds: Double, port: UInt16, affinity: String? = nil, launcher: Launcher) throws -> Double {
         let server = try runner.start(launcher.command(["iperf3", "-s", "-1", "-p", "\(port)", "-B", "127.0.0.1"]))
         defer { server.stop() }
-        try waitForListener(port: port, timeout: 5)
+        try BenchPorts.waitForListener(port: port, timeout: 5)
         let output = try runner.run(
             launcher.command(["iperf3", "-c", "127.0.0.1", "-p", "\(port)", "-t", String(Int(seconds.rounded())), "-l", "\(messageBytes)", "-J"] + (affinity.map { ["-A", $0] } ?? [])),
             timeout: seconds + 15)
@@ -23,14 +25,14 @@ public struct Iperf3: Sendable {
     /// Reads `end.sum_received.bits_per_second` from iperf3's `-J` output.
     static func receivedGbits(fromJSON text: String) throws -> Double {
         guard let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else {
-            throw ProcessRunner.Failure(command: ["iperf3"], status: 0, output: "no JSON object in iperf3's output")
+            throw ToolFailure(command: ["iperf3"], status: 0, output: "no JSON object in iperf3's output")
         }
         if let error = object["error"] as? String {
-            throw ProcessRunner.Failure(command: ["iperf3"], status: 1, output: error)
+            throw ToolFailure(command: ["iperf3"], status: 1, output: error)
         }
         guard let end = object["end"] as? [String: Any], let received = end["sum_received"] as? [String: Any],
             let bits = received["bits_per_second"] as? Double
-        else { throw ProcessRunner.Failure(command: ["iperf3"], status: 0, output: "iperf3's JSON has no end.sum_received.bits_per_second") }
+        else { throw ToolFailure(command: ["iperf3"], status: 0, output: "iperf3's JSON has no end.sum_received.bits_per_second") }
         return bits / 1e9
     }
 }
@@ -50,7 +52,7 @@ public struct Sockperf: Sendable {
     public func pingPong(messageBytes: Int, seconds: Double, port: UInt16, launcher: Launcher) throws -> Latency {
         let server = try runner.start(launcher.command(["sockperf", "sr", "--tcp", "-i", "127.0.0.1", "-p", "\(port)"]))
         defer { server.stop() }
-        try waitForListener(port: port, timeout: 5)
+        try BenchPorts.waitForListener(port: port, timeout: 5)
         let output = try runner.run(
             launcher.command(["sockperf", "pp", "--tcp", "-i", "127.0.0.1", "-p", "\(port)", "-t", String(format: "%.0f", max(1, seconds)), "-m", "\(messageBytes)"]),
             timeout: seconds + 15)
@@ -66,7 +68,7 @@ public struct Sockperf: Sendable {
             return nil
         }
         guard let p50 = percentile("50.000"), let p99 = percentile("99.000") else {
-            throw ProcessRunner.Failure(command: ["sockperf"], status: 0, output: "no percentiles in sockperf's output: \(text.suffix(400))")
+            throw ToolFailure(command: ["sockperf"], status: 0, output: "no percentiles in sockperf's output: \(text.suffix(400))")
         }
         return Latency(p50Microseconds: p50, p99Microseconds: p99)
     }
@@ -86,7 +88,7 @@ public struct Wrk: Sendable {
     public func keepAlive(connections: Int, seconds: Double, port: UInt16, launcher: Launcher) throws -> HTTPBenchmark.Measurement {
         let process = try runner.start(launcher.command([server, "\(port)", "1"]))
         defer { process.stop() }
-        try waitForListener(port: port, timeout: 5)
+        try BenchPorts.waitForListener(port: port, timeout: 5)
         let output = try runner.run(
             launcher.command(["wrk", "-t1", "-c\(connections)", "-d\(Int(seconds.rounded()))s", "--latency", "http://127.0.0.1:\(port)/"]),
             timeout: seconds + 15)
@@ -108,37 +110,4 @@ public struct Launcher: Sendable {
         let quoted = arguments.map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
         return ["/bin/sh", "-c", "echo $$ > '\(cgroupPath)/cgroup.procs' && exec \(quoted)"]
     }
-}
-
-/// Waits until something listens on 127.0.0.1:`port`.
-func waitForListener(port: UInt16, timeout: Double) throws {
-    let deadline = Date().addingTimeInterval(timeout)
-    while Date() < deadline {
-        if isListening(port: port) { return }
-        usleep(20_000)
-    }
-    throw ProcessRunner.Failure(command: ["wait for port \(port)"], status: 1, output: "nothing listened on 127.0.0.1:\(port) within \(timeout) s")
-}
-
-func isListening(port: UInt16) -> Bool {
-    guard let table = try? String(contentsOfFile: "/proc/net/tcp", encoding: .utf8) else { return false }
-    let needle = String(format: ":%04X", port)
-    return table.split(separator: "\n").contains { line in
-        let fields = line.split(separator: " ")
-        return fields.count > 3 && fields[1].hasSuffix(needle) && fields[3] == "0A"
-    }
-}
-
-/// A port that nothing listens on now (bound to 0 and released).
-public func freePort() -> UInt16 {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 ? getsockname(fd, $0, &length) : -1 }
-    }
-    return UInt16(bigEndian: address.sin_port)
 }

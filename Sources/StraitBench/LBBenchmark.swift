@@ -5,6 +5,7 @@ import StraitSystem
 
 #if canImport(Glibc)
 import Glibc
+import StraitBenchSupport
 #endif
 
 /// `strait bench lb`: what choosing a backend costs a local client, through Strait's socket LB
@@ -215,8 +216,7 @@ public struct LBBenchmark: Sendable {
             while SocketCall.monotonicNanoseconds() < deadline {
                 let fd = try open(target)
                 defer {
-                    var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
-                    setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+                    try? SocketCall.setResetOnClose(fd)
                     closeDescriptor(fd)
                 }
                 // 64 bytes fit any socket buffer: one write sends them all.
@@ -235,10 +235,10 @@ public struct LBBenchmark: Sendable {
         static func open(_ target: SocketAddress) throws -> CInt {
             guard case .ip(let address, _) = target else { throw BenchError.conflict("--target: an IP address and port") }
             // Blocking, unlike SocketCall.socket's: a closed loop waits in the kernel.
-            let fd = try systemCall("socket") { socket(address.isIPv4 ? AF_INET : AF_INET6, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0) }
+            let fd = try SocketCall.socket(domain: address.isIPv4 ? AF_INET : AF_INET6, type: CInt(SOCK_STREAM.rawValue), nonBlocking: false)
             do {
                 try SocketCall.setOption(fd, level: CInt(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
-                _ = try target.withSockaddr { pointer, length throws(SystemCallError) in try SocketCall.connect(fd, pointer, length) }
+                try SocketCall.connect(fd, to: target)
             } catch {
                 closeDescriptor(fd)
                 throw error
@@ -277,9 +277,9 @@ final class LBBenchLab: @unchecked Sendable {
 
     static func listen(_ address: SocketAddress) throws -> CInt {
         // Blocking: the serving thread waits in accept and read.
-        let fd = try systemCall("socket") { socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0) }
+        let fd = try SocketCall.socket(domain: AF_INET, type: CInt(SOCK_STREAM.rawValue), nonBlocking: false)
         try SocketCall.setOption(fd, level: SOL_SOCKET, name: SO_REUSEADDR, value: 1)
-        try address.withSockaddr { pointer, length throws(SystemCallError) in try SocketCall.bind(fd, pointer, length) }
+        try SocketCall.bind(fd, to: address)
         try SocketCall.listen(fd, backlog: 4096)
         return fd
     }
@@ -290,11 +290,11 @@ final class LBBenchLab: @unchecked Sendable {
         var buffer = [UInt8](repeating: 0, count: 256 << 10)
         let answer = [UInt8](repeating: 0x62, count: 64)
         while true {
-            let fd = accept(listener, nil, nil)
-            if fd < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
-                return
-            }
+            let fd: CInt
+            do {
+                guard case .done(let accepted) = try SocketCall.accept(listener, nonBlocking: false) else { continue }
+                fd = accepted
+            } catch where error.errno == .connectionAbort { continue } catch { return }
             var received = 0
             var answered = false
             while true {
@@ -312,7 +312,7 @@ final class LBBenchLab: @unchecked Sendable {
 
     func tearDown() {
         // shutdown wakes the accept threads; they exit on the error.
-        for fd in listeners { shutdown(fd, Int32(SHUT_RDWR)); closeDescriptor(fd) }
+        for fd in listeners { try? SocketCall.shutdown(fd, how: CInt(SHUT_RDWR)); closeDescriptor(fd) }
         listeners = []
         namespace.delete()
         try? FileManager.default.removeItem(atPath: scratch)

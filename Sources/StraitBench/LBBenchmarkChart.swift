@@ -1,3 +1,5 @@
+import StraitBenchSupport
+
 /// `strait bench lb --svg`: short connections per second against the number of services, one
 /// line per method (log x axis), drawn with the shared ``SVGChart``.
 public struct LBBenchmarkChart {

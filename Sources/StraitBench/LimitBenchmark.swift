@@ -1,4 +1,5 @@
 import Foundation
+import StraitBenchSupport
 import StraitLimit
 import StraitSystem
 

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import StraitBenchSupport
 import StraitNet
 import StraitProxy
 import StraitSystem
@@ -156,12 +157,12 @@ public struct ProxyBenchmark: Sendable {
     }
 
     private func once<T>(_ path: Path, endpoints: Endpoints, logger: Logger, _ measure: (UInt16, UInt16) throws -> T) throws -> T {
-        let serverPort = freePort()
+        let serverPort = BenchPorts.free()
         switch path {
         case .direct:
             return try measure(serverPort, serverPort)
         case .haproxy:
-            let proxyPort = freePort()
+            let proxyPort = BenchPorts.free()
             let haproxy = try HAProxy.start(listenPort: proxyPort, serverPort: serverPort)
             defer { haproxy.stop() }
             return try measure(serverPort, proxyPort)
@@ -215,7 +216,7 @@ struct HAProxy {
         let path = NSTemporaryDirectory() + "strait-bench-haproxy-\(getpid())-\(listenPort).cfg"
         try config.write(toFile: path, atomically: true, encoding: .utf8)
         let running = try ProcessRunner().start(["haproxy", "-db", "-f", path])
-        try waitForListener(port: listenPort, timeout: 5)
+        try BenchPorts.waitForListener(port: listenPort, timeout: 5)
         return HAProxy(running: running, configPath: path)
     }
 
@@ -231,7 +232,7 @@ extension Iperf3 {
     public func throughput(messageBytes: Int, seconds: Double, serverPort: UInt16, clientPort: UInt16, launcher: Launcher) throws -> Double {
         let server = try runner.start(launcher.command(["iperf3", "-s", "-1", "-p", "\(serverPort)", "-B", "127.0.0.1"]))
         defer { server.stop() }
-        try waitForListener(port: serverPort, timeout: 5)
+        try BenchPorts.waitForListener(port: serverPort, timeout: 5)
         let output = try runner.run(
             launcher.command(["iperf3", "-c", "127.0.0.1", "-p", "\(clientPort)", "-t", String(format: "%.1f", seconds), "-l", "\(messageBytes)", "-J"]),
             timeout: seconds + 15)
@@ -244,7 +245,7 @@ extension Sockperf {
     public func pingPong(messageBytes: Int, seconds: Double, serverPort: UInt16, clientPort: UInt16, launcher: Launcher) throws -> Latency {
         let server = try runner.start(launcher.command(["sockperf", "sr", "--tcp", "-i", "127.0.0.1", "-p", "\(serverPort)"]))
         defer { server.stop() }
-        try waitForListener(port: serverPort, timeout: 5)
+        try BenchPorts.waitForListener(port: serverPort, timeout: 5)
         let output = try runner.run(
             launcher.command(["sockperf", "pp", "--tcp", "-i", "127.0.0.1", "-p", "\(clientPort)", "-t", String(format: "%.0f", max(1, seconds)), "-m", "\(messageBytes)"]),
             timeout: seconds + 15)

@@ -240,29 +240,22 @@ public final class ClientLoad: @unchecked Sendable {
 
     private func oneConnection() {
         attempted.wrappingIncrement(ordering: .relaxed)
-        let fd = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { failedConnects.wrappingIncrement(ordering: .relaxed); return }
-        defer { Glibc.close(fd) }
-        var timeout = timeval(tv_sec: 2, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = port.bigEndian
-        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        guard let fd = try? SocketCall.socket(domain: AF_INET, type: CInt(SOCK_STREAM.rawValue), nonBlocking: false) else {
+            failedConnects.wrappingIncrement(ordering: .relaxed)
+            return
         }
-        guard connected == 0 else { failedConnects.wrappingIncrement(ordering: .relaxed); return }
+        defer { closeDescriptor(fd) }
+        try? SocketCall.setTimeouts(fd, seconds: 2)
+        guard (try? SocketCall.connect(fd, to: .loopback(port: port))) != nil else { failedConnects.wrappingIncrement(ordering: .relaxed); return }
         let request: [UInt8] = Array("ping\n".utf8)
-        guard Glibc.send(fd, request, request.count, Int32(MSG_NOSIGNAL)) == request.count else {
+        guard (try? request.withUnsafeBytes({ try SocketCall.send(fd, $0) })) == request.count else {
             resets.wrappingIncrement(ordering: .relaxed)
             return
         }
         var answer = [UInt8](repeating: 0, count: request.count)
         var got = 0
         while got < answer.count {
-            let count = answer.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress! + got, $0.count - got, 0) }
+            let count = (try? answer.withUnsafeMutableBytes { try SocketCall.receive(fd, into: UnsafeMutableRawBufferPointer(rebasing: $0[got...])) }) ?? 0
             if count <= 0 { break }
             got += count
         }

@@ -1,13 +1,13 @@
 import Foundation
 import Logging
+import StraitBenchSupport
 import StraitNet
 import StraitProxy
 import StraitSystem
-import StraitTestSupport
 import Synchronization
 
 /// `strait bench soak`: a bounded soak of `strait proxy`. For `minutes`, worker threads run normal
-/// and hostile clients (``Behavior``, StraitTestSupport's `HostilePeers`) through one in-process
+/// and hostile clients (``Behavior``, StraitBenchSupport's `HostilePeers`) through one in-process
 /// proxy with a listener per datapath (copy, splice, sockmap, auto, skmsg) in front of an echo
 /// server, while the configuration is reloaded every few seconds and the proxy is restarted in
 /// place now and then (a successor `Proxy` takes the same listening sockets, the old one drains:

@@ -1,5 +1,6 @@
 import Atomics
 import Foundation
+import StraitBenchSupport
 import StraitSteer
 import StraitSystem
 
@@ -41,7 +42,7 @@ extension SteerBenchmark {
                 let sockets = (try? ProcessRunner().run(["ip", "netns", "exec", namespace.name, "ss", "-tanp"], timeout: 5)) ?? ""
                 running.stop()
                 let onPort = port == 0 ? [] : sockets.split(separator: "\n").filter { $0.contains(":\(port) ") }
-                throw ProcessRunner.Failure(
+                throw ToolFailure(
                     command: ["strait"] + command, status: running.process.isRunning ? -1 : running.process.terminationStatus,
                     output: running.errors() + "\nsockets on port \(port) in the namespace (ss -tanp): \(onPort.isEmpty ? "none" : "\n" + onPort.joined(separator: "\n"))")
             }
@@ -78,7 +79,7 @@ extension SteerBenchmark {
         while generations.dropLast().contains(where: { $0.process.isRunning }) && Date() < deadline { usleep(10_000) }
         let lingering = generations.dropLast().filter { $0.process.isRunning }.count
         guard lingering == 0 else {
-            throw ProcessRunner.Failure(command: ["strait", "steer", "serve"], status: -1, output: "\(lingering) replaced processes did not drain and exit within 5 s")
+            throw ToolFailure(command: ["strait", "steer", "serve"], status: -1, output: "\(lingering) replaced processes did not drain and exit within 5 s")
         }
         return RestartDrill.Result(
             mode: .strait, restarts: restarts, attempted: load.attempted.load(ordering: .relaxed),

@@ -1,8 +1,8 @@
 import Atomics
 import Foundation
+import StraitBenchSupport
 import StraitNet
 import StraitSteer
-import StraitSystem
 import StraitSystem
 
 /// `strait bench steer`: what steering a SO_REUSEPORT group costs and buys, in a network namespace
@@ -170,10 +170,10 @@ public struct SteerBenchmark: Sendable {
         defer { group.close() }
         var counts = [Int](repeating: 0, count: 4)
         for i in 0..<balanceConnections {
-            let client = try BenchSocket.connect(port: group.port, source: BenchSocket.clientAddress(i))
+            let client = try RawSocket.connect(port: group.port, sourceAddress: RawSocket.clientAddress(i))
             closeDescriptor(client)
             if i % 256 == 255 || i == balanceConnections - 1 {
-                for (index, listener) in group.sockets.enumerated() { counts[index] += BenchSocket.acceptAndClose(listener) }
+                for (index, listener) in group.sockets.enumerated() { counts[index] += RawSocket.acceptQueued(listener).map(closeDescriptor).count }
             }
         }
         return Report.Balance(policy: policy.description, transport: "tcp", perMember: counts, maxOverMin: Self.spread(counts))
@@ -184,14 +184,14 @@ public struct SteerBenchmark: Sendable {
         let policy = SteeringPolicy.payload(offset: 0, length: 8, fallback: .kernelHash)
         let group = try BenchGroup(policy: policy, members: 4, udp: true)
         defer { group.close() }
-        let client = try BenchSocket.udp(port: 0, reusePort: false)
+        let client = try RawSocket.udp(port: 0, reusePort: false)
         defer { closeDescriptor(client) }
         var counts = [Int](repeating: 0, count: 4)
         for i in 0..<balanceConnections {
             let key = withUnsafeBytes(of: UInt64(i).bigEndian) { Array($0) }
-            try BenchSocket.send(client, key, toPort: group.port)
+            try RawSocket.sendDatagram(client, key, toPort: group.port)
             if i % 256 == 255 || i == balanceConnections - 1 {
-                for (index, socket) in group.sockets.enumerated() { counts[index] += BenchSocket.drainCount(socket) }
+                for (index, socket) in group.sockets.enumerated() { counts[index] += RawSocket.drainDatagrams(socket).count }
             }
         }
         return Report.Balance(policy: policy.description, transport: "udp", perMember: counts, maxOverMin: Self.spread(counts))
@@ -216,12 +216,12 @@ public struct SteerBenchmark: Sendable {
             var found: [Int: Int] = [:]
             for chunk in stride(from: 0, to: ports.count, by: 256) {
                 for port in ports[chunk..<min(chunk + 256, ports.count)] {
-                    let client = try BenchSocket.udp(port: port, reusePort: false)
-                    try BenchSocket.send(client, withUnsafeBytes(of: port.bigEndian) { Array($0) }, toPort: group.port)
+                    let client = try RawSocket.udp(port: port, reusePort: false)
+                    try RawSocket.sendDatagram(client, withUnsafeBytes(of: port.bigEndian) { Array($0) }, toPort: group.port)
                     closeDescriptor(client)
                 }
                 for (index, socket) in group.sockets.enumerated() where socket >= 0 {
-                    for datagram in BenchSocket.drain(socket) where datagram.count == 2 {
+                    for datagram in RawSocket.drainDatagrams(socket) where datagram.count == 2 {
                         found[Int(UInt16(datagram[0]) << 8 | UInt16(datagram[1]))] = index
                     }
                 }
@@ -245,7 +245,7 @@ public struct SteerBenchmark: Sendable {
         let group = try BenchGroup(policy: policy, members: 4, udp: true)
         defer { group.close() }
         for fd in group.sockets { try SocketCall.setOption(fd, level: SOL_SOCKET, name: SO_RCVBUF, value: 4096) }
-        let senders = try (0..<256).map { try BenchSocket.udp(address: BenchSocket.clientAddress($0), port: 0, reusePort: false) }
+        let senders = try (0..<256).map { try RawSocket.udp(address: .v4(RawSocket.clientAddress($0)), port: 0, reusePort: false) }
         defer { senders.forEach(closeDescriptor) }
         let batch = DatagramBatch(capacity: 64, slotSize: 64)
         let destination = IPAddress("127.0.0.1")!
@@ -285,7 +285,7 @@ public struct SteerBenchmark: Sendable {
         return try namespace.run {
             // 256 senders, each from its own address and port, so every policy has 256 flows (and
             // keys) to spread: the comparison is then about the program, not about an uneven split.
-            let senders = try (0..<256).map { try BenchSocket.udp(address: BenchSocket.clientAddress($0), port: 0, reusePort: false) }
+            let senders = try (0..<256).map { try RawSocket.udp(address: .v4(RawSocket.clientAddress($0)), port: 0, reusePort: false) }
             defer { senders.forEach(closeDescriptor) }
             let batch = DatagramBatch(capacity: 64, slotSize: 64)
             let destination = IPAddress("127.0.0.1")!
@@ -324,10 +324,10 @@ final class BenchGroup {
 
     init(policy: SteeringPolicy, members: Int, udp: Bool) throws {
         steering = try SteeringGroup(policy: policy)
-        let first = udp ? try BenchSocket.udp(port: 0, reusePort: true) : try BenchSocket.listener(port: 0)
-        port = try BenchSocket.port(of: first)
+        let first = udp ? try RawSocket.udp(port: 0, reusePort: true, receiveBuffer: 4 << 20) : try RawSocket.reuseportListener(port: 0)
+        port = try RawSocket.port(of: first)
         sockets = [first]
-        for _ in 1..<members { sockets.append(udp ? try BenchSocket.udp(port: port, reusePort: true) : try BenchSocket.listener(port: port)) }
+        for _ in 1..<members { sockets.append(udp ? try RawSocket.udp(port: port, reusePort: true, receiveBuffer: 4 << 20) : try RawSocket.reuseportListener(port: port)) }
         for fd in sockets { try steering.memberJoined(fd, weight: 1) }
     }
 
@@ -337,95 +337,7 @@ final class BenchGroup {
     }
 }
 
-/// Plain socket calls for the benchmark's clients, on 127.0.0.0/8 of the calling thread's namespace.
-enum BenchSocket {
-    static func sockaddr(_ address: UInt32, _ port: UInt16) -> sockaddr_in {
-        var value = sockaddr_in()
-        value.sin_family = sa_family_t(AF_INET)
-        value.sin_addr.s_addr = address
-        value.sin_port = port.bigEndian
-        return value
-    }
-
-    static let loopback = UInt32(0x7f00_0001).bigEndian
-
-    /// 127.0.x.y for client `i`: distinct for 65,000 clients.
+extension RawSocket {
+    /// 127.0.x.y for client `i`, in network byte order: distinct for 65,000 clients.
     static func clientAddress(_ i: Int) -> UInt32 { UInt32(0x7f00_0000 | (i / 250) << 8 | (i % 250 + 2)).bigEndian }
-
-    static func withAddress<T>(_ address: UInt32, _ port: UInt16, _ body: (UnsafePointer<sockaddr>, socklen_t) throws -> T) rethrows -> T {
-        var value = sockaddr(address, port)
-        return try withUnsafePointer(to: &value) { try $0.withMemoryRebound(to: Glibc.sockaddr.self, capacity: 1) { try body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-    }
-
-    static func listener(port: UInt16) throws -> CInt {
-        let fd = try SocketCall.socket(domain: AF_INET, type: CInt(SOCK_STREAM.rawValue))
-        do {
-            try SocketCall.setOption(fd, level: SOL_SOCKET, name: SO_REUSEPORT, value: 1)
-            try withAddress(loopback, port) { try SocketCall.bind(fd, $0, $1) }
-            try SocketCall.listen(fd, backlog: 4096)
-            return fd
-        } catch {
-            closeDescriptor(fd)
-            throw error
-        }
-    }
-
-    static func udp(address: UInt32 = loopback, port: UInt16, reusePort: Bool) throws -> CInt {
-        let fd = try SocketCall.socket(domain: AF_INET, type: CInt(SOCK_DGRAM.rawValue))
-        do {
-            try SocketCall.setOption(fd, level: SOL_SOCKET, name: SO_REUSEADDR, value: 1)
-            if reusePort { try SocketCall.setOption(fd, level: SOL_SOCKET, name: SO_REUSEPORT, value: 1) }
-            try SocketCall.setOption(fd, level: SOL_SOCKET, name: SO_RCVBUF, value: 4 << 20)
-            try withAddress(address, port) { try SocketCall.bind(fd, $0, $1) }
-            return fd
-        } catch {
-            closeDescriptor(fd)
-            throw error
-        }
-    }
-
-    static func port(of fd: CInt) throws -> UInt16 {
-        var storage = sockaddr_storage()
-        _ = try SocketCall.localAddress(fd, into: &storage)
-        return withUnsafeBytes(of: &storage) { UInt16(bigEndian: $0.load(as: sockaddr_in.self).sin_port) }
-    }
-
-    /// A blocking connect from `source` (any port) to 127.0.0.1:`port`.
-    static func connect(port: UInt16, source: UInt32) throws -> CInt {
-        let fd = try systemCall("socket") { Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
-        do {
-            try withAddress(source, 0) { address, length in _ = try systemCall("bind") { Glibc.bind(fd, address, length) } }
-            try withAddress(loopback, port) { address, length in _ = try systemCall("connect") { Glibc.connect(fd, address, length) } }
-            return fd
-        } catch {
-            closeDescriptor(fd)
-            throw error
-        }
-    }
-
-    static func acceptAndClose(_ listener: CInt) -> Int {
-        var count = 0
-        while true {
-            let fd = accept(listener, nil, nil)
-            if fd < 0 { return count }
-            closeDescriptor(fd)
-            count += 1
-        }
-    }
-
-    static func send(_ fd: CInt, _ bytes: [UInt8], toPort port: UInt16) throws {
-        try withAddress(loopback, port) { address, length in _ = try systemCall("sendto") { sendto(fd, bytes, bytes.count, 0, address, length) } }
-    }
-
-    static func drain(_ fd: CInt) -> [[UInt8]] {
-        var datagrams: [[UInt8]] = []
-        var buffer = [UInt8](repeating: 0, count: 2048)
-        while true {
-            let count = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
-            if count < 0 { return datagrams }
-            datagrams.append(Array(buffer.prefix(count)))
-        }
-    }
-
-    static func drainCount(_ fd: CInt) -> Int { drain(fd).count }
 }

@@ -52,7 +52,7 @@ public final class LBDaemon: @unchecked Sendable {
         logger: Logger
     ) throws {
         let statePath = LBStatus.statePath(in: stateDirectory)
-        if let previous = try? LBStatus.readState(path: statePath), previous.pid != getpid(), kill(previous.pid, 0) == 0 {
+        if let previous = try? LBStatus.readState(path: statePath), previous.pid != getpid(), ProcessCall.isAlive(previous.pid) {
             throw LBError.alreadyRunning(statePath)
         }
         try FileManager.default.createDirectory(atPath: stateDirectory, withIntermediateDirectories: true)

@@ -23,7 +23,7 @@ public enum LBStatus {
     public static func read(stateDirectory: String = LBDaemon.defaultStateDirectory, pinDirectory: String = LBDaemon.defaultPinDirectory) throws -> LBSnapshot {
         let path = statePath(in: stateDirectory)
         let state = try readState(path: path)
-        guard kill(state.pid, 0) == 0 else { throw LBError.notRunning(path) }
+        guard ProcessCall.isAlive(state.pid) else { throw LBError.notRunning(path) }
         var snapshot = state.snapshot
         let stats = try BPFMap.open(pinned: pinDirectory + "/lb_backend_stats").typed(key: UInt32.self, value: strait_lb_backend_stats.self)
         let counters = try BPFMap.open(pinned: pinDirectory + "/lb_counters").typed(key: UInt32.self, value: UInt64.self)

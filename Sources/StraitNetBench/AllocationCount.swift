@@ -1,4 +1,5 @@
 import Foundation
+import StraitBenchSupport
 
 /// `strait bench net`, part 3: heap allocations per request in each server once warm.
 ///
@@ -59,10 +60,10 @@ public struct AllocationCount: Sendable {
     private var loadSeconds: Int { Int((warmUpSeconds + countedSeconds).rounded(.up)) + 1 }
 
     func countHTTP(server name: String, port preferred: Int) throws -> Measurement {
-        let port = PeerProcess.availablePort(preferred: preferred)
+        let port = Int(BenchPorts.available(preferred: UInt16(preferred)))
         let server = try PeerProcess(binaries: binaries, name: name, arguments: [String(port), String(serverThreads), "--count-allocations"], preload: interposer)
         defer { server.stop() }
-        try PeerProcess.waitForPort(port)
+        try BenchPorts.waitForListener(port: UInt16(port))
         let seconds = loadSeconds
         let wrkDone = DispatchSemaphore(value: 0)
         Thread.detachNewThread {
@@ -74,10 +75,10 @@ public struct AllocationCount: Sendable {
     }
 
     func countEcho(peer: String, port preferred: Int) throws -> Measurement {
-        let port = PeerProcess.availablePort(preferred: preferred)
+        let port = Int(BenchPorts.available(preferred: UInt16(preferred)))
         let server = try PeerProcess(binaries: binaries, name: peer, arguments: ["serve", String(port), String(serverThreads), "--count-allocations"], preload: interposer)
         defer { server.stop() }
-        try PeerProcess.waitForPort(port)
+        try BenchPorts.waitForListener(port: UInt16(port))
         let load = try PeerProcess(binaries: binaries, name: peer, arguments: ["load", String(port), "128", "16", String(loadSeconds)])
         defer { load.waitForExit(timeout: Double(loadSeconds) + 15) }
         return try count(in: server)

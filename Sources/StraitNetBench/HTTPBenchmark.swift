@@ -1,4 +1,5 @@
 import Foundation
+import StraitBenchSupport
 
 /// `strait bench net`, part 1: the StraitNet and SwiftNIO plaintext HTTP servers side by side,
 /// each in its own process with the same thread count, loaded by `wrk` (nobody here wrote it).
@@ -17,8 +18,8 @@ public struct HTTPBenchmark: Sendable {
         /// The median of each figure over repeated runs.
         static func median(_ runs: [Measurement]) -> Measurement {
             Measurement(
-                requestsPerSecond: StraitNetBench.median(runs.map(\.requestsPerSecond)), p50Milliseconds: StraitNetBench.median(runs.map(\.p50Milliseconds)),
-                p99Milliseconds: StraitNetBench.median(runs.map(\.p99Milliseconds)), peakRSSKiB: runs.map(\.peakRSSKiB).max() ?? 0)
+                requestsPerSecond: StraitBenchSupport.median(runs.map(\.requestsPerSecond)), p50Milliseconds: StraitBenchSupport.median(runs.map(\.p50Milliseconds)),
+                p99Milliseconds: StraitBenchSupport.median(runs.map(\.p99Milliseconds)), peakRSSKiB: runs.map(\.peakRSSKiB).max() ?? 0)
         }
     }
 
@@ -77,10 +78,10 @@ public struct HTTPBenchmark: Sendable {
     }
 
     func measure(server name: String, port preferred: Int, connections: Int) throws -> Measurement {
-        let port = PeerProcess.availablePort(preferred: preferred)
+        let port = Int(BenchPorts.available(preferred: UInt16(preferred)))
         let server = try PeerProcess(binaries: binaries, name: name, arguments: [String(port), String(serverThreads)])
         defer { server.stop() }
-        try PeerProcess.waitForPort(port)
+        try BenchPorts.waitForListener(port: UInt16(port))
         let report = try Self.wrk(connections: connections, seconds: seconds, port: port)
         var measurement = try Self.parse(wrk: report)
         measurement.peakRSSKiB = server.peakRSSKiB
@@ -128,12 +129,4 @@ public struct HTTPBenchmark: Sendable {
         }
         return 0
     }
-}
-
-/// The middle value (the mean of the two middle ones for an even count).
-func median(_ values: [Double]) -> Double {
-    let sorted = values.sorted()
-    guard !sorted.isEmpty else { return 0 }
-    let middle = sorted.count / 2
-    return sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
 }

@@ -1,4 +1,5 @@
 import Foundation
+import StraitBenchSupport
 
 /// `strait bench net`, part 2: echo RPC over one multiplexed connection. StraitNet's `FrameServer`
 /// loaded through its `MuxClient` (`straitnet-rpc`) against a SwiftNIO echo server loaded by a NIO
@@ -19,8 +20,8 @@ public struct RPCBenchmark: Sendable {
         /// The median of each figure over repeated runs (errors are added up).
         static func median(_ runs: [Measurement]) -> Measurement {
             Measurement(
-                calls: Int(StraitNetBench.median(runs.map { Double($0.calls) })), qps: StraitNetBench.median(runs.map(\.qps)),
-                p50Microseconds: StraitNetBench.median(runs.map(\.p50Microseconds)), p99Microseconds: StraitNetBench.median(runs.map(\.p99Microseconds)),
+                calls: Int(StraitBenchSupport.median(runs.map { Double($0.calls) })), qps: StraitBenchSupport.median(runs.map(\.qps)),
+                p50Microseconds: StraitBenchSupport.median(runs.map(\.p50Microseconds)), p99Microseconds: StraitBenchSupport.median(runs.map(\.p99Microseconds)),
                 errors: runs.reduce(0) { $0 + $1.errors })
         }
 
@@ -90,10 +91,10 @@ public struct RPCBenchmark: Sendable {
     }
 
     func measure(peer: String, port preferred: Int, payload: Int, callers: Int) throws -> Measurement {
-        let port = PeerProcess.availablePort(preferred: preferred)
+        let port = Int(BenchPorts.available(preferred: UInt16(preferred)))
         let server = try PeerProcess(binaries: binaries, name: peer, arguments: ["serve", String(port), String(serverThreads)])
         defer { server.stop() }
-        try PeerProcess.waitForPort(port)
+        try BenchPorts.waitForListener(port: UInt16(port))
         let load = try PeerProcess(binaries: binaries, name: peer, arguments: ["load", String(port), String(payload), String(callers), String(seconds)])
         defer { load.stop() }
         let line = try load.waitForLine(startingWith: "{", timeout: Double(seconds) + 20)

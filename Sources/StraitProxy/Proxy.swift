@@ -1,4 +1,4 @@
-import CStraitNet
+import CStraitSystem
 import Foundation
 import Dispatch
 import Logging

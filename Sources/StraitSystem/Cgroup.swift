@@ -5,12 +5,30 @@ import SystemPackage
 import Glibc
 #endif
 
+/// Why a cgroup could not be found, apart from a failed syscall (those throw ``SystemCallError``).
+public enum CgroupError: Error, Equatable, CustomStringConvertible {
+    /// No cgroup2 filesystem in `/proc/self/mountinfo`.
+    case notMounted
+    /// `/proc/PID/cgroup` is unreadable or has no cgroup v2 line (`0::`): the process is gone, or
+    /// lives only in v1 hierarchies.
+    case noMembership(pid: pid_t)
+
+    public var description: String {
+        switch self {
+        case .notMounted: "cgroup v2 is not mounted: mount it (`mount -t cgroup2 none /sys/fs/cgroup/unified`) or boot with systemd's unified hierarchy"
+        case .noMembership(let pid): "process \(pid) has no cgroup v2 (no `0::` line in /proc/\(pid)/cgroup): it has exited, or this host uses cgroup v1 only"
+        }
+    }
+}
+
 /// A cgroup v2 directory. Strait attaches socket programs to these; tests make their own
-/// below the v2 root and remove them afterwards.
+/// below the v2 root and remove them afterwards. A plain value: it names the directory and owns
+/// nothing (``openDirectory()`` returns a descriptor the caller closes).
 public struct Cgroup: Sendable, Hashable, CustomStringConvertible {
     /// Absolute path in the cgroup v2 filesystem, e.g. `/sys/fs/cgroup/unified/strait-test-1`.
     public let path: String
 
+    /// Names the directory at `path`; nothing is checked or opened.
     public init(path: String) { self.path = path }
 
     public var description: String { path }
@@ -28,18 +46,18 @@ public struct Cgroup: Sendable, Hashable, CustomStringConvertible {
         return nil
     }
 
-    /// The root of the cgroup v2 hierarchy.
-    public static func root() throws(SystemCallError) -> Cgroup {
-        guard let mount = v2MountPoint() else { throw SystemCallError("cgroup2 mount lookup", .noSuchFileOrDirectory) }
+    /// The root of the cgroup v2 hierarchy; ``CgroupError/notMounted`` when cgroup v2 is not mounted.
+    public static func root() throws(CgroupError) -> Cgroup {
+        guard let mount = v2MountPoint() else { throw .notMounted }
         return Cgroup(path: mount)
     }
 
     /// The v2 cgroup a process belongs to, from `/proc/PID/cgroup` (`0::/relative/path`).
-    public static func of(process pid: pid_t = getpid()) throws(SystemCallError) -> Cgroup {
+    public static func of(process pid: pid_t = getpid()) throws(CgroupError) -> Cgroup {
         let root = try root()
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8),
             let line = text.split(separator: "\n").first(where: { $0.hasPrefix("0::") })
-        else { throw SystemCallError("read /proc/\(pid)/cgroup", .noSuchFileOrDirectory) }
+        else { throw .noMembership(pid: pid) }
         let relative = line.dropFirst(3)
         return Cgroup(path: relative == "/" ? root.path : root.path + relative)
     }
@@ -82,6 +100,7 @@ public struct Cgroup: Sendable, Hashable, CustomStringConvertible {
         try systemCall("open \(path)") { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
     }
 
+    /// Whether the directory exists now (one stat(2)).
     public var exists: Bool {
         var info = stat()
         return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR

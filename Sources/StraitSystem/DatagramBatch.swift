@@ -14,7 +14,9 @@ import Glibc
 /// ``send(on:range:)``: nothing is copied between the kernel call and the slot buffers.
 /// Not thread-safe: one batch per socket per thread. Owns its memory; freed on deinit.
 public final class DatagramBatch {
+    /// How many datagrams one call moves at most.
     public let capacity: Int
+    /// Bytes per datagram buffer; longer datagrams arrive truncated (``isTruncated(_:)``).
     public let slotSize: Int
     private let storage: UnsafeMutableRawPointer
     private let slots: UnsafeMutablePointer<strait_datagram>
@@ -63,6 +65,7 @@ public final class DatagramBatch {
         UnsafeRawBufferPointer(start: storage + index * slotSize, count: Int(slots[index].length))
     }
 
+    /// Whether datagram `index` of the last receive was longer than its slot (`MSG_TRUNC`): its tail was dropped.
     public func isTruncated(_ index: Int) -> Bool { slots[index].truncated != 0 }
 
     /// Writes `bytes` as the payload of slot `index` (for a send); at most ``slotSize`` bytes.

@@ -25,3 +25,25 @@ public enum Executable {
         return folders.map { "\($0)/\(name)" }.first { FileManager.default.isExecutableFile(atPath: $0) }
     }
 }
+
+/// A tool Strait ran (`ip`, `tc`, a benchmark peer) that exited non-zero, or could not be found
+/// (status 127): the command line, its exit status and what it printed, which usually says what to do.
+public struct ToolFailure: Error, CustomStringConvertible {
+    /// The command line as run: the tool, then its arguments.
+    public let command: [String]
+    /// The exit status (127: not installed).
+    public let status: Int32
+    /// What the tool printed (standard output and error), trimmed.
+    public let output: String
+
+    /// A failure of `command` (tool first) with its exit status and output.
+    public init(command: [String], status: Int32, output: String) {
+        self.command = command
+        self.status = status
+        self.output = output
+    }
+
+    public var description: String {
+        "`\(command.joined(separator: " "))` exited with \(status): \(output.suffix(800))"
+    }
+}

@@ -23,6 +23,7 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible {
         return nil
     }
 
+    /// Whether this is an IPv4 address.
     public var isIPv4: Bool { if case .v4 = self { true } else { false } }
 
     /// Bytes in network order: 4 for IPv4, 16 for IPv6.
@@ -68,7 +69,9 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible {
 
 /// An address prefix such as `127.0.0.0/8` or `2001:db8::/32`.
 public struct IPPrefix: Hashable, Sendable, CustomStringConvertible {
+    /// The network address, host bits cleared.
     public let address: IPAddress
+    /// The prefix length in bits (0–32 for IPv4, 0–128 for IPv6).
     public let length: Int
 
     /// Parses `ADDRESS/LENGTH` (LENGTH in decimal digits), or a bare address as a host prefix
@@ -84,6 +87,7 @@ public struct IPPrefix: Hashable, Sendable, CustomStringConvertible {
         self.init(address: address, length: length)
     }
 
+    /// The prefix of `length` bits of `address`; host bits are cleared.
     public init(address: IPAddress, length: Int) {
         // Keep only the network bits so equal prefixes compare equal.
         var bytes = address.bytes

@@ -6,6 +6,7 @@ import Glibc
 
 /// A network interface of the calling thread's network namespace, by name and kernel index.
 public struct NetworkInterface: Sendable, Hashable, CustomStringConvertible {
+    /// The interface name, e.g. `eth0`.
     public let name: String
     /// The kernel's index (`if_nametoindex`), valid only in the namespace it was read in.
     public let index: UInt32

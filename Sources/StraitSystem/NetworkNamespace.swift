@@ -8,10 +8,13 @@ import Glibc
 /// A named network namespace (as `ip netns` makes them, under /var/run/netns), for tests and
 /// benchmarks that need hosts of their own. Its loopback is brought up on creation.
 public struct NetworkNamespace: Sendable, Hashable {
+    /// The `ip netns` name.
     public let name: String
 
+    /// Names an existing namespace; nothing is opened (``create(_:)`` makes one).
     public init(name: String) { self.name = name }
 
+    /// Where `ip netns` keeps the namespace open (a bind mount of its nsfs file).
     public var path: String { "/var/run/netns/\(name)" }
 
     /// The inode of the calling thread's network namespace (`/proc/thread-self/ns/net`): what tells
@@ -79,7 +82,8 @@ public struct NetworkNamespace: Sendable, Hashable {
     }
 
     /// Runs an iproute2 tool (`ip`, `tc`) at `path`, in the calling thread's network namespace (the
-    /// child inherits the thread's); throws with its output when it fails.
+    /// child inherits the thread's), and waits for it; throws ``ToolFailure`` with its output when it
+    /// fails. Costs a fork and exec (a few milliseconds).
     @discardableResult
     public static func runTool(_ path: String, _ arguments: [String]) throws -> String {
         let process = Process()
@@ -93,7 +97,9 @@ public struct NetworkNamespace: Sendable, Hashable {
         process.waitUntilExit()
         let text = String(decoding: data, as: UTF8.self)
         guard process.terminationStatus == 0 else {
-            throw SystemCallError("\(URL(fileURLWithPath: path).lastPathComponent) \(arguments.joined(separator: " ")): \(text.trimmingCharacters(in: .whitespacesAndNewlines))", .invalidArgument)
+            throw ToolFailure(
+                command: [URL(fileURLWithPath: path).lastPathComponent] + arguments, status: process.terminationStatus,
+                output: text.trimmingCharacters(in: .whitespacesAndNewlines))
         }
         return text
     }
@@ -109,7 +115,19 @@ public struct NetworkNamespace: Sendable, Hashable {
                 let fields = parts[1].split(separator: " ")
                 return (UInt64(fields[1]) ?? 0, UInt64(fields[0]) ?? 0)
             }
-            throw SystemCallError("no interface \(interface) in \(name)", .noSuchFileOrDirectory)
+            throw NetworkNamespaceError.noInterface(interface, namespace: name)
+        }
+    }
+}
+
+/// Why a question about a ``NetworkNamespace`` has no answer, apart from a failed syscall.
+public enum NetworkNamespaceError: Error, Equatable, CustomStringConvertible {
+    /// The namespace has no interface by that name (`/proc/thread-self/net/dev` inside it lists none).
+    case noInterface(String, namespace: String)
+
+    public var description: String {
+        switch self {
+        case .noInterface(let interface, let namespace): "no interface \(interface) in network namespace \(namespace) (`ip -n \(namespace) link` lists them)"
         }
     }
 }

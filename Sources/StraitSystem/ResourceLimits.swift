@@ -8,9 +8,12 @@ import Musl
 public enum ResourceLimits {
     /// A soft and a hard limit, as `getrlimit(2)` reports them.
     public struct Limit: Sendable, Equatable {
+        /// The limit the kernel enforces now.
         public var soft: UInt64
+        /// The ceiling an unprivileged process may raise the soft limit to.
         public var hard: UInt64
 
+        /// A soft and a hard limit.
         public init(soft: UInt64, hard: UInt64) {
             self.soft = soft
             self.hard = hard

@@ -18,5 +18,6 @@ public final class SignalFlag: Sendable {
         return SignalFlag()
     }
 
+    /// Whether SIGINT or SIGTERM has arrived since ``interrupt()`` (one relaxed atomic load).
     public var isRaised: Bool { Self.raised.load(ordering: .relaxed) }
 }

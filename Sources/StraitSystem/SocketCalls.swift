@@ -8,18 +8,21 @@ import Musl
 #endif
 
 
-/// The portable socket and vectored-I/O calls the reactor library uses, each wrapped once.
-/// (The Linux-only epoll, eventfd and accept4 need C declarations the Glibc module lacks; StraitNet
-/// wraps those the same way in `Poll/EpollCalls.swift`.)
+/// The socket and vectored-I/O calls, each wrapped once. Addresses are ``SocketAddress`` values.
+/// (epoll and eventfd, which only the reactor uses, are wrapped the same way in StraitNet's
+/// `Poll/EpollCalls.swift`, over declarations from the `CStraitSystem` shim.)
 ///
 /// Every function here goes through ``systemCall(_:_:)`` or ``nonBlockingCall(_:_:)``, so errno is
 /// read right after the call and `EINTR` is retried. Descriptors are plain `CInt`s: whoever receives
-/// one from a function here owns it and closes it with ``closeDescriptor(_:)``.
+/// one from a function here owns it and closes it with ``closeDescriptor(_:)``. Each call is one
+/// syscall unless its comment says otherwise, and none allocates.
 public enum SocketCall {
-    /// `socket(2)`, always non-blocking and close-on-exec.
+    /// `socket(2)`, close-on-exec, and non-blocking unless `nonBlocking` is false (a test client or a
+    /// benchmark peer that blocks on its own thread). The caller owns the descriptor.
     @inlinable
-    public static func socket(domain: CInt, type: CInt, protocol proto: CInt = 0) throws(SystemCallError) -> CInt {
-        try systemCall("socket") { Glibc.socket(domain, type | CInt(SOCK_NONBLOCK.rawValue) | CInt(SOCK_CLOEXEC.rawValue), proto) }
+    public static func socket(domain: CInt, type: CInt, protocol proto: CInt = 0, nonBlocking: Bool = true) throws(SystemCallError) -> CInt {
+        let flags = CInt(SOCK_CLOEXEC.rawValue) | (nonBlocking ? CInt(SOCK_NONBLOCK.rawValue) : 0)
+        return try systemCall("socket") { Glibc.socket(domain, type | flags, proto) }
     }
 
     /// `setsockopt(2)` with an integer value.
@@ -46,7 +49,67 @@ public enum SocketCall {
         return value
     }
 
-    /// `bind(2)`.
+    /// A close-on-exec socket of `type` (`SOCK_STREAM`, `SOCK_DGRAM`) in the family of `address`,
+    /// non-blocking unless `nonBlocking` is false. The caller owns the descriptor.
+    @inlinable
+    public static func socket(for address: SocketAddress, type: CInt, nonBlocking: Bool = true) throws(SystemCallError) -> CInt {
+        try socket(domain: address.family, type: type, nonBlocking: nonBlocking)
+    }
+
+    /// `accept4(2)` of one connection from a listening socket, close-on-exec, and non-blocking unless
+    /// `nonBlocking` is false. `.wouldBlock` when a non-blocking listener's queue is empty; a blocking
+    /// listener waits. The caller owns the accepted descriptor.
+    @inlinable
+    public static func accept(_ listener: CInt, nonBlocking: Bool = true) throws(SystemCallError) -> NonBlockingResult<CInt> {
+        let flags = CInt(SOCK_CLOEXEC.rawValue) | (nonBlocking ? CInt(SOCK_NONBLOCK.rawValue) : 0)
+        return try nonBlockingCall("accept4") { strait_accept4(listener, flags) }
+    }
+
+    /// `send(2)` of what fits now (`MSG_NOSIGNAL`: a closed peer is `EPIPE`, never `SIGPIPE`). On a
+    /// blocking socket it waits for room, up to `SO_SNDTIMEO` (then `EAGAIN`, thrown). Returns how many
+    /// bytes went out, which may be fewer than `bytes.count`.
+    @inlinable
+    public static func send(_ fd: CInt, _ bytes: UnsafeRawBufferPointer, flags: CInt = 0) throws(SystemCallError) -> Int {
+        try systemCall("send") { Glibc.send(fd, bytes.baseAddress, bytes.count, flags | CInt(MSG_NOSIGNAL)) }
+    }
+
+    /// `recv(2)` into `buffer`: the count, 0 at end of stream. On a blocking socket it waits for data,
+    /// up to `SO_RCVTIMEO` (then `EAGAIN`, thrown).
+    @inlinable
+    public static func receive(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer, flags: CInt = 0) throws(SystemCallError) -> Int {
+        try systemCall("recv") { Glibc.recv(fd, buffer.baseAddress, buffer.count, flags) }
+    }
+
+    /// Bytes queued for reading now (`FIONREAD`).
+    public static func readableBytes(_ fd: CInt) throws(SystemCallError) -> Int {
+        var count: CInt = 0
+        try systemCall("ioctl(FIONREAD)") { Glibc.ioctl(fd, UInt(FIONREAD), &count) }
+        return Int(count)
+    }
+
+    /// `sendto(2)` of one datagram to `address` (`MSG_NOSIGNAL`); returns the bytes sent.
+    public static func send(_ fd: CInt, _ bytes: UnsafeRawBufferPointer, to address: SocketAddress) throws(SystemCallError) -> Int {
+        try address.withSockaddr { pointer, length throws(SystemCallError) in
+            try systemCall("sendto") { Glibc.sendto(fd, bytes.baseAddress, bytes.count, CInt(MSG_NOSIGNAL), pointer, length) }
+        }
+    }
+
+    /// `SO_RCVTIMEO` and `SO_SNDTIMEO`: how long a blocking receive or send waits before failing
+    /// with `EAGAIN`, so a test or benchmark peer never hangs on a silent server.
+    public static func setTimeouts(_ fd: CInt, seconds: Int) throws(SystemCallError) {
+        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+        let length = socklen_t(MemoryLayout<timeval>.size)
+        try systemCall("setsockopt SO_RCVTIMEO") { Glibc.setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, length) }
+        try systemCall("setsockopt SO_SNDTIMEO") { Glibc.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, length) }
+    }
+
+    /// `bind(2)` to `address`. See ``SystemCallError/bindAdvice`` for what each failure means.
+    @inlinable
+    public static func bind(_ fd: CInt, to address: SocketAddress) throws(SystemCallError) {
+        try address.withSockaddr { pointer, length throws(SystemCallError) in try bind(fd, pointer, length) }
+    }
+
+    /// `bind(2)` with a C address already built (prefer ``bind(_:to:)``).
     @inlinable
     public static func bind(_ fd: CInt, _ address: UnsafePointer<sockaddr>, _ length: socklen_t) throws(SystemCallError) {
         try systemCall("bind") { Glibc.bind(fd, address, length) }
@@ -58,9 +121,18 @@ public enum SocketCall {
         try systemCall("listen") { Glibc.listen(fd, backlog) }
     }
 
-    /// `connect(2)` on a non-blocking socket: true when connected at once, false when the kernel
-    /// answered `EINPROGRESS` and the result comes later as writability plus `SO_ERROR`.
+    /// `connect(2)` to `address`. On a non-blocking socket: true when connected at once, false when
+    /// the kernel answered `EINPROGRESS` and the result comes later as writability plus `SO_ERROR`.
+    /// On a blocking socket it returns true once connected, or throws.
     @inlinable
+    @discardableResult
+    public static func connect(_ fd: CInt, to address: SocketAddress) throws(SystemCallError) -> Bool {
+        try address.withSockaddr { pointer, length throws(SystemCallError) in try connect(fd, pointer, length) }
+    }
+
+    /// `connect(2)` with a C address already built (prefer ``connect(_:to:)``); same results.
+    @inlinable
+    @discardableResult
     public static func connect(_ fd: CInt, _ address: UnsafePointer<sockaddr>, _ length: socklen_t) throws(SystemCallError) -> Bool {
         while true {
             if Glibc.connect(fd, address, length) == 0 { return true }
@@ -73,7 +145,27 @@ public enum SocketCall {
         }
     }
 
-    /// `getsockname(2)` into caller storage large enough for any address family.
+    /// The address `fd` is bound to (`getsockname(2)`), e.g. the port the kernel chose for port 0.
+    public static func localAddress(of fd: CInt) throws(SystemCallError) -> SocketAddress {
+        var storage = sockaddr_storage()
+        _ = try localAddress(fd, into: &storage)
+        return SocketAddress(storage: storage)
+    }
+
+    /// The peer of a connected socket (`getpeername(2)`); `ENOTCONN` when it has none.
+    public static func peerAddress(of fd: CInt) throws(SystemCallError) -> SocketAddress {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        try withUnsafeMutablePointer(to: &storage) { storage throws(SystemCallError) in
+            try storage.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer throws(SystemCallError) in
+                _ = try systemCall("getpeername") { Glibc.getpeername(fd, pointer, &length) }
+            }
+        }
+        return SocketAddress(storage: storage)
+    }
+
+    /// `getsockname(2)` into caller storage large enough for any address family (prefer
+    /// ``localAddress(of:)``); returns the length the kernel filled in.
     @inlinable
     public static func localAddress(_ fd: CInt, into storage: UnsafeMutablePointer<sockaddr_storage>) throws(SystemCallError) -> socklen_t {
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)

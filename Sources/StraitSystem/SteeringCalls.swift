@@ -90,6 +90,7 @@ public enum NamespaceSysctl {
     /// closes are moved to another listener of its `SO_REUSEPORT` group instead of being reset.
     public static let tcpMigrateRequests = "net/ipv4/tcp_migrate_req"
 
+    /// The sysctl's value, trailing newline trimmed (open, one read of at most 256 bytes, close).
     public static func read(_ name: String) throws(SystemCallError) -> String {
         let fd = try systemCall("open /proc/sys/\(name)") { open("/proc/sys/" + name, O_RDONLY | O_CLOEXEC) }
         defer { closeDescriptor(fd) }
@@ -98,6 +99,7 @@ public enum NamespaceSysctl {
         return String(decoding: buffer.prefix(count), as: UTF8.self).trimmingSpaces
     }
 
+    /// Writes `value` (and a newline) to the sysctl; needs CAP_NET_ADMIN in the namespace's user namespace.
     public static func write(_ name: String, _ value: String) throws(SystemCallError) {
         let fd = try systemCall("open /proc/sys/\(name)") { open("/proc/sys/" + name, O_WRONLY | O_CLOEXEC) }
         defer { closeDescriptor(fd) }
@@ -118,9 +120,20 @@ extension NamespaceSysctl {
     /// `net.ipv4.ip_local_port_range`: the ports the kernel picks for outgoing connections (and for
     /// port 0) in the calling thread's namespace. A listener bound inside it can find its port held
     /// by a client socket.
-    public static func ephemeralPorts() throws(SystemCallError) -> ClosedRange<UInt16> {
-        let bounds = try read("net/ipv4/ip_local_port_range").split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { UInt16($0) }
-        guard bounds.count == 2, bounds[0] <= bounds[1] else { throw SystemCallError("read net.ipv4.ip_local_port_range", .invalidArgument) }
+    public static func ephemeralPorts() throws -> ClosedRange<UInt16> {
+        let text = try read("net/ipv4/ip_local_port_range")
+        let bounds = text.split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { UInt16($0) }
+        guard bounds.count == 2, bounds[0] <= bounds[1] else { throw SysctlValueError(name: "net/ipv4/ip_local_port_range", text: text) }
         return bounds[0]...bounds[1]
     }
+}
+
+/// A sysctl whose text is not what the kernel writes there (not two ports for a port range).
+public struct SysctlValueError: Error, Equatable, CustomStringConvertible {
+    /// The sysctl, as a path below `/proc/sys`.
+    public let name: String
+    /// What it read.
+    public let text: String
+
+    public var description: String { "/proc/sys/\(name) reads '\(text)', which is not the kernel's format" }
 }

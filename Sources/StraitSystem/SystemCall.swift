@@ -12,9 +12,12 @@ import Musl
 /// Every syscall in Strait goes through ``systemCall(_:_:)`` so that errno is read once, right
 /// after the call, and never by callers.
 public struct SystemCallError: Error, Equatable, CustomStringConvertible {
+    /// The call that failed, often with what it acted on (`open /path`).
     public let function: String
+    /// The error number the call left, read right after it.
     public let errno: Errno
 
+    /// A failure of `function` with `errno`; for wrappers in StraitSystem (features throw their own errors).
     public init(_ function: String, _ errno: Errno) {
         self.function = function
         self.errno = errno

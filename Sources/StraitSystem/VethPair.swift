@@ -15,8 +15,11 @@ public struct VethPair: Sendable {
     public let receiverInterface: String
     /// `198.18.SUBNET.1` and `.2`; `2001:db8:SUBNET::1` and `::2`.
     public let senderIPv4: String
+    /// The receiver end's IPv4 address.
     public let receiverIPv4: String
+    /// The sender end's IPv6 address.
     public let senderIPv6: String
+    /// The receiver end's IPv6 address.
     public let receiverIPv6: String
 
     /// Creates namespaces `NAME-s` and `NAME-r` and the veth `IFACE` (sender side) / `IFACE`+`r`,

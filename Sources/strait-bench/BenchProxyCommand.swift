@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import StraitBench
+import StraitBenchSupport
 import StraitCLI
 import StraitProxy
 import StraitSystem

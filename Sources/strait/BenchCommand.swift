@@ -29,8 +29,10 @@ struct BenchCommand: ParsableCommand {
         var unblocked = sigset_t()
         sigemptyset(&unblocked)
         pthread_sigmask(SIG_SETMASK, &unblocked, nil)
-        let argv = ([path] + arguments).map { strdup($0) } + [nil]
-        execv(path, argv)
-        throw CommandFailure("cannot run \(path): \(String(cString: strerror(errno))) (errno \(errno))")
+        do {
+            try ProcessCall.execute(path, arguments: [path] + arguments)
+        } catch {
+            throw CommandFailure("cannot run \(path): \(error.errno) (errno \(error.errno.rawValue))")
+        }
     }
 }

@@ -294,8 +294,8 @@ struct ProxyReload: ParsableCommand {
 
     func run() throws {
         let pid = try Self.verifiedPid(pidFile, handoverSocket: handoverSocket)
-        guard kill(pid, SIGHUP) == 0 else {
-            throw CommandFailure("cannot signal process \(pid) (from \(pidFile)): \(String(cString: strerror(errno))). The pid file is stale: is the proxy running? Remove the file, or give --pid-file of the running one")
+        do { try ProcessCall.signal(pid, SIGHUP) } catch {
+            throw CommandFailure("cannot signal process \(pid) (from \(pidFile)): \(error.errno). The pid file is stale: is the proxy running? Remove the file, or give --pid-file of the running one")
         }
         if json { return try printJSON(Signalled(signal: "SIGHUP", pid: pid)) }
         print("reload sent to process \(pid)")
@@ -351,8 +351,8 @@ struct ProxyRestart: ParsableCommand {
 
     func run() throws {
         let old = try ProxyReload.verifiedPid(pidFile, handoverSocket: handoverSocket)
-        guard kill(old, SIGUSR2) == 0 else {
-            throw CommandFailure("cannot signal process \(old) (from \(pidFile)): \(String(cString: strerror(errno))). The pid file is stale: is the proxy running?")
+        do { try ProcessCall.signal(old, SIGUSR2) } catch {
+            throw CommandFailure("cannot signal process \(old) (from \(pidFile)): \(error.errno). The pid file is stale: is the proxy running?")
         }
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
@@ -363,7 +363,7 @@ struct ProxyRestart: ParsableCommand {
             }
             // An old process with nothing to drain may exit before its successor writes the pid file;
             // only when nobody holds the hand-over socket any more has the restart failed for good.
-            if kill(old, 0) != 0 && errno == ESRCH, case .success(nil) = Result(catching: { try ListenerHandOver.owner(of: handoverSocket) }) {
+            if !ProcessCall.isAlive(old), case .success(nil) = Result(catching: { try ListenerHandOver.owner(of: handoverSocket) }) {
                 throw CommandFailure("process \(old) exited and no successor took over; see its log")
             }
             usleep(20_000)

@@ -1,4 +1,5 @@
 import Foundation
+import StraitBenchSupport
 import Testing
 
 @testable import StraitNetBench
@@ -70,7 +71,7 @@ struct ReportTests {
 
     @Test("a server port from Strait's range that can be bound")
     func availablePort() throws {
-        let port = PeerProcess.availablePort(preferred: 47990)
+        let port = BenchPorts.available(preferred: 47990)
         #expect((47000...47999).contains(port))
     }
 

@@ -21,10 +21,3 @@ public enum KernelTestGate {
     public static var enabled: Bool { isCI || missing == nil }
     public static var comment: String { missing.map { "skipped outside CI: \($0)" } ?? "kernel test" }
 }
-
-/// A fresh name for this test's kernel objects: `strait-test-PID-N`.
-public func uniqueTestName(_ stem: String = "strait-test") -> String {
-    struct Counter { nonisolated(unsafe) static var value = 0; static let lock = NSLock() }
-    let n = Counter.lock.withLock { Counter.value += 1; return Counter.value }
-    return "\(stem)-\(getpid())-\(n)"
-}

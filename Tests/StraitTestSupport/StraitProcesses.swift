@@ -1,4 +1,5 @@
 import Foundation
+import StraitSystem
 
 #if canImport(Glibc)
 import Glibc
@@ -21,7 +22,7 @@ public enum StraitProcesses {
         try process.run()
         let deadline = Date().addingTimeInterval(timeout)
         while process.isRunning && Date() < deadline { usleep(5_000) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        if process.isRunning { try? ProcessCall.signal(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
         let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         return (process.terminationStatus, text)

@@ -68,6 +68,10 @@ libraries=$(ldd "$binary" | awk '{print $1}' | xargs)
 echo "     ldd: $libraries"
 check "no Swift runtime or interposer in ldd" sh -c "! ldd '$binary' | grep -Eq 'libswift|libFoundation|libdispatch|MallocInterposer|\.build/'"
 check "libbpf linked dynamically" sh -c "ldd '$binary' | grep -q libbpf"
+# No benchmark code inside (issue 14): no symbol of the bench targets, the test fixtures or the
+# interposer. The first check shows nm reads the binary's Swift symbols at all.
+check "nm lists the binary's Swift symbols" sh -c "nm '$binary' | grep -q StraitProxy"
+check "no benchmark or test-support symbols (nm)" sh -c "! nm '$binary' | grep -Eq 'StraitBench|StraitNetBench|StraitTestSupport|MallocInterposer'"
 
 # From here the build folder is hidden.
 check "the build folder is out of reach" unshare --mount --propagation private sh -c 'mount -t tmpfs x "$1/.build" && [ -z "$(ls -A "$1/.build")" ]' sh "$repo"

@@ -1,5 +1,6 @@
-// OS declarations the Swift Glibc module leaves out. Functions that need _GNU_SOURCE are wrapped
-// in shim.c (which defines it) so this header never changes how system headers read elsewhere.
+// The one C shim of Strait: OS declarations the Swift Glibc module leaves out. Functions that need
+// _GNU_SOURCE are wrapped in the .c files (which define it) so this header never changes how system
+// headers read elsewhere. Every name defined here starts with strait_ (or STRAIT_).
 #pragma once
 #include <sys/statfs.h>
 #include <sys/mount.h>
@@ -63,3 +64,26 @@ ssize_t strait_send_with_descriptors(int socket, const void *bytes, size_t lengt
 /// non-zero when the sender attached more descriptors than fit (the kernel closed the extra ones).
 ssize_t strait_receive_with_descriptors(int socket, void *bytes, size_t capacity, int *fds, unsigned int fd_capacity,
                                         unsigned int *fd_count, int *truncated);
+
+// ---- The reactor (StraitNet's Poll layer): epoll, eventfd, accept4, loop threads ----
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+// tcp_info.c reads the kernel's own struct tcp_info from linux/tcp.h, which cannot be included with
+// glibc's netinet/tcp.h; it defines STRAIT_KERNEL_TCP_INFO to leave the glibc copy out.
+#ifndef STRAIT_KERNEL_TCP_INFO
+#include <netinet/tcp.h>
+#endif
+
+/// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC (accept4 needs _GNU_SOURCE, set in reactor.c).
+int strait_accept4_nonblocking(int fd);
+/// accept4(2) with `flags` (SOCK_NONBLOCK, SOCK_CLOEXEC), no peer address.
+int strait_accept4(int fd, int flags);
+
+/// Sets the calling thread's scheduler slice (EEVDF, Linux 6.12 and later) to `nanoseconds`
+/// with sched_setattr(2), keeping its policy and nice value; the kernel clamps it to 0.1-100 ms.
+/// A shorter slice lets the thread preempt a longer-slice thread when it wakes up. Returns 0,
+/// or -1 with errno set (EINVAL on kernels without custom slices).
+int strait_set_thread_slice(unsigned long long nanoseconds);
+
+/// Names the calling thread (at most 15 bytes), for top and debuggers.
+void strait_set_thread_name(const char *name);

@@ -79,9 +79,9 @@ public final class BPFLink: @unchecked Sendable {
     ) throws(BPFError) -> BPFLink {
         let fd = bpf_link_create(program.descriptor.rawValue, target, attachType, nil)
         if fd >= 0 { return BPFLink(descriptor: Descriptor(taking: fd), summary: summary) }
-        let errno = Errno(rawValue: -fd)
-        guard legacyAllowed, errno == .invalidArgument || errno == .notSupported else {
-            throw .call("bpf_link_create(\(summary))", errno)
+        let code = Errno(rawValue: -fd)
+        guard legacyAllowed, code == .invalidArgument || code == .notSupported else {
+            throw .call("bpf_link_create(\(summary))", code)
         }
         let programFD = try Descriptor.duplicate(program.descriptor.rawValue, "dup(program)")
         let targetFD = try Descriptor.duplicate(target, "dup(attach target)")

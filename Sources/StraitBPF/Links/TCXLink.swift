@@ -34,11 +34,11 @@ extension BPFProgram {
         let summary = "\(name) → tcx \(direction) on ifindex \(ifindex)"
         let fd = bpf_link_create(descriptor.rawValue, CInt(ifindex), direction.attachType, nil)
         guard fd >= 0 else {
-            let errno = Errno(rawValue: -fd)
-            if errno == .invalidArgument {
+            let code = Errno(rawValue: -fd)
+            if code == .invalidArgument {
                 throw .unsupported("bpf_link_create(\(summary)) failed with EINVAL: tcx links need Linux 6.6 or later, and a `tc` (sched_cls) program")
             }
-            throw .call("bpf_link_create(\(summary))", errno)
+            throw .call("bpf_link_create(\(summary))", code)
         }
         return BPFLink(descriptor: Descriptor(taking: fd), summary: summary)
     }

@@ -126,7 +126,7 @@ public final class DatagramGroup: @unchecked Sendable {
         do throws(SystemCallError) {
             try SocketCall.setOption(fd, level: SOL_SOCKET, name: SO_REUSEPORT, value: 1)
             try SocketCall.setOption(fd, level: SOL_SOCKET, name: SO_RCVBUF, value: 4 << 20)
-            try address.withSockaddr { pointer, length throws(SystemCallError) in try SocketCall.bind(fd, pointer, length) }
+            try SocketCall.bind(fd, to: address)
             return fd
         } catch {
             closeDescriptor(fd)

@@ -1,4 +1,4 @@
-import CStraitNet
+import CStraitSystem
 import StraitSystem
 import SystemPackage
 
@@ -7,8 +7,8 @@ import Glibc
 #endif
 
 /// The Linux-only calls under the reactor, wrapped once like everything in `StraitSystem.SocketCall`
-/// (errno read right after the call, `EINTR` retried). They live here because their C declarations
-/// come from this module's `CStraitNet` bridge, which Swift's Glibc module lacks.
+/// (errno read right after the call, `EINTR` retried). They live in StraitNet's Poll layer, epoll's
+/// one user; their C declarations (which Swift's Glibc module lacks) come from the `CStraitSystem` shim.
 enum EpollCall {
     static let input = UInt32(EPOLLIN.rawValue)
     static let output = UInt32(EPOLLOUT.rawValue)

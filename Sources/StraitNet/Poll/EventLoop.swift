@@ -1,5 +1,5 @@
 import Atomics
-import CStraitNet
+import CStraitSystem
 import DequeModule
 import HeapModule
 import StraitSystem

@@ -26,7 +26,7 @@ public final class Listener: Sendable {
         do {
             try SocketCall.setOption(fd, level: SOL_SOCKET, name: SO_REUSEADDR, value: 1)
             if reusePort { try SocketCall.setOption(fd, level: SOL_SOCKET, name: SO_REUSEPORT, value: 1) }
-            try address.withSockaddr { pointer, length throws(SystemCallError) in try SocketCall.bind(fd, pointer, length) }
+            try SocketCall.bind(fd, to: address)
             try SocketCall.listen(fd, backlog: CInt(backlog))
             return Listener(fd: fd, address: try SocketAddress.local(of: fd))
         } catch {
@@ -41,7 +41,7 @@ public final class Listener: Sendable {
         try SocketCall.unlinkIfPresent(path)
         let fd = try SocketCall.socket(domain: AF_UNIX, type: CInt(SOCK_STREAM.rawValue))
         do {
-            try address.withSockaddr { pointer, length throws(SystemCallError) in try SocketCall.bind(fd, pointer, length) }
+            try SocketCall.bind(fd, to: address)
             try SocketCall.listen(fd, backlog: CInt(backlog))
             return Listener(fd: fd, address: address)
         } catch {

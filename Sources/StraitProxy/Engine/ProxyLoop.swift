@@ -1,4 +1,4 @@
-import CStraitNet
+import CStraitSystem
 import Foundation
 import StraitSystem
 import Synchronization

@@ -1,3 +1,5 @@
+// What StraitNet's reactor needs beyond Glibc's module: accept4 (a _GNU_SOURCE call), the
+// scheduler slice of a loop thread, and thread names.
 #define _GNU_SOURCE
 #include <stddef.h>
 #include <sys/socket.h>
@@ -8,7 +10,7 @@
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-#include "CStraitNet.h"
+#include "strait_system.h"
 
 // struct sched_attr of sched_setattr(2), size SCHED_ATTR_SIZE_VER1; glibc declares none.
 struct strait_sched_attr {
@@ -40,4 +42,8 @@ void strait_set_thread_name(const char *name) {
 
 int strait_accept4_nonblocking(int fd) {
     return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+}
+
+int strait_accept4(int fd, int flags) {
+    return accept4(fd, NULL, NULL, flags);
 }

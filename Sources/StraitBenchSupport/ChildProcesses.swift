@@ -18,6 +18,8 @@ public enum ChildProcesses {
         _ = slots  // initialized here, never in the handler
         for signalNumber in [SIGINT, SIGTERM] {
             signal(signalNumber) { received in
+                // Raw kill(2) and _exit(2): only async-signal-safe calls in a handler (ProcessCall
+                // formats an error message, which allocates).
                 for index in 0..<ChildProcesses.capacity where ChildProcesses.slots[index] > 0 {
                     kill(ChildProcesses.slots[index], SIGKILL)
                 }
@@ -26,13 +28,15 @@ public enum ChildProcesses {
         }
     }
 
-    static func add(_ pid: pid_t) {
+    /// Registers a child that the interrupt handler must kill; ``remove(_:)`` once it is reaped.
+    public static func add(_ pid: pid_t) {
         lock.withLock {
             if let free = (0..<capacity).first(where: { slots[$0] == 0 }) { slots[free] = pid }
         }
     }
 
-    static func remove(_ pid: pid_t) {
+    /// Forgets a child that has exited.
+    public static func remove(_ pid: pid_t) {
         lock.withLock {
             for index in 0..<capacity where slots[index] == pid { slots[index] = 0 }
         }

@@ -17,14 +17,9 @@ public enum HostilePeers {
 
     /// A connected blocking IPv4 socket to 127.0.0.1:`port`, with send and receive timeouts.
     public static func connect(port: UInt16, timeoutSeconds: Int = 30) throws -> TestSocket {
-        let fd = try systemCall("socket") { Glibc.socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0) }
+        let fd = try SocketCall.socket(domain: AF_INET, type: CInt(SOCK_STREAM.rawValue), nonBlocking: false)
         let connection = TestSocket(fd: fd)
-        var address = loopbackIPv4(port: port)
-        try withUnsafePointer(to: &address) { pointer in
-            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
-                _ = try systemCall("connect") { Glibc.connect(fd, raw, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-        }
+        try SocketCall.connect(fd, to: .loopback(port: port))
         connection.setReceiveTimeout(seconds: timeoutSeconds)
         return connection
     }
@@ -34,24 +29,18 @@ public enum HostilePeers {
     /// the path between them (socket buffers, the proxy, the kernel's queues) took in before
     /// back-pressure stopped the writer: an upper bound on what the connection holds in memory.
     public static func pushUntilStalled(_ socket: TestSocket, pattern: PatternStream, limit: Int, stall: Duration, chunk: Int = 256 << 10) throws -> Int {
-        let flags = fcntl(socket.fd, F_GETFL)
-        _ = fcntl(socket.fd, F_SETFL, flags | O_NONBLOCK)
-        defer { _ = fcntl(socket.fd, F_SETFL, flags) }
         var sent = 0
         var lastProgress = ContinuousClock.now
         while sent < limit && ContinuousClock.now - lastProgress < stall {
             let length = min(chunk, limit - sent)
             let bytes = pattern.bytes(at: sent, count: length)
-            let result = try bytes.withUnsafeBytes { raw in
-                try nonBlockingCall("send") { Glibc.send(socket.fd, raw.baseAddress!, length, Int32(MSG_NOSIGNAL)) }
-            }
+            let result = try bytes.withUnsafeBytes { raw in try RelayCall.send(socket.fd, raw) }
             switch result {
             case .done(let count):
                 sent += count
                 lastProgress = .now
             case .wouldBlock:
-                var poller = pollfd(fd: socket.fd, events: Int16(POLLOUT), revents: 0)
-                _ = poll(&poller, 1, 10)
+                _ = try SocketCall.waitWritable(socket.fd, timeout: .milliseconds(10))
             }
         }
         return sent
@@ -128,8 +117,7 @@ public enum HostilePeers {
 
 /// Closes a socket so the peer sees a reset.
 public func resetClose(_ socket: TestSocket) {
-    var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
-    setsockopt(socket.fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+    try? SocketCall.setResetOnClose(socket.fd)
     socket.close()
 }
 
@@ -146,6 +134,7 @@ public struct ResourceSnapshot: Sendable, CustomStringConvertible {
     /// Open descriptors of this process.
     public var descriptors: Int
 
+    /// Reads the four numbers now: three small /proc files and a listing of /proc/self/fd.
     public static func now() -> ResourceSnapshot {
         ResourceSnapshot(
             memoryAvailable: field("/proc/meminfo", "MemAvailable:") * 1024,

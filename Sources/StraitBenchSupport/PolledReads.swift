@@ -1,7 +1,9 @@
 import Foundation
+import StraitSystem
 
 /// A read that did not end in data or end of stream: the errno, or ETIMEDOUT after the deadline.
 public struct ReadFailure: Error, CustomStringConvertible {
+    /// The errno value.
     public let code: Int32
     public init(code: Int32) { self.code = code }
     public var description: String { "read failed: \(String(cString: strerror(code))) (errno \(code))" }
@@ -13,6 +15,7 @@ public struct ReadFailure: Error, CustomStringConvertible {
 /// `SkmsgTests.blockingReceiveOnTrackedEndpoint` in StraitProxyTests), which would end a transfer that has not failed,
 /// so every other test reads this way and checks what it is about: the bytes.
 extension TestSocket {
+    /// How long one polled read waits for a byte before it reports `ETIMEDOUT`.
     public static let readDeadline: Duration = .seconds(10)
 
     /// One read into `buffer`: the count, 0 at end of stream, or -errno (-ETIMEDOUT at the deadline).
@@ -21,21 +24,16 @@ extension TestSocket {
         while true {
             let left = deadline - ContinuousClock.now
             guard left > .zero else { return -Int(ETIMEDOUT) }
-            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let milliseconds = CInt(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
-            let ready = poll(&entry, 1, milliseconds)
-            if ready < 0 {
-                if errno == EINTR { continue }
-                return -Int(errno)
+            do {
+                guard try SocketCall.waitReadable([fd], timeout: left) != nil else { continue }
+                if case .done(let got) = try RelayCall.receive(fd, into: buffer) { return got }
+            } catch {
+                return -Int(error.errno.rawValue)
             }
-            if ready == 0 { continue }
-            let got = recv(fd, buffer.baseAddress!, buffer.count, Int32(MSG_DONTWAIT))
-            if got >= 0 { return got }
-            if errno == EAGAIN || errno == EINTR { continue }
-            return -Int(errno)
         }
     }
 
+    /// One polled read of at most `max` bytes into a scratch buffer: the count, 0 or -errno.
     public func polledReceiveOnce(max: Int = 1 << 16) -> Int {
         var buffer = [UInt8](repeating: 0, count: max)
         return buffer.withUnsafeMutableBytes { polledReceive(into: $0) }

@@ -15,7 +15,7 @@ public enum LeftoverSweep {
         guard let prefix = prefixes.first(where: { name.hasPrefix($0) }),
             let pid = Int32(name.dropFirst(prefix.count).split(separator: "-").first ?? "")
         else { return false }
-        return kill(pid, 0) != 0 && errno == ESRCH
+        return !ProcessCall.isAlive(pid)
     }
 
     static func sweep() {

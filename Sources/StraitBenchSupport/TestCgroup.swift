@@ -63,3 +63,11 @@ public final class TestCgroup: @unchecked Sendable {
         }
     }
 }
+
+/// A fresh name for a test's or benchmark's kernel objects: `STEM-PID-N` (``LeftoverSweep`` removes
+/// those whose process has died).
+public func uniqueTestName(_ stem: String = "strait-test") -> String {
+    struct Counter { nonisolated(unsafe) static var value = 0; static let lock = NSLock() }
+    let n = Counter.lock.withLock { Counter.value += 1; return Counter.value }
+    return "\(stem)-\(getpid())-\(n)"
+}

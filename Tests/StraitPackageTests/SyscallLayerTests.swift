@@ -1,0 +1,109 @@
+import Foundation
+import Testing
+
+/// One syscall layer (issue 14): features never create an epoll instance, accept with `accept4`, or
+/// read `errno` themselves; they call StraitSystem, whose `systemCall`/`nonBlockingCall` read errno
+/// once, right after the call. The only other place allowed is StraitNet's Poll layer, the reactor
+/// that wraps epoll the same way.
+@Suite("the syscall layer")
+struct SyscallLayerTests {
+    /// Folders (below Sources/) where raw calls belong.
+    static let layers = ["StraitSystem/", "CStraitSystem/", "StraitNet/Poll/"]
+
+    /// Files outside the layers that still make raw calls, each with why; the list only shrinks.
+    /// A file here that has no raw call any more fails the test too, so it is removed once fixed.
+    static let allowed: [String: String] = [
+        "StraitProxy/Proxy.swift": "issue 14: proxy move in progress",
+        "StraitProxy/Engine/ProxyLoop.swift": "issue 14: proxy move in progress",
+    ]
+
+    /// What counts as a raw call: `epoll_create1(`, `accept4(`, and `errno` read as the C global
+    /// (not `.errno`, a property of SystemCallError or BPFError, and not a label or binding).
+    static let names = ["epoll_create1", "accept4", "errno"]
+    static var patterns: [(name: String, regex: Regex<Substring>)] {
+        [
+            ("epoll_create1", /\bepoll_create1\s*\(/),
+            ("accept4", /\baccept4\s*\(/),
+            ("errno", /(?:^|[^.\w])errno(?![\w:])/),
+        ]
+    }
+
+    @Test("no epoll_create1, accept4 or raw errno read outside StraitSystem and StraitNet's Poll layer")
+    func rawCallsStayInTheLayer() throws {
+        var offenders: [String: [String]] = [:]
+        let patterns = Self.patterns
+        for (path, text) in try Self.sources() where !Self.layers.contains(where: path.hasPrefix) {
+            for (number, line) in Self.code(text).enumerated() {
+                // A plain substring test first: the regular expressions are slow on every line.
+                for pattern in patterns where line.contains(pattern.name) && line.contains(pattern.regex) {
+                    offenders[path, default: []].append("\(path):\(number + 1): \(pattern.name)")
+                }
+            }
+        }
+        let unexpected = offenders.filter { Self.allowed[$0.key] == nil }.values.flatMap { $0 }.sorted()
+        #expect(unexpected.isEmpty, "raw calls outside StraitSystem; call its wrappers instead:\n\(unexpected.joined(separator: "\n"))")
+        let fixed = Self.allowed.keys.filter { offenders[$0] == nil }.sorted()
+        #expect(fixed.isEmpty, "no raw call left in \(fixed): remove them from SyscallLayerTests.allowed")
+    }
+
+    @Test("the scan finds what it looks for")
+    func patternsMatch() {
+        let code = Self.code("let fd = epoll_create1(0)\nif errno == EINTR {}\n// accept4( in a comment\nerror.errno\nlet s = \"accept4(\"\nprint(\"failed: \\(strerror(errno))\")")
+        #expect(code[0].contains(Self.patterns[0].regex))
+        #expect(code[1].contains(Self.patterns[2].regex))
+        #expect(!code[2].contains(Self.patterns[1].regex), "comments are not code")
+        #expect(!code[3].contains(Self.patterns[2].regex), "a property named errno is not the C global")
+        #expect(!code[4].contains(Self.patterns[1].regex), "string literals are not code")
+        #expect(code[5].contains(Self.patterns[2].regex), "what a string interpolates is code")
+    }
+
+    /// Every Swift file below Sources/, keyed by its path below Sources/.
+    static func sources() throws -> [(String, String)] {
+        let root = PackageRoot.url.appending(path: "Sources")
+        let files = FileManager.default.enumerator(at: root, includingPropertiesForKeys: nil)?.compactMap { $0 as? URL } ?? []
+        return try files.filter { $0.pathExtension == "swift" }.map { file in
+            (String(file.path.dropFirst(root.path.count + 1)), try String(contentsOf: file, encoding: .utf8))
+        }
+    }
+
+    /// The lines of `text` with comments and string literals blanked (line count kept). What is
+    /// interpolated into a string (`"\\(errno)"`) is code and stays. Multi-line strings are read as code.
+    static func code(_ text: String) -> [String] {
+        text.split(separator: "\n", omittingEmptySubsequences: false).map { line in
+            guard names.contains(where: { line.contains($0) }) else { return "" }  // nothing to find
+            var kept = ""
+            var inString = false
+            var interpolation = 0  // parentheses open inside a string's \\( … )
+            var previous: Character = " "
+            for character in line {
+                if inString && interpolation == 0 {
+                    if character == "(" && previous == "\\" {
+                        interpolation = 1
+                    } else if character == "\"" && previous != "\\" {
+                        inString = false
+                    }
+                    kept.append(" ")
+                } else if character == "/" && previous == "/" {
+                    kept.removeLast()
+                    break
+                } else if character == "\"" {
+                    inString = true
+                    kept.append(" ")
+                } else {
+                    if interpolation > 0 {
+                        if character == "(" { interpolation += 1 }
+                        if character == ")" { interpolation -= 1 }
+                    }
+                    kept.append(interpolation == 0 && inString ? " " : character)
+                }
+                previous = character
+            }
+            return kept
+        }
+    }
+}
+
+/// The package's folder, from this file's path (Tests/StraitPackageTests/…).
+enum PackageRoot {
+    static let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+}
