@@ -49,6 +49,8 @@ public struct AccelBenchmark: Sendable {
         /// The calibration the accelerated runs used (nil when skipped) and the bulk sizes it redirects.
         public var calibration: AccelCalibration?
         public var redirectedBulkSizes: String
+        /// The small-write sizes whose streams stay redirected (the calibration's answer).
+        public var redirectedStreamSizes: String
 
         public struct Row: Sendable, Codable {
             public var messageBytes: Int
@@ -64,6 +66,9 @@ public struct AccelBenchmark: Sendable {
             public var acceleratedP50Us: Double
             public var plainP99Us: Double
             public var acceleratedP99Us: Double
+            /// Share of the accelerated runs' sends that were redirected (the kernel counters over
+            /// those runs): near 1 when request/response detection kept both directions redirected.
+            public var redirectedShare: Double
         }
 
         public struct HTTP: Sendable, Codable {
@@ -96,7 +101,8 @@ public struct AccelBenchmark: Sendable {
         defer { try? accelerator.disable() }
         let calibrated = try accelerator.calibration()
         let bulkSizes = AccelCalibration.describe(try accelerator.redirectedBulkSizes())
-        progress("bulk sends redirected: \(bulkSizes)")
+        let streamSizes = AccelCalibration.describe(try accelerator.redirectedStreamSizes())
+        progress("bulk sends redirected: \(bulkSizes); small-write streams redirected: \(streamSizes)")
 
         let iperf = Iperf3()
         let inside = Launcher(cgroupPath: cgroup.path)
@@ -130,18 +136,25 @@ public struct AccelBenchmark: Sendable {
 
         let sockperf = Sockperf()
         var plainLatency: [Sockperf.Latency] = [], acceleratedLatency: [Sockperf.Latency] = []
+        var latencySends = (redirected: UInt64(0), all: UInt64(0))
         for round in 0..<repeats {
             if shouldStop() { throw BenchError.interrupted }
             for useAcceleration in round % 2 == 0 ? [false, true] : [true, false] {
+                let before = try accelerator.counters()
                 let value = try sockperf.pingPong(messageBytes: latencyMessageBytes, seconds: seconds, port: freePort(), launcher: useAcceleration ? inside : .plain)
                 if useAcceleration { acceleratedLatency.append(value) } else { plainLatency.append(value) }
+                let after = try accelerator.counters()
+                latencySends.redirected += after.redirected_messages - before.redirected_messages
+                latencySends.all += after.redirected_messages + after.fallback_stack_messages + after.fallback_no_peer_messages
+                    - before.redirected_messages - before.fallback_stack_messages - before.fallback_no_peer_messages
             }
         }
         let latency = Report.Latency(
             messageBytes: latencyMessageBytes,
             plainP50Us: median(plainLatency.map(\.p50Microseconds)), acceleratedP50Us: median(acceleratedLatency.map(\.p50Microseconds)),
-            plainP99Us: median(plainLatency.map(\.p99Microseconds)), acceleratedP99Us: median(acceleratedLatency.map(\.p99Microseconds)))
-        progress(String(format: "ping-pong %d B: p50 plain %.1f µs, accelerated %.1f µs", latencyMessageBytes, latency.plainP50Us, latency.acceleratedP50Us))
+            plainP99Us: median(plainLatency.map(\.p99Microseconds)), acceleratedP99Us: median(acceleratedLatency.map(\.p99Microseconds)),
+            redirectedShare: latencySends.all > 0 ? Double(latencySends.redirected) / Double(latencySends.all) : 0)
+        progress(String(format: "ping-pong %d B: p50 plain %.1f µs, accelerated %.1f µs (%.1f%% of its sends redirected)", latencyMessageBytes, latency.plainP50Us, latency.acceleratedP50Us, latency.redirectedShare * 100))
 
         var http: Report.HTTP?
         if let httpServer {
@@ -164,7 +177,7 @@ public struct AccelBenchmark: Sendable {
         let unix = try UnixStream.throughput(messageBytes: 65_536, seconds: seconds)
         return Report(
             throughput: rows, latency: latency, http: http, afUnixGbitS: unix, mode: policy.adaptive ? "adaptive" : "always",
-            calibration: calibrated, redirectedBulkSizes: bulkSizes)
+            calibration: calibrated, redirectedBulkSizes: bulkSizes, redirectedStreamSizes: streamSizes)
     }
 }
 
