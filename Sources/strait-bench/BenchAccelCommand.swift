@@ -71,7 +71,6 @@ struct BenchAccel: ParsableCommand {
             if withAlways, let always = row.alwaysRedirectGbitS { line += [String(format: "%.2f", always), ratio(always, row.plainGbitS)] }
             rows.append(line)
         }
-        let latency = report.latency
         let at64k = report.throughput.first { $0.messageBytes == 65_536 }
         var text = "Bulk sends redirected: \(report.redirectedBulkSizes); small-write streams redirected: \(report.redirectedStreamSizes)"
         if let calibration = report.calibration {
@@ -81,12 +80,14 @@ struct BenchAccel: ParsableCommand {
         text += "\n\nSame-host TCP, plain against Strait accel (\(report.mode)), iperf3 one stream:\n\n" + table(rows)
         text += String(format: "\n\nAF_UNIX stream, 64 KiB writes, same run: %.2f Gbit/s", report.afUnixGbitS)
         if let at64k { text += "  (accelerated 64 KiB reaches " + ratio(at64k.acceleratedGbitS, report.afUnixGbitS) + " of it)" }
-        text += "\n\n" + table([
-            ["ping-pong \(latency.messageBytes) B", "plain µs", "accelerated µs", "ratio"],
-            ["p50", String(format: "%.1f", latency.plainP50Us), String(format: "%.1f", latency.acceleratedP50Us), ratio(latency.acceleratedP50Us, latency.plainP50Us)],
-            ["p99", String(format: "%.1f", latency.plainP99Us), String(format: "%.1f", latency.acceleratedP99Us), ratio(latency.acceleratedP99Us, latency.plainP99Us)],
-        ])
-        text += String(format: "\n(accelerated ping-pong: %.1f%% of its sends redirected)", latency.redirectedShare * 100)
+        for (latency, placement) in [(report.latency, "CPUs as scheduled"), (report.latencyOneCpu, "one CPU")] {
+            text += "\n\n" + table([
+                ["ping-pong \(latency.messageBytes) B, \(placement)", "plain µs", "accelerated µs", "ratio"],
+                ["p50", String(format: "%.1f", latency.plainP50Us), String(format: "%.1f", latency.acceleratedP50Us), ratio(latency.acceleratedP50Us, latency.plainP50Us)],
+                ["p99", String(format: "%.1f", latency.plainP99Us), String(format: "%.1f", latency.acceleratedP99Us), ratio(latency.acceleratedP99Us, latency.plainP99Us)],
+            ])
+            text += String(format: "\n(accelerated: %.1f%% of its sends redirected)", latency.redirectedShare * 100)
+        }
         if let http = report.http {
             text += "\n\n" + table([
                 ["keep-alive HTTP/1.1, wrk -c\(http.connections)", "plain", "accelerated", "ratio"],

@@ -48,7 +48,7 @@ struct strait_accel_config {
 #define STRAIT_ACCEL_CALIBRATION_POINTS 8
 
 /// One message size of a calibration: one stream's throughput plain and redirected, per CPU
-/// placement (index 0: both ends on one CPU; 1: on two CPUs; 0 when not measured).
+/// placement (index 0: both ends on one CPU; 1: on two CPUs; see `placements`).
 struct strait_accel_calibration_point {
     __u32 message_bytes;
     /// 1 if sends of this size (down to the previous point's) redirect: bulk sends, and streams of
@@ -72,7 +72,8 @@ struct strait_accel_calibration {
     __u32 points;
     /// Interleaved plain/redirected pairs measured per size and placement.
     __u32 pairs;
-    __u32 reserved;
+    /// CPU placements measured (1 or 2): how many entries of each point's arrays are filled.
+    __u32 placements;
     struct strait_accel_calibration_point point[STRAIT_ACCEL_CALIBRATION_POINTS];
 };
 
