@@ -201,10 +201,12 @@ struct AccelCalibrationTests {
 
     @Test("decision rule: median and lower bound from interleaved pairs, on synthetic samples")
     func decisionRuleArithmetic() {
-        // Sign-test ranks at 90%: 3 pairs cannot give it, 4–6 give the smallest, 7–8 the second smallest.
+        // Sign-test ranks at 90%: 3 pairs cannot give it, 4–6 give the smallest, 7–8 the second smallest;
+        // at 80% (the rule's default) 2 pairs cannot, 3–4 give the smallest, 5–6 the second smallest.
         #expect([3, 4, 5, 6, 7, 8].map { AccelCalibration.RatioSummary.lowerBoundRank(count: $0, confidence: 0.9) } == [0, 1, 1, 1, 2, 2])
-        let summary = AccelCalibration.RatioSummary(ratios: [1.4, 0.9, 1.2, 1.1, 1.3], confidence: 0.9)
-        #expect(summary == .init(median: 1.2, lowerBound: 0.9))
+        #expect([2, 3, 4, 5, 6].map { AccelCalibration.RatioSummary.lowerBoundRank(count: $0, confidence: 0.8) } == [0, 1, 1, 2, 2])
+        #expect(AccelCalibration.RatioSummary(ratios: [1.4, 0.9, 1.2, 1.1, 1.3], confidence: 0.9) == .init(median: 1.2, lowerBound: 0.9))
+        #expect(AccelCalibration.RatioSummary(ratios: [1.4, 0.9, 1.2, 1.1, 1.3], confidence: 0.8) == .init(median: 1.2, lowerBound: 1.1))
 
         let rule = AccelCalibration.DecisionRule()
         func point(_ plain: [[Double]], _ redirected: [[Double]]) -> AccelCalibration.Point {
@@ -213,14 +215,15 @@ struct AccelCalibrationTests {
         let clear = point([[10, 12, 11, 10, 9], [20, 21, 19, 22, 20]], [[20, 25, 21, 19, 18], [30, 33, 29, 31, 30]])
         #expect(clear.redirects && clear.plainGbitS == [10, 20] && clear.redirectedGbitS == [20, 30])
         #expect(clear.ratios[0].median == 2 && abs(clear.worstRatio - 1.5) < 1e-9)
-        // One pair where redirect lost: the median wins, the lower bound does not beat plain.
-        #expect(!point([[10, 10, 10, 10, 10]], [[15, 15, 9, 15, 15]]).redirects)
+        // One pair where redirect lost (a run starved by another process) does not veto; two do.
+        #expect(point([[10, 10, 10, 10, 10]], [[15, 15, 9, 15, 15]]).redirects)
+        #expect(!point([[10, 10, 10, 10, 10]], [[15, 15, 9, 15, 8]]).redirects)
         // Consistently ahead but by less than the minimum gain.
         #expect(!point([[10, 10, 10, 10, 10]], [[10.2, 10.1, 10.25, 10.15, 10.2]]).redirects)
         // Wins on one CPU, loses on two: the program cannot tell placements apart, so stack.
         #expect(!point([[10, 10, 10, 10, 10], [20, 20, 20, 20, 20]], [[20, 20, 20, 20, 20], [15, 15, 15, 15, 15]]).redirects)
-        // Three pairs cannot give 90% confidence: stack, however large the gain.
-        #expect(!point([[10, 10, 10]], [[30, 30, 30]]).redirects)
+        // Two pairs (a measurement cut at its deadline) cannot give 80% confidence: stack, however large the gain.
+        #expect(!point([[10, 10]], [[30, 30]]).redirects)
         // A plain run hit by someone else's build (one pair at 6x) moves the median by one rank only.
         let outlier = point([[10, 10, 10, 2, 10]], [[9, 9.5, 9, 12, 9.8]])
         #expect(!outlier.redirects && outlier.ratios[0].median == 0.95)
@@ -244,7 +247,7 @@ struct AccelCalibrationTests {
             return Double(taken) / Double(trials)
         }
         #expect(redirectShare(trueRatio: 2.5) == 1, "a 2.5x gain (64 KiB on this machine kind) always redirects")
-        #expect(redirectShare(trueRatio: 1.0) < 0.01, "no gain: plain wins the draw")
+        #expect(redirectShare(trueRatio: 1.0) < 0.05, "no gain: plain wins the draw")
         #expect(redirectShare(trueRatio: 0.8) == 0, "a loss never redirects")
     }
 
