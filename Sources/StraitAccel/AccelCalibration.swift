@@ -112,11 +112,15 @@ public struct AccelCalibration: Sendable, Codable, Equatable {
         }
 
         /// Decides from raw samples: `plain[placement][pair]` and `redirected[placement][pair]`,
-        /// the two runs of a pair taken one after the other.
+        /// the two runs of a pair taken one after the other. A pair with a run that moved nothing (a
+        /// thread the machine never scheduled in time) says nothing about the path and is left out,
+        /// so it can neither give nor veto a redirect; fewer pairs give a lower bound further down.
         public init(messageBytes: Int, plain: [[Double]], redirected: [[Double]], rule: DecisionRule) {
-            let summaries = zip(plain, redirected).map { plain, redirected in
-                RatioSummary(ratios: zip(redirected, plain).map { $1 > 0 ? $0 / $1 : 0 }, confidence: rule.confidence)
+            let valid = zip(plain, redirected).map { plain, redirected in zip(plain, redirected).filter { $0 > 0 && $1 > 0 } }
+            let summaries = valid.map { pairs in
+                RatioSummary(ratios: pairs.map { $1 / $0 }, confidence: rule.confidence)
             }
+            let plain = valid.map { $0.map { $0.0 } }, redirected = valid.map { $0.map { $0.1 } }
             self.init(
                 messageBytes: messageBytes, plainGbitS: plain.map(RatioSummary.median(of:)), redirectedGbitS: redirected.map(RatioSummary.median(of:)),
                 ratios: summaries, redirects: rule.redirects(summaries))

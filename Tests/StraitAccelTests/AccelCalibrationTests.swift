@@ -222,6 +222,9 @@ struct AccelCalibrationTests {
         #expect(!point([[10, 10, 10, 10, 10]], [[10.2, 10.1, 10.25, 10.15, 10.2]]).redirects)
         // Wins on one CPU, loses on two: the program cannot tell placements apart, so stack.
         #expect(!point([[10, 10, 10, 10, 10], [20, 20, 20, 20, 20]], [[20, 20, 20, 20, 20], [15, 15, 15, 15, 15]]).redirects)
+        // A pair with a run that moved nothing is left out: the other four decide (smallest ratio, 2x).
+        let starved = point([[10, 0, 10, 10, 10]], [[20, 20, 20, 20, 20]])
+        #expect(starved.redirects && starved.ratios[0] == .init(median: 2, lowerBound: 2))
         // Two pairs (a measurement cut at its deadline) cannot give 80% confidence: stack, however large the gain.
         #expect(!point([[10, 10]], [[30, 30]]).redirects)
         // A plain run hit by someone else's build (one pair at 6x) moves the median by one rank only.
