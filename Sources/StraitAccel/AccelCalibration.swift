@@ -3,60 +3,177 @@ import StraitBPF
 import StraitKernelABI
 import StraitSystem
 
-/// Where, on this machine, redirecting bulk sends beats TCP over loopback: one stream per message
-/// size, plain and redirected, with both ends on one CPU and, where there are two, on two CPUs.
+/// Where, on this machine, redirecting beats TCP over loopback: one stream per message size, from
+/// small writes to bulk, plain and redirected, with both ends on one CPU and, where there are two,
+/// on two CPUs.
 ///
-/// Why measure instead of a constant: whether sk_msg's ingress redirect beats loopback TCP for bulk
-/// depends on the machine (memory bandwidth, caches, how the two ends land on CPUs) and on the
-/// kernel's tcp_bpf send path. On one machine kind it wins 2x from 16 KiB up; on another it loses a
-/// fifth below 256 KiB. A size redirects only if, in every placement measured, its slower
-/// redirected run beat the faster plain run by ``AccelCalibration/Plan/minimumGain``, so a machine
-/// where it loses (or a measurement too noisy to tell) keeps plain TCP's speed and a machine (or
-/// later kernel) where it wins takes the gain.
+/// Why measure instead of a constant: whether sk_msg's ingress redirect beats loopback TCP depends
+/// on the machine (memory bandwidth, caches, how the two ends land on CPUs) and on the kernel's
+/// tcp_bpf send path. On one machine kind it wins 2x from 16 KiB up; on another it loses a fifth
+/// below 256 KiB; a kernel that corks redirected small writes may win there too.
+///
+/// How it decides (``DecisionRule``): each size and placement is measured as several interleaved
+/// pairs, one plain and one redirected run each, spread over the whole measurement so that a burst
+/// of load from elsewhere lands on one pair rather than on one side. A size redirects only if, in
+/// every placement, the median of its pairs' ratios (redirected over plain) reaches
+/// ``DecisionRule/minimumGain`` and the lower confidence bound of that median beats plain. A
+/// machine where redirect loses, or a measurement too noisy to tell, keeps plain TCP's speed; a
+/// machine (or later kernel) where it wins clearly takes the gain.
 public struct AccelCalibration: Sendable, Codable, Equatable {
+    /// The pairs' ratios of one size in one placement: their median and the lower bound of a
+    /// one-sided confidence interval for that median.
+    public struct RatioSummary: Sendable, Codable, Equatable {
+        public var median: Double
+        /// The j-th smallest ratio, for the largest j such that the true median lies above it with
+        /// at least the asked confidence (a sign test: each ratio falls below the median with
+        /// probability 1/2). 0 when there are too few pairs to give that confidence.
+        public var lowerBound: Double
+
+        public init(median: Double, lowerBound: Double) {
+            self.median = median
+            self.lowerBound = lowerBound
+        }
+
+        /// Summarizes `ratios` at `confidence` (for example 0.9).
+        public init(ratios: [Double], confidence: Double) {
+            let sorted = ratios.sorted()
+            median = Self.median(of: sorted)
+            let rank = Self.lowerBoundRank(count: sorted.count, confidence: confidence)
+            lowerBound = rank > 0 ? sorted[rank - 1] : 0
+        }
+
+        /// The middle value (mean of the two middle ones for an even count); 0 for none. The
+        /// benchmarks have their own (StraitBench), which this shipping target cannot import.
+        static func median(of values: [Double]) -> Double {
+            guard !values.isEmpty else { return 0 }
+            let sorted = values.sorted(), middle = sorted.count / 2
+            return sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+        }
+
+        /// The rank j (1-based, 0 for none) of the lower bound among `count` sorted ratios: the
+        /// largest j with P(Binomial(count, 1/2) < j) ≤ 1 - confidence.
+        static func lowerBoundRank(count: Int, confidence: Double) -> Int {
+            var rank = 0, below = 0.0, choose = 1.0
+            let total = pow(2.0, Double(count))
+            for j in 0..<count {
+                // below = P(B <= j) once C(count, j) is added.
+                below += choose / total
+                guard below <= 1 - confidence else { break }
+                rank = j + 1
+                choose = choose * Double(count - j) / Double(j + 1)
+            }
+            return rank
+        }
+    }
+
+    /// When a size redirects, from its pairs in every placement.
+    public struct DecisionRule: Sendable, Equatable {
+        /// The median ratio must reach this: a smaller gain is not worth a path that, on a bad
+        /// placement, can lose.
+        public var minimumGain = 1.03
+        /// Confidence of the lower bound that must beat plain (ratio above 1). 80% makes it the
+        /// second smallest of 5 ratios: one pair spoiled by another process's burst (on a loaded
+        /// 2-CPU VM a 20 ms run is sometimes not scheduled at all) does not veto a clear gain, while
+        /// a size with no gain still passes in only about 1 case in 30 (both placements).
+        public var confidence = 0.8
+
+        public init() {}
+
+        /// Redirect only if every placement's median reaches ``minimumGain`` and its lower bound
+        /// beats plain; no placement measured means no redirect.
+        public func redirects(_ placements: [RatioSummary]) -> Bool {
+            !placements.isEmpty && placements.allSatisfy { $0.median >= minimumGain && $0.lowerBound > 1 }
+        }
+    }
+
     /// One message size: Gbit/s of one stream by CPU placement (index 0 both ends on one CPU,
     /// index 1 on two CPUs; one entry on a one-CPU machine), and the decision taken.
     public struct Point: Sendable, Codable, Equatable {
         public var messageBytes: Int
+        /// Medians of the plain and of the redirected runs, per placement.
         public var plainGbitS: [Double]
         public var redirectedGbitS: [Double]
-        /// Bulk sends of this size (up to the next point's size) redirect.
+        /// The pairs' ratios per placement (what the decision read).
+        public var ratios: [RatioSummary]
+        /// Sends of this size (down to the previous point's) redirect: bulk sends, and streams of
+        /// small writes.
         public var redirects: Bool
 
-        /// Redirected over plain (means of the two runs each) in the placement where redirect did worst.
-        public var worstRatio: Double {
-            zip(redirectedGbitS, plainGbitS).map { $1 > 0 ? $0 / $1 : 0 }.min() ?? 0
+        /// `ratios` nil: taken as the ratio of the medians, to the thousandth (as stored).
+        public init(messageBytes: Int, plainGbitS: [Double], redirectedGbitS: [Double], ratios: [RatioSummary]? = nil, redirects: Bool) {
+            self.messageBytes = messageBytes
+            self.plainGbitS = plainGbitS
+            self.redirectedGbitS = redirectedGbitS
+            self.ratios = ratios ?? zip(redirectedGbitS, plainGbitS).map { redirected, plain in
+                let ratio = plain > 0 ? (redirected / plain * 1000).rounded() / 1000 : 0
+                return RatioSummary(median: ratio, lowerBound: ratio)
+            }
+            self.redirects = redirects
         }
+
+        /// Decides from raw samples: `plain[placement][pair]` and `redirected[placement][pair]`,
+        /// the two runs of a pair taken one after the other. A pair with a run that moved nothing (a
+        /// thread the machine never scheduled in time) says nothing about the path and is left out,
+        /// so it can neither give nor veto a redirect; fewer pairs give a lower bound further down.
+        public init(messageBytes: Int, plain: [[Double]], redirected: [[Double]], rule: DecisionRule) {
+            let valid = zip(plain, redirected).map { plain, redirected in zip(plain, redirected).filter { $0 > 0 && $1 > 0 } }
+            let summaries = valid.map { pairs in
+                RatioSummary(ratios: pairs.map { $1 / $0 }, confidence: rule.confidence)
+            }
+            let plain = valid.map { $0.map { $0.0 } }, redirected = valid.map { $0.map { $0.1 } }
+            self.init(
+                messageBytes: messageBytes, plainGbitS: plain.map(RatioSummary.median(of:)), redirectedGbitS: redirected.map(RatioSummary.median(of:)),
+                ratios: summaries, redirects: rule.redirects(summaries))
+        }
+
+        /// The median ratio of the placement where redirect did worst.
+        public var worstRatio: Double { ratios.map(\.median).min() ?? 0 }
     }
 
-    /// What to measure and how long. The defaults take about 3.5 s on a two-CPU machine.
+    /// What to measure and how long. The defaults stream for 3.0 s in all and stop starting new
+    /// rounds at 4.5 s, set-up included.
     public struct Plan: Sendable, Equatable {
         /// Message sizes measured, ascending; each covers the sizes above the previous one's up to
-        /// its own, and the last everything above it too (see ``AccelCalibration/redirectSizeClasses``).
-        public var messageSizes = [16_384, 65_536, 262_144, 1 << 20]
-        /// Measured time of one run. Each size and placement runs plain, redirected, redirected,
-        /// plain (drift touches both alike), each on a fresh connection.
-        public var secondsPerRun = 0.08
-        /// Time each run streams before it starts counting (slow start, first allocations).
-        public var warmUpSeconds = 0.02
-        /// Redirect's slower run must be at least this much faster than plain's faster run, in
-        /// every placement, to be taken: a smaller win is within the noise of runs this short.
-        public var minimumGain = 1.05
+        /// its own, the first everything below it and the last everything above it (see
+        /// ``AccelCalibration/redirectSizeClasses``). Those under the policy's bulk size decide
+        /// streams of small writes, the others bulk sends.
+        public var messageSizes = [256, 1024, 4096, 16_384, 65_536, 262_144, 1 << 20]
+        /// Interleaved plain/redirected pairs per size and placement. With 5, the 80% lower bound
+        /// is the second smallest ratio.
+        public var pairs = 5
+        /// Time all runs stream together, warm-up included, split evenly over sizes × placements ×
+        /// pairs × 2 runs, each on a fresh connection.
+        public var streamingSeconds = 3.0
+        /// The whole calibration's budget, set-up included: no new round of pairs starts after it,
+        /// and the sizes decide on the rounds done (fewer pairs give a lower bound further down, or
+        /// none, so a cut measurement errs towards the stack). Keeps `enable` within 5 s.
+        public var deadlineSeconds = 4.5
+        /// Share of each run spent streaming before counting (slow start, first allocations).
+        public var warmUpShare = 0.25
+        public var rule = DecisionRule()
         /// Where the calibration's own cgroup is made; nil: the root of cgroup v2.
         public var parentCgroup: Cgroup?
 
         public init() {}
+
+        /// Length of one run, warm-up included, with `placements` CPU placements.
+        func secondsPerRun(placements: Int) -> Double {
+            streamingSeconds / Double(max(1, messageSizes.count * placements * pairs * 2))
+        }
     }
 
     /// When it was measured.
     public var measuredAt: Date
     /// How long the measurement took, setup included.
     public var elapsedSeconds: Double
+    /// Pairs per size and placement (0: not recorded).
+    public var pairs: Int
     public var points: [Point]
 
-    public init(measuredAt: Date, elapsedSeconds: Double, points: [Point]) {
+    public init(measuredAt: Date, elapsedSeconds: Double, pairs: Int = 0, points: [Point]) {
         self.measuredAt = measuredAt
         self.elapsedSeconds = elapsedSeconds
+        self.pairs = pairs
         self.points = points
     }
 
@@ -82,9 +199,19 @@ public struct AccelCalibration: Sendable, Codable, Equatable {
     /// Size ranges of bulk sends (at least `bulkBytes`) that `sizeClasses` redirects, e.g.
     /// `[16384..<262144]`; an upper bound of `Int.max` means "and larger".
     public static func redirectedRanges(sizeClasses: UInt32, bulkBytes: UInt32) -> [Range<Int>] {
+        ranges(of: sizeClasses, within: max(1, Int(bulkBytes))..<Int.max)
+    }
+
+    /// Size ranges of small writes (under `bulkBytes`) whose streams `sizeClasses` keeps redirected.
+    public static func redirectedStreamRanges(sizeClasses: UInt32, bulkBytes: UInt32) -> [Range<Int>] {
+        ranges(of: sizeClasses, within: 1..<max(1, Int(bulkBytes)))
+    }
+
+    /// The sizes inside `bounds` whose class bit is set, as merged ranges.
+    static func ranges(of sizeClasses: UInt32, within bounds: Range<Int>) -> [Range<Int>] {
         var ranges: [Range<Int>] = []
         for bit in 0..<32 where sizeClasses & (1 << UInt32(bit)) != 0 {
-            let lower = max(1 << bit, Int(bulkBytes)), upper = bit == 31 ? Int.max : 1 << (bit + 1)
+            let lower = max(1 << bit, bounds.lowerBound), upper = min(bit == 31 ? Int.max : 1 << (bit + 1), bounds.upperBound)
             guard lower < upper else { continue }
             if let last = ranges.last, last.upperBound == lower {
                 ranges[ranges.count - 1] = last.lowerBound..<upper
@@ -115,8 +242,8 @@ extension Accelerator {
     /// it never tracks the calibration's sockets and its own sockets are not touched.
     ///
     /// The process joins the private cgroup only while it creates the sockets (a whole-process move,
-    /// as cgroup v2 requires), then returns to its own cgroup. Costs about 3.5 s with the default
-    /// plan on two CPUs, during which two threads stream at full speed.
+    /// as cgroup v2 requires), then returns to its own cgroup. Costs the plan's streaming budget
+    /// (3.4 s by default) plus set-up, during which two threads stream at full speed.
     public static func measureCalibration(plan: AccelCalibration.Plan = .init(), bypassing running: Accelerator? = nil) throws -> AccelCalibration {
         let started = Date()
         let name = "strait-calibrate-\(getpid())"
@@ -134,7 +261,6 @@ extension Accelerator {
         }
         let cpus = ProcessInfo.processInfo.activeProcessorCount
         let placements = cpus > 1 ? [(sender: 0, receiver: 0), (sender: 0, receiver: 1)] : [(sender: 0, receiver: 0)]
-        let runsPerCell = 4
         // Listeners and every connection are made now, inside the cgroup (an accepted socket belongs
         // to its listener's cgroup); the runs below need no further move.
         try cgroup.add()
@@ -155,41 +281,52 @@ extension Accelerator {
         policy.ports = [inside.redirect.port]
         let calibrator = try enable(cgroup: cgroup, policy: policy, pinDirectory: pins + "/accel", calibration: nil)
         defer { try? calibrator.disable() }
-        let connections: [[[LoopbackPair]]] = try {
+        // The schedule: round by round over every size and placement, so each cell's pairs spread
+        // over the whole measurement; within a pair, which side runs first alternates.
+        let schedule = (0..<plan.pairs).flatMap { round in
+            plan.messageSizes.indices.flatMap { sizeIndex in
+                placements.indices.flatMap { placementIndex in
+                    ((round + sizeIndex + placementIndex) % 2 == 0 ? [false, true] : [true, false]).map {
+                        (size: sizeIndex, placement: placementIndex, redirect: $0)
+                    }
+                }
+            }
+        }
+        // One fresh connection per run, all made now inside the cgroup; each is closed right after
+        // its run, so the buffers it filled are not held while the others run.
+        var connections: [LoopbackPair?] = try {
             try cgroup.add()
             defer { try? home.add() }
-            return try plan.messageSizes.map { _ in
-                try placements.map { _ in
-                    try (0..<runsPerCell).map { run in try (run == 0 || run == 3 ? inside.plain : inside.redirect).connectPair() }
-                }
-            }
+            return try schedule.map { try ($0.redirect ? inside.redirect : inside.plain).connectPair() }
         }()
-        var points: [AccelCalibration.Point] = []
-        for (sizeIndex, size) in plan.messageSizes.enumerated() {
-            var plain: [Double] = [], redirected: [Double] = []
-            var winsEverywhere = true
-            for (placementIndex, placement) in placements.enumerated() {
-                var runs = (plain: [Double](), redirected: [Double]())
-                for (run, pair) in connections[sizeIndex][placementIndex].enumerated() {
-                    let gbits = try pair.stream(
-                        messageBytes: size, senderCPU: placement.sender, receiverCPU: placement.receiver,
-                        warmUp: plan.warmUpSeconds, seconds: plan.secondsPerRun)
-                    if run == 0 || run == 3 { runs.plain.append(gbits) } else { runs.redirected.append(gbits) }
-                }
-                plain.append(runs.plain.reduce(0, +) / Double(runs.plain.count))
-                redirected.append(runs.redirected.reduce(0, +) / Double(runs.redirected.count))
-                // The slower redirected run must beat the faster plain one: a noisy machine then
-                // errs towards the stack, which is never slower than plain.
-                winsEverywhere = winsEverywhere && runs.redirected.min()! >= plan.minimumGain * runs.plain.max()!
+        let runSeconds = plan.secondsPerRun(placements: placements.count)
+        let warmUp = runSeconds * plan.warmUpShare
+        // samples[size][placement]: Gbit/s of each pair's two runs.
+        var plain = Array(repeating: Array(repeating: [Double](), count: placements.count), count: plan.messageSizes.count)
+        var redirected = plain
+        let runsPerRound = plan.messageSizes.count * placements.count * 2
+        var rounds = 0
+        for (index, run) in schedule.enumerated() {
+            if index % runsPerRound == 0 {
+                if Date().timeIntervalSince(started) > plan.deadlineSeconds { break }
+                rounds += 1
             }
-            points.append(AccelCalibration.Point(messageBytes: size, plainGbitS: plain, redirectedGbitS: redirected, redirects: winsEverywhere))
+            let placement = placements[run.placement]
+            let gbits = try connections[index]!.stream(
+                messageBytes: plan.messageSizes[run.size], senderCPU: placement.sender, receiverCPU: placement.receiver,
+                warmUp: warmUp, seconds: runSeconds - warmUp)
+            connections[index] = nil
+            if run.redirect { redirected[run.size][run.placement].append(gbits) } else { plain[run.size][run.placement].append(gbits) }
+        }
+        let points = plan.messageSizes.enumerated().map { sizeIndex, size in
+            AccelCalibration.Point(messageBytes: size, plain: plain[sizeIndex], redirected: redirected[sizeIndex], rule: plan.rule)
         }
         let counters = try calibrator.counters()
         guard counters.redirected_bytes > 0 else {
             throw AccelError.calibrationFailed(
                 "the redirected runs were not redirected (\(counters.sockets_tracked) sockets tracked, \(counters.fallback_no_peer_messages) sends found no peer); is another sk_msg program tracking these sockets?")
         }
-        return AccelCalibration(measuredAt: Date(), elapsedSeconds: Date().timeIntervalSince(started), points: points)
+        return AccelCalibration(measuredAt: Date(), elapsedSeconds: Date().timeIntervalSince(started), pairs: rounds, points: points)
     }
 
     /// Measures again (``measureCalibration(plan:bypassing:)``, with this accelerator's sockets left
@@ -211,12 +348,17 @@ extension Accelerator {
         let points = withUnsafeBytes(of: raw.point) { bytes in
             Array(bytes.bindMemory(to: strait_accel_calibration_point.self).prefix(Int(raw.points)))
         }.map { point in
-            let placements = point.plain_mbit_s.1 == 0 && point.redirected_mbit_s.1 == 0 ? 1 : 2
-            let plain = [point.plain_mbit_s.0, point.plain_mbit_s.1].prefix(placements).map { Double($0) / 1000 }
-            let redirected = [point.redirected_mbit_s.0, point.redirected_mbit_s.1].prefix(placements).map { Double($0) / 1000 }
-            return AccelCalibration.Point(messageBytes: Int(point.message_bytes), plainGbitS: plain, redirectedGbitS: redirected, redirects: point.redirect != 0)
+            let placements = min(2, max(1, Int(raw.placements)))
+            func values(_ pair: (UInt32, UInt32), scale: Double) -> [Double] { [pair.0, pair.1].prefix(placements).map { Double($0) / scale } }
+            let ratios = zip(values(point.median_ratio_milli, scale: 1000), values(point.lower_ratio_milli, scale: 1000)).map {
+                AccelCalibration.RatioSummary(median: $0, lowerBound: $1)
+            }
+            return AccelCalibration.Point(
+                messageBytes: Int(point.message_bytes), plainGbitS: values(point.plain_mbit_s, scale: 1000),
+                redirectedGbitS: values(point.redirected_mbit_s, scale: 1000), ratios: ratios, redirects: point.redirect != 0)
         }
-        return AccelCalibration(measuredAt: Date(timeIntervalSince1970: Double(raw.measured_at)), elapsedSeconds: Double(raw.elapsed_ms) / 1000, points: points)
+        return AccelCalibration(
+            measuredAt: Date(timeIntervalSince1970: Double(raw.measured_at)), elapsedSeconds: Double(raw.elapsed_ms) / 1000, pairs: Int(raw.pairs), points: points)
     }
 
     /// Writes `calibration` into the pinned `calibration` map (what ``calibration()`` reads and
@@ -227,22 +369,26 @@ extension Accelerator {
         raw.elapsed_ms = UInt32(calibration.elapsedSeconds * 1000)
         let points = calibration.points.prefix(Int(STRAIT_ACCEL_CALIBRATION_POINTS))
         raw.points = UInt32(points.count)
+        raw.pairs = UInt32(calibration.pairs)
+        raw.placements = UInt32(calibration.points.first?.plainGbitS.count ?? 1)
         withUnsafeMutableBytes(of: &raw.point) { bytes in
             let slots = bytes.bindMemory(to: strait_accel_calibration_point.self)
             for (index, point) in points.enumerated() {
-                func mbit(_ values: [Double], _ index: Int) -> UInt32 { index < values.count ? UInt32(min(values[index] * 1000, 4e9)) : 0 }
+                // Thousandths, rounded: Gbit/s to Mbit/s, ratios to milli.
+                func milli(_ values: [Double], _ index: Int) -> UInt32 { index < values.count ? UInt32(min((values[index] * 1000).rounded(), 4e9)) : 0 }
+                func both(_ values: [Double]) -> (UInt32, UInt32) { (milli(values, 0), milli(values, 1)) }
                 slots[index] = strait_accel_calibration_point(
                     message_bytes: UInt32(point.messageBytes), redirect: point.redirects ? 1 : 0,
-                    plain_mbit_s: (mbit(point.plainGbitS, 0), mbit(point.plainGbitS, 1)),
-                    redirected_mbit_s: (mbit(point.redirectedGbitS, 0), mbit(point.redirectedGbitS, 1)))
+                    plain_mbit_s: both(point.plainGbitS), redirected_mbit_s: both(point.redirectedGbitS),
+                    median_ratio_milli: both(point.ratios.map(\.median)), lower_ratio_milli: both(point.ratios.map(\.lowerBound)))
             }
         }
         try calibrationRecord.update(0, raw)
     }
 
-    /// The size-class mask the calibration in force gives; every class when nothing was measured.
-    func calibratedSizeClasses() throws -> UInt32 {
-        try calibration()?.redirectSizeClasses ?? .max
+    /// The size-class mask the calibration in force gives; nil when nothing was measured.
+    func calibratedSizeClasses() throws -> UInt32? {
+        try calibration()?.redirectSizeClasses
     }
 }
 
@@ -304,9 +450,11 @@ final class LoopbackPair: @unchecked Sendable {
 
     /// Streams `messageBytes` writes from client to server, the sender thread on `senderCPU` and
     /// the receiver thread on `receiverCPU`, and returns the Gbit/s the receiver read during
-    /// `seconds` after `warmUp`. Blocking calls wake every 50 ms, so a stalled peer cannot hang it.
+    /// `seconds` after `warmUp`. Blocking calls wake every 10 ms, so a stalled peer cannot hang it;
+    /// at the end the receiver shuts the client's sending side, which wakes a sender blocked on a
+    /// full buffer at once. The pair is spent afterwards: one run per pair.
     func stream(messageBytes: Int, senderCPU: Int, receiverCPU: Int, warmUp: Double, seconds: Double) throws -> Double {
-        var timeout = timeval(tv_sec: 0, tv_usec: 50_000)
+        var timeout = timeval(tv_sec: 0, tv_usec: 10_000)
         for (fd, option) in [(client, SO_SNDTIMEO), (server, SO_RCVTIMEO)] {
             try systemCall("setsockopt(SO_SNDTIMEO/SO_RCVTIMEO)") { setsockopt(fd, SOL_SOCKET, option, &timeout, socklen_t(MemoryLayout<timeval>.size)) }
         }
@@ -323,8 +471,8 @@ final class LoopbackPair: @unchecked Sendable {
                     _ = try buffer.withUnsafeBytes { bytes in try nonBlockingCall("send") { send(client, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL)) } }
                 }
             } catch {
-                lock.withLock { stopped = true }
-                failure = error
+                // After the receiver stopped, a failed send is only the shutdown that woke it.
+                if !lock.withLock({ defer { stopped = true }; return stopped }) { failure = error }
             }
         }
         let receiver = Thread { [self] in
@@ -348,13 +496,16 @@ final class LoopbackPair: @unchecked Sendable {
                         if first == nil { first = now } else if got > 0 { counted += got }
                         last = now
                     }
-                    if now >= end { break }
+                    // A run that a busy machine starved of the CPU counts on until it saw bytes
+                    // move, for at most one more length: a zero would say nothing about the path.
+                    if now >= end && (counted > 0 || now >= end + UInt64(seconds * 1e9)) { break }
                 }
                 if let first, last > first { gbits = Double(counted) * 8 / Double(last - first) }
             } catch {
                 failure = error
             }
             lock.withLock { stopped = true }
+            shutdown(client, Int32(SHUT_WR))
         }
         sender.start()
         receiver.start()

@@ -11,16 +11,19 @@ public struct AccelPolicy: Sendable, Equatable, Codable {
     public var excludePorts: [UInt16] = []
     /// Track only sockets whose remote address is in one of these prefixes; empty means any address.
     public var cidrs: [String] = []
-    /// Adaptive (default): each direction keeps redirecting only if it sends bulk (see ``bulkBytes``)
-    /// or alternates sends with receives; a direction that streams small writes goes back to the
-    /// stack, where TCP batches them better. Off: every direction redirects from its first send.
+    /// Adaptive (default): each direction keeps redirecting only if it sends bulk of a size the
+    /// calibration found faster redirected (see ``bulkBytes``), alternates sends with receives, or
+    /// streams small writes of a size the calibration found faster redirected; other directions go
+    /// back to the stack, where TCP batches small writes better. Off: every direction redirects
+    /// from its first send.
     public var adaptive: Bool = true
     /// A send of at least this many bytes is bulk: it settles its direction, on redirect or on the
     /// stack as ``bulkDecision`` says.
     public var bulkBytes: UInt32 = 16384
     /// Who decides whether a bulk send redirects. Default ``BulkDecision/calibrated``.
     public var bulkDecision: BulkDecision = .calibrated
-    /// Sends after which a direction with neither bulk nor request/response traffic goes to the stack.
+    /// Sends after which a direction with neither bulk nor request/response traffic settles: on the
+    /// stack, unless the calibration measured streams of writes of that size faster redirected.
     public var probeSends: UInt32 = 32
     /// Sends that follow a receive (request/response) after which a direction keeps redirecting.
     public var idleSends: UInt32 = 3
@@ -46,9 +49,11 @@ public struct AccelPolicy: Sendable, Equatable, Codable {
         }
     }
 
-    /// The config map's value. `calibratedSizeClasses` is the calibration's mask, used unless the
-    /// bulk decision is by hand (then every bulk size redirects).
-    func config(redirect: Bool, calibratedSizeClasses: UInt32) -> strait_accel_config {
+    /// The config map's value. `calibratedSizeClasses` is the calibration's mask (nil when nothing
+    /// was measured), used for bulk sends and for streams of small writes unless the bulk decision
+    /// is by hand. By hand, or unmeasured: every bulk size redirects and every small-write stream
+    /// goes to the stack.
+    func config(redirect: Bool, calibratedSizeClasses: UInt32?) -> strait_accel_config {
         var flags: UInt32 = 0
         if redirect { flags |= STRAIT_ACCEL_REDIRECT.rawValue }
         if !ports.isEmpty { flags |= STRAIT_ACCEL_PORT_FILTER.rawValue }
@@ -57,7 +62,8 @@ public struct AccelPolicy: Sendable, Equatable, Codable {
         if bulkDecision == .byHand { flags |= STRAIT_ACCEL_BULK_BY_HAND.rawValue }
         return strait_accel_config(
             flags: flags, bulk_bytes: bulkBytes, probe_sends: probeSends, idle_sends: idleSends,
-            redirect_size_classes: bulkDecision == .byHand ? .max : calibratedSizeClasses, reserved: 0)
+            redirect_size_classes: bulkDecision == .byHand ? .max : calibratedSizeClasses ?? .max,
+            stream_size_classes: bulkDecision == .byHand ? 0 : calibratedSizeClasses ?? 0)
     }
 
     init(config: strait_accel_config, ports: [UInt16], excludePorts: [UInt16], cidrs: [String]) {

@@ -13,6 +13,9 @@ public struct AccelStatus: Sendable, Codable {
     /// Bulk send sizes (from ``AccelPolicy/bulkBytes`` up) that redirect now; the others go to the
     /// stack. Upper bound `Int.max`: and larger.
     public var redirectedBulkSizes: [Range<Int>]
+    /// Small-write sizes (under ``AccelPolicy/bulkBytes``) whose streams keep redirecting now; the
+    /// others go to the stack after ``AccelPolicy/probeSends``. Empty by hand or when not calibrated.
+    public var redirectedStreamSizes: [Range<Int>]
 
     /// The per-CPU counters, summed.
     public struct Counters: Sendable, Codable {
@@ -54,7 +57,7 @@ extension Accelerator {
         guard isEnabled(pinDirectory: pinDirectory) else {
             return AccelStatus(
                 enabled: false, pinDirectory: pinDirectory, cgroup: nil, policy: nil, socketsTracked: 0, counters: .init(),
-                calibration: nil, redirectedBulkSizes: [])
+                calibration: nil, redirectedBulkSizes: [], redirectedStreamSizes: [])
         }
         let accelerator = try open(pinDirectory: pinDirectory)
         return AccelStatus(
@@ -64,6 +67,6 @@ extension Accelerator {
             socketsTracked: try accelerator.trackedSockets().count,
             counters: .init(try accelerator.counters()),
             calibration: try accelerator.calibration(),
-            redirectedBulkSizes: try accelerator.redirectedBulkSizes())
+            redirectedBulkSizes: try accelerator.redirectedBulkSizes(), redirectedStreamSizes: try accelerator.redirectedStreamSizes())
     }
 }

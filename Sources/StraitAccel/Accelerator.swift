@@ -68,7 +68,7 @@ public final class Accelerator {
     }
 
     /// Loads the programs, pins them with their maps, measures this machine (``AccelCalibration``,
-    /// about 3.5 s, before anything is attached) unless `calibration` is nil or the policy's bulk
+    /// about 4 s, before anything is attached) unless `calibration` is nil or the policy's bulk
     /// decision is by hand, attaches `sock_ops` to `cgroup` and `sk_msg` to the socket hash, and
     /// returns. Idempotent: when already enabled on the same cgroup it only applies `policy` (the
     /// calibration in force stays; ``calibrate(plan:)`` measures again). Sockets established before
@@ -123,6 +123,14 @@ public final class Accelerator {
     public func redirectedBulkSizes() throws -> [Range<Int>] {
         let configuration = try config.lookup(0) ?? strait_accel_config()
         return AccelCalibration.redirectedRanges(sizeClasses: configuration.redirect_size_classes, bulkBytes: configuration.bulk_bytes)
+    }
+
+    /// The small-write sizes (under `bulkBytes`) whose streams keep redirecting now (adaptive
+    /// mode), from the config map: the calibration's answer, or none when the bulk decision is by
+    /// hand or nothing was measured. Request/response directions redirect whatever this says.
+    public func redirectedStreamSizes() throws -> [Range<Int>] {
+        let configuration = try config.lookup(0) ?? strait_accel_config()
+        return AccelCalibration.redirectedStreamRanges(sizeClasses: configuration.stream_size_classes, bulkBytes: configuration.bulk_bytes)
     }
 
     /// The current policy, read back from the maps.

@@ -41,7 +41,11 @@ public struct AccelBenchmark: Sendable {
     /// Encodes with snake_case keys (`message_bytes`, `plain_gbit_s`, …), as `--json` prints it.
     public struct Report: Sendable, Codable {
         public var throughput: [Row]
+        /// Ping-pong with client and server where the scheduler puts them (on a small VM, mostly on
+        /// two CPUs: each round trip then pays cross-CPU wake-ups, which redirect does not remove).
         public var latency: Latency
+        /// The same with the benchmark and its children on CPU 0: the datapath's own cost.
+        public var latencyOneCpu: Latency
         /// wrk against straitnet-http, small responses on kept-alive connections; nil when not run.
         public var http: HTTP?
         /// One AF_UNIX stream at 64 KiB writes, measured in the same run: the ceiling.
@@ -50,6 +54,8 @@ public struct AccelBenchmark: Sendable {
         /// The calibration the accelerated runs used (nil when skipped) and the bulk sizes it redirects.
         public var calibration: AccelCalibration?
         public var redirectedBulkSizes: String
+        /// The small-write sizes whose streams stay redirected (the calibration's answer).
+        public var redirectedStreamSizes: String
 
         public struct Row: Sendable, Codable {
             public var messageBytes: Int
@@ -65,6 +71,9 @@ public struct AccelBenchmark: Sendable {
             public var acceleratedP50Us: Double
             public var plainP99Us: Double
             public var acceleratedP99Us: Double
+            /// Share of the accelerated runs' sends that were redirected (the kernel counters over
+            /// those runs): near 1 when request/response detection kept both directions redirected.
+            public var redirectedShare: Double
         }
 
         public struct HTTP: Sendable, Codable {
@@ -97,7 +106,8 @@ public struct AccelBenchmark: Sendable {
         defer { try? accelerator.disable() }
         let calibrated = try accelerator.calibration()
         let bulkSizes = AccelCalibration.describe(try accelerator.redirectedBulkSizes())
-        progress("bulk sends redirected: \(bulkSizes)")
+        let streamSizes = AccelCalibration.describe(try accelerator.redirectedStreamSizes())
+        progress("bulk sends redirected: \(bulkSizes); small-write streams redirected: \(streamSizes)")
 
         let iperf = Iperf3()
         let inside = Launcher(cgroupPath: cgroup.path)
@@ -129,20 +139,10 @@ public struct AccelBenchmark: Sendable {
             }
         }
 
-        let sockperf = Sockperf()
-        var plainLatency: [Sockperf.Latency] = [], acceleratedLatency: [Sockperf.Latency] = []
-        for round in 0..<repeats {
-            if shouldStop() { throw BenchError.interrupted }
-            for useAcceleration in round % 2 == 0 ? [false, true] : [true, false] {
-                let value = try sockperf.pingPong(messageBytes: latencyMessageBytes, seconds: seconds, port: BenchPorts.free(), launcher: useAcceleration ? inside : .plain)
-                if useAcceleration { acceleratedLatency.append(value) } else { plainLatency.append(value) }
-            }
-        }
-        let latency = Report.Latency(
-            messageBytes: latencyMessageBytes,
-            plainP50Us: median(plainLatency.map(\.p50Microseconds)), acceleratedP50Us: median(acceleratedLatency.map(\.p50Microseconds)),
-            plainP99Us: median(plainLatency.map(\.p99Microseconds)), acceleratedP99Us: median(acceleratedLatency.map(\.p99Microseconds)))
-        progress(String(format: "ping-pong %d B: p50 plain %.1f µs, accelerated %.1f µs", latencyMessageBytes, latency.plainP50Us, latency.acceleratedP50Us))
+        let latency = try pingPong(accelerator: accelerator, inside: inside, shouldStop: shouldStop)
+        progress(String(format: "ping-pong %d B, CPUs as scheduled: p50 plain %.1f µs, accelerated %.1f µs (%.1f%% of its sends redirected)", latencyMessageBytes, latency.plainP50Us, latency.acceleratedP50Us, latency.redirectedShare * 100))
+        let latencyOneCPU = try onCPU0 { try pingPong(accelerator: accelerator, inside: inside, shouldStop: shouldStop) }
+        progress(String(format: "ping-pong %d B, one CPU: p50 plain %.1f µs, accelerated %.1f µs (%.1f%% of its sends redirected)", latencyMessageBytes, latencyOneCPU.plainP50Us, latencyOneCPU.acceleratedP50Us, latencyOneCPU.redirectedShare * 100))
 
         var http: Report.HTTP?
         if let httpServer {
@@ -164,9 +164,47 @@ public struct AccelBenchmark: Sendable {
 
         let unix = try UnixStream.throughput(messageBytes: 65_536, seconds: seconds)
         return Report(
-            throughput: rows, latency: latency, http: http, afUnixGbitS: unix, mode: policy.adaptive ? "adaptive" : "always",
-            calibration: calibrated, redirectedBulkSizes: bulkSizes)
+            throughput: rows, latency: latency, latencyOneCpu: latencyOneCPU, http: http, afUnixGbitS: unix, mode: policy.adaptive ? "adaptive" : "always",
+            calibration: calibrated, redirectedBulkSizes: bulkSizes, redirectedStreamSizes: streamSizes)
     }
+}
+
+extension AccelBenchmark {
+    /// sockperf TCP ping-pong, plain and accelerated alternating, `repeats` times each; medians,
+    /// and the share of the accelerated runs' sends that the kernel counters saw redirected.
+    func pingPong(accelerator: Accelerator, inside: Launcher, shouldStop: () -> Bool) throws -> Report.Latency {
+        let sockperf = Sockperf()
+        var plain: [Sockperf.Latency] = [], accelerated: [Sockperf.Latency] = []
+        var sends = (redirected: UInt64(0), all: UInt64(0))
+        for round in 0..<repeats {
+            if shouldStop() { throw BenchError.interrupted }
+            for useAcceleration in round % 2 == 0 ? [false, true] : [true, false] {
+                let before = try accelerator.counters()
+                let value = try sockperf.pingPong(messageBytes: latencyMessageBytes, seconds: seconds, port: BenchPorts.free(), launcher: useAcceleration ? inside : .plain)
+                let after = try accelerator.counters()
+                if useAcceleration { accelerated.append(value) } else { plain.append(value) }
+                sends.redirected += after.redirected_messages - before.redirected_messages
+                sends.all += (after.redirected_messages + after.fallback_stack_messages + after.fallback_no_peer_messages)
+                    - (before.redirected_messages + before.fallback_stack_messages + before.fallback_no_peer_messages)
+            }
+        }
+        return Report.Latency(
+            messageBytes: latencyMessageBytes,
+            plainP50Us: median(plain.map(\.p50Microseconds)), acceleratedP50Us: median(accelerated.map(\.p50Microseconds)),
+            plainP99Us: median(plain.map(\.p99Microseconds)), acceleratedP99Us: median(accelerated.map(\.p99Microseconds)),
+            redirectedShare: sends.all > 0 ? Double(sends.redirected) / Double(sends.all) : 0)
+    }
+}
+
+/// Runs `body` with this process, its threads and every child it starts on CPU 0, then restores
+/// the affinity it had: round trips without the cross-CPU wake-ups that dominate them on a small
+/// VM. Costs two `taskset` runs.
+func onCPU0<T>(_ body: () throws -> T) throws -> T {
+    let original = try ProcessRunner().run(["taskset", "-c", "-p", "\(getpid())"], timeout: 5)
+        .split(separator: ":").last.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) } ?? "0-\(ProcessInfo.processInfo.activeProcessorCount - 1)"
+    _ = try ProcessRunner().run(["taskset", "-a", "-c", "-p", "0", "\(getpid())"], timeout: 5)
+    defer { _ = try? ProcessRunner().run(["taskset", "-a", "-c", "-p", original, "\(getpid())"], timeout: 5) }
+    return try body()
 }
 
 public enum BenchError: Error, CustomStringConvertible {

@@ -99,11 +99,7 @@ public struct ProxyBenchmark: Sendable {
         let latency = try pingPong(paths, endpoints: endpoints, logger: logger, label: "", shouldStop: shouldStop)
         // The same again with this process and every child on one CPU: the datapath without the
         // cross-CPU wake-ups that dominate round trips on a small VM.
-        let original = try ProcessRunner().run(["taskset", "-c", "-p", "\(getpid())"], timeout: 5)
-            .split(separator: ":").last.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) } ?? "0-\(ProcessInfo.processInfo.activeProcessorCount - 1)"
-        _ = try ProcessRunner().run(["taskset", "-a", "-c", "-p", "0", "\(getpid())"], timeout: 5)
-        defer { _ = try? ProcessRunner().run(["taskset", "-a", "-c", "-p", original, "\(getpid())"], timeout: 5) }
-        let oneCPU = try pingPong(paths, endpoints: endpoints, logger: logger, label: " (one CPU)", shouldStop: shouldStop)
+        let oneCPU = try onCPU0 { try pingPong(paths, endpoints: endpoints, logger: logger, label: " (one CPU)", shouldStop: shouldStop) }
         return Report(throughput: rows, latency: latency, latencyOneCpu: oneCPU, sockmapUnavailable: unavailable)
     }
 

@@ -72,21 +72,23 @@ struct BenchAccel: ParsableCommand {
             if withAlways, let always = row.alwaysRedirectGbitS { line += [String(format: "%.2f", always), ratio(always, row.plainGbitS)] }
             rows.append(line)
         }
-        let latency = report.latency
         let at64k = report.throughput.first { $0.messageBytes == 65_536 }
-        var text = "Bulk sends redirected: \(report.redirectedBulkSizes)"
+        var text = "Bulk sends redirected: \(report.redirectedBulkSizes); small-write streams redirected: \(report.redirectedStreamSizes)"
         if let calibration = report.calibration {
-            text += String(format: " (calibrated in %.1f s; worst ratio over placements: ", calibration.elapsedSeconds)
+            text += String(format: "\n(calibrated in %.1f s, %d pairs per size and placement; median ratio, worst placement: ", calibration.elapsedSeconds, calibration.pairs)
             text += calibration.points.map { formatBytes($0.messageBytes) + String(format: " %.2fx", $0.worstRatio) }.joined(separator: ", ") + ")"
         }
         text += "\n\nSame-host TCP, plain against Strait accel (\(report.mode)), iperf3 one stream:\n\n" + table(rows)
         text += String(format: "\n\nAF_UNIX stream, 64 KiB writes, same run: %.2f Gbit/s", report.afUnixGbitS)
         if let at64k { text += "  (accelerated 64 KiB reaches " + ratio(at64k.acceleratedGbitS, report.afUnixGbitS) + " of it)" }
-        text += "\n\n" + table([
-            ["ping-pong \(latency.messageBytes) B", "plain µs", "accelerated µs", "ratio"],
-            ["p50", String(format: "%.1f", latency.plainP50Us), String(format: "%.1f", latency.acceleratedP50Us), ratio(latency.acceleratedP50Us, latency.plainP50Us)],
-            ["p99", String(format: "%.1f", latency.plainP99Us), String(format: "%.1f", latency.acceleratedP99Us), ratio(latency.acceleratedP99Us, latency.plainP99Us)],
-        ])
+        for (latency, placement) in [(report.latency, "CPUs as scheduled"), (report.latencyOneCpu, "one CPU")] {
+            text += "\n\n" + table([
+                ["ping-pong \(latency.messageBytes) B, \(placement)", "plain µs", "accelerated µs", "ratio"],
+                ["p50", String(format: "%.1f", latency.plainP50Us), String(format: "%.1f", latency.acceleratedP50Us), ratio(latency.acceleratedP50Us, latency.plainP50Us)],
+                ["p99", String(format: "%.1f", latency.plainP99Us), String(format: "%.1f", latency.acceleratedP99Us), ratio(latency.acceleratedP99Us, latency.plainP99Us)],
+            ])
+            text += String(format: "\n(accelerated: %.1f%% of its sends redirected)", latency.redirectedShare * 100)
+        }
         if let http = report.http {
             text += "\n\n" + table([
                 ["keep-alive HTTP/1.1, wrk -c\(http.connections)", "plain", "accelerated", "ratio"],

@@ -19,7 +19,7 @@ struct AccelCommand: ParsableCommand {
         var excludePorts: String?
         @Option(help: "Accelerate only sockets whose peer address is in one of these prefixes (comma-separated), e.g. 127.0.0.0/8,::1/128. Default: any.")
         var cidrs: String?
-        @Option(help: "adaptive (default): a direction that streams small writes goes back to the stack; always: every direction redirects.")
+        @Option(help: "adaptive (default): a direction that streams small writes goes back to the stack, unless the calibration measured that size faster redirected; always: every direction redirects.")
         var mode: Mode?
         @Option(help: "Adaptive mode: a send of at least this many bytes keeps its direction accelerated, whatever the calibration measured (overrides it).")
         var bulkBytes: UInt32?
@@ -80,7 +80,7 @@ struct AccelCommand: ParsableCommand {
         @Option(help: "The cgroup v2 whose sockets are accelerated. Default: the root of cgroup v2 (every process).")
         var cgroup: String?
         @OptionGroup var policy: PolicyOptions
-        @Flag(help: "Skip the calibration (about 3.5 s of loopback traffic in a private cgroup); every bulk size then redirects, unless --bulk-bytes says otherwise.")
+        @Flag(help: "Skip the calibration (about 4 s of loopback traffic in a private cgroup); every bulk size then redirects, unless --bulk-bytes says otherwise, and small-write streams go to the stack.")
         var noCalibrate = false
         @Flag(help: "Print the status after enabling, as `strait accel status --json` does.") var json = false
         @Option(help: .hidden) var pinDirectory: String = Accelerator.defaultPinDirectory
@@ -100,8 +100,8 @@ struct AccelCommand: ParsableCommand {
 
     struct Calibrate: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Measure again where redirect beats plain TCP on this machine (loopback, private cgroup, about 3.5 s) and put the result in force.",
-            discussion: "Accelerated sockets are not touched; bulk sends of new directions follow the new result. --bulk-bytes, when set, keeps overriding it.")
+            abstract: "Measure again where redirect beats plain TCP on this machine (loopback, private cgroup, about 4 s) and put the result in force.",
+            discussion: "Accelerated sockets are not touched; bulk sends and small-write streams of new directions follow the new result. --bulk-bytes, when set, keeps overriding it.")
         @Flag(help: "Print JSON.") var json = false
         @Option(help: .hidden) var pinDirectory: String = Accelerator.defaultPinDirectory
 
@@ -113,21 +113,34 @@ struct AccelCommand: ParsableCommand {
             print(try Self.summary(of: accelerator))
         }
 
-        /// The bulk sizes in force and the measurement behind them, as `status` prints them.
+        /// The sizes in force (bulk sends, streams of small writes) and the measurement behind
+        /// them, as `status` prints them.
         static func summary(of accelerator: Accelerator) throws -> String {
             let policy = try accelerator.policy()
             guard policy.adaptive else { return "mode always: every direction redirects from its first send" }
             let sizes = AccelCalibration.describe(try accelerator.redirectedBulkSizes())
-            if policy.bulkDecision == .byHand { return "bulk sends redirected: \(sizes) (--bulk-bytes \(policy.bulkBytes), set by hand)" }
-            guard let calibration = try accelerator.calibration() else { return "bulk sends redirected: \(sizes) (not calibrated)" }
+            let streams = "small-write streams redirected: \(AccelCalibration.describe(try accelerator.redirectedStreamSizes()))"
+            if policy.bulkDecision == .byHand { return "bulk sends redirected: \(sizes) (--bulk-bytes \(policy.bulkBytes), set by hand)\n\(streams)" }
+            guard let calibration = try accelerator.calibration() else { return "bulk sends redirected: \(sizes) (not calibrated)\n\(streams)" }
             let when = ISO8601DateFormatter().string(from: calibration.measuredAt)
-            var rows = [["calibration", "plain Gbit/s", "redirected Gbit/s", "worst ratio", "bulk sends"]]
+            var rows = [["calibration", "plain Gbit/s", "redirected Gbit/s", "median ratio", "lower bound", "decision"]]
             for point in calibration.points {
-                func list(_ values: [Double]) -> String { values.map { String(format: "%.1f", $0) }.joined(separator: " / ") }
-                rows.append([formatBytes(point.messageBytes), list(point.plainGbitS), list(point.redirectedGbitS), String(format: "%.2fx", point.worstRatio), point.redirects ? "redirect" : "stack"])
+                func list(_ values: [Double], _ format: String) -> String { values.map { String(format: format, $0) }.joined(separator: " / ") }
+                let kind = point.messageBytes < Int(policy.bulkBytes) ? "streams" : "bulk"
+                rows.append([
+                    formatBytes(point.messageBytes), list(point.plainGbitS, "%.1f"), list(point.redirectedGbitS, "%.1f"),
+                    list(point.ratios.map(\.median), "%.2fx"), list(point.ratios.map(\.lowerBound), "%.2fx"), "\(kind): \(point.redirects ? "redirect" : "stack")",
+                ])
             }
             let placements = calibration.points.first.map { $0.plainGbitS.count > 1 ? "one CPU / two CPUs" : "one CPU" } ?? ""
-            return "bulk sends redirected: \(sizes) (calibrated \(when), took \(String(format: "%.1f", calibration.elapsedSeconds)) s; \(placements))\n" + table(rows)
+            let rule = AccelCalibration.DecisionRule()
+            return """
+                bulk sends redirected: \(sizes)
+                \(streams)
+                (calibrated \(when), took \(String(format: "%.1f", calibration.elapsedSeconds)) s, \(calibration.pairs) interleaved pairs per size and placement; \(placements); \
+                redirect where every placement's median ratio ≥ \(String(format: "%.2f", rule.minimumGain))x and its \(Int(rule.confidence * 100))% lower bound > 1x)
+
+                """ + table(rows)
         }
     }
 

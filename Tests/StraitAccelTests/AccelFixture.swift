@@ -38,12 +38,13 @@ final class AccelFixture: @unchecked Sendable {
 }
 
 extension AccelCalibration.Plan {
-    /// Two sizes, 30 ms each: seconds of traffic in a test, not a measurement worth keeping.
+    /// A small-write size and a bulk size, four pairs each, 0.4 s of streaming: a test's worth of
+    /// traffic, not a measurement worth keeping.
     static func quick(under parent: Cgroup? = nil) -> Self {
         var plan = Self()
-        plan.messageSizes = [16_384, 262_144]
-        plan.secondsPerRun = 0.03
-        plan.warmUpSeconds = 0.01
+        plan.messageSizes = [1024, 262_144]
+        plan.pairs = 4
+        plan.streamingSeconds = 0.4
         plan.parentCgroup = parent
         return plan
     }

@@ -322,10 +322,19 @@ static __always_inline int bulk_redirects(const struct strait_accel_config *cfg,
     return (cfg->redirect_size_classes >> size_class(size)) & 1;
 }
 
+// Whether a stream of small writes of `size` bytes is faster redirected on this machine (the
+// calibration's answer; never when bulk_bytes was set by hand or nothing was measured).
+static __always_inline int stream_redirects(const struct strait_accel_config *cfg, __u32 size)
+{
+    return (cfg->stream_size_classes >> size_class(size)) & 1;
+}
+
 // Adaptive mode, while a redirecting direction is still undecided: keep it redirecting if its sends
 // are bulk of a size the calibration found faster redirected, or alternate with receives
-// (request/response, where redirect cuts latency); move it to the stack if it streams small writes,
-// which TCP batches better than per-message redirects, or sends bulk of a size where redirect loses.
+// (request/response, where redirect cuts latency). A direction that streams small writes for
+// probe_sends sends keeps redirecting only where the calibration measured such streams faster
+// redirected (elsewhere TCP batches them better than per-message redirects); bulk of a size where
+// redirect loses goes to the stack.
 static __always_inline void observe_send(struct sk_msg_md *msg, const struct strait_accel_config *cfg,
                                          struct strait_accel_sock_state *state, const struct strait_sock_key *peer, __u32 size)
 {
@@ -342,7 +351,7 @@ static __always_inline void observe_send(struct sk_msg_md *msg, const struct str
         if (++state->idle_sends >= cfg->idle_sends)
             settle(state, peer, STRAIT_MODE_REDIRECT);
     } else if (state->sends >= cfg->probe_sends) {
-        settle(state, peer, STRAIT_MODE_STACK);
+        settle(state, peer, stream_redirects(cfg, size) ? STRAIT_MODE_REDIRECT : STRAIT_MODE_STACK);
     }
     state->sends++;
     state->last_inbound = inbound_now;

@@ -37,20 +37,30 @@ struct strait_accel_config {
     /// already settled on redirect. Written from this machine's calibration, or all ones (every
     /// bulk send redirects) when `bulk_bytes` was set by hand or nothing was measured.
     __u32 redirect_size_classes;
-    __u32 reserved;
+    /// Which streams of small writes keep redirecting (adaptive mode), by the size class of the
+    /// send that ends the probe (`probe_sends` sends under `bulk_bytes`, no request/response): a
+    /// clear bit puts the direction on the stack. From this machine's calibration; 0 (every such
+    /// stream on the stack) when `bulk_bytes` was set by hand or nothing was measured.
+    __u32 stream_size_classes;
 };
 
 /// Sizes a calibration can hold (`calibration` map).
 #define STRAIT_ACCEL_CALIBRATION_POINTS 8
 
 /// One message size of a calibration: one stream's throughput plain and redirected, per CPU
-/// placement (index 0: both ends on one CPU; 1: on two CPUs; 0 when not measured).
+/// placement (index 0: both ends on one CPU; 1: on two CPUs; see `placements`).
 struct strait_accel_calibration_point {
     __u32 message_bytes;
-    /// 1 if bulk sends of this size (up to the next point's) redirect.
+    /// 1 if sends of this size (down to the previous point's) redirect: bulk sends, and streams of
+    /// small writes below `bulk_bytes`.
     __u32 redirect;
+    /// Medians of the samples.
     __u32 plain_mbit_s[2];
     __u32 redirected_mbit_s[2];
+    /// Redirected over plain of interleaved sample pairs, in thousandths: their median and the
+    /// lower confidence bound of that median (the decision's inputs).
+    __u32 median_ratio_milli[2];
+    __u32 lower_ratio_milli[2];
 };
 
 /// `calibration` map, index 0: the measurement `redirect_size_classes` came from. Only userspace
@@ -60,6 +70,10 @@ struct strait_accel_calibration {
     __u64 measured_at;
     __u32 elapsed_ms;
     __u32 points;
+    /// Interleaved plain/redirected pairs measured per size and placement.
+    __u32 pairs;
+    /// CPU placements measured (1 or 2): how many entries of each point's arrays are filled.
+    __u32 placements;
     struct strait_accel_calibration_point point[STRAIT_ACCEL_CALIBRATION_POINTS];
 };
 
