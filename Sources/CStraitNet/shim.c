@@ -37,7 +37,3 @@ int strait_set_thread_slice(unsigned long long nanoseconds) {
 void strait_set_thread_name(const char *name) {
     pthread_setname_np(pthread_self(), name);
 }
-
-int strait_accept4_nonblocking(int fd) {
-    return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-}

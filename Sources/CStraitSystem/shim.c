@@ -2,10 +2,15 @@
 #include <fcntl.h>
 #include <unistd.h>
 #include <sched.h>
+#include <sys/socket.h>
 #include "strait_system.h"
 
 int strait_setns_network(int fd) {
     return setns(fd, CLONE_NEWNET);
+}
+
+int strait_accept4_nonblocking(int fd) {
+    return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 }
 
 ssize_t strait_splice(int from, int to, size_t length, unsigned int flags) {

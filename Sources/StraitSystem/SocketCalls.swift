@@ -9,8 +9,8 @@ import Musl
 
 
 /// The portable socket and vectored-I/O calls the reactor library uses, each wrapped once.
-/// (The Linux-only epoll, eventfd and accept4 need C declarations the Glibc module lacks; StraitNet
-/// wraps those the same way in `Poll/EpollCalls.swift`.)
+/// (The Linux-only epoll and eventfd need C declarations the Glibc module lacks; StraitNet wraps
+/// those the same way in `Poll/EpollCalls.swift`. `accept4` is here, through this module's shim.)
 ///
 /// Every function here goes through ``systemCall(_:_:)`` or ``nonBlockingCall(_:_:)``, so errno is
 /// read right after the call and `EINTR` is retried. Descriptors are plain `CInt`s: whoever receives
@@ -20,6 +20,15 @@ public enum SocketCall {
     @inlinable
     public static func socket(domain: CInt, type: CInt, protocol proto: CInt = 0) throws(SystemCallError) -> CInt {
         try systemCall("socket") { Glibc.socket(domain, type | CInt(SOCK_NONBLOCK.rawValue) | CInt(SOCK_CLOEXEC.rawValue), proto) }
+    }
+
+    /// `accept4(2)` with `SOCK_NONBLOCK | SOCK_CLOEXEC`: the next connection in `fd`'s listen queue,
+    /// or `.wouldBlock` when the queue is empty. The caller owns the returned descriptor. Out of
+    /// descriptors or kernel memory it throws (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) and the
+    /// connection stays queued. The corresponding C function is `accept4`.
+    @inlinable
+    public static func accept(_ fd: CInt) throws(SystemCallError) -> NonBlockingResult<CInt> {
+        try nonBlockingCall("accept4") { strait_accept4_nonblocking(fd) }
     }
 
     /// `setsockopt(2)` with an integer value.

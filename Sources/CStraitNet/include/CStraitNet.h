@@ -1,14 +1,11 @@
 // The Linux-only C declarations StraitNet needs that Swift's Glibc module leaves out:
-// epoll, eventfd, accept4 and the TCP option names. Every name defined here starts with strait_.
+// epoll, eventfd, thread naming and slices, and the TCP option names (accept4 is StraitSystem's). Every name defined here starts with strait_.
 #ifndef STRAIT_NET_C_H
 #define STRAIT_NET_C_H
 
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <netinet/tcp.h>
-
-/// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC (accept4 needs _GNU_SOURCE, set in the .c file).
-int strait_accept4_nonblocking(int fd);
 
 /// Sets the calling thread's scheduler slice (EEVDF, Linux 6.12 and later) to `nanoseconds`
 /// with sched_setattr(2), keeping its policy and nice value; the kernel clamps it to 0.1-100 ms.

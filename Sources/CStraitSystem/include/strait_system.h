@@ -12,6 +12,9 @@
 /// setns(2) into the network namespace open at `fd` (CLONE_NEWNET), for the calling thread only.
 int strait_setns_network(int fd);
 
+/// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC, no peer address asked for.
+int strait_accept4_nonblocking(int fd);
+
 /// splice(2) between two descriptors with no offsets.
 ssize_t strait_splice(int from, int to, size_t length, unsigned int flags);
 
@@ -35,6 +38,7 @@ enum {
     STRAIT_SO_ATTACH_REUSEPORT_EBPF = 52,
     STRAIT_SO_COOKIE = 57,
     STRAIT_SO_DETACH_REUSEPORT_BPF = 68,
+    STRAIT_SO_NETNS_COOKIE = 71,
 };
 
 /// One datagram of a recvmmsg/sendmmsg batch: a buffer, its length, and the peer's address.
