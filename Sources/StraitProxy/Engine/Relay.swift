@@ -260,6 +260,26 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
         }
     }
 
+    /// Pumps `direction` (``Direction/pump()``): bytes moved count as activity; a failed read or
+    /// write resets from the socket that failed. False after a failure: the relay is closed.
+    /// `what` names the direction's datapath in the debug line.
+    func pump(_ direction: Direction, _ what: String) -> Bool {
+        do {
+            if try direction.pump() { lastActivity = loop.now }
+            return true
+        } catch {
+            switch error {
+            case .source(let failure):
+                context.logger.debug("\(what): reading failed: \(failure)")
+                resetFrom(direction.source)
+            case .sink(let failure):
+                context.logger.debug("\(what): writing failed: \(failure)")
+                resetFrom(direction.sink)
+            }
+            return false
+        }
+    }
+
     // MARK: Closing
 
     /// Bytes written into `sink` since the relay began (TCP: acknowledged plus queued, less the

@@ -173,19 +173,7 @@ final class SockmapDriver: RelayDriver {
         guard relay.phase == .relaying else { return }
         for direction in [toUpstream, toClient] {
             guard case .copy = direction.mode else { continue }
-            do {
-                if try direction.pump() { relay.lastActivity = relay.loop.now }
-            } catch {
-                switch error {
-                case .source(let failure):
-                    relay.context.logger.debug("sockmap, copied direction: reading failed: \(failure)")
-                    relay.resetFrom(direction.source)
-                case .sink(let failure):
-                    relay.context.logger.debug("sockmap, copied direction: writing failed: \(failure)")
-                    relay.resetFrom(direction.sink)
-                }
-                return
-            }
+            guard relay.pump(direction, "sockmap, copied direction") else { return }
         }
     }
 

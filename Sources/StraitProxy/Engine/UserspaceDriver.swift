@@ -81,23 +81,11 @@ final class UserspaceDriver: RelayDriver {
 
     private func pumpAll() {
         for direction in [toUpstream, toClient] {
-            do {
-                if try direction.pump() { relay.lastActivity = relay.loop.now }
-                // At once, before the other direction's pump: a reply may already be on its way.
-                if let routes {
-                    routes.publish(up: toUpstream, down: toClient)
-                    settleAuto()
-                }
-            } catch {
-                switch error {
-                case .source(let failure):
-                    relay.context.logger.debug("reading failed: \(failure)")
-                    relay.resetFrom(direction.source)
-                case .sink(let failure):
-                    relay.context.logger.debug("writing failed: \(failure)")
-                    relay.resetFrom(direction.sink)
-                }
-                return
+            guard relay.pump(direction, "\(datapath)") else { return }
+            // At once, before the other direction's pump: a reply may already be on its way.
+            if let routes {
+                routes.publish(up: toUpstream, down: toClient)
+                settleAuto()
             }
         }
         if toUpstream.sinkShut && toClient.sinkShut {
