@@ -178,7 +178,7 @@ public final class Proxy: @unchecked Sendable {
     /// Applies a configuration (from any thread but a proxy loop's): listeners with the same address keep their socket (no refused
     /// connections), new ones are bound, removed ones stop accepting; established relays keep the
     /// settings they started with. Throws without changing anything if a new address cannot be bound.
-    /// Throws ``ProxyError/config(_:)`` for a configuration that fails ``ProxyConfig/validate(dualStack:)``.
+    /// Throws ``ProxyError/invalid(_:)`` for a configuration that fails ``ProxyConfig/validate(dualStack:)``.
     public func reload(_ config: ProxyConfig) throws(ProxyError) {
         do { try config.validate() } catch { throw .invalid(error) }
         var clusters: [String: ClusterRuntime] = [:]

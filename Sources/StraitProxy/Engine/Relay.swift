@@ -54,7 +54,7 @@ enum RelayEnd: String {
 ///   hang-ups and errors, and `connect_timeout` runs;
 /// - **relaying**: a ``RelayDriver`` moves the bytes on the listener's datapath (``UserspaceDriver``
 ///   for copy, splice and skmsg, ``SockmapDriver`` for the kernel's); `auto` starts on the
-///   userspace driver and may hand over to sockmap once (``switchToSockmap()``);
+///   userspace driver and may hand over to sockmap once (``switchToSockmap(from:)``);
 /// - **closed**: both sockets closed (a reset on one side resets the other, `SO_LINGER` 0), the
 ///   counters and the access log written.
 ///
