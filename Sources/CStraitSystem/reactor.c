@@ -40,10 +40,6 @@ void strait_set_thread_name(const char *name) {
     pthread_setname_np(pthread_self(), name);
 }
 
-int strait_accept4_nonblocking(int fd) {
-    return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-}
-
 int strait_accept4(int fd, int flags) {
     return accept4(fd, NULL, NULL, flags);
 }

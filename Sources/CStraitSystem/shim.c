@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 #include <sched.h>
+#include <sys/socket.h>
 #include "strait_system.h"
 
 int strait_setns_network(int fd) {

@@ -1,4 +1,3 @@
-import CStraitSystem
 import Foundation
 import Dispatch
 import Logging
@@ -15,9 +14,10 @@ import Glibc
 /// An L4 TCP proxy: listeners accept clients, a cluster's balancer picks an upstream, and a
 /// ``Relay`` moves the bytes on the listener's ``Datapath`` until both sides have finished.
 ///
-/// Runs `loopCount` epoll threads; every listener socket is polled by every loop
-/// (`EPOLLEXCLUSIVE`, so one wakes per connection) and a relay stays on the loop that accepted it.
-/// Loop 0 also runs the health checks. ``reload(_:)`` swaps the configuration without touching
+/// Runs on one StraitNet ``EventLoopGroup`` of `loopCount` loops, which it owns: every listener
+/// socket is polled by every loop (`EPOLLEXCLUSIVE`, so one wakes per connection) and a relay stays
+/// on the loop that accepted it (``RelayLoop``). Loop 0 also runs the health checks, and `/metrics`
+/// is served on the same loops. ``reload(_:)`` swaps the configuration without touching
 /// established relays; ``shutdown(drainTimeout:)`` stops accepting, waits for relays to finish, then
 /// closes what is left.
 ///
@@ -28,8 +28,9 @@ public final class Proxy: @unchecked Sendable {
     public let metrics: ProxyMetrics
     public let logger: Logger
     let context: ProxyContext
-    private let loops: [ProxyLoop]
-    private let health: HealthChecker
+    private let group: EventLoopGroup
+    private let relayLoops: [RelayLoop]
+    private let health: HealthChecker<UpstreamState>
     private let state = Mutex<State>(State())
     private var metricsServer: PlainHTTPEndpoint?
 
@@ -86,9 +87,7 @@ public final class Proxy: @unchecked Sendable {
                 logger.warning("skmsg datapath off: \(unavailable); skmsg listeners run on copy")
             } else {
                 let cgroup = Cgroup(path: path)
-                guard cgroup.exists else {
-                    throw .config(ProxyConfigError(file: "<config>", line: 0, column: 0, message: "`endpoints_cgroup` \(path) does not exist: it must be an existing cgroup v2 directory (create it under \(Cgroup.v2MountPoint() ?? "the cgroup v2 mount") and run the local clients and servers in it)"))
-                }
+                guard cgroup.exists else { throw .endpointsCgroupMissing(path: path, mount: Cgroup.v2MountPoint()) }
                 do {
                     endpoints = try EndpointForwarder(cgroup: cgroup)
                 } catch {
@@ -98,21 +97,25 @@ public final class Proxy: @unchecked Sendable {
         } else if config.listeners.contains(where: { $0.datapath == .skmsg }) {
             logger.warning("skmsg datapath off: no `endpoints_cgroup` is configured (the cgroup v2 directory of the local clients and servers); skmsg listeners run on copy")
         }
-        context = ProxyContext(forwarder: forwarder, sockmapUnavailable: unavailable, endpoints: endpoints, metrics: metrics, logger: logger)
-        var created: [ProxyLoop] = []
-        do {
-            for index in 0..<max(1, loopCount) { created.append(try ProxyLoop(index: index)) }
-        } catch {
-            for loop in created { loop.stopAndJoin() }
+        let context = ProxyContext(forwarder: forwarder, sockmapUnavailable: unavailable, endpoints: endpoints, metrics: metrics, logger: logger)
+        self.context = context
+        let group: EventLoopGroup
+        do { group = try EventLoopGroup(loopCount: max(1, loopCount)) } catch {
+            endpoints?.detach()
             throw .system(error)
         }
-        loops = created
-        health = HealthChecker(loop: created[0], context: context)
-        for loop in loops { loop.start() }
+        self.group = group
+        relayLoops = group.loops.map { RelayLoop(loop: $0, context: context) }
+        let metrics = self.metrics
+        health = HealthChecker(loop: group.loops[0]) { [metrics, logger] change in
+            let upstream = change.target.key
+            upstream.healthy.store(change.up, ordering: .relaxed)
+            metrics.upstreamHealth(cluster: change.target.group, upstream: "\(upstream.address)", up: change.up)
+            logger.notice("upstream \(change.up ? "up" : "down")", metadata: ["cluster": "\(change.target.group)", "upstream": "\(upstream.address)"])
+        }
         if let unavailable, config.listeners.contains(where: { $0.datapath == .sockmap || $0.datapath == .auto }) {
             logger.warning("sockmap datapath off: \(unavailable); sockmap listeners run on splice, auto ones stay on \(AutoRule.startDatapath)")
         }
-        loops[0].execute { [health] in loops0Ticker(health) }
         state.withLock { $0.inherited = inherited }
         defer {
             let unused = state.withLock { state in defer { state.inherited = [:] }; return state.inherited }
@@ -175,11 +178,9 @@ public final class Proxy: @unchecked Sendable {
     /// Applies a configuration (from any thread but a proxy loop's): listeners with the same address keep their socket (no refused
     /// connections), new ones are bound, removed ones stop accepting; established relays keep the
     /// settings they started with. Throws without changing anything if a new address cannot be bound.
-    /// Throws ``ProxyError/config(_:)`` for a configuration that fails ``ProxyConfig/validate(dualStack:)``.
+    /// Throws ``ProxyError/invalid(_:)`` for a configuration that fails ``ProxyConfig/validate(dualStack:)``.
     public func reload(_ config: ProxyConfig) throws(ProxyError) {
-        do { try config.validate() } catch {
-            throw .config(ProxyConfigError(file: "<config>", line: 0, column: 0, message: error.message))
-        }
+        do { try config.validate() } catch { throw .invalid(error) }
         var clusters: [String: ClusterRuntime] = [:]
         let (bound, kept, removed): ([ListenerRuntime], [ListenerRuntime], [ListenerRuntime]) = try state.withLock { state throws(ProxyError) in
             for cluster in config.clusters {
@@ -196,10 +197,11 @@ public final class Proxy: @unchecked Sendable {
             var kept: [ListenerRuntime] = []
             // By address, so a reload is linear in the listener count (addresses are unique: validate()).
             var reusable = Dictionary(state.listeners.filter { $0.address.port != 0 }.map { ($0.address, $0) }, uniquingKeysWith: { first, _ in first })
-            for listener in config.listeners {
+            for (index, listener) in config.listeners.enumerated() {
                 guard let cluster = clusters[listener.cluster] else {
+                    // validate() refuses this already; kept so a listener never runs without one.
                     for runtime in bound { closeDescriptor(runtime.fd) }
-                    throw .config(ProxyConfigError(file: "<config>", line: 0, column: 0, message: "listener \(listener.name) names unknown cluster \(listener.cluster)"))
+                    throw .invalid(ProxyConfigProblem(.listener(index, field: "cluster"), "listener \(listener.name) names unknown cluster \(listener.cluster)"))
                 }
                 let settings = ListenerSettings(config: listener, cluster: cluster)
                 if listener.address.port != 0, let existing = reusable.removeValue(forKey: listener.address) {
@@ -249,28 +251,48 @@ public final class Proxy: @unchecked Sendable {
             }
         }
         for runtime in bound {
-            for loop in loops {
-                let acceptor = Acceptor(loop: loop, listener: runtime, context: context)
-                onLoop(loop) { try? loop.register(runtime.fd, events: ProxyLoop.input | UInt32(EPOLLEXCLUSIVE.rawValue), handler: acceptor) }
-            }
+            for relayLoop in relayLoops { onLoop(relayLoop) { $0.startAccepting(runtime) } }
         }
-        for runtime in removed {
-            runtime.closed.store(true, ordering: .relaxed)
-            for loop in loops { onLoop(loop) { loop.deregister(runtime.fd) } }
-            closeDescriptor(runtime.fd)
-        }
-        let clusterList = Array(clusters.values)
-        onLoop(loops[0]) { [health] in health.configure(clusterList) }
+        close(removed)
+        configureHealthChecks(Array(clusters.values))
         logger.info("configuration applied", metadata: [
             "listeners": "\(config.listeners.count)", "new": "\(bound.count)", "kept": "\(kept.count)", "removed": "\(removed.count)",
         ])
     }
 
-    /// Runs `body` on `loop` and waits for it.
-    private func onLoop(_ loop: ProxyLoop, _ body: @escaping () -> Void) {
+    /// Checks the members of `clusters` that have a health check; the others count as up.
+    private func configureHealthChecks(_ clusters: [ClusterRuntime]) {
+        var targets: [HealthChecker<UpstreamState>.Target] = []
+        var checked = Set<UpstreamState>()
+        for cluster in clusters {
+            guard let check = cluster.config.healthCheck else { continue }
+            for member in cluster.members where checked.insert(member).inserted {
+                targets.append(.init(key: member, address: member.address, check: check, group: cluster.config.name))
+            }
+        }
+        for cluster in clusters where cluster.config.healthCheck == nil {
+            for member in cluster.members where !checked.contains(member) { member.healthy.store(true, ordering: .relaxed) }
+        }
+        health.configure(targets)
+        for target in targets {
+            metrics.upstreamHealth(cluster: target.group, upstream: "\(target.address)", up: target.key.healthy.load(ordering: .relaxed))
+        }
+    }
+
+    /// Takes `listeners` off every loop, then closes their sockets (their relays go on).
+    private func close(_ listeners: [ListenerRuntime]) {
+        for runtime in listeners {
+            runtime.closed.store(true, ordering: .relaxed)
+            for relayLoop in relayLoops { onLoop(relayLoop) { $0.stopAccepting(runtime) } }
+            closeDescriptor(runtime.fd)
+        }
+    }
+
+    /// Runs `body` on `relayLoop`'s thread and waits for it. Never from a loop thread.
+    private func onLoop(_ relayLoop: RelayLoop, _ body: @escaping @Sendable (RelayLoop) -> Void) {
         let done = DispatchSemaphore(value: 0)
-        loop.execute {
-            body()
+        relayLoop.loop.execute {
+            body(relayLoop)
             done.signal()
         }
         done.wait()
@@ -288,7 +310,7 @@ public final class Proxy: @unchecked Sendable {
         while activeConnections > 0 && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(10))
         }
-        for loop in loops { onLoop(loop) { loop.finishAllRelays(.shutdown) } }
+        for relayLoop in relayLoops { onLoop(relayLoop) { $0.finishAllRelays(.shutdown) } }
         stopLoops()
     }
 
@@ -305,11 +327,7 @@ public final class Proxy: @unchecked Sendable {
             }
             return state.listeners
         }
-        for runtime in listeners {
-            runtime.closed.store(true, ordering: .relaxed)
-            for loop in loops { onLoop(loop) { loop.deregister(runtime.fd) } }
-            closeDescriptor(runtime.fd)
-        }
+        close(listeners)
     }
 
     /// The listening sockets and their addresses, to hand to a successor in a restart. They stay
@@ -331,19 +349,15 @@ public final class Proxy: @unchecked Sendable {
             defer { state.listeners = [] }
             return state.listeners
         }
-        for runtime in listeners {
-            runtime.closed.store(true, ordering: .relaxed)
-            for loop in loops { onLoop(loop) { loop.deregister(runtime.fd) } }
-            closeDescriptor(runtime.fd)
-        }
+        close(listeners)
         stopLoops()
     }
 
     /// Stops the loops, then detaches the skmsg programs from the endpoints cgroup: from here on no
     /// socket there is tracked, whoever still holds this proxy.
     private func stopLoops() {
-        onLoop(loops[0]) { [health] in health.stop() }
-        for loop in loops { loop.stopAndJoin() }
+        health.stop()
+        group.shutdown()
         context.endpoints?.detach()
     }
 
@@ -368,7 +382,7 @@ public final class Proxy: @unchecked Sendable {
         do {
             let metrics = self.metrics
             let endpoint = try PlainHTTPEndpoint(
-                address: address, listener: adopted, routes: ["/metrics": { [weak self] in .init(body: self?.metricsText() ?? "") }],
+                address: address, listener: adopted, group: group, routes: ["/metrics": { [weak self] in .init(body: self?.metricsText() ?? "") }],
                 refused: { refusal in
                     // A request larger than the bound, or a client too slow to send one, is closed.
                     metrics.error(refusal == .tooLarge ? "metrics_request_too_large" : "metrics_request_timeout")
@@ -388,88 +402,4 @@ public final class Proxy: @unchecked Sendable {
 
     /// The bound address of the metrics endpoint, if one runs.
     public var metricsAddress: SocketAddress? { metricsServer?.address }
-}
-
-private func loops0Ticker(_ health: HealthChecker) {
-    health.loop.addTicker(health)
-}
-
-/// Accepts on one listener for one loop.
-///
-/// Out of descriptors (`EMFILE`, `ENFILE`) or kernel memory (`ENOBUFS`, `ENOMEM`), the pending
-/// connection stays in the listen queue and the level-triggered listener would wake this loop again
-/// at once: so the acceptor leaves the loop for ``backoff`` and comes back on a tick, counts each
-/// pause (`strait_proxy_errors_total{kind="accept_no_descriptors"}`), logs once per episode and
-/// once when accepting works again. Relays already running are not touched.
-final class Acceptor: PollHandler, TickHandler {
-    let loop: ProxyLoop
-    let listener: ListenerRuntime
-    let context: ProxyContext
-    private var resumeAt: UInt64?
-
-    /// How long accepting pauses when descriptors run out.
-    static let backoff: UInt64 = 100_000_000
-
-    init(loop: ProxyLoop, listener: ListenerRuntime, context: ProxyContext) {
-        self.loop = loop
-        self.listener = listener
-        self.context = context
-    }
-
-    /// Accepts up to 64 at a time, so other loops get a share of a burst.
-    func handle(fd: CInt, events: UInt32) {
-        for _ in 0..<64 {
-            let accepted = strait_accept4_nonblocking(fd)
-            if accepted < 0 {
-                let error = errno
-                if error == EMFILE || error == ENFILE || error == ENOBUFS || error == ENOMEM {
-                    pause(errno: error)
-                } else if error != EAGAIN && error != EWOULDBLOCK && error != EINTR && error != ECONNABORTED {
-                    context.metrics.error("accept")
-                    context.logger.warning("accept failed: errno \(error)")
-                }
-                return
-            }
-            if listener.outOfDescriptors.exchange(false, ordering: .relaxed) {
-                context.logger.notice("accepting again on \(listener.address)")
-            }
-            let settings = listener.settings.withLock { $0 }
-            if listener.active.load(ordering: .relaxed) >= settings.config.maxConnections {
-                context.metrics.error("limit")
-                closeDescriptor(accepted)
-                continue
-            }
-            try? SocketCall.setOption(accepted, level: CInt(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
-            listener.active.add(1, ordering: .relaxed)
-            context.metrics.connectionOpened(listener: settings.config.name)
-            let relay = Relay(loop: loop, context: context, listener: listener, settings: settings, client: accepted, clientAddress: SocketAddress.peer(of: accepted))
-            relay.start()
-        }
-    }
-
-    private func pause(errno error: CInt) {
-        context.metrics.error("accept_no_descriptors")
-        if !listener.outOfDescriptors.exchange(true, ordering: .relaxed) {
-            let limit = (try? ResourceLimits.openFiles()).map { " (RLIMIT_NOFILE \($0.soft))" } ?? ""
-            context.logger.warning("accept on \(listener.address) failed: \(String(cString: strerror(error)))\(limit); pausing it \(Self.backoff / 1_000_000) ms at a time until descriptors free up, established connections go on")
-        }
-        loop.deregister(listener.fd)
-        resumeAt = loop.now &+ Self.backoff
-        loop.addTicker(self)
-    }
-
-    func tick(now: UInt64) {
-        guard let resumeAt, now >= resumeAt else { return }
-        self.resumeAt = nil
-        loop.removeTicker(self)
-        guard !listener.closed.load(ordering: .relaxed) else { return }
-        try? loop.register(listener.fd, events: ProxyLoop.input | UInt32(EPOLLEXCLUSIVE.rawValue), handler: self)
-    }
-}
-
-extension ProxyLoop {
-    /// Closes every relay on this loop (end of a drain). Loop thread.
-    func finishAllRelays(_ end: RelayEnd) {
-        for relay in relays() { relay.finish(end) }
-    }
 }

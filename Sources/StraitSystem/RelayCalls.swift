@@ -6,7 +6,8 @@ import Glibc
 #endif
 
 /// The calls a TCP relay needs beyond `SocketCall`: pipes and `splice(2)` for zero-copy forwarding,
-/// the socket cookie that keys socket maps, the TCP counters that tell when forwarded bytes have
+/// the network-namespace cookie that keys endpoint maps (the socket's own is
+/// ``SocketCall/cookie(_:)``), the TCP counters that tell when forwarded bytes have
 /// all been handed to the next socket, and the abortive close that turns into a reset.
 public enum RelayCall {
     /// A non-blocking, close-on-exec pipe of about `size` bytes: `(read end, write end)`. The caller
@@ -39,20 +40,12 @@ public enum RelayCall {
         try nonBlockingCall("send") { Glibc.send(fd, bytes.baseAddress, bytes.count, CInt(MSG_DONTWAIT) | CInt(MSG_NOSIGNAL)) }
     }
 
-    /// The kernel's unique, never reused identifier of a socket (`SO_COOKIE`).
-    public static func cookie(_ fd: CInt) throws(SystemCallError) -> UInt64 {
-        var value: UInt64 = 0
-        var length = socklen_t(MemoryLayout<UInt64>.size)
-        try systemCall("getsockopt SO_COOKIE") { Glibc.getsockopt(fd, SOL_SOCKET, 57, &value, &length) }
-        return value
-    }
-
     /// The cookie of the network namespace a socket lives in (`SO_NETNS_COOKIE`, Linux 5.14+), as
     /// BPF programs see it through `bpf_get_netns_cookie`.
     public static func networkNamespaceCookie(_ fd: CInt) throws(SystemCallError) -> UInt64 {
         var value: UInt64 = 0
         var length = socklen_t(MemoryLayout<UInt64>.size)
-        try systemCall("getsockopt SO_NETNS_COOKIE") { Glibc.getsockopt(fd, SOL_SOCKET, 71, &value, &length) }
+        try systemCall("getsockopt SO_NETNS_COOKIE") { Glibc.getsockopt(fd, SOL_SOCKET, CInt(STRAIT_SO_NETNS_COOKIE), &value, &length) }
         return value
     }
 

@@ -10,13 +10,6 @@ struct SyscallLayerTests {
     /// Folders (below Sources/) where raw calls belong.
     static let layers = ["StraitSystem/", "CStraitSystem/", "StraitNet/Poll/"]
 
-    /// Files outside the layers that still make raw calls, each with why; the list only shrinks.
-    /// A file here that has no raw call any more fails the test too, so it is removed once fixed.
-    static let allowed: [String: String] = [
-        "StraitProxy/Proxy.swift": "issue 14: proxy move in progress",
-        "StraitProxy/Engine/ProxyLoop.swift": "issue 14: proxy move in progress",
-    ]
-
     /// What counts as a raw call: `epoll_create1(`, `accept4(`, and `errno` read as the C global
     /// (not `.errno`, a property of SystemCallError or BPFError, and not a label or binding).
     static let names = ["epoll_create1", "accept4", "errno"]
@@ -30,20 +23,17 @@ struct SyscallLayerTests {
 
     @Test("no epoll_create1, accept4 or raw errno read outside StraitSystem and StraitNet's Poll layer")
     func rawCallsStayInTheLayer() throws {
-        var offenders: [String: [String]] = [:]
+        var offenders: [String] = []
         let patterns = Self.patterns
         for (path, text) in try Self.sources() where !Self.layers.contains(where: path.hasPrefix) {
             for (number, line) in Self.code(text).enumerated() {
                 // A plain substring test first: the regular expressions are slow on every line.
                 for pattern in patterns where line.contains(pattern.name) && line.contains(pattern.regex) {
-                    offenders[path, default: []].append("\(path):\(number + 1): \(pattern.name)")
+                    offenders.append("\(path):\(number + 1): \(pattern.name)")
                 }
             }
         }
-        let unexpected = offenders.filter { Self.allowed[$0.key] == nil }.values.flatMap { $0 }.sorted()
-        #expect(unexpected.isEmpty, "raw calls outside StraitSystem; call its wrappers instead:\n\(unexpected.joined(separator: "\n"))")
-        let fixed = Self.allowed.keys.filter { offenders[$0] == nil }.sorted()
-        #expect(fixed.isEmpty, "no raw call left in \(fixed): remove them from SyscallLayerTests.allowed")
+        #expect(offenders.isEmpty, "raw calls outside StraitSystem; call its wrappers instead:\n\(offenders.sorted().joined(separator: "\n"))")
     }
 
     @Test("the scan finds what it looks for")

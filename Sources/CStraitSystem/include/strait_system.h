@@ -13,6 +13,7 @@
 /// setns(2) into the network namespace open at `fd` (CLONE_NEWNET), for the calling thread only.
 int strait_setns_network(int fd);
 
+
 /// splice(2) between two descriptors with no offsets.
 ssize_t strait_splice(int from, int to, size_t length, unsigned int flags);
 
@@ -36,6 +37,7 @@ enum {
     STRAIT_SO_ATTACH_REUSEPORT_EBPF = 52,
     STRAIT_SO_COOKIE = 57,
     STRAIT_SO_DETACH_REUSEPORT_BPF = 68,
+    STRAIT_SO_NETNS_COOKIE = 71,
 };
 
 /// One datagram of a recvmmsg/sendmmsg batch: a buffer, its length, and the peer's address.
@@ -74,8 +76,6 @@ ssize_t strait_receive_with_descriptors(int socket, void *bytes, size_t capacity
 #include <netinet/tcp.h>
 #endif
 
-/// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC (accept4 needs _GNU_SOURCE, set in reactor.c).
-int strait_accept4_nonblocking(int fd);
 /// accept4(2) with `flags` (SOCK_NONBLOCK, SOCK_CLOEXEC), no peer address.
 int strait_accept4(int fd, int flags);
 

@@ -16,6 +16,7 @@ enum EpollCall {
     static let hangUp = UInt32(EPOLLHUP.rawValue)
     static let error = UInt32(EPOLLERR.rawValue)
     static let edgeTriggered = UInt32(truncatingIfNeeded: EPOLLET.rawValue)
+    static let exclusive = UInt32(truncatingIfNeeded: EPOLLEXCLUSIVE.rawValue)
 
     /// `epoll_create1(EPOLL_CLOEXEC)`.
     static func create() throws(SystemCallError) -> CInt {
@@ -67,9 +68,10 @@ enum EpollCall {
         _ = try nonBlockingCall("read eventfd") { Glibc.read(fd, &value, 8) }
     }
 
-    /// `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)`; `.wouldBlock` when the backlog is empty.
+    /// `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)`; `.wouldBlock` when the backlog is empty
+    /// (``SocketCall/accept(_:)``, the one wrapper).
     static func accept(_ fd: CInt) throws(SystemCallError) -> NonBlockingResult<CInt> {
-        try nonBlockingCall("accept4") { strait_accept4_nonblocking(fd) }
+        try SocketCall.accept(fd)
     }
 
     static let tcpNoDelay = CInt(TCP_NODELAY)

@@ -23,6 +23,9 @@ public struct Interest: OptionSet, Sendable, Hashable {
     public static let readHangUp = Interest(rawValue: EpollCall.peerHangUp)
     /// `EPOLLET`: report changes instead of states.
     public static let edgeTriggered = Interest(rawValue: EpollCall.edgeTriggered)
+    /// `EPOLLEXCLUSIVE`: of the loops that poll one descriptor (a listener every loop accepts on),
+    /// only one wakes per event. Only at registration: epoll refuses it in ``DescriptorRegistration/setInterest(_:)``.
+    public static let exclusive = Interest(rawValue: EpollCall.exclusive)
 }
 
 /// What happened to a registered descriptor: the `events` word `epoll_wait(2)` returned.

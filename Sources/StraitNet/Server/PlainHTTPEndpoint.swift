@@ -30,6 +30,8 @@ public final class PlainHTTPEndpoint: @unchecked Sendable {
     /// The bound address (with the kernel's port when port 0 was asked for).
     public var address: SocketAddress { server.address }
     private let group: EventLoopGroup
+    /// Whether ``shutdown()`` stops ``group`` (the endpoint made it) or leaves it to its owner.
+    private let ownsGroup: Bool
     /// The server behind the endpoint: its listener travels in a restart's hand-over.
     public let server: Server
 
@@ -48,11 +50,19 @@ public final class PlainHTTPEndpoint: @unchecked Sendable {
     /// this endpoint then owns) and serves `routes` (exact path → answer). A client is read up to
     /// the header bound and for at most ``idleTimeout`` of silence, so a hostile one holds one
     /// descriptor and at most a few KiB; `refused` hears of each one closed that way.
+    ///
+    /// It runs on `group` when given (the proxy serves `/metrics` on its own loops; the group stays
+    /// its owner's, to shut down after this endpoint), else on a one-loop group of its own.
     public init(
-        address: SocketAddress, listener: Listener? = nil, routes: [String: @Sendable () -> Response],
+        address: SocketAddress, listener: Listener? = nil, group shared: EventLoopGroup? = nil, routes: [String: @Sendable () -> Response],
         refused: (@Sendable (Refusal) -> Void)? = nil
     ) throws(SystemCallError) {
-        group = try EventLoopGroup(loopCount: 1)
+        if let shared {
+            group = shared
+        } else {
+            group = try EventLoopGroup(loopCount: 1)
+        }
+        ownsGroup = shared == nil
         var configuration = ServerConfiguration()
         configuration.connection.inputLimit = 2 * HTTPRequestHead.maximumHeaderBytes
         configuration.connection.readIdleTimeout = Self.idleTimeout
@@ -87,7 +97,7 @@ public final class PlainHTTPEndpoint: @unchecked Sendable {
                 server = try Server(address: address, group: group, configuration: configuration, handlers: handlers)
             }
         } catch {
-            group.shutdown()
+            if ownsGroup { group.shutdown() }
             throw error
         }
     }
@@ -113,9 +123,10 @@ public final class PlainHTTPEndpoint: @unchecked Sendable {
         }
     }
 
-    /// Stops accepting, closes open connections and stops the thread. Call once.
+    /// Stops accepting, closes open connections and, when the endpoint made its own group, stops
+    /// its thread. Call once.
     public func shutdown() async {
         await server.shutdown(gracePeriod: .milliseconds(100))
-        group.shutdown()
+        if ownsGroup { group.shutdown() }
     }
 }

@@ -3,8 +3,9 @@ import StraitNet
 import Synchronization
 
 /// One upstream's live state, shared by every listener and reload that names its address: health
-/// (written by the ``HealthChecker``) and active connections (for least-connections).
-final class UpstreamState: Sendable {
+/// (written from the ``HealthChecker``'s changes) and active connections (for least-connections).
+/// Equal only to itself: it keys the health checker's targets.
+final class UpstreamState: Sendable, Hashable {
     let address: SocketAddress
     let healthy = Atomic<Bool>(true)
     let active = Atomic<Int>(0)
@@ -12,6 +13,9 @@ final class UpstreamState: Sendable {
     init(address: SocketAddress) {
         self.address = address
     }
+
+    static func == (lhs: UpstreamState, rhs: UpstreamState) -> Bool { lhs === rhs }
+    func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(self)) }
 }
 
 /// A cluster as configured at one reload: its members with weights and the balancer over them.
@@ -56,7 +60,7 @@ final class ListenerRuntime: Sendable {
     var name: String { settings.withLock { $0.config.name } }
 }
 
-/// What every relay needs from the proxy: the kernel datapath (if loaded), metrics, logs.
+/// What every relay needs from the proxy: the kernel datapath (if loaded), metrics, logs, timings.
 final class ProxyContext: Sendable {
     let forwarder: SockmapForwarder?
     /// Why ``forwarder`` is nil, said once at start.
@@ -66,8 +70,11 @@ final class ProxyContext: Sendable {
     let accessLog = Atomic<Bool>(true)
     /// The skmsg datapath, when an endpoints cgroup is configured and the programs attached.
     let endpoints: EndpointForwarder?
+    /// Every interval the engine waits by.
+    let timings: ProxyTimings
 
-    init(forwarder: SockmapForwarder?, sockmapUnavailable: String?, endpoints: EndpointForwarder?, metrics: ProxyMetrics, logger: Logger) {
+    init(forwarder: SockmapForwarder?, sockmapUnavailable: String?, endpoints: EndpointForwarder?, metrics: ProxyMetrics, logger: Logger, timings: ProxyTimings = .standard) {
+        self.timings = timings
         self.forwarder = forwarder
         self.sockmapUnavailable = sockmapUnavailable
         self.endpoints = endpoints

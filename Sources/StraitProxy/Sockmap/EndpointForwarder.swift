@@ -113,7 +113,7 @@ public final class EndpointForwarder: @unchecked Sendable {
         do {
             route = Route(
                 clientKey: try Self.remoteEndpointKey(of: clientSide), upstreamKey: try Self.remoteEndpointKey(of: upstreamSide),
-                clientSideCookie: try RelayCall.cookie(clientSide), upstreamSideCookie: try RelayCall.cookie(upstreamSide),
+                clientSideCookie: try SocketCall.cookie(clientSide), upstreamSideCookie: try SocketCall.cookie(upstreamSide),
                 clientTracked: false, upstreamTracked: false, maxInFlight: UInt32(clamping: maxInFlight))
         } catch {
             throw .system(error)

@@ -77,7 +77,7 @@ public final class SockmapForwarder: @unchecked Sendable {
         let budget = UInt32(clamping: maxInFlight)
         let pair: Pair
         do {
-            pair = Pair(first: first, second: second, firstCookie: try RelayCall.cookie(first), secondCookie: try RelayCall.cookie(second))
+            pair = Pair(first: first, second: second, firstCookie: try SocketCall.cookie(first), secondCookie: try SocketCall.cookie(second))
         } catch {
             throw .system(error)
         }

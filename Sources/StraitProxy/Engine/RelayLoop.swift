@@ -1,0 +1,138 @@
+import StraitNet
+import StraitSystem
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The proxy's share of one StraitNet ``EventLoop``: an ``Acceptor`` per listener and the relays
+/// they started, which stay on this loop to the end. The loop itself belongs to the proxy's
+/// ``EventLoopGroup``, which also serves `/metrics` and runs the health checks.
+///
+/// Loop thread only (``Proxy`` reaches it with ``EventLoop/execute(_:)``).
+final class RelayLoop: @unchecked Sendable {
+    let loop: EventLoop
+    let context: ProxyContext
+    private var relays: [ObjectIdentifier: Relay] = [:]
+    private var acceptors: [ObjectIdentifier: Acceptor] = [:]
+
+    init(loop: EventLoop, context: ProxyContext) {
+        self.loop = loop
+        self.context = context
+    }
+
+    /// Starts accepting on `listener` here (every loop polls every listener, `EPOLLEXCLUSIVE`).
+    func startAccepting(_ listener: ListenerRuntime) {
+        let acceptor = Acceptor(home: self, listener: listener)
+        guard acceptor.resume() else { return }
+        acceptors[ObjectIdentifier(listener)] = acceptor
+    }
+
+    /// Stops accepting on `listener` here, before its socket is closed.
+    func stopAccepting(_ listener: ListenerRuntime) {
+        acceptors.removeValue(forKey: ObjectIdentifier(listener))?.stop()
+    }
+
+    func add(_ relay: Relay) { relays[ObjectIdentifier(relay)] = relay }
+    func remove(_ relay: Relay) { relays[ObjectIdentifier(relay)] = nil }
+
+    /// Closes every relay on this loop (end of a drain).
+    func finishAllRelays(_ end: RelayEnd) {
+        for relay in Array(relays.values) { relay.finish(end) }
+    }
+}
+
+/// Accepts on one listener for one loop: level-triggered, up to ``burst`` connections a wake-up,
+/// so other loops get a share of a burst.
+///
+/// Out of descriptors (`EMFILE`, `ENFILE`) or kernel memory (`ENOBUFS`, `ENOMEM`), the pending
+/// connection stays in the listen queue and the level-triggered listener would wake this loop again
+/// at once: so the acceptor leaves the loop for ``ProxyTimings/acceptBackoff`` and comes back on a
+/// timer, counts each pause (`strait_proxy_errors_total{kind="accept_no_descriptors"}`), logs once
+/// per episode and once when accepting works again. Relays already running are not touched.
+final class Acceptor: DescriptorHandler {
+    unowned let home: RelayLoop
+    let listener: ListenerRuntime
+    private var registration: DescriptorRegistration?
+    private var backoff: LoopTimer?
+
+    /// Most connections accepted per wake-up.
+    static let burst = 64
+
+    init(home: RelayLoop, listener: ListenerRuntime) {
+        self.home = home
+        self.listener = listener
+    }
+
+    private var context: ProxyContext { home.context }
+
+    /// Puts the listener on the loop; false (and said why) when epoll refuses it.
+    @discardableResult
+    func resume() -> Bool {
+        guard !listener.closed.load(ordering: .relaxed), registration == nil else { return false }
+        do {
+            registration = try home.loop.register(descriptor: listener.fd, interest: [.readable, .exclusive], handler: self)
+            return true
+        } catch {
+            context.logger.warning("cannot poll listener \(listener.address): \(error)")
+            return false
+        }
+    }
+
+    /// Leaves the loop for good (the listener is about to be closed).
+    func stop() {
+        backoff?.cancel()
+        backoff = nil
+        registration?.deregister()
+        registration = nil
+    }
+
+    func descriptorReady(_ registration: DescriptorRegistration, events: IOEvents) {
+        for _ in 0..<Self.burst {
+            let accepted: CInt
+            do {
+                guard case .done(let fd) = try SocketCall.accept(listener.fd) else { return }
+                accepted = fd
+            } catch {
+                switch error.errno {
+                case .tooManyOpenFiles, .tooManyOpenFilesInSystem, .noBufferSpace, .noMemory:
+                    pause(error)
+                case .connectionAbort:
+                    break
+                default:
+                    context.metrics.error("accept")
+                    context.logger.warning("accept failed: \(error)")
+                }
+                return
+            }
+            if listener.outOfDescriptors.exchange(false, ordering: .relaxed) {
+                context.logger.notice("accepting again on \(listener.address)")
+            }
+            let settings = listener.settings.withLock { $0 }
+            if listener.active.load(ordering: .relaxed) >= settings.config.maxConnections {
+                context.metrics.error("limit")
+                closeDescriptor(accepted)
+                continue
+            }
+            try? SocketCall.setOption(accepted, level: CInt(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
+            listener.active.add(1, ordering: .relaxed)
+            context.metrics.connectionOpened(listener: settings.config.name)
+            let relay = Relay(home: home, context: context, listener: listener, settings: settings, client: accepted, clientAddress: SocketAddress.peer(of: accepted))
+            relay.start()
+        }
+    }
+
+    private func pause(_ error: SystemCallError) {
+        context.metrics.error("accept_no_descriptors")
+        let pause = context.timings.acceptBackoff
+        if !listener.outOfDescriptors.exchange(true, ordering: .relaxed) {
+            let limit = (try? ResourceLimits.openFiles()).map { " (RLIMIT_NOFILE \($0.soft))" } ?? ""
+            context.logger.warning("accept on \(listener.address) failed: \(error)\(limit); pausing it \(pause) at a time until descriptors free up, established connections go on")
+        }
+        registration?.deregister()
+        registration = nil
+        let timer = backoff ?? LoopTimer(loop: home.loop) { [weak self] in self?.resume() }
+        backoff = timer
+        timer.schedule(after: pause)
+    }
+}
