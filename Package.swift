@@ -96,10 +96,9 @@ let package = Package(
         .target(
             name: "StraitProxy",
             dependencies: [
-                "StraitBPF", "StraitKernelABI", "StraitSystem", "StraitNet", "CStraitNet",
+                "StraitBPF", "StraitBuildInfo", "StraitKernelABI", "StraitSystem", "StraitNet", "CStraitNet",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             exclude: ["bpf"],
@@ -225,6 +224,7 @@ let package = Package(
         .executableTarget(name: "fuzz-drop-rules", dependencies: ["FuzzSupport", "StraitDrop"], path: "Fuzz/drop-rules"),
         .executableTarget(name: "fuzz-rpc-frame", dependencies: ["FuzzSupport", "StraitNet"], path: "Fuzz/rpc-frame"),
         .executableTarget(name: "fuzz-metrics-request", dependencies: ["FuzzSupport", "StraitNet"], path: "Fuzz/metrics-request"),
+        .executableTarget(name: "fuzz-proxy-header", dependencies: ["FuzzSupport", "StraitProxy"], path: "Fuzz/proxy-header"),
 
         // Fixtures every kernel test uses: a private cgroup, a private pin folder, namespaces, the CI gate.
         .target(

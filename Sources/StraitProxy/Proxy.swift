@@ -31,7 +31,7 @@ public final class Proxy: @unchecked Sendable {
     private let loops: [ProxyLoop]
     private let health: HealthChecker
     private let state = Mutex<State>(State())
-    private var metricsServer: PlainHTTPEndpoint?
+    var metricsServer: PlainHTTPEndpoint?  // issue 16 hook: internal, so ProxyController can move it on reload
 
     private struct State {
         var config: ProxyConfig?
@@ -42,6 +42,11 @@ public final class Proxy: @unchecked Sendable {
         var draining = false
         /// Listening sockets handed over by the previous process, used instead of binding anew.
         var inherited: [SocketAddress: CInt] = [:]
+    }
+
+    // issue 16 hook: what the status (Observe/ProxyStatus.swift) and `strait proxy drain` read.
+    var runtimeSnapshot: (listeners: [ListenerRuntime], upstreams: [SocketAddress: UpstreamState], config: ProxyConfig?, draining: Bool) {
+        state.withLock { ($0.listeners, $0.upstreams, $0.config, $0.draining) }
     }
 
     /// Why the kernel datapath is off, or nil when it is on.
@@ -261,6 +266,7 @@ public final class Proxy: @unchecked Sendable {
         }
         let clusterList = Array(clusters.values)
         onLoop(loops[0]) { [health] in health.configure(clusterList) }
+        metrics.configurationApplied(config)  // issue 16 hook: the status's fingerprint and load time
         logger.info("configuration applied", metadata: [
             "listeners": "\(config.listeners.count)", "new": "\(bound.count)", "kept": "\(kept.count)", "removed": "\(removed.count)",
         ])
@@ -366,13 +372,7 @@ public final class Proxy: @unchecked Sendable {
             }
         }
         do {
-            let metrics = self.metrics
-            let endpoint = try PlainHTTPEndpoint(
-                address: address, listener: adopted, routes: ["/metrics": { [weak self] in .init(body: self?.metricsText() ?? "") }],
-                refused: { refusal in
-                    // A request larger than the bound, or a client too slow to send one, is closed.
-                    metrics.error(refusal == .tooLarge ? "metrics_request_too_large" : "metrics_request_timeout")
-                })
+            let endpoint = try makeObservabilityEndpoint(address, listener: adopted)  // issue 16 hook: /metrics, /status, /healthz, /readyz
             metricsServer = endpoint
             logger.info("metrics on http://\(endpoint.address)/metrics")
         } catch {

@@ -22,6 +22,19 @@ public struct ProxyConfigError: Error, Equatable, CustomStringConvertible {
     public var description: String { "\(file):\(line):\(column): \(message)" }
 }
 
+/// Every mistake found in one configuration file, in the order of the file: what
+/// `strait proxy --check` prints and what a rejected reload answers, so a file is fixed in one
+/// pass. Mistakes in the shape of the file (unknown keys, wrong types) are all reported; the value
+/// checks of ``ProxyConfig/problems(dualStack:limit:)`` run once the shape is right (a cluster that
+/// failed to read would otherwise make every listener naming it a second mistake).
+public struct ProxyConfigErrors: Error, Equatable, CustomStringConvertible {
+    /// At least one; at most ``ProxyConfigLoader/maximumReported``.
+    public let errors: [ProxyConfigError]
+
+    /// One `file:line:column: message` per line.
+    public var description: String { errors.map(\.description).joined(separator: "\n") }
+}
+
 /// Reads a ``ProxyConfig`` from YAML, checking every field and reporting the first mistake with
 /// its position. Unknown keys are errors too (a misspelt `helth_check` must not be ignored).
 ///
@@ -48,15 +61,30 @@ public struct ProxyConfigError: Error, Equatable, CustomStringConvertible {
 /// endpoints_cgroup: /sys/fs/cgroup/unified/apps   # local endpoints that may use skmsg
 /// ```
 public enum ProxyConfigLoader {
-    /// Reads and checks the file at `path`. An unreadable file is reported with its errno.
+    /// The most mistakes one check reports (a file of 100,000 broken listeners says so in its first 100).
+    public static let maximumReported = 100
+
+    /// Reads and checks the file at `path`. An unreadable file is reported with its errno. Throws
+    /// the first mistake of ``check(path:)``.
     public static func load(path: String) throws(ProxyConfigError) -> ProxyConfig {
+        do { return try check(path: path) } catch { throw error.errors[0] }
+    }
+
+    /// Reads and checks the file at `path`, reporting every mistake (up to ``maximumReported``):
+    /// `strait proxy --check`, start and reload all read a file through here.
+    public static func check(path: String) throws(ProxyConfigErrors) -> ProxyConfig {
         let bytes: [UInt8]
         do {
             bytes = try ConfigText.read(path: path)
         } catch {
-            throw ProxyConfigError(file: path, line: 0, column: 0, message: "cannot read the file: \(error)")
+            throw ProxyConfigErrors(errors: [ProxyConfigError(file: path, line: 0, column: 0, message: "cannot read the file: \(error)")])
         }
-        return try parse(bytes: bytes, file: path)
+        let root: Node?
+        do { root = try compose(try ConfigText.decode(bytes, file: path), file: path) } catch { throw ProxyConfigErrors(errors: [error]) }
+        guard let root else {
+            throw ProxyConfigErrors(errors: [ProxyConfigError(file: path, line: 1, column: 1, message: "expected a mapping with `listeners` and `clusters`, found an empty document")])
+        }
+        return try ConfigNodeReader(file: path).checkedConfig(root)
     }
 
     /// Checks a file's bytes: at most ``ConfigText/maximumBytes``, UTF-8 (a leading byte-order mark
@@ -95,10 +123,20 @@ public enum ProxyConfigLoader {
         return try config(from: root, file: file)
     }
 
+    /// Checks YAML text, reporting every mistake (as ``check(path:)``).
+    public static func check(_ yaml: String, file: String) throws(ProxyConfigErrors) -> ProxyConfig {
+        let root: Node?
+        do { root = try compose(yaml, file: file) } catch { throw ProxyConfigErrors(errors: [error]) }
+        guard let root else {
+            throw ProxyConfigErrors(errors: [ProxyConfigError(file: file, line: 1, column: 1, message: "expected a mapping with `listeners` and `clusters`, found an empty document")])
+        }
+        return try ConfigNodeReader(file: file).checkedConfig(root)
+    }
+
     /// Checks a proxy configuration that is one subtree of a larger document (the `proxy` section of
     /// `strait agent`'s file): errors carry that document's line and column.
     public static func config(from node: Node, file: String) throws(ProxyConfigError) -> ProxyConfig {
-        try ConfigNodeReader(file: file).config(node)
+        do { return try ConfigNodeReader(file: file).checkedConfig(node) } catch { throw error.errors[0] }
     }
 
     /// Parses YAML into a node tree with positions (nil for an empty document); a syntax error is
@@ -142,14 +180,25 @@ public struct ConfigNodeReader: Sendable {
     /// The mapping's entries by key, after checking that every key is one of `allowed` and appears
     /// once (YAML parsers differ on which of two equal keys wins: a second one is a mistake).
     public func fields(_ node: Node, _ what: String, allowed: [String]) throws(ProxyConfigError) -> [String: Node] {
+        let mistakes = ConfigMistakes()
+        let result = try fields(node, what, allowed: allowed, mistakes: mistakes)
+        if let first = mistakes.errors.first { throw first }
+        return result
+    }
+
+    /// ``fields(_:_:allowed:)``, recording each unknown or repeated key in `mistakes` and going on
+    /// with the others; throws only when `node` is not a mapping.
+    func fields(_ node: Node, _ what: String, allowed: [String], mistakes: ConfigMistakes) throws(ProxyConfigError) -> [String: Node] {
         guard let mapping = node.mapping else { throw error(node, "expected \(what) as a mapping of \(allowed.joined(separator: ", "))") }
         var result: [String: Node] = [:]
         for (key, value) in mapping {
             guard let name = key.string, allowed.contains(name) else {
-                throw error(key, "unknown key `\(key.string ?? "?")` in \(what); expected one of \(allowed.joined(separator: ", "))")
+                mistakes.record(error(key, "unknown key `\(key.string ?? "?")` in \(what); expected one of \(allowed.joined(separator: ", "))"))
+                continue
             }
             guard result.updateValue(value, forKey: name) == nil else {
-                throw error(key, "a second `\(name)` key in \(what); expected each key once")
+                mistakes.record(error(key, "a second `\(name)` key in \(what); expected each key once"))
+                continue
             }
         }
         return result
@@ -187,10 +236,10 @@ public struct ConfigNodeReader: Sendable {
         throw error(node, "expected \(what) as a size in \(range.lowerBound >> 10)KiB...\(range.upperBound >> 20)MiB (bytes, or with KiB, MiB or GiB)")
     }
 
-    /// A duration scalar: `250ms`, `2s`, `5m`, `1h` or bare seconds.
+    /// A duration scalar: `250ms`, `2s`, `5m`, `1h`, a compound such as `1m30s`, or bare seconds.
     public func duration(_ node: Node, _ what: String) throws(ProxyConfigError) -> Duration {
         guard let text = node.scalar?.string, let value = Duration(parsing: text) else {
-            throw error(node, "expected \(what) as a duration such as 250ms, 2s, 5m or 1h (digits, an optional fraction, at most 366 days)")
+            throw error(node, "expected \(what) as a duration such as 250ms, 2s, 5m, 1h or 1m30s (digits, an optional fraction, largest unit first, at most 366 days)")
         }
         return value
     }
@@ -233,72 +282,118 @@ public struct ConfigNodeReader: Sendable {
         return Array(sequence)
     }
 
-    func config(_ root: Node) throws(ProxyConfigError) -> ProxyConfig {
-        let top = try fields(root, "the configuration", allowed: ["listeners", "clusters", "metrics", "drain_timeout", "access_log", "endpoints_cgroup"])
-        let clusterNodes = try list(try required(top, "clusters", in: root, "the configuration"), "`clusters`")
-        let listenerNodes = try list(try required(top, "listeners", in: root, "the configuration"), "`listeners`")
-        var clusters: [ClusterConfig] = []
-        for node in clusterNodes { clusters.append(try cluster(node)) }
+    /// Reads and checks a proxy configuration's root node, collecting every mistake: first the
+    /// shape (each field of each listener and cluster read on its own), then, when the shape is
+    /// right, ``ProxyConfig/problems(dualStack:limit:)`` located at the nodes they are about.
+    func checkedConfig(_ root: Node) throws(ProxyConfigErrors) -> ProxyConfig {
+        let mistakes = ConfigMistakes()
+        func reported() -> ProxyConfigErrors { ProxyConfigErrors(errors: Array(mistakes.errors.prefix(ProxyConfigLoader.maximumReported))) }
+        guard let top = mistakes.attempt({ () throws(ProxyConfigError) in
+            try fields(root, "the configuration", allowed: ["listeners", "clusters", "metrics", "drain_timeout", "access_log", "endpoints_cgroup"], mistakes: mistakes)
+        }) else { throw reported() }
+        let clusterNodes = mistakes.attempt { () throws(ProxyConfigError) in try list(try required(top, "clusters", in: root, "the configuration"), "`clusters`") } ?? []
+        let listenerNodes = mistakes.attempt { () throws(ProxyConfigError) in try list(try required(top, "listeners", in: root, "the configuration"), "`listeners`") } ?? []
+        let clusters = clusterNodes.compactMap { node in mistakes.attempt { () throws(ProxyConfigError) in try cluster(node, mistakes: mistakes) } }
         var listeners: [ListenerConfig] = []
-        for node in listenerNodes { listeners.append(try listener(node, index: listeners.count)) }
+        for node in listenerNodes {
+            if let parsed = mistakes.attempt({ () throws(ProxyConfigError) in try listener(node, index: listeners.count, mistakes: mistakes) }) { listeners.append(parsed) }
+        }
         var config = ProxyConfig(listeners: listeners, clusters: clusters)
-        if let node = top["metrics"] { config.metricsAddress = try address(node, "`metrics`") }
-        if let node = top["drain_timeout"] { config.drainTimeout = try duration(node, "`drain_timeout`") }
-        if let node = top["access_log"] { config.accessLog = try boolean(node, "`access_log`") }
-        if let node = top["endpoints_cgroup"] { config.endpointsCgroup = try string(node, "`endpoints_cgroup` (a cgroup v2 directory)") }
-        do {
-            try config.validate()
-        } catch {
-            func field(_ node: Node, _ name: String?) -> Node { name.flatMap { node.mapping?[$0] } ?? node }
+        if let node = top["metrics"], let value = mistakes.attempt({ () throws(ProxyConfigError) in try metricsAddress(node) }) { config.metricsAddress = value }
+        if let node = top["drain_timeout"], let value = mistakes.attempt({ () throws(ProxyConfigError) in try duration(node, "`drain_timeout`") }) { config.drainTimeout = value }
+        if let node = top["access_log"], let value = mistakes.attempt({ () throws(ProxyConfigError) in try boolean(node, "`access_log`") }) { config.accessLog = value }
+        if let node = top["endpoints_cgroup"], let value = mistakes.attempt({ () throws(ProxyConfigError) in try string(node, "`endpoints_cgroup` (a cgroup v2 directory)") }) {
+            config.endpointsCgroup = value
+        }
+        guard mistakes.errors.isEmpty else { throw reported() }
+        func field(_ node: Node, _ name: String?) -> Node { name.flatMap { node.mapping?[$0] } ?? node }
+        for problem in config.problems(limit: ProxyConfigLoader.maximumReported) {
             let node: Node =
-                switch error.subject {
+                switch problem.subject {
                 case .configuration: root
                 case .listener(let index, let name): field(listenerNodes[index], name)
                 case .cluster(let index, let name): field(clusterNodes[index], name)
                 case .upstream(let cluster, let index): clusterNodes[cluster].mapping?["upstreams"]?.sequence.map { Array($0)[index] } ?? clusterNodes[cluster]
                 case .topLevel(let name): top[name] ?? root
                 }
-            throw self.error(node, error.message)
+            mistakes.record(error(node, problem.message))
         }
+        guard mistakes.errors.isEmpty else { throw reported() }
         return config
     }
 
-    func listener(_ node: Node, index: Int) throws(ProxyConfigError) -> ListenerConfig {
-        let what = "a listener"
-        let entries = try fields(node, what, allowed: ["name", "bind", "cluster", "datapath", "connect_timeout", "idle_timeout", "max_connections", "max_in_flight"])
-        var listener = ListenerConfig(
-            name: try entries["name"].map { node throws(ProxyConfigError) in try string(node, "the listener's `name`") } ?? "listener\(index)",
-            address: try address(try required(entries, "bind", in: node, what), "`bind`"),
-            cluster: try string(try required(entries, "cluster", in: node, what), "`cluster`"))
-        if let value = entries["datapath"] { listener.datapath = try choice(value, "`datapath`") }
-        if let value = entries["connect_timeout"] { listener.connectTimeout = try duration(value, "`connect_timeout`") }
-        if let value = entries["idle_timeout"] {
-            listener.idleTimeout = value.scalar?.string == "none" ? nil : try duration(value, "`idle_timeout` (or none)")
+    /// `metrics:` as `host:port`, or a bare host for ``ProxyConfig/defaultMetricsPort``.
+    func metricsAddress(_ node: Node) throws(ProxyConfigError) -> SocketAddress {
+        if let text = node.scalar?.string, !text.contains(":") || (text.hasPrefix("[") && text.hasSuffix("]")),
+           let address = SocketAddress(parsing: "\(text):\(ProxyConfig.defaultMetricsPort)") {
+            return address
         }
-        if let value = entries["max_connections"] { listener.maxConnections = try integer(value, "`max_connections`", range: ListenerConfig.maxConnectionsRange) }
-        if let value = entries["max_in_flight"] { listener.maxInFlight = try byteSize(value, "`max_in_flight`", range: (64 << 10)...(1 << 30)) }
+        return try address(node, "`metrics`")
+    }
+
+    func listener(_ node: Node, index: Int, mistakes: ConfigMistakes) throws(ProxyConfigError) -> ListenerConfig {
+        let what = "a listener"
+        let entries = try fields(node, what, allowed: ["name", "bind", "cluster", "datapath", "connect_timeout", "idle_timeout", "max_connections", "max_in_flight"], mistakes: mistakes)
+        let name = mistakes.attempt { () throws(ProxyConfigError) in try entries["name"].map { node throws(ProxyConfigError) in try string(node, "the listener's `name`") } ?? "listener\(index)" }
+        let bind = mistakes.attempt { () throws(ProxyConfigError) in try address(try required(entries, "bind", in: node, what), "`bind`") }
+        let cluster = mistakes.attempt { () throws(ProxyConfigError) in try string(try required(entries, "cluster", in: node, what), "`cluster`") }
+        var listener = ListenerConfig(name: name ?? "", address: bind ?? .ip(IPAddress.anyV4, port: 0), cluster: cluster ?? "")
+        if let value = entries["datapath"], let datapath: Datapath = mistakes.attempt({ () throws(ProxyConfigError) in try choice(value, "`datapath`") }) { listener.datapath = datapath }
+        if let value = entries["connect_timeout"], let timeout = mistakes.attempt({ () throws(ProxyConfigError) in try duration(value, "`connect_timeout`") }) { listener.connectTimeout = timeout }
+        if let value = entries["idle_timeout"] {
+            if value.scalar?.string == "none" {
+                listener.idleTimeout = nil
+            } else if let timeout = mistakes.attempt({ () throws(ProxyConfigError) in try duration(value, "`idle_timeout` (or none)") }) {
+                listener.idleTimeout = timeout
+            }
+        }
+        if let value = entries["max_connections"], let limit = mistakes.attempt({ () throws(ProxyConfigError) in try integer(value, "`max_connections`", range: ListenerConfig.maxConnectionsRange) }) {
+            listener.maxConnections = limit
+        }
+        if let value = entries["max_in_flight"], let bytes = mistakes.attempt({ () throws(ProxyConfigError) in try byteSize(value, "`max_in_flight`", range: (64 << 10)...(1 << 30)) }) {
+            listener.maxInFlight = bytes
+        }
         return listener
     }
 
-    func cluster(_ node: Node) throws(ProxyConfigError) -> ClusterConfig {
+    func cluster(_ node: Node, mistakes: ConfigMistakes) throws(ProxyConfigError) -> ClusterConfig {
         let what = "a cluster"
-        let entries = try fields(node, what, allowed: ["name", "balance", "upstreams", "health_check"])
-        let name = try string(try required(entries, "name", in: node, what), "the cluster's `name`")
+        let entries = try fields(node, what, allowed: ["name", "balance", "upstreams", "health_check", "passive_health", "retries"], mistakes: mistakes)
+        let name = mistakes.attempt { () throws(ProxyConfigError) in try string(try required(entries, "name", in: node, what), "the cluster's `name`") }
         var upstreams: [UpstreamConfig] = []
-        for upstreamNode in try list(try required(entries, "upstreams", in: node, what), "`upstreams`") {
-            if upstreamNode.mapping == nil {
-                upstreams.append(UpstreamConfig(address: try address(upstreamNode, "an upstream")))
-                continue
-            }
-            let upstream = try fields(upstreamNode, "an upstream", allowed: ["address", "weight"])
-            upstreams.append(UpstreamConfig(
-                address: try address(try required(upstream, "address", in: upstreamNode, "an upstream"), "`address`"),
-                weight: try upstream["weight"].map { node throws(ProxyConfigError) in try integer(node, "`weight`", range: UpstreamConfig.weightRange) } ?? 1))
+        let upstreamNodes = mistakes.attempt { () throws(ProxyConfigError) in try list(try required(entries, "upstreams", in: node, what), "`upstreams`") } ?? []
+        for upstreamNode in upstreamNodes {
+            if let parsed = mistakes.attempt({ () throws(ProxyConfigError) in try upstream(upstreamNode, mistakes: mistakes) }) { upstreams.append(parsed) }
         }
-        var cluster = ClusterConfig(name: name, upstreams: upstreams)
-        if let value = entries["balance"] { cluster.balancing = try choice(value, "`balance`") }
-        if let value = entries["health_check"] { cluster.healthCheck = try healthCheck(value) }
+        var cluster = ClusterConfig(name: name ?? "", upstreams: upstreams)
+        if let value = entries["balance"], let balancing: Balancing = mistakes.attempt({ () throws(ProxyConfigError) in try choice(value, "`balance`") }) { cluster.balancing = balancing }
+        if let value = entries["health_check"] { cluster.healthCheck = mistakes.attempt { () throws(ProxyConfigError) in try healthCheck(value) } }
+        if let value = entries["passive_health"] { cluster.passiveHealth = mistakes.attempt { () throws(ProxyConfigError) in try passiveHealth(value) } }
+        if let value = entries["retries"], let retries = mistakes.attempt({ () throws(ProxyConfigError) in try integer(value, "`retries`", range: ClusterConfig.retriesRange) }) {
+            cluster.retries = retries
+        }
         return cluster
+    }
+
+    /// One upstream: `host:port`, or a mapping of `address`, `weight` and `backup`.
+    func upstream(_ node: Node, mistakes: ConfigMistakes) throws(ProxyConfigError) -> UpstreamConfig {
+        if node.mapping == nil { return UpstreamConfig(address: try address(node, "an upstream")) }
+        let entries = try fields(node, "an upstream", allowed: ["address", "weight", "backup"], mistakes: mistakes)
+        var upstream = UpstreamConfig(address: try address(try required(entries, "address", in: node, "an upstream"), "`address`"))
+        if let value = entries["weight"], let weight = mistakes.attempt({ () throws(ProxyConfigError) in try integer(value, "`weight`", range: UpstreamConfig.weightRange) }) {
+            upstream.weight = weight
+        }
+        if let value = entries["backup"], let backup = mistakes.attempt({ () throws(ProxyConfigError) in try boolean(value, "`backup`") }) { upstream.backup = backup }
+        return upstream
+    }
+
+    /// A `passive_health` mapping: failures, ejection.
+    func passiveHealth(_ value: Node) throws(ProxyConfigError) -> PassiveHealth {
+        let entries = try fields(value, "`passive_health`", allowed: ["failures", "ejection"])
+        var passive = PassiveHealth()
+        if let node = entries["failures"] { passive.failures = try integer(node, "`failures`", range: PassiveHealth.failuresRange) }
+        if let node = entries["ejection"] { passive.ejection = try duration(node, "`ejection`") }
+        return passive
     }
 
     /// A `health_check` mapping: interval, timeout, rise, fall (the proxy's clusters and `strait lb`'s services).
@@ -310,5 +405,21 @@ public struct ConfigNodeReader: Sendable {
         if let node = check["rise"] { health.rise = try integer(node, "`rise`", range: HealthCheck.countRange) }
         if let node = check["fall"] { health.fall = try integer(node, "`fall`", range: HealthCheck.countRange) }
         return health
+    }
+}
+
+/// The mistakes found so far in one file, in the order they were found; a reader that collects
+/// them goes on to the next field after each. One per check, on one thread.
+final class ConfigMistakes {
+    private(set) var errors: [ProxyConfigError] = []
+
+    func record(_ error: ProxyConfigError) { errors.append(error) }
+
+    /// `body`'s value, or nil after recording what it threw.
+    func attempt<T>(_ body: () throws(ProxyConfigError) -> T) -> T? {
+        do { return try body() } catch {
+            record(error)
+            return nil
+        }
     }
 }

@@ -122,8 +122,17 @@ final class Relay: PollHandler, TickHandler {
             finish(.failed)
             return
         }
-        guard let chosen = settings.cluster.balancer.pick(clientAddress: clientAddress) else {
-            finish(.noUpstream)
+        connectNext()
+    }
+
+    // issue 16 hook (retries, passive health): the upstreams this connection failed to reach.
+    private var failedUpstreams: [UpstreamState] = []
+
+    // issue 16 hook: picks an upstream this connection has not failed to reach
+    // (Balancer.nextUpstream(clientAddress:excluding:)) and starts connecting to it. Loop thread.
+    private func connectNext() {
+        guard let chosen = settings.cluster.balancer.nextUpstream(clientAddress: clientAddress, excluding: failedUpstreams) else {
+            finish(failedUpstreams.isEmpty ? .noUpstream : .connectRefused)
             return
         }
         upstreamState = chosen
@@ -139,13 +148,74 @@ final class Relay: PollHandler, TickHandler {
             try loop.register(upstream, events: ProxyLoop.output, handler: self)
         } catch {
             context.logger.debug("connect to \(chosen.address) failed at once: \(error)")
-            finish(.connectRefused)
+            connectFailed(.connectRefused)
             return
         }
+        connectStartedAt = loop.now
         connectDeadline = loop.now + settings.config.connectTimeout.wholeNanoseconds
     }
 
+    // issue 16 hook (metrics): when the current connect began, and the bytes already added to
+    // `strait_proxy_bytes_total` (ProxyMetrics.addBytes), at most once a second while relaying.
+    private var connectStartedAt: UInt64 = 0
+    private var countedUp: UInt64 = 0
+    private var countedDown: UInt64 = 0
+    private var lastByteReport: UInt64 = 0
+
+    // issue 16 hook: bytes moved so far each way, on every datapath: userspace counts, plus the
+    // pair's kernel counters on sockmap, or TCP's counters when skmsg endpoints send directly.
+    private func liveBytes() -> (up: UInt64, down: UInt64) {
+        var up = toUpstream?.bytesForwarded ?? 0
+        var down = toClient?.bytesForwarded ?? 0
+        if let pair, let forwarder = context.forwarder {
+            let redirected = forwarder.redirectedBytes(pair)
+            if let direction = toUpstream, case .kernel = direction.mode { up = direction.bytesForwarded &+ redirected.fromFirst }
+            if let direction = toClient, case .kernel = direction.mode { down = direction.bytesForwarded &+ redirected.fromSecond }
+        }
+        if endpointsRouted, let sent = streamBytes() {
+            up = max(up, sent.up)
+            down = max(down, sent.down)
+        }
+        return (up, down)
+    }
+
+    // issue 16 hook: adds what moved since the last report to ProxyMetrics.addBytes.
+    private func reportBytes(up: UInt64, down: UInt64) {
+        guard let upstreamState else { return }
+        let labels = ProxyMetrics.TrafficLabels(listener: settings.config.name, cluster: settings.config.cluster, upstream: "\(upstreamState.address)", datapath: datapath)
+        context.metrics.addBytes(labels, up: up > countedUp ? up &- countedUp : 0, down: down > countedDown ? down &- countedDown : 0)
+        countedUp = max(countedUp, up)
+        countedDown = max(countedDown, down)
+    }
+
+    // issue 16 hook: a connect failed (`end`: refused or timed out). Tells the balancer (passive
+    // health), then tries another upstream while the cluster's `retries` allow, else finishes.
+    private func connectFailed(_ end: RelayEnd) {
+        guard let failed = upstreamState else {
+            finish(end)
+            return
+        }
+        let cluster = settings.config.cluster
+        context.metrics.connectFailed(cluster: cluster, upstream: failed.address, ejected: settings.cluster.balancer.connectFailed(failed))
+        guard failedUpstreams.count < settings.cluster.balancer.retries else {
+            finish(end)
+            return
+        }
+        failedUpstreams.append(failed)
+        failed.active.subtract(1, ordering: .relaxed)
+        upstreamState = nil
+        if upstream >= 0 {
+            loop.deregister(upstream)
+            closeDescriptor(upstream)
+            upstream = -1
+        }
+        context.metrics.retried(cluster: cluster)
+        connectNext()
+    }
+
     private func connected() {
+        if let upstreamState { settings.cluster.balancer.connected(upstreamState) }  // issue 16 hook: passive health
+        context.metrics.upstreamConnected(cluster: settings.config.cluster, duration: .nanoseconds(Int64(loop.now &- connectStartedAt)))  // issue 16 hook
         upstreamAckBase = (try? RelayCall.streamCounters(upstream).acked) ?? 0
         phase = .relaying
         lastActivity = loop.now
@@ -222,7 +292,7 @@ final class Relay: PollHandler, TickHandler {
             }
             let error = (try? SocketCall.option(upstream, level: SOL_SOCKET, name: SO_ERROR)) ?? EIO
             if error != 0 {
-                finish(.connectRefused)
+                connectFailed(.connectRefused)  // issue 16 hook: retries, passive health
             } else {
                 connected()
             }
@@ -572,7 +642,7 @@ final class Relay: PollHandler, TickHandler {
         case .closed:
             return
         case .connecting:
-            if now >= connectDeadline { finish(.connectTimeout) }
+            if now >= connectDeadline { connectFailed(.connectTimeout) }  // issue 16 hook: retries, passive health
         case .relaying:
             if datapath == .sockmap {
                 if resetSource != nil {
@@ -613,6 +683,11 @@ final class Relay: PollHandler, TickHandler {
                     streamBytesSeen = sent.up &+ sent.down
                     lastActivity = now
                 }
+            }
+            if phase == .relaying, now &- lastByteReport >= 1_000_000_000 {  // issue 16 hook: live byte counters
+                lastByteReport = now
+                let moved = liveBytes()
+                reportBytes(up: moved.up, down: moved.down)
             }
             if phase == .relaying, let idle = settings.config.idleTimeout, now &- lastActivity >= idle.wholeNanoseconds {
                 finish(.idleTimeout)
@@ -677,7 +752,8 @@ final class Relay: PollHandler, TickHandler {
             if upstream >= 0 { closeDescriptor(upstream) }
         }
         let shownPath = switchedFrom.map { "auto(\($0)→sockmap)" } ?? (settings.config.datapath == .auto ? "auto(\(datapath))" : "\(datapath)")
-        context.metrics.connectionClosed(listener: settings.config.name, datapath: datapath, bytesUp: bytesUp, bytesDown: bytesDown, end: end)
+        reportBytes(up: bytesUp, down: bytesDown)  // issue 16 hook: the rest of the bytes
+        context.metrics.connectionClosed(listener: settings.config.name, duration: .nanoseconds(Int64(loop.now &- startedAt)), end: end)
         // After the counters: whoever sees the connection gone sees its bytes counted.
         upstreamState?.active.subtract(1, ordering: .relaxed)
         listener.active.subtract(1, ordering: .relaxed)

@@ -8,6 +8,8 @@ final class UpstreamState: Sendable {
     let address: SocketAddress
     let healthy = Atomic<Bool>(true)
     let active = Atomic<Int>(0)
+    // issue 16 hook: drain and passive-health state (Balancer.swift).
+    let admission = UpstreamAdmission()
 
     init(address: SocketAddress) {
         self.address = address
@@ -24,7 +26,7 @@ final class ClusterRuntime: Sendable {
     init(config: ClusterConfig, states: [UpstreamState]) {
         self.config = config
         self.members = states
-        self.balancer = Balancer(kind: config.balancing, members: states, weights: config.upstreams.map(\.weight))
+        self.balancer = Balancer(cluster: config, members: states)  // issue 16 hook: backups, passive health, retries
     }
 }
 
