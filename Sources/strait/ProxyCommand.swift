@@ -74,12 +74,8 @@ struct ProxyRun: ParsableCommand {
                 var fingerprint: String?
                 var errors: [String]?
             }
-            do {
-                let parsed = try ProxyConfigLoader.check(path: check)
-                if json { return try printJSON(Outcome(file: check, ok: true, listeners: parsed.listeners.count, clusters: parsed.clusters.count, fingerprint: parsed.fingerprint)) }
-                print("\(check): ok (\(parsed.listeners.count) listener(s), \(parsed.clusters.count) cluster(s), fingerprint \(parsed.fingerprint))")
-                return
-            } catch {
+            let parsed: ProxyConfig
+            do { parsed = try ProxyConfigLoader.check(path: check) } catch {
                 if json {
                     try printJSON(Outcome(file: check, ok: false, errors: error.errors.map(\.description)))
                 } else {
@@ -87,6 +83,9 @@ struct ProxyRun: ParsableCommand {
                 }
                 throw ExitCode(1)
             }
+            if json { return try printJSON(Outcome(file: check, ok: true, listeners: parsed.listeners.count, clusters: parsed.clusters.count, fingerprint: parsed.fingerprint)) }
+            print("\(check): ok (\(parsed.listeners.count) listener(s), \(parsed.clusters.count) cluster(s), fingerprint \(parsed.fingerprint))")
+            return
         }
         let loaded = try loadConfig()
         try Strait.bootstrapLogging(level: logLevel)

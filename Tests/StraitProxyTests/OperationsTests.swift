@@ -386,3 +386,39 @@ struct ControlTests {
         }
     }
 }
+
+/// Tests that run the strait binary and signal its processes: root, as RestartTests.
+private let rootGate = ConditionTrait.enabled(if: KernelTestGate.enabled, Comment(rawValue: KernelTestGate.comment))
+
+@Suite("strait proxy reload, status and drain: the command line")
+struct ControlCommandTests {
+    @Test("a rejected reload exits 1 with every error of the file, and the old configuration keeps serving", rootGate)
+    func rejectedReloadExitsNonZero() async throws {
+        let binary = try #require(StraitProcesses.executable, "build the strait product first (make test does)")
+        try await withTestFolder { folder in
+            let upstream = try namedUpstream("kept")
+            defer { upstream.stop() }
+            let port = try TestListener(.ipv4).port
+            let proxy = try ProxyProcess(binary: binary, folder: folder, config: ProxyProcess.config(port: port, upstream: upstream.port), namespace: nil)
+            defer { proxy.stop() }
+            let pid = try #require(proxy.waitReady(), "the proxy did not start: \(proxy.log)")
+            let common = ["--pid-file", proxy.pidFile, "--handover-socket", proxy.handOver]
+            let good = try StraitProcesses.run([binary, "proxy", "reload"] + common)
+            #expect(good.status == 0 && good.output.contains("reloaded"), "\(good.output)")
+            try "listeners:\n  - bind: 127.0.0.1:\(port)\n    cluster: backend\n    datapath: kernel\n    connect_timeout: soon\nclusters:\n  - name: backend\n    upstreams: [127.0.0.1:\(upstream.port)]\n"
+                .write(toFile: proxy.configFile, atomically: true, encoding: .utf8)
+            let bad = try StraitProcesses.run([binary, "proxy", "reload"] + common)
+            #expect(bad.status == 1, "\(bad.output)")
+            #expect(bad.output.contains("rejected") && bad.output.contains(":4:15:") && bad.output.contains(":5:22:"), "both errors: \(bad.output)")
+            #expect(try whoAnswers(port: port) == "kept", "the old configuration serves on")
+            let status = try StraitProcesses.run([binary, "proxy", "status", "--json", "--handover-socket", proxy.handOver])
+            let decoded = try JSONDecoder().decode(ProxyStatus.self, from: Data(status.output.utf8))
+            #expect(decoded.pid == pid && decoded.lastReload?.applied == false)
+            let drained = try StraitProcesses.run([binary, "proxy", "drain", "127.0.0.1:\(upstream.port)", "--handover-socket", proxy.handOver])
+            #expect(drained.status == 0 && drained.output.contains("draining"), "\(drained.output)")
+            #expect((try? whoAnswers(port: port)) == nil, "a drained only upstream takes no new connection")
+            let unknown = try StraitProcesses.run([binary, "proxy", "drain", "127.0.0.1:1", "--handover-socket", proxy.handOver])
+            #expect(unknown.status == 1 && unknown.output.contains("no upstream"), "\(unknown.output)")
+        }
+    }
+}

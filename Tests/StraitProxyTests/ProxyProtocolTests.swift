@@ -1,6 +1,8 @@
+import Foundation
 import StraitNet
-import StraitProxy
+@testable import StraitProxy
 import StraitSystem
+import StraitTestSupport
 import Testing
 
 @Suite("PROXY protocol v2: byte for byte, strict")
@@ -39,7 +41,8 @@ struct ProxyProtocolTests {
         header.tlvs = [(0x01, Array("h2".utf8)), (ProxyHeaderV2.crc32cType, [0, 0, 0, 0])]
         var bytes = header.encode()
         let crc = ProxyHeaderV2.crc32c(bytes)
-        bytes.replaceSubrange(bytes.count - 4..<bytes.count, with: [UInt8(crc >> 24), UInt8(crc >> 16 & 0xff), UInt8(crc >> 8 & 0xff), UInt8(crc & 0xff)])
+        let crcBytes: [UInt8] = [UInt8(truncatingIfNeeded: crc >> 24), UInt8(truncatingIfNeeded: crc >> 16), UInt8(truncatingIfNeeded: crc >> 8), UInt8(truncatingIfNeeded: crc)]
+        bytes.replaceSubrange(bytes.count - 4..<bytes.count, with: crcBytes)
         guard case .header(let decoded, let length) = try ProxyHeaderV2.decode(bytes) else { Issue.record("incomplete"); return }
         #expect(length == bytes.count && decoded.tlvs.map(\.type) == [0x01, 0x03] && decoded.tlvs[0].value == Array("h2".utf8))
         bytes[20] ^= 1  // a changed address: the checksum no longer matches
@@ -75,4 +78,46 @@ struct ProxyProtocolTests {
         #expect(throws: ProxyHeaderV2.DecodeError.signature) { try ProxyHeaderV2.decode([0x16]) }  // a TLS ClientHello
         #expect(throws: ProxyHeaderV2.DecodeError.signature) { try ProxyHeaderV2.decode(Array("PROXY TCP4 ".utf8)) }  // version 1
     }
+}
+
+@Suite("PROXY protocol v2 sent to upstreams (send_proxy: v2)")
+struct SendProxyTests {
+    /// Relays one client through a `send_proxy: v2` cluster; the upstream checks the header byte for
+    /// byte before echoing the client's bytes.
+    static func relay(datapath: Datapath) async throws {
+        let received = ReceivedHeader()
+        let upstream = try ThreadedUpstream { socket in
+            received.store((try? socket.receive(exactly: 28)) ?? [])
+            echoHandler(socket)
+        }
+        defer { upstream.stop() }
+        var config = ProxyHarness.config(datapath: datapath, upstreams: [upstream.address])
+        config.clusters[0].sendProxy = .v2
+        try await ProxyHarness.with(config) { _, port in
+            let client = try connectClient(port: port)
+            defer { client.close() }
+            let local = try SocketAddress.local(of: client.fd)
+            let payload = Array("after the header".utf8)
+            try client.sendAll(payload)
+            #expect(try client.receive(exactly: payload.count) == payload, "the client's bytes follow the header, and only they come back")
+            let expected = ProxyHeaderV2.tcp(client: local, destination: .ip(IPAddress("127.0.0.1")!, port: port)).encode()
+            #expect(received.bytes == expected, "the header, byte for byte: \(received.bytes)")
+            guard case .ip(_, let clientPort) = local else { return }
+            #expect(Array(expected[24..<26]) == [UInt8(clientPort >> 8), UInt8(clientPort & 0xff)])
+        }
+    }
+
+    @Test("headers arrive byte for byte, before the client's bytes", arguments: ProxyHarness.userspaceDatapaths)
+    func userspace(datapath: Datapath) async throws { try await Self.relay(datapath: datapath) }
+
+    @Test("headers arrive before the sockets join the kernel map", .enabled(if: KernelTestGate.enabled, Comment(rawValue: KernelTestGate.comment)))
+    func kernel() async throws { try await Self.relay(datapath: .sockmap) }
+}
+
+/// The header bytes an upstream thread read, for the test's thread.
+final class ReceivedHeader: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: [UInt8] = []
+    func store(_ bytes: [UInt8]) { lock.withLock { stored = bytes } }
+    var bytes: [UInt8] { lock.withLock { stored } }
 }

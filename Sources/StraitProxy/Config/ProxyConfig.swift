@@ -85,6 +85,12 @@ public struct PassiveHealth: Sendable, Equatable {
     }
 }
 
+/// A PROXY protocol version a cluster sends its upstreams (`send_proxy`).
+public enum ProxyProtocolVersion: String, Sendable, CaseIterable {
+    /// The binary version 2 (``ProxyHeaderV2``).
+    case v2
+}
+
 /// A named set of upstreams and how to choose among them.
 public struct ClusterConfig: Sendable, Equatable {
     public var name: String
@@ -98,13 +104,18 @@ public struct ClusterConfig: Sendable, Equatable {
     /// the client is closed (0: none).
     public var retries: Int
 
+    /// Sent first on every connection to an upstream, before any client byte (nil: nothing): the
+    /// client's address and the address it reached, for servers behind Strait.
+    public var sendProxy: ProxyProtocolVersion?
+
     /// The values `retries` may have.
     public static let retriesRange = 0...10
 
     public init(
         name: String, upstreams: [UpstreamConfig], balancing: Balancing = .roundRobin, healthCheck: HealthCheck? = nil,
-        passiveHealth: PassiveHealth? = nil, retries: Int = 0
+        passiveHealth: PassiveHealth? = nil, retries: Int = 0, sendProxy: ProxyProtocolVersion? = nil
     ) {
+        self.sendProxy = sendProxy
         self.name = name
         self.upstreams = upstreams
         self.balancing = balancing

@@ -1,5 +1,6 @@
 import Foundation
 import StraitNet
+import StraitSystem
 import Yams
 
 /// A configuration mistake, located: `file:line:column: message`, where the message says what
@@ -358,7 +359,7 @@ public struct ConfigNodeReader: Sendable {
 
     func cluster(_ node: Node, mistakes: ConfigMistakes) throws(ProxyConfigError) -> ClusterConfig {
         let what = "a cluster"
-        let entries = try fields(node, what, allowed: ["name", "balance", "upstreams", "health_check", "passive_health", "retries"], mistakes: mistakes)
+        let entries = try fields(node, what, allowed: ["name", "balance", "upstreams", "health_check", "passive_health", "retries", "send_proxy"], mistakes: mistakes)
         let name = mistakes.attempt { () throws(ProxyConfigError) in try string(try required(entries, "name", in: node, what), "the cluster's `name`") }
         var upstreams: [UpstreamConfig] = []
         let upstreamNodes = mistakes.attempt { () throws(ProxyConfigError) in try list(try required(entries, "upstreams", in: node, what), "`upstreams`") } ?? []
@@ -369,6 +370,9 @@ public struct ConfigNodeReader: Sendable {
         if let value = entries["balance"], let balancing: Balancing = mistakes.attempt({ () throws(ProxyConfigError) in try choice(value, "`balance`") }) { cluster.balancing = balancing }
         if let value = entries["health_check"] { cluster.healthCheck = mistakes.attempt { () throws(ProxyConfigError) in try healthCheck(value) } }
         if let value = entries["passive_health"] { cluster.passiveHealth = mistakes.attempt { () throws(ProxyConfigError) in try passiveHealth(value) } }
+        if let value = entries["send_proxy"], let version: ProxyProtocolVersion = mistakes.attempt({ () throws(ProxyConfigError) in try choice(value, "`send_proxy`") }) {
+            cluster.sendProxy = version
+        }
         if let value = entries["retries"], let retries = mistakes.attempt({ () throws(ProxyConfigError) in try integer(value, "`retries`", range: ClusterConfig.retriesRange) }) {
             cluster.retries = retries
         }

@@ -85,7 +85,7 @@ public final class ControlSocket: @unchecked Sendable {
             case ("drain", 2): return try encoder.encode(try controller.drain(words[1], draining: true))
             case ("undrain", 2): return try encoder.encode(try controller.drain(words[1], draining: false))
             default:
-                throw ControlFailure("unknown command `\(line.prefix(64).escapingControlCharacters)`; expected reload, status, drain HOST:PORT or undrain HOST:PORT")
+                throw ControlFailure("unknown command `\(String(line.prefix(64)).escapingControlCharacters)`; expected reload, status, drain HOST:PORT or undrain HOST:PORT")
             }
         } catch let failure as ControlFailure {
             return (try? encoder.encode(failure)) ?? Data()

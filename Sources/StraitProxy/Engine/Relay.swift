@@ -188,6 +188,16 @@ final class Relay: PollHandler, TickHandler {
         countedDown = max(countedDown, down)
     }
 
+    // issue 16 hook: writes the PROXY v2 header (`send_proxy: v2`) to the just-connected upstream:
+    // at most 52 bytes into an empty send buffer, so one write takes it all or the socket failed.
+    private func sendProxyHeader() -> Bool {
+        guard let clientAddress, let reached = try? SocketAddress.local(of: client) else { return false }
+        let header = ProxyHeaderV2.tcp(client: clientAddress, destination: reached).encode()
+        let written = try? header.withUnsafeBytes { bytes throws(SystemCallError) in try SocketCall.write(upstream, bytes.baseAddress!, bytes.count) }
+        guard case .done(let count)? = written, count == header.count else { return false }
+        return true
+    }
+
     // issue 16 hook: a connect failed (`end`: refused or timed out). Tells the balancer (passive
     // health), then tries another upstream while the cluster's `retries` allow, else finishes.
     private func connectFailed(_ end: RelayEnd) {
@@ -216,6 +226,12 @@ final class Relay: PollHandler, TickHandler {
     private func connected() {
         if let upstreamState { settings.cluster.balancer.connected(upstreamState) }  // issue 16 hook: passive health
         context.metrics.upstreamConnected(cluster: settings.config.cluster, duration: .nanoseconds(Int64(loop.now &- connectStartedAt)))  // issue 16 hook
+        // issue 16 hook: the PROXY v2 header goes first, before any client byte and before the
+        // sockets join a kernel map.
+        if settings.cluster.config.sendProxy == .v2, !sendProxyHeader() {
+            finish(.upstreamReset)
+            return
+        }
         upstreamAckBase = (try? RelayCall.streamCounters(upstream).acked) ?? 0
         phase = .relaying
         lastActivity = loop.now
