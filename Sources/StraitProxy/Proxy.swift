@@ -103,7 +103,10 @@ public final class Proxy: @unchecked Sendable {
         } else if config.listeners.contains(where: { $0.datapath == .skmsg }) {
             logger.warning("skmsg datapath off: no `endpoints_cgroup` is configured (the cgroup v2 directory of the local clients and servers); skmsg listeners run on copy")
         }
-        context = ProxyContext(forwarder: forwarder, sockmapUnavailable: unavailable, endpoints: endpoints, metrics: metrics, logger: logger)
+        // issue 16 hook: the access log's writer thread (and file, with `access_log_file`).
+        let accessLogWriter: AccessLog
+        do { accessLogWriter = try AccessLog(path: config.accessLogFile, logger: logger, metrics: metrics) } catch { throw .system(error) }
+        context = ProxyContext(forwarder: forwarder, sockmapUnavailable: unavailable, endpoints: endpoints, metrics: metrics, logger: logger, accessLogWriter: accessLogWriter)
         var created: [ProxyLoop] = []
         do {
             for index in 0..<max(1, loopCount) { created.append(try ProxyLoop(index: index)) }
@@ -351,6 +354,7 @@ public final class Proxy: @unchecked Sendable {
         onLoop(loops[0]) { [health] in health.stop() }
         for loop in loops { loop.stopAndJoin() }
         context.endpoints?.detach()
+        context.accessLogWriter.stop()  // issue 16 hook: what is queued is written
     }
 
     /// Every proxy metric in the Prometheus text format, with the kernel datapaths' totals read

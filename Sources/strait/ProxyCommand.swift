@@ -155,7 +155,8 @@ struct ProxyRun: ParsableCommand {
             Self.stop(proxy, drainTimeout: .zero)
             throw CommandFailure("cannot listen on the control socket \(controlPath) (\(error)): give --control-socket a path this user may create")
         }
-        defer { Self.wait { await control.close() } }
+        defer { ProxyController.runBlocking { await control.close() } }
+        controller.startRefreshingNames()
         try? "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)
         defer { Self.removePidFile(pidFile) }
         for (name, address) in proxy.listenerAddresses.sorted(by: { $0.key < $1.key }) {
@@ -197,6 +198,7 @@ struct ProxyRun: ParsableCommand {
             } else {
                 try? notifier.send(.stopping, .status("draining \(proxy.activeConnections) connection(s)"))
             }
+            controller.stopRefreshingNames()
             let drainTimeout = controller.config.drainTimeout
             logger.notice("draining", metadata: ["deadline": "\(drainTimeout)", "open": "\(proxy.activeConnections)"])
             Self.stop(proxy, drainTimeout: drainTimeout)
@@ -207,17 +209,7 @@ struct ProxyRun: ParsableCommand {
 
     /// Drains and stops `proxy` from the main thread (never a concurrency thread, which the drain needs).
     static func stop(_ proxy: Proxy, drainTimeout: Duration) {
-        wait { await proxy.shutdown(drainTimeout: drainTimeout) }
-    }
-
-    /// Runs `body` to its end from the main thread.
-    static func wait(_ body: @escaping @Sendable () async -> Void) {
-        let done = DispatchSemaphore(value: 0)
-        Task {
-            await body()
-            done.signal()
-        }
-        done.wait()
+        ProxyController.runBlocking { await proxy.shutdown(drainTimeout: drainTimeout) }
     }
 
     /// The sockets of a hand-over, by role: the offer's note has one `listener ADDRESS` or
@@ -423,17 +415,7 @@ struct ProxyStatusCommand: ParsableCommand {
     @Flag(help: "Print the status as JSON (what GET /status serves).") var json = false
 
     func run() throws {
-        let answer: Data
-        do { answer = try ControlSocket.send("status", to: controlSocketPath(controlSocket, handOver: handoverSocket), timeout: .seconds(10)) } catch {
-            throw CommandFailure("\(error)")
-        }
-        if json {
-            FileHandle.standardOutput.write(answer)
-            return
-        }
-        guard let status = try? JSONDecoder().decode(ProxyStatus.self, from: answer) else {
-            throw CommandFailure("the control socket answered something that is not a status: \(String(decoding: answer.prefix(200), as: UTF8.self))")
-        }
+        guard let status = try askControlSocket("status", at: controlSocketPath(controlSocket, handOver: handoverSocket), as: ProxyStatus.self, printingJSON: json) else { return }
         print(Self.render(status))
     }
 
@@ -457,7 +439,7 @@ struct ProxyStatusCommand: ParsableCommand {
             lines.append("  \(cluster.name)  \(cluster.balance)\(cluster.retries > 0 ? ", \(cluster.retries) retries" : "")")
             for upstream in cluster.upstreams {
                 let extras = (upstream.backup ? ["backup"] : []) + (upstream.weight != 1 ? ["weight \(upstream.weight)"] : []) + (upstream.ejections > 0 ? ["\(upstream.ejections) ejections"] : [])
-                lines.append("    \(upstream.address)  \(upstream.state)  \(upstream.active) active\(extras.isEmpty ? "" : "  (" + extras.joined(separator: ", ") + ")")")
+                lines.append("    \(upstream.address)\(upstream.hostname.map { " (\($0))" } ?? "")  \(upstream.state)  \(upstream.active) active\(extras.isEmpty ? "" : "  (" + extras.joined(separator: ", ") + ")")")
             }
         }
         return lines.joined(separator: "\n")
@@ -478,19 +460,26 @@ struct ProxyDrain: ParsableCommand {
 
     func run() throws {
         guard !upstream.contains(where: { $0 == " " || $0 == "\n" }) else { throw ValidationError("UPSTREAM: host:port, without spaces") }
-        let answer: Data
-        do { answer = try ControlSocket.send("\(undo ? "undrain" : "drain") \(upstream)", to: controlSocketPath(controlSocket, handOver: handoverSocket), timeout: .seconds(10)) } catch {
-            throw CommandFailure("\(error)")
-        }
-        if json {
-            FileHandle.standardOutput.write(answer)
-            return
-        }
-        guard let outcome = try? JSONDecoder().decode(DrainOutcome.self, from: answer) else {
-            throw CommandFailure("the control socket answered something unexpected: \(String(decoding: answer.prefix(200), as: UTF8.self))")
-        }
+        let command = "\(undo ? "undrain" : "drain") \(upstream)"
+        guard let outcome = try askControlSocket(command, at: controlSocketPath(controlSocket, handOver: handoverSocket), as: DrainOutcome.self, printingJSON: json) else { return }
         print("\(outcome.upstream) \(outcome.draining ? "draining: no new connections" : "takes new connections again") (clusters \(outcome.clusters.joined(separator: ", ")); \(outcome.active) open)")
     }
+}
+
+/// Sends `command` to the control socket at `path`: with `printingJSON` prints the answer as it
+/// came and returns nil, else returns it decoded. A failure (no proxy there, a refused command)
+/// is a ``CommandFailure`` with the proxy's sentence.
+func askControlSocket<Answer: Decodable>(_ command: String, at path: String, as type: Answer.Type, printingJSON: Bool) throws -> Answer? {
+    let answer: Data
+    do { answer = try ControlSocket.send(command, to: path, timeout: .seconds(10)) } catch { throw CommandFailure("\(error)") }
+    if printingJSON {
+        FileHandle.standardOutput.write(answer)
+        return nil
+    }
+    guard let decoded = try? JSONDecoder().decode(Answer.self, from: answer) else {
+        throw CommandFailure("the control socket at \(path) answered something unexpected for `\(command)`: \(String(decoding: answer.prefix(200), as: UTF8.self))")
+    }
+    return decoded
 }
 
 /// The signals the proxy handles, and its one posted event, read from ``SignalQueue`` in order.

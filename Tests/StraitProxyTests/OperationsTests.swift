@@ -3,6 +3,7 @@ import StraitNet
 @testable import StraitProxy
 import StraitSystem
 import StraitTestSupport
+import Synchronization
 import Testing
 
 /// `GET path` on 127.0.0.1:`port`: the status code and the body.
@@ -422,6 +423,143 @@ struct ControlCommandTests {
             #expect((try? whoAnswers(port: port)) == nil, "a drained only upstream takes no new connection")
             let unknown = try StraitProcesses.run([binary, "proxy", "drain", "127.0.0.1:1", "--handover-socket", proxy.handOver])
             #expect(unknown.status == 1 && unknown.output.contains("no upstream"), "\(unknown.output)")
+        }
+    }
+}
+
+/// A line in /etc/hosts for one test: added, changed, removed, and always taken out again (only
+/// this line: the rest of the file is written back as it is then). Written in place, since
+/// /etc/hosts is often a bind mount that `rename(2)` cannot replace.
+final class HostsEntry {
+    let name: String
+    private static let path = "/etc/hosts"
+
+    init(address: String) throws {
+        name = uniqueTestName("strait-dns") + ".test"
+        try set(address)
+    }
+
+    /// Points the name at `address` (nil: removes it).
+    func set(_ address: String?) throws {
+        let current = try String(contentsOfFile: Self.path, encoding: .utf8)
+        var lines = current.split(separator: "\n", omittingEmptySubsequences: false).filter { !$0.hasSuffix(" " + name) }
+        if lines.last == "" { lines.removeLast() }
+        if let address { lines.append(Substring("\(address) \(name)")) }
+        try (lines.joined(separator: "\n") + "\n").write(toFile: Self.path, atomically: false, encoding: .utf8)
+    }
+
+    deinit { try? set(nil) }
+}
+
+@Suite("Upstreams by DNS name")
+struct DNSUpstreamTests {
+    @Test("a name resolves at check time, is re-resolved on an interval, and a name that stops resolving is counted", rootGate)
+    func resolveAndRefresh() async throws {
+        let upstream = try namedUpstream("named")
+        defer { upstream.stop() }
+        let hosts = try HostsEntry(address: "127.0.0.1")
+        let extra = "dns_refresh: 100ms\n"
+        try await ControlTests.withControlledProxy(ControlTests.yaml(upstreams: ["\(hosts.name):\(upstream.port)"], extra: extra)) { proxy, controller, _, control in
+            controller.startRefreshingNames()
+            defer { controller.stopRefreshingNames() }
+            #expect(controller.config.clusters[0].upstreams.map(\.hostname) == [hosts.name])
+            #expect(try whoAnswers(port: try #require(proxy.listenerAddresses["web"]?.port)) == "named")
+            try hosts.set("127.0.0.2")
+            for _ in 0..<100 where controller.config.clusters[0].upstreams.first?.address.description != "127.0.0.2:\(upstream.port)" {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            let status = try ControlTests.status(control)
+            #expect(status.clusters[0].upstreams.map(\.address) == ["127.0.0.2:\(upstream.port)"], "re-resolved: \(status.clusters[0].upstreams)")
+            #expect(status.clusters[0].upstreams.first?.hostname == hosts.name)
+            try hosts.set(nil)
+            for _ in 0..<100 where ProxyHarness.metric(proxy, "strait_proxy_errors_total", "kind=\"dns_failed\"") == 0 { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(ProxyHarness.metric(proxy, "strait_proxy_errors_total", "kind=\"dns_failed\"") >= 1)
+            #expect(controller.config.clusters[0].upstreams.map { "\($0.address)" } == ["127.0.0.2:\(upstream.port)"], "a failed refresh keeps the addresses")
+        }
+    }
+
+    @Test("a name that does not resolve is a located error at check time")
+    func unresolvableName() {
+        let yaml = "clusters:\n  - name: b\n    upstreams:\n      - strait-no-such-name.invalid:80\nlisteners:\n  - { bind: 127.0.0.1:6000, cluster: b }\n"
+        do {
+            _ = try ProxyConfigLoader.check(yaml, file: "dns.yaml")
+            Issue.record("accepted")
+        } catch {
+            #expect(error.errors.count == 1)
+            #expect(error.errors[0].line == 4 && error.errors[0].column == 9, "\(error)")
+            #expect(error.errors[0].message.contains("does not resolve"), "\(error)")
+        }
+        #expect(throws: ProxyConfigError.self) { try ProxyConfigLoader.parse(bytes: Array("clusters:\n  - name: b\n    upstreams: [example.test:80]\nlisteners:\n  - { bind: 127.0.0.1:6000, cluster: b }\n".utf8), file: "f", resolvingNames: false) }
+    }
+}
+
+@Suite("Access log off the loop thread")
+struct AccessLogTests {
+    static func entry(_ index: Int) -> AccessEntry {
+        AccessEntry(time: 1, listener: "web", client: "198.18.0.1:\(index)", upstream: "198.18.0.2:80", datapath: "copy", bytesUp: 1, bytesDown: 2, durationSeconds: 0.5, end: "completed")
+    }
+
+    @Test("access_log_file gets one JSON object per connection, relayed for real")
+    func jsonLines() async throws {
+        try await withTestFolder { folder in
+            let upstream = try ThreadedUpstream(echoHandler)
+            defer { upstream.stop() }
+            var config = ProxyHarness.config(datapath: .copy, upstreams: [upstream.address])
+            config.accessLogFile = folder + "/access.jsonl"
+            try await ProxyHarness.with(config) { proxy, port in
+                for _ in 0..<3 {
+                    let client = try connectClient(port: port)
+                    try client.sendAll([1, 2, 3])
+                    _ = try client.receive(exactly: 3)
+                    client.close()
+                }
+                for _ in 0..<200 where proxy.activeConnections > 0 { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            let lines = try String(contentsOfFile: folder + "/access.jsonl", encoding: .utf8).split(separator: "\n")
+            #expect(lines.count == 3, "\(lines)")
+            for line in lines {
+                let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+                #expect(object["listener"] as? String == "test" && object["bytes_up"] as? Int == 3 && object["end"] as? String == "completed", "\(line)")
+            }
+        }
+    }
+
+    @Test("a writer that cannot keep up drops lines and counts them; record never waits")
+    func dropsWhenFull() async throws {
+        try await withTestFolder { folder in
+            let fifo = folder + "/stalled"
+            #expect(mkfifo(fifo, 0o600) == 0)
+            // A reader that reads nothing yet: the writer blocks once the pipe holds 64 KiB.
+            let reader = open(fifo, O_RDONLY | O_NONBLOCK)
+            #expect(reader >= 0)
+            defer { close(reader) }
+            let metrics = ProxyMetrics()
+            let log = try AccessLog(path: fifo, logger: ProxyHarness.logger, metrics: metrics)
+            let started = ContinuousClock.now
+            for index in 0..<(AccessLog.capacity * 4) { log.record(Self.entry(index)) }
+            #expect(ContinuousClock.now - started < .seconds(10), "record does not wait for the writer")
+            let dropped = log.dropped.load(ordering: .relaxed)
+            #expect(dropped > 0, "lines beyond the queue were dropped")
+            #expect(metrics.exposition().contains("strait_proxy_errors_total{kind=\"access_log_dropped\"} \(dropped)"))
+            // Drain the pipe so the writer can finish what it holds, then stop it.
+            let stopped = Atomic<Bool>(false)
+            let stopper = Thread {
+                log.stop()
+                stopped.store(true, ordering: .relaxed)
+            }
+            stopper.start()
+            var buffer = [UInt8](repeating: 0, count: 1 << 16)
+            var lines = 0
+            let deadline = ContinuousClock.now + .seconds(30)
+            while !stopped.load(ordering: .relaxed) && ContinuousClock.now < deadline {
+                let count = buffer.withUnsafeMutableBytes { read(reader, $0.baseAddress, $0.count) }
+                if count > 0 { lines += buffer[..<count].filter { $0 == UInt8(ascii: "\n") }.count } else { usleep(1000) }
+            }
+            while case let count = buffer.withUnsafeMutableBytes({ read(reader, $0.baseAddress, $0.count) }), count > 0 {
+                lines += buffer[..<count].filter { $0 == UInt8(ascii: "\n") }.count
+            }
+            #expect(stopped.load(ordering: .relaxed))
+            #expect(lines + dropped == AccessLog.capacity * 4, "every line written or counted as dropped: \(lines) + \(dropped)")
         }
     }
 }

@@ -144,6 +144,10 @@ extension ProxyConfig {
             report(.topLevel("metrics"), clash)
         }
         check(drainTimeout, "`drain_timeout`", .topLevel("drain_timeout"), allowZero: true)
+        check(dnsRefresh, "`dns_refresh`", .topLevel("dns_refresh"), allowZero: false)
+        if let accessLogFile, !accessLogFile.hasPrefix("/") {
+            report(.topLevel("access_log_file"), "expected `access_log_file` as an absolute path")
+        }
         if let endpointsCgroup, !endpointsCgroup.hasPrefix("/") {
             report(.topLevel("endpoints_cgroup"), "expected `endpoints_cgroup` as an absolute path to a cgroup v2 directory")
         }

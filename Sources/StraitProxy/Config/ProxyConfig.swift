@@ -59,11 +59,15 @@ public struct UpstreamConfig: Sendable, Equatable {
     public var weight: Int
     /// Used only while no primary (non-backup) upstream of the cluster is up (HAProxy's `backup`).
     public var backup: Bool
+    /// The DNS name `address` was resolved from (``UpstreamResolver``), re-resolved every
+    /// ``ProxyConfig/dnsRefresh``; nil for an upstream given as an IP address.
+    public var hostname: String?
 
-    public init(address: SocketAddress, weight: Int = 1, backup: Bool = false) {
+    public init(address: SocketAddress, weight: Int = 1, backup: Bool = false, hostname: String? = nil) {
         self.address = address
         self.weight = weight
         self.backup = backup
+        self.hostname = hostname
     }
 }
 
@@ -181,6 +185,11 @@ public struct ProxyConfig: Sendable, Equatable {
     /// The cgroup v2 directory whose processes' sockets may use the ``Datapath/skmsg`` datapath
     /// (local clients and upstream servers); nil: that datapath is off. Read at start only.
     public var endpointsCgroup: String?
+    /// With ``accessLog``: append the lines to this file as JSON lines instead of logging them.
+    /// Opened at start only (``AccessLog``).
+    public var accessLogFile: String?
+    /// How often upstreams given by DNS name are resolved again (``ProxyController``).
+    public var dnsRefresh: Duration = .seconds(30)
 
     public init(
         listeners: [ListenerConfig], clusters: [ClusterConfig], metricsAddress: SocketAddress? = nil,

@@ -80,19 +80,32 @@ public enum ProxyConfigLoader {
         } catch {
             throw ProxyConfigErrors(errors: [ProxyConfigError(file: path, line: 0, column: 0, message: "cannot read the file: \(error)")])
         }
+        return try checked(bytes: bytes, file: path, resolvingNames: true)
+    }
+
+    /// Every mistake of a file's bytes (``check(path:)`` and ``parse(bytes:file:resolvingNames:)``).
+    static func checked(bytes: [UInt8], file: String, resolvingNames: Bool) throws(ProxyConfigErrors) -> ProxyConfig {
+        let text: String
+        do { text = try ConfigText.decode(bytes, file: file) } catch { throw ProxyConfigErrors(errors: [error]) }
+        return try checked(text, file: file, resolvingNames: resolvingNames)
+    }
+
+    /// Every mistake of a file's text.
+    static func checked(_ yaml: String, file: String, resolvingNames: Bool) throws(ProxyConfigErrors) -> ProxyConfig {
         let root: Node?
-        do { root = try compose(try ConfigText.decode(bytes, file: path), file: path) } catch { throw ProxyConfigErrors(errors: [error]) }
+        do { root = try compose(yaml, file: file) } catch { throw ProxyConfigErrors(errors: [error]) }
         guard let root else {
-            throw ProxyConfigErrors(errors: [ProxyConfigError(file: path, line: 1, column: 1, message: "expected a mapping with `listeners` and `clusters`, found an empty document")])
+            throw ProxyConfigErrors(errors: [ProxyConfigError(file: file, line: 1, column: 1, message: "expected a mapping with `listeners` and `clusters`, found an empty document")])
         }
-        return try ConfigNodeReader(file: path).checkedConfig(root)
+        return try ConfigNodeReader(file: file, resolvesNames: resolvingNames).checkedConfig(root)
     }
 
     /// Checks a file's bytes: at most ``ConfigText/maximumBytes``, UTF-8 (a leading byte-order mark
     /// is skipped) without control bytes, nested at most ``ConfigText/maximumDepth`` deep, then YAML
-    /// of the shape above, then ``ProxyConfig/validate(dualStack:)``.
-    public static func parse(bytes: [UInt8], file: String) throws(ProxyConfigError) -> ProxyConfig {
-        try parse(try ConfigText.decode(bytes, file: file), file: file)
+    /// of the shape above, then ``ProxyConfig/validate(dualStack:)``. `resolvingNames` false refuses
+    /// upstreams given by DNS name instead of resolving them (the fuzzer: no network I/O).
+    public static func parse(bytes: [UInt8], file: String, resolvingNames: Bool = true) throws(ProxyConfigError) -> ProxyConfig {
+        do { return try checked(bytes: bytes, file: file, resolvingNames: resolvingNames) } catch { throw error.errors[0] }
     }
 
     /// The checked text of the file at `path` (size, UTF-8, control bytes, as ``load(path:)``), for
@@ -116,22 +129,14 @@ public enum ProxyConfigLoader {
         return node
     }
 
-    /// Checks YAML text; `file` names it in errors.
+    /// Checks YAML text; `file` names it in errors. Throws the first mistake of ``check(_:file:)``.
     public static func parse(_ yaml: String, file: String) throws(ProxyConfigError) -> ProxyConfig {
-        guard let root = try compose(yaml, file: file) else {
-            throw ProxyConfigError(file: file, line: 1, column: 1, message: "expected a mapping with `listeners` and `clusters`, found an empty document")
-        }
-        return try config(from: root, file: file)
+        do { return try checked(yaml, file: file, resolvingNames: true) } catch { throw error.errors[0] }
     }
 
     /// Checks YAML text, reporting every mistake (as ``check(path:)``).
     public static func check(_ yaml: String, file: String) throws(ProxyConfigErrors) -> ProxyConfig {
-        let root: Node?
-        do { root = try compose(yaml, file: file) } catch { throw ProxyConfigErrors(errors: [error]) }
-        guard let root else {
-            throw ProxyConfigErrors(errors: [ProxyConfigError(file: file, line: 1, column: 1, message: "expected a mapping with `listeners` and `clusters`, found an empty document")])
-        }
-        return try ConfigNodeReader(file: file).checkedConfig(root)
+        try checked(yaml, file: file, resolvingNames: true)
     }
 
     /// Checks a proxy configuration that is one subtree of a larger document (the `proxy` section of
@@ -170,8 +175,16 @@ public struct ConfigNodeReader: Sendable {
     /// The file named in errors.
     public let file: String
 
+    /// Whether upstreams given by DNS name are resolved (``UpstreamResolver``) or refused.
+    let resolvesNames: Bool
+
     /// A reader whose errors name `file`.
-    public init(file: String) { self.file = file }
+    public init(file: String) { self.init(file: file, resolvesNames: true) }
+
+    init(file: String, resolvesNames: Bool) {
+        self.file = file
+        self.resolvesNames = resolvesNames
+    }
 
     /// A located error at `node`.
     public func error(_ node: Node, _ message: String) -> ProxyConfigError {
@@ -290,7 +303,7 @@ public struct ConfigNodeReader: Sendable {
         let mistakes = ConfigMistakes()
         func reported() -> ProxyConfigErrors { ProxyConfigErrors(errors: Array(mistakes.errors.prefix(ProxyConfigLoader.maximumReported))) }
         guard let top = mistakes.attempt({ () throws(ProxyConfigError) in
-            try fields(root, "the configuration", allowed: ["listeners", "clusters", "metrics", "drain_timeout", "access_log", "endpoints_cgroup"], mistakes: mistakes)
+            try fields(root, "the configuration", allowed: ["listeners", "clusters", "metrics", "drain_timeout", "access_log", "endpoints_cgroup", "dns_refresh", "access_log_file"], mistakes: mistakes)
         }) else { throw reported() }
         let clusterNodes = mistakes.attempt { () throws(ProxyConfigError) in try list(try required(top, "clusters", in: root, "the configuration"), "`clusters`") } ?? []
         let listenerNodes = mistakes.attempt { () throws(ProxyConfigError) in try list(try required(top, "listeners", in: root, "the configuration"), "`listeners`") } ?? []
@@ -302,6 +315,8 @@ public struct ConfigNodeReader: Sendable {
         var config = ProxyConfig(listeners: listeners, clusters: clusters)
         if let node = top["metrics"], let value = mistakes.attempt({ () throws(ProxyConfigError) in try metricsAddress(node) }) { config.metricsAddress = value }
         if let node = top["drain_timeout"], let value = mistakes.attempt({ () throws(ProxyConfigError) in try duration(node, "`drain_timeout`") }) { config.drainTimeout = value }
+        if let node = top["access_log_file"], let value = mistakes.attempt({ () throws(ProxyConfigError) in try string(node, "`access_log_file` (a path)") }) { config.accessLogFile = value }
+        if let node = top["dns_refresh"], let value = mistakes.attempt({ () throws(ProxyConfigError) in try duration(node, "`dns_refresh`") }) { config.dnsRefresh = value }
         if let node = top["access_log"], let value = mistakes.attempt({ () throws(ProxyConfigError) in try boolean(node, "`access_log`") }) { config.accessLog = value }
         if let node = top["endpoints_cgroup"], let value = mistakes.attempt({ () throws(ProxyConfigError) in try string(node, "`endpoints_cgroup` (a cgroup v2 directory)") }) {
             config.endpointsCgroup = value
@@ -364,7 +379,7 @@ public struct ConfigNodeReader: Sendable {
         var upstreams: [UpstreamConfig] = []
         let upstreamNodes = mistakes.attempt { () throws(ProxyConfigError) in try list(try required(entries, "upstreams", in: node, what), "`upstreams`") } ?? []
         for upstreamNode in upstreamNodes {
-            if let parsed = mistakes.attempt({ () throws(ProxyConfigError) in try upstream(upstreamNode, mistakes: mistakes) }) { upstreams.append(parsed) }
+            if let parsed = mistakes.attempt({ () throws(ProxyConfigError) in try upstream(upstreamNode, mistakes: mistakes) }) { upstreams += parsed }
         }
         var cluster = ClusterConfig(name: name ?? "", upstreams: upstreams)
         if let value = entries["balance"], let balancing: Balancing = mistakes.attempt({ () throws(ProxyConfigError) in try choice(value, "`balance`") }) { cluster.balancing = balancing }
@@ -379,16 +394,30 @@ public struct ConfigNodeReader: Sendable {
         return cluster
     }
 
-    /// One upstream: `host:port`, or a mapping of `address`, `weight` and `backup`.
-    func upstream(_ node: Node, mistakes: ConfigMistakes) throws(ProxyConfigError) -> UpstreamConfig {
-        if node.mapping == nil { return UpstreamConfig(address: try address(node, "an upstream")) }
+    /// One upstream entry: `host:port`, or a mapping of `address`, `weight` and `backup`. A DNS
+    /// name gives one upstream per address it resolves to (``UpstreamResolver``), now.
+    func upstream(_ node: Node, mistakes: ConfigMistakes) throws(ProxyConfigError) -> [UpstreamConfig] {
+        if node.mapping == nil { return try upstreamAddresses(node, "an upstream").map { UpstreamConfig(address: $0.address, hostname: $0.hostname) } }
         let entries = try fields(node, "an upstream", allowed: ["address", "weight", "backup"], mistakes: mistakes)
-        var upstream = UpstreamConfig(address: try address(try required(entries, "address", in: node, "an upstream"), "`address`"))
-        if let value = entries["weight"], let weight = mistakes.attempt({ () throws(ProxyConfigError) in try integer(value, "`weight`", range: UpstreamConfig.weightRange) }) {
-            upstream.weight = weight
+        var weight = 1
+        var backup = false
+        if let value = entries["weight"], let parsed = mistakes.attempt({ () throws(ProxyConfigError) in try integer(value, "`weight`", range: UpstreamConfig.weightRange) }) {
+            weight = parsed
         }
-        if let value = entries["backup"], let backup = mistakes.attempt({ () throws(ProxyConfigError) in try boolean(value, "`backup`") }) { upstream.backup = backup }
-        return upstream
+        if let value = entries["backup"], let parsed = mistakes.attempt({ () throws(ProxyConfigError) in try boolean(value, "`backup`") }) { backup = parsed }
+        return try upstreamAddresses(try required(entries, "address", in: node, "an upstream"), "`address`").map {
+            UpstreamConfig(address: $0.address, weight: weight, backup: backup, hostname: $0.hostname)
+        }
+    }
+
+    /// An upstream's `host:port`: a numeric address, or a DNS name resolved to its addresses (a
+    /// name that does not resolve is a mistake at its node).
+    func upstreamAddresses(_ node: Node, _ what: String) throws(ProxyConfigError) -> [(address: SocketAddress, hostname: String?)] {
+        if let text = node.scalar?.string, SocketAddress(parsing: text) == nil, let (name, port) = UpstreamResolver.nameAndPort(text), name != "localhost" {
+            guard resolvesNames else { throw self.error(node, "`\(name)` is a DNS name, not resolved here; expected a numeric IP") }
+            do { return try UpstreamResolver.resolve(name, port: port).map { ($0, name) } } catch { throw self.error(node, error.description) }
+        }
+        return [(try address(node, what), nil)]
     }
 
     /// A `passive_health` mapping: failures, ejection.

@@ -63,8 +63,13 @@ public final class ProxyController: Sendable {
     /// The configuration file re-read on reload; nil when the proxy runs from command-line flags.
     public let configPath: String?
     private let running: Mutex<ProxyConfig>
-    /// Serializes reloads (SIGHUP on the main thread, `reload` on the control socket's loop).
+    /// Serializes reloads (SIGHUP on the main thread, `reload` on the control socket's loop, the
+    /// DNS refresh thread).
     private let reloading = Mutex(())
+    private let refreshStop = Atomic<Bool>(false)
+    private let refreshWake = DispatchSemaphore(value: 0)
+    private let refreshDone = DispatchSemaphore(value: 0)
+    private let refreshing = Atomic<Bool>(false)
 
     /// Controls `proxy`, which runs `config` (read from `configPath`, if any).
     public init(proxy: Proxy, config: ProxyConfig, configPath: String?) {
@@ -116,14 +121,17 @@ public final class ProxyController: Sendable {
         do {
             try proxy.reload(next)
         } catch {
-            if let moved { Self.wait { await moved.shutdown() } }
+            if let moved { Self.runBlocking { await moved.shutdown() } }
             return rejected(["\(error)"])
         }
         if metricsChanged {
             let previous = proxy.metricsServer
             proxy.metricsServer = moved
-            if let previous { Self.wait { await previous.shutdown() } }
+            if let previous { Self.runBlocking { await previous.shutdown() } }
             notes.append("metrics moved from \(current.metricsAddress.map { "\($0)" } ?? "none") to \(moved.map { "\($0.address)" } ?? "none")")
+        }
+        if next.accessLogFile != current.accessLogFile {
+            notes.append("`access_log_file` changed: it applies at the next `strait proxy restart`")
         }
         if next.endpointsCgroup != current.endpointsCgroup {
             notes.append("`endpoints_cgroup` changed: it applies at the next `strait proxy restart`")
@@ -149,11 +157,68 @@ public final class ProxyController: Sendable {
         return DrainOutcome(upstream: "\(parsed)", draining: draining, active: state.active.load(ordering: .relaxed), clusters: clusters)
     }
 
+    /// Starts a thread that resolves the upstreams given by DNS name again every
+    /// ``ProxyConfig/dnsRefresh`` (``refreshNames()``). Call once; ``stopRefreshingNames()`` ends it.
+    public func startRefreshingNames() {
+        guard !refreshing.exchange(true, ordering: .relaxed) else { return }
+        let thread = Thread { [self] in
+            defer { refreshDone.signal() }
+            while !refreshStop.load(ordering: .relaxed) {
+                let interval = Int(clamping: config.dnsRefresh.wholeNanoseconds)
+                _ = refreshWake.wait(timeout: .now() + .nanoseconds(interval))
+                if refreshStop.load(ordering: .relaxed) { return }
+                refreshNames()
+            }
+        }
+        thread.name = "strait-dns"
+        thread.start()
+    }
+
+    /// Stops the refresh thread and waits for it (at most one resolution in progress). Call before
+    /// the proxy shuts down; calling it again does nothing, and a stopped refresh does not restart.
+    public func stopRefreshingNames() {
+        guard refreshing.exchange(false, ordering: .relaxed) else { return }
+        refreshStop.store(true, ordering: .relaxed)
+        refreshWake.signal()
+        refreshDone.wait()
+    }
+
+    /// Resolves every upstream name again; when an address set changed, applies the configuration
+    /// with the new addresses (``Proxy/reload(_:)``: upstreams kept by address keep their state). A
+    /// name that no longer resolves keeps its addresses and is counted
+    /// (`strait_proxy_errors_total{kind="dns_failed"}`). Returns whether anything changed.
+    @discardableResult
+    public func refreshNames() -> Bool {
+        reloading.withLock { _ in
+            let current = config
+            guard current.clusters.contains(where: { $0.upstreams.contains { $0.hostname != nil } }) else { return false }
+            var next = current
+            for index in next.clusters.indices {
+                do { next.clusters[index].upstreams = try UpstreamResolver.refreshed(next.clusters[index]) } catch {
+                    proxy.metrics.error("dns_failed")
+                    proxy.logger.warning("DNS refresh: \(error); cluster \(next.clusters[index].name) keeps its addresses")
+                }
+            }
+            guard next != current else { return false }
+            do {
+                try proxy.reload(next)
+            } catch {
+                proxy.metrics.error("dns_apply_failed")
+                proxy.logger.error("DNS refresh: the new addresses could not be applied: \(error)")
+                return false
+            }
+            running.withLock { $0 = next }
+            proxy.logger.notice("DNS refresh applied new upstream addresses", metadata: ["fingerprint": "\(next.fingerprint)"])
+            return true
+        }
+    }
+
     /// The proxy's status (``Proxy/status()``).
     public func status() -> ProxyStatus { proxy.status() }
 
-    /// Runs an async shutdown to its end from a thread that is not the concurrency pool's.
-    private static func wait(_ body: @escaping @Sendable () async -> Void) {
+    /// Runs `body` (an async shutdown) to its end from a synchronous caller: the main thread, the
+    /// control socket's loop, never a concurrency-pool thread (which the body may need).
+    public static func runBlocking(_ body: @escaping @Sendable () async -> Void) {
         let done = DispatchSemaphore(value: 0)
         Task {
             await body()

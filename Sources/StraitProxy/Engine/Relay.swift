@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import StraitNet
 import StraitSystem
@@ -774,17 +775,11 @@ final class Relay: PollHandler, TickHandler {
         upstreamState?.active.subtract(1, ordering: .relaxed)
         listener.active.subtract(1, ordering: .relaxed)
         if context.accessLog.load(ordering: .relaxed) {
-            let seconds = Double(loop.now &- startedAt) / 1e9
-            context.logger.info("connection", metadata: [
-                "listener": "\(settings.config.name)",
-                "client": "\(clientAddress.map(String.init(describing:)) ?? "?")",
-                "upstream": "\(upstreamState.map { String(describing: $0.address) } ?? "-")",
-                "datapath": "\(shownPath)",
-                "bytes_up": "\(bytesUp)",
-                "bytes_down": "\(bytesDown)",
-                "duration_s": "\(String(format: "%.3f", seconds))",
-                "end": "\(end.rawValue)",
-            ])
+            // issue 16 hook: queued for the access log's writer thread, never written here.
+            context.accessLogWriter.record(AccessEntry(
+                time: Date().timeIntervalSince1970, listener: settings.config.name,
+                client: clientAddress.map(String.init(describing:)) ?? "?", upstream: upstreamState.map { String(describing: $0.address) } ?? "-",
+                datapath: shownPath, bytesUp: bytesUp, bytesDown: bytesDown, durationSeconds: Double(loop.now &- startedAt) / 1e9, end: end.rawValue))
         }
     }
 }

@@ -68,8 +68,11 @@ final class ProxyContext: Sendable {
     let accessLog = Atomic<Bool>(true)
     /// The skmsg datapath, when an endpoints cgroup is configured and the programs attached.
     let endpoints: EndpointForwarder?
+    // issue 16 hook: access lines go through this queue to a writer thread (Observe/AccessLog.swift).
+    let accessLogWriter: AccessLog
 
-    init(forwarder: SockmapForwarder?, sockmapUnavailable: String?, endpoints: EndpointForwarder?, metrics: ProxyMetrics, logger: Logger) {
+    init(forwarder: SockmapForwarder?, sockmapUnavailable: String?, endpoints: EndpointForwarder?, metrics: ProxyMetrics, logger: Logger, accessLogWriter: AccessLog) {
+        self.accessLogWriter = accessLogWriter
         self.forwarder = forwarder
         self.sockmapUnavailable = sockmapUnavailable
         self.endpoints = endpoints

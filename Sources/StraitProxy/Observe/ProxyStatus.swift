@@ -22,6 +22,8 @@ public struct ProxyStatus: Codable, Sendable, Equatable {
     /// One upstream of a cluster.
     public struct Upstream: Codable, Sendable, Equatable {
         public var address: String
+        /// The DNS name it was resolved from, if it was given by name.
+        public var hostname: String?
         public var weight: Int
         public var backup: Bool
         /// `up`, `down` (active checks), `ejected` (passive health) or `draining`, in that order of
@@ -124,7 +126,7 @@ extension Proxy {
                 upstreams: cluster.upstreams.map { upstream in
                     let state = snapshot.upstreams[upstream.address]
                     return ProxyStatus.Upstream(
-                        address: "\(upstream.address)", weight: upstream.weight, backup: upstream.backup,
+                        address: "\(upstream.address)", hostname: upstream.hostname, weight: upstream.weight, backup: upstream.backup,
                         state: state.map { Self.stateName($0, now: now) } ?? "up",
                         active: state?.active.load(ordering: .relaxed) ?? 0,
                         ejections: state?.admission.ejections.load(ordering: .relaxed) ?? 0)
