@@ -3,7 +3,6 @@ import StraitNet
 @testable import StraitProxy
 import StraitSystem
 import StraitTestSupport
-import Synchronization
 import Testing
 
 /// `GET path` on 127.0.0.1:`port`: the status code and the body.
@@ -542,23 +541,25 @@ struct AccessLogTests {
             #expect(dropped > 0, "lines beyond the queue were dropped")
             #expect(metrics.exposition().contains("strait_proxy_errors_total{kind=\"access_log_dropped\"} \(dropped)"))
             // Drain the pipe so the writer can finish what it holds, then stop it.
-            let stopped = Atomic<Bool>(false)
+            let stopped = DispatchSemaphore(value: 0)
             let stopper = Thread {
                 log.stop()
-                stopped.store(true, ordering: .relaxed)
+                stopped.signal()
             }
             stopper.start()
             var buffer = [UInt8](repeating: 0, count: 1 << 16)
             var lines = 0
+            var done = false
             let deadline = ContinuousClock.now + .seconds(30)
-            while !stopped.load(ordering: .relaxed) && ContinuousClock.now < deadline {
+            while !done && ContinuousClock.now < deadline {
                 let count = buffer.withUnsafeMutableBytes { read(reader, $0.baseAddress, $0.count) }
                 if count > 0 { lines += buffer[..<count].filter { $0 == UInt8(ascii: "\n") }.count } else { usleep(1000) }
+                done = stopped.wait(timeout: .now()) == .success
             }
             while case let count = buffer.withUnsafeMutableBytes({ read(reader, $0.baseAddress, $0.count) }), count > 0 {
                 lines += buffer[..<count].filter { $0 == UInt8(ascii: "\n") }.count
             }
-            #expect(stopped.load(ordering: .relaxed))
+            #expect(done, "the writer finished once the pipe was read")
             #expect(lines + dropped == AccessLog.capacity * 4, "every line written or counted as dropped: \(lines) + \(dropped)")
         }
     }
