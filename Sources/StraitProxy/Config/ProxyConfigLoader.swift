@@ -36,8 +36,8 @@ public struct ProxyConfigErrors: Error, Equatable, CustomStringConvertible {
     public var description: String { errors.map(\.description).joined(separator: "\n") }
 }
 
-/// Reads a ``ProxyConfig`` from YAML, checking every field and reporting the first mistake with
-/// its position. Unknown keys are errors too (a misspelt `helth_check` must not be ignored).
+/// Reads a ``ProxyConfig`` from YAML, checking every field and reporting every mistake
+/// (``check(path:)``) or the first (``load(path:)``) with its position. Unknown keys are errors too (a misspelt `helth_check` must not be ignored).
 ///
 /// ```yaml
 /// listeners:
@@ -52,13 +52,19 @@ public struct ProxyConfigErrors: Error, Equatable, CustomStringConvertible {
 /// clusters:
 ///   - name: backend
 ///     balance: round_robin      # round_robin | least_connections | consistent_hash
+///     retries: 1                # another upstream after a failed connect
 ///     upstreams:
 ///       - { address: 127.0.0.1:5201, weight: 2 }
 ///       - 127.0.0.1:5202
+///       - { address: backup.example:5203, backup: true }   # a DNS name: one upstream per address
 ///     health_check: { interval: 2s, timeout: 1s, rise: 2, fall: 3 }
-/// metrics: 127.0.0.1:9100
-/// drain_timeout: 30s
+///     passive_health: { failures: 5, ejection: 30s }
+///     send_proxy: v2
+/// metrics: 127.0.0.1:9479
+/// drain_timeout: 1m30s
+/// dns_refresh: 30s
 /// access_log: true
+/// access_log_file: /var/log/strait/access.jsonl
 /// endpoints_cgroup: /sys/fs/cgroup/unified/apps   # local endpoints that may use skmsg
 /// ```
 public enum ProxyConfigLoader {
