@@ -105,7 +105,7 @@ uninstall:
 ## becomes a unit test and a fix). The committed seeds in Fuzz/corpus are read, never written.
 ## Leak detection is off: Swift's lazily made globals and runtime caches read as one-time leaks;
 ## memory that grows is still caught by -rss_limit_mb, and a slow input by -timeout.
-FUZZ_TARGETS := config drop-rules rpc-frame metrics-request
+FUZZ_TARGETS := config drop-rules rpc-frame metrics-request proxy-header
 FUZZ_SECONDS ?= 60
 FUZZ_SCRATCH := .build-fuzz
 # Package.swift adds the sanitizer flags when STRAIT_FUZZ is set (all but the build-time tool).

@@ -109,10 +109,9 @@ let package = Package(
         .target(
             name: "StraitProxy",
             dependencies: [
-                "CStraitSystem", "StraitBPF", "StraitKernelABI", "StraitSystem", "StraitNet",
+                "CStraitSystem", "StraitBPF", "StraitBuildInfo", "StraitKernelABI", "StraitSystem", "StraitNet",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             exclude: ["bpf"],
@@ -245,6 +244,7 @@ let package = Package(
         .executableTarget(name: "fuzz-drop-rules", dependencies: ["FuzzSupport", "StraitDrop"], path: "Fuzz/drop-rules"),
         .executableTarget(name: "fuzz-rpc-frame", dependencies: ["FuzzSupport", "StraitNet"], path: "Fuzz/rpc-frame"),
         .executableTarget(name: "fuzz-metrics-request", dependencies: ["FuzzSupport", "StraitNet"], path: "Fuzz/metrics-request"),
+        .executableTarget(name: "fuzz-proxy-header", dependencies: ["FuzzSupport", "StraitProxy"], path: "Fuzz/proxy-header"),
 
         // Tests. Fixtures every kernel test uses: the CI gate, namespaces, built products (and, re-exported,
         // StraitBenchSupport's private cgroup, sockets and hostile peers).

@@ -32,7 +32,7 @@ public final class Proxy: @unchecked Sendable {
     private let relayLoops: [RelayLoop]
     private let health: HealthChecker<UpstreamState>
     private let state = Mutex<State>(State())
-    private var metricsServer: PlainHTTPEndpoint?
+    var metricsServer: PlainHTTPEndpoint?  // internal, so ProxyController can move it on reload
 
     private struct State {
         var config: ProxyConfig?
@@ -43,6 +43,11 @@ public final class Proxy: @unchecked Sendable {
         var draining = false
         /// Listening sockets handed over by the previous process, used instead of binding anew.
         var inherited: [SocketAddress: CInt] = [:]
+    }
+
+    // what the status (Observe/ProxyStatus.swift) and `strait proxy drain` read.
+    var runtimeSnapshot: (listeners: [ListenerRuntime], upstreams: [SocketAddress: UpstreamState], config: ProxyConfig?, draining: Bool) {
+        state.withLock { ($0.listeners, $0.upstreams, $0.config, $0.draining) }
     }
 
     /// Why the kernel datapath is off, or nil when it is on.
@@ -97,10 +102,17 @@ public final class Proxy: @unchecked Sendable {
         } else if config.listeners.contains(where: { $0.datapath == .skmsg }) {
             logger.warning("skmsg datapath off: no `endpoints_cgroup` is configured (the cgroup v2 directory of the local clients and servers); skmsg listeners run on copy")
         }
-        let context = ProxyContext(forwarder: forwarder, sockmapUnavailable: unavailable, endpoints: endpoints, metrics: metrics, logger: logger)
+        // The access log's writer thread (and file, with `access_log_file`).
+        let accessLogWriter: AccessLog
+        do { accessLogWriter = try AccessLog(path: config.accessLogFile, logger: logger, metrics: metrics) } catch {
+            endpoints?.detach()
+            throw .system(error)
+        }
+        let context = ProxyContext(forwarder: forwarder, sockmapUnavailable: unavailable, endpoints: endpoints, metrics: metrics, logger: logger, accessLogWriter: accessLogWriter)
         self.context = context
         let group: EventLoopGroup
         do { group = try EventLoopGroup(loopCount: max(1, loopCount)) } catch {
+            accessLogWriter.stop()
             endpoints?.detach()
             throw .system(error)
         }
@@ -255,6 +267,7 @@ public final class Proxy: @unchecked Sendable {
         }
         close(removed)
         configureHealthChecks(Array(clusters.values))
+        metrics.configurationApplied(config)  // the status's fingerprint and load time
         logger.info("configuration applied", metadata: [
             "listeners": "\(config.listeners.count)", "new": "\(bound.count)", "kept": "\(kept.count)", "removed": "\(removed.count)",
         ])
@@ -359,6 +372,7 @@ public final class Proxy: @unchecked Sendable {
         health.stop()
         group.shutdown()
         context.endpoints?.detach()
+        context.accessLogWriter.stop()  // what is queued is written
     }
 
     /// Every proxy metric in the Prometheus text format, with the kernel datapaths' totals read
@@ -380,13 +394,7 @@ public final class Proxy: @unchecked Sendable {
             }
         }
         do {
-            let metrics = self.metrics
-            let endpoint = try PlainHTTPEndpoint(
-                address: address, listener: adopted, group: group, routes: ["/metrics": { [weak self] in .init(body: self?.metricsText() ?? "") }],
-                refused: { refusal in
-                    // A request larger than the bound, or a client too slow to send one, is closed.
-                    metrics.error(refusal == .tooLarge ? "metrics_request_too_large" : "metrics_request_timeout")
-                })
+            let endpoint = try makeObservabilityEndpoint(address, listener: adopted)  // /metrics, /status, /healthz, /readyz
             metricsServer = endpoint
             logger.info("metrics on http://\(endpoint.address)/metrics")
         } catch {

@@ -17,11 +17,13 @@ struct ProxyCommand: ParsableCommand {
             strait proxy --listen 127.0.0.1:6000 --upstream 127.0.0.1:5201 --endpoints-cgroup /sys/fs/cgroup/unified/apps
                                            (local clients and servers in that cgroup: their sends skip the proxy)
             strait proxy --check strait.yaml
-            strait proxy reload            (SIGHUP to the running proxy: re-read its config file)
+            strait proxy reload            (re-read the config file; waits for the verdict, exit 1 with the file's errors)
+            strait proxy status [--json]   (listeners, clusters, upstream states, the loaded config)
+            strait proxy drain 127.0.0.1:5201 [--undo]   (no new connections to it; open ones finish)
             strait proxy restart           (SIGUSR2: a new process takes the listening sockets; none lost)
             SIGTERM or Ctrl-C drains: no new connections, open ones get drain_timeout to finish.
             """,
-        subcommands: [ProxyRun.self, ProxyReload.self, ProxyRestart.self],
+        subcommands: [ProxyRun.self, ProxyReload.self, ProxyRestart.self, ProxyStatusCommand.self, ProxyDrain.self],
         defaultSubcommand: ProxyRun.self
     )
 }
@@ -31,12 +33,19 @@ private let defaultPidFile = "/run/strait-proxy.pid"
 /// Where a running proxy offers its listening sockets to its successor in a restart.
 private let defaultHandOverSocket = "/run/strait-proxy.handover"
 
+/// The control socket beside a hand-over socket (`/run/strait-proxy.handover` →
+/// `/run/strait-proxy.control`), unless `--control-socket` names one.
+func controlSocketPath(_ explicit: String?, handOver: String) -> String {
+    if let explicit { return explicit }
+    return handOver.hasSuffix(".handover") ? String(handOver.dropLast(".handover".count)) + ".control" : handOver + ".control"
+}
+
 struct ProxyRun: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "run", abstract: "Run the proxy (the default).")
 
     @Option(help: "YAML configuration file (see the README, section strait proxy).") var config: String?
-    @Option(help: "Validate this configuration file and exit: prints FILE:LINE:COLUMN: what was expected.") var check: String?
-    @Flag(help: "With --check: print the outcome as JSON (ok, counts, or the errors one a string).") var json = false
+    @Option(help: "Validate this configuration file and exit: prints every mistake as FILE:LINE:COLUMN: what was expected.") var check: String?
+    @Flag(help: "With --check: print the outcome as JSON (ok, counts and fingerprint, or every error as a string).") var json = false
     @Option(help: "Quick start: the address to listen on, host:port.") var listen: String?
     @Option(help: "Quick start: upstream addresses, comma-separated host:port.") var upstream: String?
     @Option(help: "Quick start: auto, skmsg, sockmap, splice or copy.") var datapath: String = "auto"
@@ -47,6 +56,8 @@ struct ProxyRun: ParsableCommand {
     @Option(help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
     @Option(help: "Unix socket where this proxy offers its listening sockets to its successor (`strait proxy restart`).")
     var handoverSocket: String = defaultHandOverSocket
+    @Option(help: "Unix socket answering `strait proxy reload`, `status` and `drain` (default: beside --handover-socket, /run/strait-proxy.control).")
+    var controlSocket: String?
     @Option(help: .hidden) var takeOver: String?
 
     func validate() throws {
@@ -60,21 +71,21 @@ struct ProxyRun: ParsableCommand {
                 var ok: Bool
                 var listeners: Int?
                 var clusters: Int?
+                var fingerprint: String?
                 var errors: [String]?
             }
-            do {
-                let parsed = try ProxyConfigLoader.load(path: check)
-                if json { return try printJSON(Outcome(file: check, ok: true, listeners: parsed.listeners.count, clusters: parsed.clusters.count)) }
-                print("\(check): ok (\(parsed.listeners.count) listener(s), \(parsed.clusters.count) cluster(s))")
-                return
-            } catch {
+            let parsed: ProxyConfig
+            do { parsed = try ProxyConfigLoader.check(path: check) } catch {
                 if json {
-                    try printJSON(Outcome(file: check, ok: false, errors: "\(error)".split(separator: "\n").map(String.init)))
+                    try printJSON(Outcome(file: check, ok: false, errors: error.errors.map(\.description)))
                 } else {
-                    FileHandle.standardError.write(Data("\(error)\n".utf8))
+                    FileHandle.standardError.write(Data("\(error)\n\(error.errors.count) error(s)\n".utf8))
                 }
                 throw ExitCode(1)
             }
+            if json { return try printJSON(Outcome(file: check, ok: true, listeners: parsed.listeners.count, clusters: parsed.clusters.count, fingerprint: parsed.fingerprint)) }
+            print("\(check): ok (\(parsed.listeners.count) listener(s), \(parsed.clusters.count) cluster(s), fingerprint \(parsed.fingerprint))")
+            return
         }
         let loaded = try loadConfig()
         try Strait.bootstrapLogging(level: logLevel)
@@ -91,6 +102,10 @@ struct ProxyRun: ParsableCommand {
         // A second proxy on a live hand-over socket is refused before it binds anything.
         if takeOver == nil, let other = try ListenerHandOver.owner(of: handoverSocket) {
             throw CommandFailure("process \(other) already runs a proxy offering at \(handoverSocket): give this one its own --handover-socket (and --pid-file), or use `strait proxy restart`")
+        }
+        let controlPath = controlSocketPath(controlSocket, handOver: handoverSocket)
+        if takeOver == nil, ControlSocket.isLive(controlPath) {
+            throw CommandFailure("another proxy answers on the control socket \(controlPath): give this one its own --control-socket, or use `strait proxy restart`")
         }
         // In a restart: the same listening sockets as the previous process (the metrics listener
         // and the hand-over socket too), so nothing queued on them is lost; the previous process
@@ -131,6 +146,17 @@ struct ProxyRun: ParsableCommand {
             throw CommandFailure("cannot offer the listening sockets at \(handoverSocket) (\(error)): give --handover-socket a path this user may create")
         }
         defer { offer.close() }
+        // After a take-over is confirmed: the predecessor no longer reloads, this process answers.
+        let controller = ProxyController(proxy: proxy, config: loaded, configPath: config)
+        let control: ControlSocket
+        do {
+            control = try ControlSocket(path: controlPath, controller: controller)
+        } catch {
+            Self.stop(proxy, drainTimeout: .zero)
+            throw CommandFailure("cannot listen on the control socket \(controlPath) (\(error)): give --control-socket a path this user may create")
+        }
+        defer { ProxyController.runBlocking { await control.close() } }
+        controller.startRefreshingNames()
         try? "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)
         defer { Self.removePidFile(pidFile) }
         for (name, address) in proxy.listenerAddresses.sorted(by: { $0.key < $1.key }) {
@@ -147,22 +173,17 @@ struct ProxyRun: ParsableCommand {
             try? notifier.send(.ready, .status(listening))
         }
 
-        var current = loaded
         var successor: pid_t?
         while true {
             guard let signal = try SignalQueue.next() else { continue }
             if signal == SIGHUP {
-                guard let path = config else {
-                    logger.notice("reload asked, but the proxy runs from command-line flags: nothing to re-read")
-                    continue
-                }
+                // systemd's ExecReload; `strait proxy reload` goes through the control socket to the same call.
                 try? notifier.send(.reloading)
-                do {
-                    current = try proxy.reload(fromFile: path)
+                let verdict = controller.reload()
+                if verdict.applied {
                     try? notifier.send(.ready, .status("configuration reloaded; accepting on \(proxy.listenerAddresses.count) listener(s)"))
-                } catch {
-                    logger.error("reload rejected, keeping the running configuration: \(error)")
-                    try? notifier.send(.ready, .status("reload rejected, running the previous configuration: \(error)"))
+                } else {
+                    try? notifier.send(.ready, .status("reload rejected, running the previous configuration: \(verdict.errors.first ?? "")"))
                 }
                 continue
             }
@@ -177,8 +198,10 @@ struct ProxyRun: ParsableCommand {
             } else {
                 try? notifier.send(.stopping, .status("draining \(proxy.activeConnections) connection(s)"))
             }
-            logger.notice("draining", metadata: ["deadline": "\(current.drainTimeout)", "open": "\(proxy.activeConnections)"])
-            Self.stop(proxy, drainTimeout: current.drainTimeout)
+            controller.stopRefreshingNames()
+            let drainTimeout = controller.config.drainTimeout
+            logger.notice("draining", metadata: ["deadline": "\(drainTimeout)", "open": "\(proxy.activeConnections)"])
+            Self.stop(proxy, drainTimeout: drainTimeout)
             logger.notice("stopped")
             return
         }
@@ -186,12 +209,7 @@ struct ProxyRun: ParsableCommand {
 
     /// Drains and stops `proxy` from the main thread (never a concurrency thread, which the drain needs).
     static func stop(_ proxy: Proxy, drainTimeout: Duration) {
-        let done = DispatchSemaphore(value: 0)
-        Task {
-            await proxy.shutdown(drainTimeout: drainTimeout)
-            done.signal()
-        }
-        done.wait()
+        ProxyController.runBlocking { await proxy.shutdown(drainTimeout: drainTimeout) }
     }
 
     /// The sockets of a hand-over, by role: the offer's note has one `listener ADDRESS` or
@@ -277,28 +295,42 @@ struct ProxyRun: ParsableCommand {
 struct ProxyReload: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "reload",
-        abstract: "Tell the running proxy (by its pid file) to re-read its configuration; established connections stay open."
+        abstract: "Make the running proxy re-read its configuration and wait for its verdict: exit 1 with every error of a rejected file (the running configuration stays). Established connections stay open.",
+        discussion: "SIGHUP (systemd's ExecReload) reloads the same way; the verdict is then in the log and in `strait proxy status`."
     )
 
     @Option(help: "The running proxy's pid file.") var pidFile: String = defaultPidFile
-    @Option(help: "The running proxy's --handover-socket: it confirms which process the proxy is before any signal.")
+    @Option(help: "The running proxy's --handover-socket: it confirms which process the proxy is before anything is asked.")
     var handoverSocket: String = defaultHandOverSocket
-    @Flag(help: "Print JSON: the process signalled.") var json = false
+    @Option(help: "The running proxy's --control-socket (default: beside --handover-socket).") var controlSocket: String?
+    @Flag(help: "Print the verdict as JSON.") var json = false
 
-    /// What `reload` and `restart` did, for `--json`.
+    func run() throws {
+        let pid = try Self.verifiedPid(pidFile, handoverSocket: handoverSocket)
+        let answer: Data
+        do { answer = try ControlSocket.send("reload", to: controlSocketPath(controlSocket, handOver: handoverSocket)) } catch {
+            throw CommandFailure("\(error)")
+        }
+        guard let verdict = try? JSONDecoder().decode(ReloadVerdict.self, from: answer) else {
+            throw CommandFailure("process \(pid) answered something that is not a reload verdict: \(String(decoding: answer.prefix(200), as: UTF8.self))")
+        }
+        if json {
+            FileHandle.standardOutput.write(answer)
+        } else if verdict.applied {
+            print("reloaded: process \(pid) runs configuration \(verdict.configFingerprint)")
+            for note in verdict.notes { print("  \(note)") }
+        } else {
+            FileHandle.standardError.write(Data("reload rejected; process \(pid) keeps running configuration \(verdict.configFingerprint):\n".utf8))
+            for error in verdict.errors { FileHandle.standardError.write(Data("\(error)\n".utf8)) }
+        }
+        if !verdict.applied { throw ExitCode(1) }
+    }
+
+    /// What `restart` did, for `--json`.
     struct Signalled: Encodable {
         var signal: String
         var pid: pid_t
         var successor: pid_t?
-    }
-
-    func run() throws {
-        let pid = try Self.verifiedPid(pidFile, handoverSocket: handoverSocket)
-        do { try ProcessCall.signal(pid, SIGHUP) } catch {
-            throw CommandFailure("cannot signal process \(pid) (from \(pidFile)): \(error.errno). The pid file is stale: is the proxy running? Remove the file, or give --pid-file of the running one")
-        }
-        if json { return try printJSON(Signalled(signal: "SIGHUP", pid: pid)) }
-        print("reload sent to process \(pid)")
     }
 
     /// The pid a running proxy wrote to `pidFile`.
@@ -370,6 +402,84 @@ struct ProxyRestart: ParsableCommand {
         }
         throw CommandFailure("process \(old) got SIGUSR2 but no successor took over within \(timeout) s; the old process keeps serving (see its log for why)")
     }
+}
+
+struct ProxyStatusCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "status",
+        abstract: "What the running proxy does now: listeners, clusters, each upstream's state and connections, the loaded configuration and the last reload."
+    )
+
+    @Option(help: "The running proxy's --handover-socket (the control socket is beside it).") var handoverSocket: String = defaultHandOverSocket
+    @Option(help: "The running proxy's --control-socket.") var controlSocket: String?
+    @Flag(help: "Print the status as JSON (what GET /status serves).") var json = false
+
+    func run() throws {
+        guard let status = try askControlSocket("status", at: controlSocketPath(controlSocket, handOver: handoverSocket), as: ProxyStatus.self, printingJSON: json) else { return }
+        print(Self.render(status))
+    }
+
+    /// The status as an operator reads it.
+    static func render(_ status: ProxyStatus) -> String {
+        var lines = ["process \(status.pid), strait \(status.version), \(status.ready ? "ready" : "NOT READY (draining or not listening)")"]
+        let loaded = Date(timeIntervalSince1970: status.configLoadedAt)
+        lines.append("configuration \(status.configFingerprint), applied \(loaded.formatted(.iso8601))")
+        if let reload = status.lastReload {
+            let at = Date(timeIntervalSince1970: reload.at).formatted(.iso8601)
+            lines.append("last reload \(at): " + (reload.applied ? "applied" : "rejected: " + reload.errors.joined(separator: "; ")))
+        }
+        if let metrics = status.metrics { lines.append("metrics http://\(metrics)/metrics (also /status, /healthz, /readyz)") }
+        if let reason = status.sockmapUnavailable { lines.append("kernel datapath off: \(reason)") }
+        lines.append("listeners:")
+        for listener in status.listeners {
+            lines.append("  \(listener.name)  \(listener.address) → \(listener.cluster)  \(listener.datapath)  \(listener.active) active")
+        }
+        lines.append("clusters:")
+        for cluster in status.clusters {
+            lines.append("  \(cluster.name)  \(cluster.balance)\(cluster.retries > 0 ? ", \(cluster.retries) retries" : "")")
+            for upstream in cluster.upstreams {
+                let extras = (upstream.backup ? ["backup"] : []) + (upstream.weight != 1 ? ["weight \(upstream.weight)"] : []) + (upstream.ejections > 0 ? ["\(upstream.ejections) ejections"] : [])
+                lines.append("    \(upstream.address)\(upstream.hostname.map { " (\($0))" } ?? "")  \(upstream.state)  \(upstream.active) active\(extras.isEmpty ? "" : "  (" + extras.joined(separator: ", ") + ")")")
+            }
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+struct ProxyDrain: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "drain",
+        abstract: "Stop sending new connections to one upstream (in every cluster listing it); its open connections finish. --undo sends them again."
+    )
+
+    @Argument(help: "The upstream, host:port as in the configuration.") var upstream: String
+    @Flag(help: "Take the upstream back (undrain).") var undo = false
+    @Option(help: "The running proxy's --handover-socket (the control socket is beside it).") var handoverSocket: String = defaultHandOverSocket
+    @Option(help: "The running proxy's --control-socket.") var controlSocket: String?
+    @Flag(help: "Print the outcome as JSON.") var json = false
+
+    func run() throws {
+        guard !upstream.contains(where: { $0 == " " || $0 == "\n" }) else { throw ValidationError("UPSTREAM: host:port, without spaces") }
+        let command = "\(undo ? "undrain" : "drain") \(upstream)"
+        guard let outcome = try askControlSocket(command, at: controlSocketPath(controlSocket, handOver: handoverSocket), as: DrainOutcome.self, printingJSON: json) else { return }
+        print("\(outcome.upstream) \(outcome.draining ? "draining: no new connections" : "takes new connections again") (clusters \(outcome.clusters.joined(separator: ", ")); \(outcome.active) open)")
+    }
+}
+
+/// Sends `command` to the control socket at `path`: with `printingJSON` prints the answer as it
+/// came and returns nil, else returns it decoded. A failure (no proxy there, a refused command)
+/// is a ``CommandFailure`` with the proxy's sentence.
+func askControlSocket<Answer: Decodable>(_ command: String, at path: String, as type: Answer.Type, printingJSON: Bool) throws -> Answer? {
+    let answer: Data
+    do { answer = try ControlSocket.send(command, to: path, timeout: .seconds(10)) } catch { throw CommandFailure("\(error)") }
+    if printingJSON {
+        FileHandle.standardOutput.write(answer)
+        return nil
+    }
+    guard let decoded = try? JSONDecoder().decode(Answer.self, from: answer) else {
+        throw CommandFailure("the control socket at \(path) answered something unexpected for `\(command)`: \(String(decoding: answer.prefix(200), as: UTF8.self))")
+    }
+    return decoded
 }
 
 /// The signals the proxy handles, and its one posted event, read from ``SignalQueue`` in order.

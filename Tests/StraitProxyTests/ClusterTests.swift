@@ -257,7 +257,7 @@ struct OperationTests {
             #expect(text.hasPrefix("HTTP/1.1 200 OK"))
             #expect(text.contains("strait_proxy_connections_total{listener=\"test\"} 1"))
             #expect(text.contains("strait_proxy_connections_active{listener=\"test\"} 1"))
-            if proxy.sockmapUnavailable == nil { #expect(text.contains("strait_proxy_sockmap_drops{reason=\"unpaired\"} 0")) }
+            if proxy.sockmapUnavailable == nil { #expect(text.contains("strait_proxy_sockmap_drops_total{reason=\"unpaired\"} 0")) }
         }
     }
 }

@@ -59,75 +59,108 @@ extension ProxyConfig {
     /// every listener's cluster exists, every number and duration in range, and that no two
     /// addresses among the listeners and `metrics` would collide at bind time (the same address;
     /// `0.0.0.0:P` beside another IPv4 address on port P; `[::]:P` beside another IPv6 address on P,
-    /// and beside any IPv4 address on P when `dualStack`). Port 0 never collides.
+    /// and beside any IPv4 address on P when `dualStack`). Port 0 never collides. Throws the first
+    /// of ``problems(dualStack:)``.
     ///
-    /// `strait proxy --check`, ``ProxyConfigLoader``, ``Proxy/init(config:loopCount:kernelDatapath:inheriting:logger:)``
+    /// `strait proxy --check`, ``ProxyConfigLoader``, ``Proxy/init(config:loopCount:kernelDatapath:inheriting:inheritingMetrics:logger:)``
     /// and ``Proxy/reload(_:)`` all call it, so a configuration that checks is one the proxy starts
     /// with (binding may still fail, for reasons outside the file). Linear in the size of the
     /// configuration. `dualStack` defaults to this host's `net.ipv6.bindv6only` being 0, which is
     /// how the proxy's IPv6 listeners bind.
     public func validate(dualStack: Bool = BindConflicts.hostIsDualStack) throws(ProxyConfigProblem) {
+        if let first = problems(dualStack: dualStack, limit: 1).first { throw first }
+    }
+
+    /// Every problem ``validate(dualStack:)`` looks for, in the order of the file (clusters, then
+    /// listeners, then the top-level keys), at most `limit` of them: what `--check` and a rejected
+    /// reload report, so an operator fixes a file in one pass. The one place the configuration's
+    /// values are checked. A listener naming a missing cluster is one problem, never a cascade.
+    public func problems(dualStack: Bool = BindConflicts.hostIsDualStack, limit: Int = .max) -> [ProxyConfigProblem] {
+        var found: [ProxyConfigProblem] = []
+        func report(_ subject: ProxyConfigProblem.Subject, _ message: String) { if found.count < limit { found.append(ProxyConfigProblem(subject, message)) } }
+        func check(_ duration: Duration, _ what: String, _ subject: ProxyConfigProblem.Subject, allowZero: Bool) {
+            if let message = Self.durationProblem(duration, what, allowZero: allowZero) { report(subject, message) }
+        }
         guard listeners.count <= Self.maximumListeners else {
-            throw ProxyConfigProblem(.configuration, "\(listeners.count) listeners; expected at most \(Self.maximumListeners)")
+            return [ProxyConfigProblem(.configuration, "\(listeners.count) listeners; expected at most \(Self.maximumListeners)")]
         }
         guard clusters.count <= Self.maximumClusters else {
-            throw ProxyConfigProblem(.configuration, "\(clusters.count) clusters; expected at most \(Self.maximumClusters)")
+            return [ProxyConfigProblem(.configuration, "\(clusters.count) clusters; expected at most \(Self.maximumClusters)")]
         }
         var clusterNames = Set<String>()
         for (index, cluster) in clusters.enumerated() {
-            if let problem = Self.nameProblem(cluster.name) { throw ProxyConfigProblem(.cluster(index, field: "name"), "cluster name: \(problem)") }
-            guard clusterNames.insert(cluster.name).inserted else {
-                throw ProxyConfigProblem(.cluster(index, field: nil), "a second cluster named `\(cluster.name)`; expected unique names")
+            if let problem = Self.nameProblem(cluster.name) { report(.cluster(index, field: "name"), "cluster name: \(problem)") }
+            if !clusterNames.insert(cluster.name).inserted {
+                report(.cluster(index, field: nil), "a second cluster named `\(cluster.name)`; expected unique names")
             }
-            guard !cluster.upstreams.isEmpty, cluster.upstreams.count <= Self.maximumUpstreams else {
-                throw ProxyConfigProblem(.cluster(index, field: "upstreams"), "expected from 1 to \(Self.maximumUpstreams) upstreams, found \(cluster.upstreams.count)")
+            if cluster.upstreams.isEmpty || cluster.upstreams.count > Self.maximumUpstreams {
+                report(.cluster(index, field: "upstreams"), "expected from 1 to \(Self.maximumUpstreams) upstreams, found \(cluster.upstreams.count)")
+            } else if cluster.upstreams.allSatisfy(\.backup) {
+                report(.cluster(index, field: "upstreams"), "every upstream is `backup: true`; expected at least one primary (backups serve only while no primary is up)")
             }
             for (upstreamIndex, upstream) in cluster.upstreams.enumerated() where !UpstreamConfig.weightRange.contains(upstream.weight) {
-                throw ProxyConfigProblem(.upstream(cluster: index, index: upstreamIndex), "expected `weight` as an integer in \(UpstreamConfig.weightRange), found \(upstream.weight)")
+                report(.upstream(cluster: index, index: upstreamIndex), "expected `weight` as an integer in \(UpstreamConfig.weightRange), found \(upstream.weight)")
+            }
+            if !ClusterConfig.retriesRange.contains(cluster.retries) {
+                report(.cluster(index, field: "retries"), "expected `retries` as an integer in \(ClusterConfig.retriesRange)")
             }
             if let health = cluster.healthCheck {
                 let subject = ProxyConfigProblem.Subject.cluster(index, field: "health_check")
-                try Self.check(health.interval, "`interval`", subject, allowZero: false)
-                try Self.check(health.timeout, "`timeout`", subject, allowZero: false)
-                guard HealthCheck.countRange.contains(health.rise), HealthCheck.countRange.contains(health.fall) else {
-                    throw ProxyConfigProblem(subject, "expected `rise` and `fall` as integers in \(HealthCheck.countRange)")
+                check(health.interval, "`interval`", subject, allowZero: false)
+                check(health.timeout, "`timeout`", subject, allowZero: false)
+                if !HealthCheck.countRange.contains(health.rise) || !HealthCheck.countRange.contains(health.fall) {
+                    report(subject, "expected `rise` and `fall` as integers in \(HealthCheck.countRange)")
                 }
-                guard health.timeout <= health.interval else { throw ProxyConfigProblem(subject, "expected `timeout` no longer than `interval`") }
+                if health.timeout > health.interval { report(subject, "expected `timeout` no longer than `interval`") }
+            }
+            if let passive = cluster.passiveHealth {
+                let subject = ProxyConfigProblem.Subject.cluster(index, field: "passive_health")
+                if !PassiveHealth.failuresRange.contains(passive.failures) {
+                    report(subject, "expected `failures` as an integer in \(PassiveHealth.failuresRange)")
+                }
+                check(passive.ejection, "`ejection`", subject, allowZero: false)
             }
         }
         var listenerNames = Set<String>()
         var binds = BindConflicts(dualStack: dualStack)
         for (index, listener) in listeners.enumerated() {
-            if let problem = Self.nameProblem(listener.name) { throw ProxyConfigProblem(.listener(index, field: "name"), "listener name: \(problem)") }
-            guard clusterNames.contains(listener.cluster) else {
-                throw ProxyConfigProblem(.listener(index, field: "cluster"), "unknown cluster `\(listener.cluster)`; expected one of \(clusters.prefix(10).map(\.name).joined(separator: ", "))\(clusters.count > 10 ? ", …" : "")")
+            if let problem = Self.nameProblem(listener.name) { report(.listener(index, field: "name"), "listener name: \(problem)") }
+            if !clusterNames.contains(listener.cluster) {
+                report(.listener(index, field: "cluster"), "unknown cluster `\(listener.cluster)`; expected one of \(clusters.prefix(10).map(\.name).joined(separator: ", "))\(clusters.count > 10 ? ", …" : "")")
             }
-            guard listenerNames.insert(listener.name).inserted else {
-                throw ProxyConfigProblem(.listener(index, field: nil), "a second listener named `\(listener.name)`; expected unique names")
+            if !listenerNames.insert(listener.name).inserted {
+                report(.listener(index, field: nil), "a second listener named `\(listener.name)`; expected unique names")
             }
             if let clash = binds.add(listener.address, owner: "listener `\(listener.name)`") {
-                throw ProxyConfigProblem(.listener(index, field: "bind"), clash)
+                report(.listener(index, field: "bind"), clash)
             }
-            try Self.check(listener.connectTimeout, "`connect_timeout`", .listener(index, field: "connect_timeout"), allowZero: false)
-            if let idle = listener.idleTimeout { try Self.check(idle, "`idle_timeout`", .listener(index, field: "idle_timeout"), allowZero: false) }
-            guard ListenerConfig.maxConnectionsRange.contains(listener.maxConnections) else {
-                throw ProxyConfigProblem(.listener(index, field: "max_connections"), "expected `max_connections` as an integer in \(ListenerConfig.maxConnectionsRange)")
+            check(listener.connectTimeout, "`connect_timeout`", .listener(index, field: "connect_timeout"), allowZero: false)
+            if let idle = listener.idleTimeout { check(idle, "`idle_timeout`", .listener(index, field: "idle_timeout"), allowZero: false) }
+            if !ListenerConfig.maxConnectionsRange.contains(listener.maxConnections) {
+                report(.listener(index, field: "max_connections"), "expected `max_connections` as an integer in \(ListenerConfig.maxConnectionsRange)")
             }
         }
         if let metricsAddress, let clash = binds.add(metricsAddress, owner: "`metrics`") {
-            throw ProxyConfigProblem(.topLevel("metrics"), clash)
+            report(.topLevel("metrics"), clash)
         }
-        try Self.check(drainTimeout, "`drain_timeout`", .topLevel("drain_timeout"), allowZero: true)
+        check(drainTimeout, "`drain_timeout`", .topLevel("drain_timeout"), allowZero: true)
+        check(dnsRefresh, "`dns_refresh`", .topLevel("dns_refresh"), allowZero: false)
+        if let accessLogFile, !accessLogFile.hasPrefix("/") {
+            report(.topLevel("access_log_file"), "expected `access_log_file` as an absolute path")
+        }
         if let endpointsCgroup, !endpointsCgroup.hasPrefix("/") {
-            throw ProxyConfigProblem(.topLevel("endpoints_cgroup"), "expected `endpoints_cgroup` as an absolute path to a cgroup v2 directory")
+            report(.topLevel("endpoints_cgroup"), "expected `endpoints_cgroup` as an absolute path to a cgroup v2 directory")
         }
+        return found
     }
 
-    static func check(_ duration: Duration, _ what: String, _ subject: ProxyConfigProblem.Subject, allowZero: Bool) throws(ProxyConfigProblem) {
+    /// Why `duration` is out of range for `what`, or nil.
+    static func durationProblem(_ duration: Duration, _ what: String, allowZero: Bool) -> String? {
         let lowest: Duration = allowZero ? .zero : .milliseconds(1)
         guard duration >= lowest, duration <= .configurationMaximum else {
-            throw ProxyConfigProblem(subject, "expected \(what) from \(allowZero ? "0" : "1ms") to 366 days (8784h)")
+            return "expected \(what) from \(allowZero ? "0" : "1ms") to 366 days (8784h)"
         }
+        return nil
     }
 
     /// Why `name` cannot name a listener or cluster, or nil when it can: 1 to 128 characters, none

@@ -53,13 +53,46 @@ public struct HealthCheck: Sendable, Equatable {
 
 /// One upstream server of a cluster.
 public struct UpstreamConfig: Sendable, Equatable {
+    /// Where to connect.
     public var address: SocketAddress
+    /// The share of new connections relative to the cluster's other upstreams.
     public var weight: Int
+    /// Used only while no primary (non-backup) upstream of the cluster is up (HAProxy's `backup`).
+    public var backup: Bool
+    /// The DNS name `address` was resolved from (``UpstreamResolver``), re-resolved every
+    /// ``ProxyConfig/dnsRefresh``; nil for an upstream given as an IP address.
+    public var hostname: String?
 
-    public init(address: SocketAddress, weight: Int = 1) {
+    public init(address: SocketAddress, weight: Int = 1, backup: Bool = false, hostname: String? = nil) {
         self.address = address
         self.weight = weight
+        self.backup = backup
+        self.hostname = hostname
     }
+}
+
+/// Passive health checking (outlier ejection): `failures` connect failures in a row to an upstream,
+/// seen by real connections, take it out of the balancer for `ejection`; each further ejection
+/// without a success in between doubles it, up to 32 times `ejection`. A success resets both.
+public struct PassiveHealth: Sendable, Equatable {
+    /// Consecutive connect failures (refused or timed out) that eject an upstream.
+    public var failures: Int
+    /// How long the first ejection lasts.
+    public var ejection: Duration
+
+    /// The values `failures` may have.
+    public static let failuresRange = 1...1000
+
+    public init(failures: Int = 5, ejection: Duration = .seconds(30)) {
+        self.failures = failures
+        self.ejection = ejection
+    }
+}
+
+/// A PROXY protocol version a cluster sends its upstreams (`send_proxy`).
+public enum ProxyProtocolVersion: String, Sendable, CaseIterable {
+    /// The binary version 2 (``ProxyHeaderV2``).
+    case v2
 }
 
 /// A named set of upstreams and how to choose among them.
@@ -69,12 +102,30 @@ public struct ClusterConfig: Sendable, Equatable {
     public var balancing: Balancing
     /// Nil: no active checks, every upstream is considered up.
     public var healthCheck: HealthCheck?
+    /// Nil: connect failures of real connections eject nothing.
+    public var passiveHealth: PassiveHealth?
+    /// On a connect failure or timeout, how many other healthy upstreams a connection tries before
+    /// the client is closed (0: none).
+    public var retries: Int
 
-    public init(name: String, upstreams: [UpstreamConfig], balancing: Balancing = .roundRobin, healthCheck: HealthCheck? = nil) {
+    /// Sent first on every connection to an upstream, before any client byte (nil: nothing): the
+    /// client's address and the address it reached, for servers behind Strait.
+    public var sendProxy: ProxyProtocolVersion?
+
+    /// The values `retries` may have.
+    public static let retriesRange = 0...10
+
+    public init(
+        name: String, upstreams: [UpstreamConfig], balancing: Balancing = .roundRobin, healthCheck: HealthCheck? = nil,
+        passiveHealth: PassiveHealth? = nil, retries: Int = 0, sendProxy: ProxyProtocolVersion? = nil
+    ) {
+        self.sendProxy = sendProxy
         self.name = name
         self.upstreams = upstreams
         self.balancing = balancing
         self.healthCheck = healthCheck
+        self.passiveHealth = passiveHealth
+        self.retries = retries
     }
 }
 
@@ -134,6 +185,11 @@ public struct ProxyConfig: Sendable, Equatable {
     /// The cgroup v2 directory whose processes' sockets may use the ``Datapath/skmsg`` datapath
     /// (local clients and upstream servers); nil: that datapath is off. Read at start only.
     public var endpointsCgroup: String?
+    /// With ``accessLog``: append the lines to this file as JSON lines instead of logging them.
+    /// Opened at start only (``AccessLog``).
+    public var accessLogFile: String?
+    /// How often upstreams given by DNS name are resolved again (``ProxyController``).
+    public var dnsRefresh: Duration = .seconds(30)
 
     public init(
         listeners: [ListenerConfig], clusters: [ClusterConfig], metricsAddress: SocketAddress? = nil,
@@ -146,6 +202,11 @@ public struct ProxyConfig: Sendable, Equatable {
         self.accessLog = accessLog
         self.endpointsCgroup = endpointsCgroup
     }
+
+    /// The port of `metrics:` when the file gives only a host (`metrics: 127.0.0.1`). 9479 is not
+    /// the port of a well-known exporter (node_exporter has 9100) and sits beside the node agent's
+    /// 9478, so a host running both keeps them apart.
+    public static let defaultMetricsPort: UInt16 = 9479
 
     /// The quick start: one listener, one round-robin cluster with health checks.
     public static func quickStart(listen: SocketAddress, upstreams: [SocketAddress], datapath: Datapath) -> ProxyConfig {
@@ -185,24 +246,49 @@ extension Duration {
     /// and far below what a loop's nanosecond clock can add without overflowing.
     public static let configurationMaximum: Duration = .seconds(366 * 86_400)
 
-    /// Parses `250ms`, `2s`, `5m`, `1h`, or a bare number of seconds: decimal digits with an
-    /// optional fraction of up to 9 digits (no sign, exponent, `inf` or `nan`), at most
-    /// ``configurationMaximum``. Exact: the value is computed in integers, never through a
-    /// floating-point conversion that could trap.
+    /// Parses `250ms`, `2s`, `5m`, `1h`, a compound of them largest unit first (`1m30s`,
+    /// `1h5m30s`, `2s500ms`: each unit at most once), or a bare number of seconds. Each number is
+    /// decimal digits with an optional fraction of up to 9 digits (no sign, exponent, space, `inf`
+    /// or `nan`); the sum is at most ``configurationMaximum``. Exact: the value is computed in
+    /// integers, never through a floating-point conversion that could trap.
     init?(parsing text: String) {
-        let units: [(suffix: String, nanoseconds: Int128)] = [("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000)]
-        let unit = units.first { text.hasSuffix($0.suffix) } ?? ("", 1_000_000_000)
-        let number = text.dropLast(unit.suffix.count)
+        let units: [(name: Substring, nanoseconds: Int128)] = [("h", 3_600_000_000_000), ("m", 60_000_000_000), ("s", 1_000_000_000), ("ms", 1_000_000)]
+        var rest = Substring(text)
+        var total: Int128 = 0
+        var nextUnit = 0  // units must come largest first, each once
+        guard !rest.isEmpty else { return nil }
+        while !rest.isEmpty {
+            let number = rest.prefix { $0.isASCIIDigit || $0 == "." }
+            rest = rest.dropFirst(number.count)
+            let unitName = rest.prefix { $0.isLetter }
+            rest = rest.dropFirst(unitName.count)
+            let scale: Int128
+            if unitName.isEmpty {
+                // A bare number is seconds, and only on its own.
+                guard total == 0, nextUnit == 0, rest.isEmpty, number.count == text.count else { return nil }
+                scale = 1_000_000_000
+            } else {
+                guard let index = units.firstIndex(where: { $0.name == unitName }), index >= nextUnit else { return nil }
+                nextUnit = index + 1
+                scale = units[index].nanoseconds
+            }
+            guard let value = Self.nanoseconds(number, scale: scale) else { return nil }
+            total += value
+            guard total <= Int128(Self.configurationMaximum.wholeNanoseconds) else { return nil }
+        }
+        self = .nanoseconds(Int64(total))
+    }
+
+    /// `number` (digits, an optional fraction of up to 9 digits) times `scale` nanoseconds, exact.
+    private static func nanoseconds(_ number: Substring, scale: Int128) -> Int128? {
         let parts = number.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
         guard let whole = parts.first, !whole.isEmpty, whole.count <= 12, whole.allSatisfy(\.isASCIIDigit) else { return nil }
         let fraction = parts.count == 2 ? parts[1] : ""
         guard parts.count == 1 || !fraction.isEmpty, fraction.count <= 9, fraction.allSatisfy(\.isASCIIDigit) else { return nil }
         guard let wholeValue = Int128(whole), let fractionValue = fraction.isEmpty ? 0 : Int128(fraction) else { return nil }
-        var scale: Int128 = 1
-        for _ in 0..<fraction.count { scale *= 10 }
-        let nanoseconds = wholeValue * unit.nanoseconds + fractionValue * unit.nanoseconds / scale
-        guard nanoseconds <= Int128(Self.configurationMaximum.wholeNanoseconds) else { return nil }
-        self = .nanoseconds(Int64(nanoseconds))
+        var divisor: Int128 = 1
+        for _ in 0..<fraction.count { divisor *= 10 }
+        return wholeValue * scale + fractionValue * scale / divisor
     }
 }
 

@@ -25,6 +25,9 @@ struct ProxyTimings: Sendable {
     var endpointLookWindow: Duration = .milliseconds(20)
     /// How long accepting on a listener pauses when descriptors or kernel memory run out.
     var acceptBackoff: Duration = .milliseconds(100)
+    /// How often a relaying connection adds the bytes it moved to `strait_proxy_bytes_total`, so a
+    /// long transfer shows on a dashboard while it runs (one counter read per relay per interval).
+    var byteReport: Duration = .seconds(1)
     /// Least time between two debug lines about a throttled direction's backlog.
     var throttleReport: Duration = .seconds(1)
 

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import StraitNet
 import StraitSystem
@@ -88,6 +89,12 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
     var lastActivity: UInt64
     private var ticker: LoopTimer?
     private var fastTicking = false
+    /// The upstreams this connection failed to reach (retries and passive health skip them).
+    private var failedUpstreams: [UpstreamState] = []
+    /// When the current connect attempt began: its timeout and the connect-time histogram count from here.
+    private var connectStartedAt: UInt64 = 0
+    /// Bytes already added to `strait_proxy_bytes_total`, and when (at most once a ``ProxyTimings/byteReport``).
+    private var counted = (up: UInt64(0), down: UInt64(0), at: UInt64(0))
 
     var loop: EventLoop { home.loop }
     var timings: ProxyTimings { context.timings }
@@ -127,10 +134,17 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
             finish(.failed)
             return
         }
-        guard let chosen = settings.cluster.balancer.pick(clientAddress: clientAddress) else {
-            finish(.noUpstream)
+        connectNext()
+    }
+
+    /// Picks an upstream this connection has not failed to reach (``Balancer/nextUpstream(clientAddress:excluding:)``)
+    /// and starts connecting to it. Loop thread.
+    private func connectNext() {
+        guard let chosen = settings.cluster.balancer.nextUpstream(clientAddress: clientAddress, excluding: failedUpstreams) else {
+            finish(failedUpstreams.isEmpty ? .noUpstream : .connectRefused)
             return
         }
+        connectStartedAt = loop.now
         upstreamState = chosen
         chosen.active.add(1, ordering: .relaxed)
         guard case .ip = chosen.address else {
@@ -144,12 +158,55 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
             upstreamRegistration = try loop.register(descriptor: upstream, interest: .writable, handler: self)
         } catch {
             context.logger.debug("connect to \(chosen.address) failed at once: \(error)")
-            finish(.connectRefused)
+            connectFailed(.connectRefused)
             return
         }
     }
 
+    /// A connect failed (`end`: refused or timed out). Tells the balancer (passive health), then
+    /// tries another upstream while the cluster's `retries` allow, else finishes.
+    private func connectFailed(_ end: RelayEnd) {
+        guard let failed = upstreamState else {
+            finish(end)
+            return
+        }
+        let cluster = settings.config.cluster
+        context.metrics.connectFailed(cluster: cluster, upstream: failed.address, ejected: settings.cluster.balancer.connectFailed(failed))
+        guard failedUpstreams.count < settings.cluster.balancer.retries else {
+            finish(end)
+            return
+        }
+        failedUpstreams.append(failed)
+        failed.active.subtract(1, ordering: .relaxed)
+        upstreamState = nil
+        upstreamRegistration?.deregister()
+        upstreamRegistration = nil
+        if upstream >= 0 {
+            closeDescriptor(upstream)
+            upstream = -1
+        }
+        context.metrics.retried(cluster: cluster)
+        connectNext()
+    }
+
+    /// Writes the PROXY v2 header (`send_proxy: v2`) to the just-connected upstream: at most 52
+    /// bytes into an empty send buffer, so one write takes it all or the socket failed.
+    private func sendProxyHeader() -> Bool {
+        guard let clientAddress, let reached = try? SocketAddress.local(of: client) else { return false }
+        let header = ProxyHeaderV2.tcp(client: clientAddress, destination: reached).encode()
+        let written = try? header.withUnsafeBytes { bytes throws(SystemCallError) in try SocketCall.write(upstream, bytes.baseAddress!, bytes.count) }
+        guard case .done(let count)? = written, count == header.count else { return false }
+        return true
+    }
+
     private func connected() {
+        if let upstreamState { settings.cluster.balancer.connected(upstreamState) }
+        context.metrics.upstreamConnected(cluster: settings.config.cluster, duration: .nanoseconds(Int64(loop.now &- connectStartedAt)))
+        // The PROXY v2 header goes first, before any client byte and before the sockets join a kernel map.
+        if settings.cluster.config.sendProxy == .v2, !sendProxyHeader() {
+            finish(.upstreamReset)
+            return
+        }
         ackBase.upstream = (try? RelayCall.streamCounters(upstream).acked) ?? 0
         phase = .relaying
         lastActivity = loop.now
@@ -206,7 +263,7 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
             }
             let error = (try? SocketCall.option(upstream, level: SOL_SOCKET, name: SO_ERROR)) ?? EIO
             if error != 0 {
-                finish(.connectRefused)
+                connectFailed(.connectRefused)
             } else {
                 connected()
             }
@@ -251,9 +308,12 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
         case .closed:
             return
         case .connecting:
-            if now &- startedAt >= settings.config.connectTimeout.wholeNanoseconds { finish(.connectTimeout) }
+            if now &- connectStartedAt >= settings.config.connectTimeout.wholeNanoseconds { connectFailed(.connectTimeout) }
         case .relaying:
             driver?.tick(now: now)
+            if phase == .relaying, now &- counted.at >= timings.byteReport.wholeNanoseconds, let moved = driver?.movedCounts() {
+                reportBytes(moved)
+            }
             if phase == .relaying, let idle = settings.config.idleTimeout, now &- lastActivity >= idle.wholeNanoseconds {
                 finish(.idleTimeout)
             }
@@ -290,6 +350,17 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
         return counters.acked &+ UInt64(queued) &- base &- (finSent ? 1 : 0)
     }
 
+    /// Adds what moved since the last report to `strait_proxy_bytes_total`, labelled by listener,
+    /// cluster, upstream and datapath (all from the config, never from clients).
+    private func reportBytes(_ moved: (up: UInt64, down: UInt64)) {
+        counted.at = loop.now
+        guard let upstreamState else { return }
+        let labels = ProxyMetrics.TrafficLabels(listener: settings.config.name, cluster: settings.config.cluster, upstream: "\(upstreamState.address)", datapath: datapath)
+        context.metrics.addBytes(labels, up: moved.up > counted.up ? moved.up &- counted.up : 0, down: moved.down > counted.down ? moved.down &- counted.down : 0)
+        counted.up = max(counted.up, moved.up)
+        counted.down = max(counted.down, moved.down)
+    }
+
     /// `fd` reset or failed: reset the other side, close both.
     func resetFrom(_ fd: CInt) {
         finish(fd == client ? .clientReset : .upstreamReset)
@@ -321,22 +392,17 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
             if upstream >= 0 { closeDescriptor(upstream) }
         }
         let shownPath = switchedFrom.map { "auto(\($0)→sockmap)" } ?? (settings.config.datapath == .auto ? "auto(\(shown))" : "\(shown)")
-        context.metrics.connectionClosed(listener: settings.config.name, datapath: shown, bytesUp: bytes.up, bytesDown: bytes.down, end: end)
+        reportBytes(bytes)  // the rest of the bytes
+        context.metrics.connectionClosed(listener: settings.config.name, duration: .nanoseconds(Int64(loop.now &- startedAt)), end: end)
         // After the counters: whoever sees the connection gone sees its bytes counted.
         upstreamState?.active.subtract(1, ordering: .relaxed)
         listener.active.subtract(1, ordering: .relaxed)
         if context.accessLog.load(ordering: .relaxed) {
-            let seconds = Double(loop.now &- startedAt) / 1e9
-            context.logger.info("connection", metadata: [
-                "listener": "\(settings.config.name)",
-                "client": "\(clientAddress.map(String.init(describing:)) ?? "?")",
-                "upstream": "\(upstreamState.map { String(describing: $0.address) } ?? "-")",
-                "datapath": "\(shownPath)",
-                "bytes_up": "\(bytes.up)",
-                "bytes_down": "\(bytes.down)",
-                "duration_s": "\(String(format: "%.3f", seconds))",
-                "end": "\(end.rawValue)",
-            ])
+            // Queued for the access log's writer thread, never written here.
+            context.accessLogWriter.record(AccessEntry(
+                time: Date().timeIntervalSince1970, listener: settings.config.name,
+                client: clientAddress.map(String.init(describing:)) ?? "?", upstream: upstreamState.map { String(describing: $0.address) } ?? "-",
+                datapath: shownPath, bytesUp: bytes.up, bytesDown: bytes.down, durationSeconds: Double(loop.now &- startedAt) / 1e9, end: end.rawValue))
         }
     }
 }

@@ -23,6 +23,9 @@ protocol RelayDriver: AnyObject {
     func tick(now: UInt64)
     /// What `fd` should be polled for now; nil when nothing more can happen on it.
     func interest(of fd: CInt) -> Interest?
+    /// The bytes moved so far each way, read while the relay runs (for live byte counters): what
+    /// the relay forwarded, or on the kernel datapaths what TCP's counters say reached each sink.
+    func movedCounts() -> (up: UInt64, down: UInt64)
     /// The bytes to report each way for a relay ending with `end` (what reached each peer's socket).
     func finalCounts(end: RelayEnd) -> (up: UInt64, down: UInt64)
     /// Frees what the driver holds (pipes, buffers, kernel map entries); the sockets stay the relay's.

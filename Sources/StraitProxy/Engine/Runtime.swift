@@ -9,6 +9,8 @@ final class UpstreamState: Sendable, Hashable {
     let address: SocketAddress
     let healthy = Atomic<Bool>(true)
     let active = Atomic<Int>(0)
+    // drain and passive-health state (Balancer.swift).
+    let admission = UpstreamAdmission()
 
     init(address: SocketAddress) {
         self.address = address
@@ -28,7 +30,7 @@ final class ClusterRuntime: Sendable {
     init(config: ClusterConfig, states: [UpstreamState]) {
         self.config = config
         self.members = states
-        self.balancer = Balancer(kind: config.balancing, members: states, weights: config.upstreams.map(\.weight))
+        self.balancer = Balancer(cluster: config, members: states)  // backups, passive health, retries
     }
 }
 
@@ -72,9 +74,12 @@ final class ProxyContext: Sendable {
     let endpoints: EndpointForwarder?
     /// Every interval the engine waits by.
     let timings: ProxyTimings
+    /// Access lines go through this bounded queue to its writer thread (Observe/AccessLog.swift).
+    let accessLogWriter: AccessLog
 
-    init(forwarder: SockmapForwarder?, sockmapUnavailable: String?, endpoints: EndpointForwarder?, metrics: ProxyMetrics, logger: Logger, timings: ProxyTimings = .standard) {
+    init(forwarder: SockmapForwarder?, sockmapUnavailable: String?, endpoints: EndpointForwarder?, metrics: ProxyMetrics, logger: Logger, accessLogWriter: AccessLog, timings: ProxyTimings = .standard) {
         self.timings = timings
+        self.accessLogWriter = accessLogWriter
         self.forwarder = forwarder
         self.sockmapUnavailable = sockmapUnavailable
         self.endpoints = endpoints

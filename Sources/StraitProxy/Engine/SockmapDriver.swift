@@ -241,6 +241,10 @@ final class SockmapDriver: RelayDriver {
 
     // MARK: Closing
 
+    func movedCounts() -> (up: UInt64, down: UInt64) {
+        (written(toUpstream) ?? toUpstream.bytesForwarded, written(toClient) ?? toClient.bytesForwarded)
+    }
+
     /// What reached each peer's socket, not what the verdict took in: bytes still in a backlog
     /// when the relay ends are lost with it, and a reset loses what is unsent.
     func finalCounts(end: RelayEnd) -> (up: UInt64, down: UInt64) {

@@ -141,15 +141,15 @@ final class UserspaceDriver: RelayDriver {
         }
     }
 
+    func movedCounts() -> (up: UInt64, down: UInt64) {
+        let counts = (up: toUpstream.bytesForwarded, down: toClient.bytesForwarded)
+        guard let sent = routes?.streamBytes(up: toUpstream, down: toClient) else { return counts }
+        return (max(counts.up, sent.up), max(counts.down, sent.down))
+    }
+
     func finalCounts(end: RelayEnd) -> (up: UInt64, down: UInt64) {
-        var counts = (up: toUpstream.bytesForwarded, down: toClient.bytesForwarded)
-        if let routes {
-            if let sent = routes.streamBytes(up: toUpstream, down: toClient) {
-                counts = (max(counts.up, sent.up), max(counts.down, sent.down))
-            }
-            if !routes.routed && datapath == .skmsg { datapath = .copy }
-        }
-        return counts
+        if let routes, !routes.routed, datapath == .skmsg { datapath = .copy }
+        return movedCounts()
     }
 
     func release() {

@@ -1,0 +1,196 @@
+import Foundation
+import StraitBuildInfo
+import StraitNet
+import StraitSystem
+import Synchronization
+
+/// What a running proxy is doing, as `GET /status` and `strait proxy status` show it: listeners,
+/// clusters, each upstream's state and active connections, the loaded configuration's fingerprint
+/// and when it was applied, and the last reload's outcome. A plain value, encoded as JSON.
+public struct ProxyStatus: Codable, Sendable, Equatable {
+    /// One listener.
+    public struct Listener: Codable, Sendable, Equatable {
+        public var name: String
+        /// The bound address (with the kernel's port for port 0).
+        public var address: String
+        public var cluster: String
+        public var datapath: String
+        /// Connections being relayed now.
+        public var active: Int
+    }
+
+    /// One upstream of a cluster.
+    public struct Upstream: Codable, Sendable, Equatable {
+        public var address: String
+        /// The DNS name it was resolved from, if it was given by name.
+        public var hostname: String?
+        public var weight: Int
+        public var backup: Bool
+        /// `up`, `down` (active checks), `ejected` (passive health) or `draining`, in that order of
+        /// precedence from last to first: a drained upstream shows `draining` whatever its health.
+        public var state: String
+        /// Connections to it now (over every cluster naming its address).
+        public var active: Int
+        /// Passive-health ejections since the proxy started.
+        public var ejections: Int
+    }
+
+    /// One cluster.
+    public struct Cluster: Codable, Sendable, Equatable {
+        public var name: String
+        public var balance: String
+        public var retries: Int
+        public var upstreams: [Upstream]
+    }
+
+    /// The last reload through ``ProxyController``, applied or not.
+    public struct Reload: Codable, Sendable, Equatable {
+        public var applied: Bool
+        /// Unix time.
+        public var at: Double
+        /// The file's mistakes when rejected (`file:line:column: message`), or why it failed to apply.
+        public var errors: [String]
+    }
+
+    public var pid: Int32
+    public var version: String
+    /// Accepting: every listener bound and not draining (what `/readyz` answers).
+    public var ready: Bool
+    /// ``ProxyConfig/fingerprint``: equal to what `strait proxy --check --json` prints for the
+    /// same file, so an operator can tell whether the file on disk is the one running.
+    public var configFingerprint: String
+    /// When the running configuration was applied (Unix time).
+    public var configLoadedAt: Double
+    public var lastReload: Reload?
+    public var metrics: String?
+    /// Nil when the kernel datapath is available; else why not.
+    public var sockmapUnavailable: String?
+    public var listeners: [Listener]
+    public var clusters: [Cluster]
+}
+
+/// When the running configuration was applied and the last reload's outcome: written by
+/// ``Proxy/reload(_:)`` (through ``ProxyMetrics/configurationApplied(_:)``) and
+/// ``ProxyController``, read by the status.
+struct ConfigurationRecord: Sendable {
+    var fingerprint = ""
+    var loadedAt: Double = 0
+    var lastReload: ProxyStatus.Reload?
+}
+
+extension ProxyConfig {
+    /// A 64-bit FNV-1a of the configuration's values, in hex: the same for two files that differ
+    /// only in comments, spacing or key order, different when any value differs.
+    public var fingerprint: String {
+        let value = fnv1a(String(reflecting: self).utf8)
+        return String(value, radix: 16).leftPadded(to: 16)
+    }
+}
+
+extension String {
+    fileprivate func leftPadded(to width: Int) -> String { String(repeating: "0", count: max(0, width - count)) + self }
+}
+
+extension ProxyMetrics {
+    /// Records that `config` is now running (``Proxy/reload(_:)``'s last step).
+    func configurationApplied(_ config: ProxyConfig) {
+        record.withLock {
+            $0.fingerprint = config.fingerprint
+            $0.loadedAt = Date().timeIntervalSince1970
+        }
+    }
+
+    /// Records a reload's outcome for the status and counts it.
+    func reloadFinished(applied: Bool, errors: [String]) {
+        let now = Date().timeIntervalSince1970
+        record.withLock { $0.lastReload = ProxyStatus.Reload(applied: applied, at: now, errors: errors) }
+        reloaded(applied: applied, at: now)
+    }
+}
+
+extension Proxy {
+    /// The status now. Takes the proxy's state lock once; linear in listeners and upstreams.
+    public func status() -> ProxyStatus {
+        let snapshot = runtimeSnapshot
+        let record = metrics.record.withLock { $0 }
+        let now = SocketCall.monotonicNanoseconds()
+        let listeners = snapshot.listeners.map { runtime in
+            let settings = runtime.settings.withLock { $0 }
+            return ProxyStatus.Listener(
+                name: settings.config.name, address: "\(runtime.address)", cluster: settings.config.cluster,
+                datapath: settings.config.datapath.rawValue, active: runtime.active.load(ordering: .relaxed))
+        }
+        let clusters = (snapshot.config?.clusters ?? []).map { cluster in
+            ProxyStatus.Cluster(
+                name: cluster.name, balance: cluster.balancing.rawValue, retries: cluster.retries,
+                upstreams: cluster.upstreams.map { upstream in
+                    let state = snapshot.upstreams[upstream.address]
+                    return ProxyStatus.Upstream(
+                        address: "\(upstream.address)", hostname: upstream.hostname, weight: upstream.weight, backup: upstream.backup,
+                        state: state.map { Self.stateName($0, now: now) } ?? "up",
+                        active: state?.active.load(ordering: .relaxed) ?? 0,
+                        ejections: state?.admission.ejections.load(ordering: .relaxed) ?? 0)
+                })
+        }
+        return ProxyStatus(
+            pid: getpid(), version: BuildInfo.versionLine, ready: !snapshot.draining && !listeners.isEmpty,
+            configFingerprint: record.fingerprint, configLoadedAt: record.loadedAt, lastReload: record.lastReload,
+            metrics: metricsAddress.map { "\($0)" }, sockmapUnavailable: sockmapUnavailable, listeners: listeners, clusters: clusters)
+    }
+
+    static func stateName(_ state: UpstreamState, now: UInt64) -> String {
+        if state.admission.draining.load(ordering: .relaxed) { return "draining" }
+        if state.admission.isEjected(now: now) { return "ejected" }
+        return state.healthy.load(ordering: .relaxed) ? "up" : "down"
+    }
+
+    /// The upstream states of every configured upstream whose address is `address`, to drain.
+    func upstreamState(at address: SocketAddress) -> UpstreamState? { runtimeSnapshot.upstreams[address] }
+
+    /// The routes of the metrics address: `/metrics` (the proxy's series, `strait_build_info`,
+    /// `process_*`), `/status` (JSON), `/healthz` (200 while the process serves) and `/readyz`
+    /// (200 while accepting, 503 while draining or with no listener). Paths match exactly.
+    func observabilityRoutes() -> [String: @Sendable () -> PlainHTTPEndpoint.Response] {
+        [
+            "/metrics": { [weak self] in
+                guard let self else { return .init(status: 503, body: "stopping\n") }
+                return .init(body: self.metricsText() + Self.buildInfoText + ProcessMetrics.exposition())
+            },
+            "/status": { [weak self] in
+                guard let self, let body = try? Self.statusEncoder.encode(self.status()) else { return .init(status: 503, body: "stopping\n") }
+                return .init(body: String(decoding: body, as: UTF8.self) + "\n", contentType: "application/json")
+            },
+            "/healthz": { .init(body: "ok\n", contentType: "text/plain; charset=utf-8") },
+            "/readyz": { [weak self] in
+                guard let self, self.status().ready else { return .init(status: 503, body: "not ready: draining or not listening\n", contentType: "text/plain; charset=utf-8") }
+                return .init(body: "ready\n", contentType: "text/plain; charset=utf-8")
+            },
+        ]
+    }
+
+    /// JSON with sorted keys, so two statuses compare line by line.
+    static let statusEncoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        return encoder
+    }()
+
+    /// `strait_build_info{version,commit} 1`.
+    static let buildInfoText: String = {
+        var text = PrometheusText()
+        text.gaugeFamily("strait_build_info", "The running Strait build (always 1).", [("version", BuildInfo.version), ("commit", BuildInfo.commit)], 1)
+        return text.text
+    }()
+
+    /// An endpoint serving ``observabilityRoutes()`` at `address` (or on `listener`, a
+    /// predecessor's socket bound there); refused requests are counted as errors.
+    func makeObservabilityEndpoint(_ address: SocketAddress, listener: Listener?) throws(SystemCallError) -> PlainHTTPEndpoint {
+        let metrics = self.metrics
+        return try PlainHTTPEndpoint(
+            address: address, listener: listener, group: group, routes: observabilityRoutes(),
+            refused: { refusal in
+                // A request larger than the bound, or a client too slow to send one, is closed.
+                metrics.error(refusal == .tooLarge ? "metrics_request_too_large" : "metrics_request_timeout")
+            })
+    }
+}
