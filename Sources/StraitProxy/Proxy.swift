@@ -28,7 +28,8 @@ public final class Proxy: @unchecked Sendable {
     public let metrics: ProxyMetrics
     public let logger: Logger
     let context: ProxyContext
-    private let group: EventLoopGroup
+    /// The loops every relay, acceptor, health check and the metrics endpoint run on.
+    let group: EventLoopGroup
     private let relayLoops: [RelayLoop]
     private let health: HealthChecker<UpstreamState>
     private let state = Mutex<State>(State())

@@ -39,6 +39,9 @@ public final class Server: ConnectionOwner, @unchecked Sendable {
     var acceptors: [Acceptor] = []
     private let live = ManagedAtomic<Int>(0)
     private let drainingFlag = ManagedAtomic<Bool>(false)
+    /// Acceptors whose listener is closed (and, for a Unix socket, its path removed): `shutdown`
+    /// returns only once all are, so a caller that sees it return may reuse the address.
+    private let stoppedAcceptors = ManagedAtomic<Int>(0)
     private let refusedCount = ManagedAtomic<Int>(0)
     private let acceptBackoffCount = ManagedAtomic<Int>(0)
 
@@ -121,19 +124,34 @@ public final class Server: ConnectionOwner, @unchecked Sendable {
 
     /// Graceful shutdown: stop accepting at once; close idle connections; let running handlers
     /// finish and their output go out; after `gracePeriod`, close whatever is left. Returns when
-    /// every connection of this server is closed.
+    /// every connection of this server and every listener is closed (a Unix socket's path removed),
+    /// so the caller may bind the address again.
     public func shutdown(gracePeriod: Duration) async {
         guard !drainingFlag.exchange(true, ordering: .relaxed) else { return await waitForConnections(until: .now + .seconds(5)) }
-        for acceptor in acceptors { acceptor.loop.execute { acceptor.stop() } }
+        for acceptor in acceptors {
+            acceptor.loop.execute { [stoppedAcceptors] in
+                acceptor.stop()
+                stoppedAcceptors.wrappingIncrement(ordering: .releasing)
+            }
+        }
         for loop in group.loops {
             loop.execute { [self] in loop.forEachConnection { if $0.owner === self { $0.beginDrain() } } }
         }
         await waitForConnections(until: .now + gracePeriod)
-        guard connectionCount > 0 else { return }
-        for loop in group.loops {
-            loop.execute { [self] in loop.forEachConnection { if $0.owner === self { $0.close(reason: .shutdown) } } }
+        if connectionCount > 0 {
+            for loop in group.loops {
+                loop.execute { [self] in loop.forEachConnection { if $0.owner === self { $0.close(reason: .shutdown) } } }
+            }
+            await waitForConnections(until: .now + .seconds(5))
         }
-        await waitForConnections(until: .now + .seconds(5))
+        await waitForAcceptors(until: .now + .seconds(5))
+    }
+
+    /// Waits (bounded) for every acceptor's `stop()` to have run on its loop.
+    private func waitForAcceptors(until deadline: ContinuousClock.Instant) async {
+        while stoppedAcceptors.load(ordering: .acquiring) < acceptors.count && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(1))
+        }
     }
 
     private func waitForConnections(until deadline: ContinuousClock.Instant) async {
