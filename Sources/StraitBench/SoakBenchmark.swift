@@ -176,9 +176,10 @@ public struct SoakBenchmark: Sendable {
                 if restartSeconds > 0, now >= nextRestart {
                     nextRestart = now + .milliseconds(Int(restartSeconds * 1000))
                     let old = current.withLock { $0 }
-                    var inherited: [SocketAddress: CInt] = [:]
-                    for (address, fd) in old.listenerSockets { inherited[address] = dup(fd) }
                     do {
+                        // Duplicates the successor owns (and closes, if it fails to start).
+                        var inherited = InheritedSockets()
+                        for (address, fd) in old.listenerSockets { inherited.add(listener: try OwnedDescriptor.duplicating(fd), at: address) }
                         let successor = try Proxy(config: config, loopCount: 2, inheriting: inherited, logger: logger)
                         old.stopAccepting()
                         current.withLock { $0 = successor }
@@ -192,7 +193,6 @@ public struct SoakBenchmark: Sendable {
                             drains.leave()
                         }
                     } catch {
-                        for fd in inherited.values { closeDescriptor(fd) }
                         tally.error("restart_failed")
                     }
                 }

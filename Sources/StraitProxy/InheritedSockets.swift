@@ -9,7 +9,7 @@ import StraitSystem
 /// The roles travel in the hand-over's note, one line per descriptor in order (`listener ADDRESS`
 /// or `metrics ADDRESS`): ``handOverNote(listeners:metrics:)`` writes it,
 /// ``init(note:descriptors:)`` reads it.
-public struct InheritedSockets: ~Copyable {
+public struct InheritedSockets: ~Copyable, Sendable {
     private var listeners: [SocketAddress: CInt] = [:]
     private var metrics: CInt?
 
@@ -33,6 +33,12 @@ public struct InheritedSockets: ~Copyable {
     deinit {
         listeners.values.forEach(closeDescriptor)
         if let metrics { closeDescriptor(metrics) }
+    }
+
+    /// Adds `listener`, bound to `address` (an in-process restart hands its own duplicates on this
+    /// way); replaces, and closes, one already there for that address.
+    public mutating func add(listener: consuming OwnedDescriptor, at address: SocketAddress) {
+        if let replaced = listeners.updateValue(listener.take(), forKey: address) { closeDescriptor(replaced) }
     }
 
     /// The listening socket bound to `address`, now the caller's; nil when none came for it.

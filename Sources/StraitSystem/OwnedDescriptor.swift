@@ -37,7 +37,13 @@ public struct OwnedDescriptor: ~Copyable, Sendable {
     /// A second descriptor for the same open file (`fcntl(F_DUPFD_CLOEXEC)`), owned by the result:
     /// for a copy that one owner sends away while another keeps serving on the original.
     public borrowing func duplicate() throws(SystemCallError) -> OwnedDescriptor {
-        OwnedDescriptor(taking: try systemCall("fcntl(F_DUPFD_CLOEXEC)") { fcntl(rawValue, F_DUPFD_CLOEXEC, 0) })
+        try Self.duplicating(rawValue)
+    }
+
+    /// A new descriptor for the open file `fd` names (`fcntl(F_DUPFD_CLOEXEC)`), owned by the
+    /// result; `fd` stays whoever's it was.
+    public static func duplicating(_ fd: CInt) throws(SystemCallError) -> OwnedDescriptor {
+        OwnedDescriptor(taking: try systemCall("fcntl(F_DUPFD_CLOEXEC)") { fcntl(fd, F_DUPFD_CLOEXEC, 0) })
     }
 }
 

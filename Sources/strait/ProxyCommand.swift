@@ -135,7 +135,10 @@ struct ProxyRun: ParsableCommand {
         }
         defer { offer.close() }
         try? "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)
-        defer { Self.removePidFile(pidFile) }
+        // After a hand-over the pid file is the successor's: it writes it the moment it hears
+        // `stopping`, possibly while this process reads it on the way out, so this one never
+        // touches it then (reading "mine" and removing after the successor's rename lost the file).
+        defer { if !offer.handedOver { Self.removePidFile(pidFile) } }
         for (name, address) in proxy.listenerAddresses.sorted(by: { $0.key < $1.key }) {
             logger.notice("listening", metadata: ["listener": "\(name)", "address": "\(address)"])
         }
@@ -224,7 +227,8 @@ struct ProxyRun: ParsableCommand {
         }
     }
 
-    /// Removes the pid file unless a successor has written its own pid there.
+    /// Removes the pid file unless another process has written its own pid there. Only for a
+    /// proxy that stops without a successor (a successor may rewrite the file at any moment).
     static func removePidFile(_ path: String) {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8), pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)) == getpid() else { return }
         try? FileManager.default.removeItem(atPath: path)
