@@ -178,9 +178,8 @@ public struct SoakBenchmark: Sendable {
                     let old = current.withLock { $0 }
                     do {
                         // Duplicates the successor owns (and closes, if it fails to start).
-                        var inherited = InheritedSockets()
-                        for (address, fd) in old.listenerSockets { inherited.add(listener: try OwnedDescriptor.duplicating(fd), at: address) }
-                        let successor = try Proxy(config: config, loopCount: 2, inheriting: inherited, logger: logger)
+                        let successor = try Proxy(
+                            config: config, loopCount: 2, inheriting: InheritedSockets(duplicating: old.listenerSockets), logger: logger)
                         old.stopAccepting()
                         current.withLock { $0 = successor }
                         metricsPort.withLock { $0 = successor.metricsAddress!.port! }

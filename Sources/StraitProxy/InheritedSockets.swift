@@ -35,10 +35,13 @@ public struct InheritedSockets: ~Copyable, Sendable {
         if let metrics { closeDescriptor(metrics) }
     }
 
-    /// Adds `listener`, bound to `address` (an in-process restart hands its own duplicates on this
-    /// way); replaces, and closes, one already there for that address.
-    public mutating func add(listener: consuming OwnedDescriptor, at address: SocketAddress) {
-        if let replaced = listeners.updateValue(listener.take(), forKey: address) { closeDescriptor(replaced) }
+    /// Duplicates of `sockets` (another proxy's ``Proxy/listenerSockets`` in this process: an
+    /// in-process restart); the originals stay their owner's. On an error, the duplicates made so
+    /// far are closed.
+    public init(duplicating sockets: [(address: SocketAddress, fd: CInt)]) throws(SystemCallError) {
+        for (address, fd) in sockets where listeners[address] == nil {
+            listeners[address] = try OwnedDescriptor.duplicating(fd).take()
+        }
     }
 
     /// The listening socket bound to `address`, now the caller's; nil when none came for it.
