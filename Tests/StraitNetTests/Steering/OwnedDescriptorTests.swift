@@ -12,13 +12,14 @@ import Glibc
 /// Whether `fd` names an open descriptor of this process.
 private func isOpen(_ fd: CInt) -> Bool { fcntl(fd, F_GETFD) >= 0 }
 
-/// The socket inode `/proc/net/unix` lists for a Unix socket listening at `path`.
+/// The socket inode `/proc/net/unix` lists for a Unix socket listening at `path` (under the name
+/// it was bound to: an offer binds beside `path`, then renames).
 private func socketInode(listeningAt path: String) -> String? {
     let table = (try? String(contentsOfFile: "/proc/net/unix", encoding: .utf8)) ?? ""
     // Num RefCount Protocol Flags Type St Inode Path
     for line in table.split(separator: "\n") {
         let fields = line.split(separator: " ")
-        if fields.count == 8 && fields[7] == path { return String(fields[6]) }
+        if fields.count == 8 && (fields[7] == path || fields[7].hasPrefix(path + ".")) { return String(fields[6]) }
     }
     return nil
 }
