@@ -176,10 +176,10 @@ public struct SoakBenchmark: Sendable {
                 if restartSeconds > 0, now >= nextRestart {
                     nextRestart = now + .milliseconds(Int(restartSeconds * 1000))
                     let old = current.withLock { $0 }
-                    var inherited: [SocketAddress: CInt] = [:]
-                    for (address, fd) in old.listenerSockets { inherited[address] = dup(fd) }
                     do {
-                        let successor = try Proxy(config: config, loopCount: 2, inheriting: inherited, logger: logger)
+                        // Duplicates the successor owns (and closes, if it fails to start).
+                        let successor = try Proxy(
+                            config: config, loopCount: 2, inheriting: InheritedSockets(duplicating: old.listenerSockets), logger: logger)
                         old.stopAccepting()
                         current.withLock { $0 = successor }
                         metricsPort.withLock { $0 = successor.metricsAddress!.port! }
@@ -192,7 +192,6 @@ public struct SoakBenchmark: Sendable {
                             drains.leave()
                         }
                     } catch {
-                        for fd in inherited.values { closeDescriptor(fd) }
                         tally.error("restart_failed")
                     }
                 }

@@ -35,15 +35,16 @@ public final class Proxy: @unchecked Sendable {
     private let state = Mutex<State>(State())
     var metricsServer: PlainHTTPEndpoint?  // internal, so ProxyController can move it on reload
 
-    private struct State {
+    private struct State: ~Copyable {
         var config: ProxyConfig?
         var listeners: [ListenerRuntime] = []
         var upstreams: [SocketAddress: UpstreamState] = [:]
         /// Listeners no longer accepting (removed by a reload, or draining) whose relays may run on.
         var retired: [ListenerRuntime] = []
         var draining = false
-        /// Listening sockets handed over by the previous process, used instead of binding anew.
-        var inherited: [SocketAddress: CInt] = [:]
+        /// Listening sockets handed over by the previous process, used instead of binding anew;
+        /// owned here until a listener takes one, the rest closed at the end of ``init``.
+        var inherited = InheritedSockets()
     }
 
     // what the status (Observe/ProxyStatus.swift) and `strait proxy drain` read.
@@ -63,12 +64,12 @@ public final class Proxy: @unchecked Sendable {
     ///
     /// `inheriting` holds listening sockets taken from the previous proxy in a restart (see
     /// `ListenerHandOver`): a listener whose address is among them accepts on that same socket, so
-    /// its queue carries over; the proxy owns them from here on and closes any it does not use.
-    /// `inheritingMetrics` is the previous proxy's metrics listener, served on when the configured
-    /// metrics address is the one it is bound to (closed otherwise).
+    /// its queue carries over; the metrics endpoint serves on the previous one's listener when the
+    /// configured metrics address is the one it is bound to. The proxy owns them from here on and
+    /// closes, before `init` returns, any it does not use.
     public init(
-        config: ProxyConfig, loopCount: Int = 2, kernelDatapath: Bool = true, inheriting inherited: [SocketAddress: CInt] = [:],
-        inheritingMetrics: CInt? = nil, logger: Logger = Logger(label: "strait.proxy")
+        config: ProxyConfig, loopCount: Int = 2, kernelDatapath: Bool = true, inheriting inherited: consuming InheritedSockets = InheritedSockets(),
+        logger: Logger = Logger(label: "strait.proxy")
     ) throws(ProxyError) {
         SocketCall.ignoreBrokenPipe()
         self.logger = logger
@@ -129,11 +130,10 @@ public final class Proxy: @unchecked Sendable {
         if let unavailable, config.listeners.contains(where: { $0.datapath == .sockmap || $0.datapath == .auto }) {
             logger.warning("sockmap datapath off: \(unavailable); sockmap listeners run on splice, auto ones stay on \(AutoRule.startDatapath)")
         }
-        state.withLock { $0.inherited = inherited }
-        defer {
-            let unused = state.withLock { state in defer { state.inherited = [:] }; return state.inherited }
-            for fd in unused.values { closeDescriptor(fd) }
-        }
+        let inheritedMetrics = inherited.takeMetrics()
+        state.withLock { swap(&$0.inherited, &inherited) }
+        // The inherited sockets no listener took are closed (with the value they are in).
+        defer { state.withLock { $0.inherited = InheritedSockets() } }
         do {
             try reload(config)
         } catch {
@@ -141,12 +141,10 @@ public final class Proxy: @unchecked Sendable {
             throw error
         }
         if let address = config.metricsAddress {
-            do { try startMetricsServer(address, inheriting: inheritingMetrics) } catch {
+            do { try startMetricsServer(address, inheriting: inheritedMetrics) } catch {
                 abandon()
                 throw error
             }
-        } else if let inheritingMetrics {
-            closeDescriptor(inheritingMetrics)
         }
     }
 
@@ -223,8 +221,8 @@ public final class Proxy: @unchecked Sendable {
                     next.append(existing)
                     continue
                 }
-                if let fd = state.inherited.removeValue(forKey: listener.address) {
-                    let runtime = ListenerRuntime(fd: fd, address: listener.address, settings: settings)
+                if let inherited = state.inherited.takeListener(at: listener.address) {
+                    let runtime = ListenerRuntime(fd: inherited.take(), address: listener.address, settings: settings)
                     bound.append(runtime)
                     next.append(runtime)
                     continue
@@ -384,15 +382,12 @@ public final class Proxy: @unchecked Sendable {
         return metrics.exposition()
     }
 
-    /// Serves `/metrics` at `address`, on `inherited` (a predecessor's listener) when it is bound there.
-    private func startMetricsServer(_ address: SocketAddress, inheriting inherited: CInt?) throws(ProxyError) {
+    /// Serves `/metrics` at `address`, on `inherited` (a predecessor's listener) when it is bound
+    /// there; closes `inherited` otherwise.
+    private func startMetricsServer(_ address: SocketAddress, inheriting inherited: consuming OwnedDescriptor?) throws(ProxyError) {
         var adopted: Listener?
-        if let inherited {
-            if let listener = try? Listener.adopt(fd: inherited), Self.sameEndpoint(listener.address, address) {
-                adopted = listener
-            } else {
-                closeDescriptor(inherited)
-            }
+        if let socket = inherited.take(), let listener = try? Listener.adopt(socket) {
+            if Self.sameEndpoint(listener.address, address) { adopted = listener } else { listener.close() }
         }
         do {
             let endpoint = try makeObservabilityEndpoint(address, listener: adopted)  // /metrics, /status, /healthz, /readyz

@@ -115,10 +115,11 @@ struct ProxyRun: ParsableCommand {
                 throw CommandFailure("taking the listeners from \(path): \(error). Is the previous proxy still running with --handover-socket \(path)?")
             }
         }
-        let inherited = receipt.map(Self.inherited) ?? Inherited()
         let proxy: Proxy
         do {
-            proxy = try Proxy(config: loaded, loopCount: threads, inheriting: inherited.listeners, inheritingMetrics: inherited.metrics, logger: logger)
+            var inherited = InheritedSockets()
+            if let receipt { inherited = InheritedSockets(note: receipt.note, descriptors: receipt.takeListeners()) }
+            proxy = try Proxy(config: loaded, loopCount: threads, inheriting: inherited, logger: logger)
         } catch {
             throw CommandFailure("\(error)")
         }
@@ -133,8 +134,10 @@ struct ProxyRun: ParsableCommand {
             offer = try ListenerHandOver.Offer(
                 path: handoverSocket, continuing: receipt,
                 package: {
-                    let sockets = proxy.listenerSockets.map { ("listener", $0.address, $0.fd) } + (proxy.metricsSocket.map { [("metrics", $0.address, $0.fd)] } ?? [])
-                    return ListenerHandOver.Package(listeners: sockets.map(\.2), note: sockets.map { "\($0.0) \($0.1)" }.joined(separator: "\n"))
+                    let listeners = proxy.listenerSockets, metrics = proxy.metricsSocket
+                    return ListenerHandOver.Package(
+                        listeners: listeners.map(\.fd) + (metrics.map { [$0.fd] } ?? []),
+                        note: InheritedSockets.handOverNote(listeners: listeners.map(\.address), metrics: metrics?.address))
                 },
                 stopAccepting: {
                     proxy.stopAccepting()
@@ -158,7 +161,10 @@ struct ProxyRun: ParsableCommand {
         defer { ProxyController.runBlocking { await control.close() } }
         controller.startRefreshingNames()
         try? "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)
-        defer { Self.removePidFile(pidFile) }
+        // After a hand-over the pid file is the successor's: it writes it the moment it hears
+        // `stopping`, possibly while this process reads it on the way out, so this one never
+        // touches it then (reading "mine" and removing after the successor's rename lost the file).
+        defer { if !offer.handedOver { Self.removePidFile(pidFile) } }
         for (name, address) in proxy.listenerAddresses.sorted(by: { $0.key < $1.key }) {
             logger.notice("listening", metadata: ["listener": "\(name)", "address": "\(address)"])
         }
@@ -212,26 +218,6 @@ struct ProxyRun: ParsableCommand {
         ProxyController.runBlocking { await proxy.shutdown(drainTimeout: drainTimeout) }
     }
 
-    /// The sockets of a hand-over, by role: the offer's note has one `listener ADDRESS` or
-    /// `metrics ADDRESS` line per descriptor, in order.
-    struct Inherited {
-        var listeners: [SocketAddress: CInt] = [:]
-        var metrics: CInt?
-    }
-
-    static func inherited(_ receipt: ListenerHandOver.Receipt) -> Inherited {
-        var sockets = Inherited()
-        for (line, fd) in zip(receipt.note.split(separator: "\n"), receipt.listenerDescriptors) {
-            let words = line.split(separator: " ", maxSplits: 1)
-            switch (words.first, words.count == 2 ? SocketAddress(parsing: String(words[1])) : nil) {
-            case ("listener", let address?): sockets.listeners[address] = fd
-            case ("metrics", .some): sockets.metrics = fd
-            default: closeDescriptor(fd)
-            }
-        }
-        return sockets
-    }
-
     /// Starts the next proxy process: this binary with the same arguments plus `--take-over`. It
     /// takes the listening sockets from this process's offer; this one then drains and exits.
     /// Returns the successor's process id, or nil when it could not be started.
@@ -244,6 +230,8 @@ struct ProxyRun: ParsableCommand {
         process.arguments = arguments
         process.terminationHandler = { ended in
             guard !offer.handedOver else { return }  // a successor that took over, exiting later on its own
+            // The waiting `strait proxy restart` reads this from the offer and reports it at once.
+            offer.recordFailedSuccessor("the successor (process \(ended.processIdentifier)) exited with status \(ended.terminationStatus) before taking over")
             logger.error("restart: the successor (process \(ended.processIdentifier)) exited with status \(ended.terminationStatus); this process goes on serving")
         }
         do {
@@ -251,12 +239,14 @@ struct ProxyRun: ParsableCommand {
             logger.notice("restart: started the successor", metadata: ["pid": "\(process.processIdentifier)"])
             return process.processIdentifier
         } catch {
+            offer.recordFailedSuccessor("could not start the successor: \(error)")
             logger.error("restart: could not start the successor, this process keeps running: \(error)")
             return nil
         }
     }
 
-    /// Removes the pid file unless a successor has written its own pid there.
+    /// Removes the pid file unless another process has written its own pid there. Only for a
+    /// proxy that stops without a successor (a successor may rewrite the file at any moment).
     static func removePidFile(_ path: String) {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8), pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)) == getpid() else { return }
         try? FileManager.default.removeItem(atPath: path)
@@ -383,15 +373,21 @@ struct ProxyRestart: ParsableCommand {
 
     func run() throws {
         let old = try ProxyReload.verifiedPid(pidFile, handoverSocket: handoverSocket)
+        let failedBefore = (try? ListenerHandOver.status(of: handoverSocket))?.failedSuccessors ?? 0
         do { try ProcessCall.signal(old, SIGUSR2) } catch {
             throw CommandFailure("cannot signal process \(old) (from \(pidFile)): \(error.errno). The pid file is stale: is the proxy running?")
         }
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
-            if let pid = try? ProxyReload.runningPid(pidFile), pid != old, (try? ListenerHandOver.owner(of: handoverSocket)) == pid {
+            let status = try? ListenerHandOver.status(of: handoverSocket)
+            if let pid = try? ProxyReload.runningPid(pidFile), pid != old, status?.pid == pid {
                 if json { return try printJSON(ProxyReload.Signalled(signal: "SIGUSR2", pid: old, successor: pid)) }
                 print("restarted: process \(pid) accepts on the listening sockets; process \(old) drains its connections")
                 return
+            }
+            // The old process saw its successor exit (it waits for it): no need to wait for the timeout.
+            if let status, status.pid == old, status.failedSuccessors > failedBefore {
+                throw CommandFailure("restart failed: \(status.lastFailure); process \(old) keeps serving (see its log for why)")
             }
             // An old process with nothing to drain may exit before its successor writes the pid file;
             // only when nobody holds the hand-over socket any more has the restart failed for good.

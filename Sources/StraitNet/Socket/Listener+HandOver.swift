@@ -6,11 +6,15 @@ import Glibc
 
 extension Listener {
     /// Takes ownership of a listening socket made elsewhere: received from another process over a
-    /// Unix socket (``ListenerHandOver``), or inherited. Throws `ENOTSOCK`/`EINVAL` if `fd` is not a
-    /// listening socket; the descriptor is then still the caller's. Made non-blocking here.
-    public static func adopt(fd: CInt) throws(SystemCallError) -> Listener {
-        guard SocketCall.isListening(fd) else { throw SystemCallError("adopt listener \(fd): not a listening socket", .invalidArgument) }
-        try SocketCall.setNonBlocking(fd, true)
-        return Listener(fd: fd, address: try SocketAddress.local(of: fd))
+    /// Unix socket (``ListenerHandOver``), or inherited. Throws `EINVAL` if `descriptor` is not a
+    /// listening socket (it is closed then, with the consumed value). Made non-blocking here; the
+    /// listener, and whoever it is handed to (a ``Server``), closes it from here on.
+    public static func adopt(_ descriptor: consuming OwnedDescriptor) throws(SystemCallError) -> Listener {
+        guard SocketCall.isListening(descriptor.rawValue) else {
+            throw SystemCallError("adopt listener \(descriptor.rawValue): not a listening socket", .invalidArgument)
+        }
+        try SocketCall.setNonBlocking(descriptor.rawValue, true)
+        let address = try SocketAddress.local(of: descriptor.rawValue)
+        return Listener(fd: descriptor.take(), address: address)
     }
 }

@@ -36,21 +36,34 @@ public enum ListenerHandOver {
     /// The protocol version in every header; a peer speaking another is refused with both named.
     static let version = 2
 
-    /// What the old process offers: its listeners, extra descriptors, and a note (free text, e.g.
-    /// JSON naming the extras). Descriptors stay the offerer's; the taker gets duplicates.
-    public struct Package: Sendable {
+    /// What the old process offers to one taker: its listeners, extra descriptors, and a note (free
+    /// text, e.g. JSON naming the extras). The taker receives descriptors of its own for the same
+    /// open files.
+    public struct Package: ~Copyable, Sendable {
+        /// The offerer's listening sockets, lent for the send: they stay the offerer's, which goes on
+        /// accepting on them until the taker confirms.
         public var listeners: [CInt]
-        public var extras: [CInt]
+        /// Descriptors made for this one hand-over (duplicates of BPF maps, say), owned by the
+        /// package: closed once sent, or when the send fails.
+        public var extras: OwnedDescriptors
         public var note: String
-        /// Whether the extras were duplicated for this hand-over alone: the offer closes them once sent.
-        public var closesExtrasAfterSending: Bool
 
-        public init(listeners: [CInt], extras: [CInt] = [], note: String = "", closesExtrasAfterSending: Bool = false) {
+        public init(listeners: [CInt], extras: consuming OwnedDescriptors = OwnedDescriptors(), note: String = "") {
             self.listeners = listeners
             self.extras = extras
             self.note = note
-            self.closesExtrasAfterSending = closesExtrasAfterSending
         }
+    }
+
+    /// What an offer says about itself when asked `"who"`.
+    public struct OfferStatus: Sendable, Equatable {
+        /// The process offering now.
+        public var pid: pid_t
+        /// How many successors it started have failed (exited before taking over) so far; a restart
+        /// that sees this grow knows at once that its successor is gone.
+        public var failedSuccessors: Int
+        /// What the last of them reported ("exited with status 1"), empty when none failed.
+        public var lastFailure: String
     }
 
     /// Connects to the offer at `path` and takes its descriptors. The caller owns the listeners and
@@ -58,125 +71,144 @@ public enum ListenerHandOver {
     /// so the old process stops accepting. Waits at most `timeout` for the offer's answer; throws
     /// `ENOENT`/`ECONNREFUSED` with a sentence when nothing offers at `path`.
     public static func take(from path: String, timeout: Duration = .seconds(5)) throws(SystemCallError) -> Receipt {
-        let fd = try connect(to: path, timeout: timeout)
-        do throws(SystemCallError) {
-            try SocketCall.send(fd, bytes: Array("take".utf8), descriptors: [])
-            let (bytes, descriptors) = try receive(fd, timeout: timeout, awaiting: "listeners from the process offering at \(path)")
-            let text = String(decoding: bytes, as: UTF8.self)
-            let header = text.prefix { $0 != "\n" }.split(separator: " ")
-            guard header.count == 5, header[0] == "strait-handover", header[1] == "\(version)",
-                let listenerCount = Int(header[2]), let extraCount = Int(header[3]), let offerCount = Int(header[4]),
-                offerCount <= 1, listenerCount + extraCount + offerCount == descriptors.count
-            else {
-                descriptors.forEach(closeDescriptor)
-                throw SystemCallError(
-                    "listener hand-over from \(path): expected 'strait-handover \(version) …', got '\(text.prefix(40))' (a different Strait version? restart with the same binary first)",
-                    .badMessage)
-            }
-            let note = text.firstIndex(of: "\n").map { String(text[text.index(after: $0)...]) } ?? ""
-            return Receipt(
-                control: fd, path: path, listenerDescriptors: Array(descriptors.prefix(listenerCount)),
-                extras: Array(descriptors.dropFirst(listenerCount).prefix(extraCount)),
-                offerSocket: offerCount == 1 ? descriptors.last : nil, note: note)
-        } catch {
-            closeDescriptor(fd)
-            throw error
+        let control = try connect(to: path, timeout: timeout)
+        try SocketCall.send(control.rawValue, bytes: Array("take".utf8), descriptors: [])
+        var message = try receive(control, timeout: timeout, awaiting: "listeners from the process offering at \(path)")
+        let text = String(decoding: message.bytes, as: UTF8.self)
+        let header = text.prefix { $0 != "\n" }.split(separator: " ")
+        guard header.count == 5, header[0] == "strait-handover", header[1] == "\(version)",
+            let listenerCount = Int(header[2]), let extraCount = Int(header[3]), let offerCount = Int(header[4]),
+            offerCount <= 1, listenerCount + extraCount + offerCount == message.descriptors.count
+        else {
+            throw SystemCallError(
+                "listener hand-over from \(path): expected 'strait-handover \(version) …', got '\(text.prefix(40))' (a different Strait version? restart with the same binary first)",
+                .badMessage)
         }
+        let note = text.firstIndex(of: "\n").map { String(text[text.index(after: $0)...]) } ?? ""
+        let listeners = message.descriptors.takeFirst(listenerCount)
+        let extras = message.descriptors.takeFirst(extraCount)
+        return Receipt(control: control, path: path, listeners: listeners, extras: extras, offerSocket: message.descriptors.takeFirst(), note: note)
     }
 
     /// The process offering at `path` now (it answers `"who"`), or nil when nothing does: no file,
     /// or a socket file left by a process that has exited. Throws when `path` is not a socket, or
     /// when something accepts there but does not answer within `timeout`.
     public static func owner(of path: String, timeout: Duration = .seconds(2)) throws(SystemCallError) -> pid_t? {
-        let fd: CInt
+        try status(of: path, timeout: timeout)?.pid
+    }
+
+    /// What the offer at `path` says about itself (see ``OfferStatus``), or nil when nothing offers
+    /// there; throws as ``owner(of:timeout:)`` does.
+    public static func status(of path: String, timeout: Duration = .seconds(2)) throws(SystemCallError) -> OfferStatus? {
+        let control: OwnedDescriptor
         do {
-            fd = try connect(to: path, timeout: timeout)
+            control = try connect(to: path, timeout: timeout)
         } catch where error.errno == .noSuchFileOrDirectory || error.errno == .connectionRefused {
             return nil
         }
-        defer { closeDescriptor(fd) }
-        try SocketCall.send(fd, bytes: Array("who".utf8), descriptors: [])
-        let (bytes, stray) = try receive(fd, timeout: timeout, awaiting: "answer from the process listening at \(path)")
-        stray.forEach(closeDescriptor)
-        let words = String(decoding: bytes, as: UTF8.self).split(separator: " ")
-        guard words.count == 4, words[0] == "strait-handover", words[2] == "pid", let pid = pid_t(words[3]) else {
-            throw SystemCallError("listener hand-over: \(path) answered '\(String(decoding: bytes.prefix(40), as: UTF8.self))', not a Strait offer", .badMessage)
+        try SocketCall.send(control.rawValue, bytes: Array("who".utf8), descriptors: [])
+        let text = String(decoding: try receive(control, timeout: timeout, awaiting: "answer from the process listening at \(path)").bytes, as: UTF8.self)
+        let words = text.prefix { $0 != "\n" }.split(separator: " ")
+        guard words.count == 4 || words.count == 6, words[0] == "strait-handover", words[2] == "pid", let pid = pid_t(words[3]) else {
+            throw SystemCallError("listener hand-over: \(path) answered '\(text.prefix(40))', not a Strait offer", .badMessage)
         }
-        return pid
+        let failed = words.count == 6 && words[4] == "failed" ? Int(words[5]) ?? 0 : 0
+        let last = text.firstIndex(of: "\n").map { String(text[text.index(after: $0)...]) } ?? ""
+        return OfferStatus(pid: pid, failedSuccessors: failed, lastFailure: last)
     }
 
     /// A blocking `SOCK_SEQPACKET` connection to `path`, with sends bounded by `timeout`.
-    private static func connect(to path: String, timeout: Duration) throws(SystemCallError) -> CInt {
+    private static func connect(to path: String, timeout: Duration) throws(SystemCallError) -> OwnedDescriptor {
         var info = stat()
         if stat(path, &info) == 0 && (info.st_mode & S_IFMT) != S_IFSOCK {
             throw SystemCallError("listener hand-over: \(path) exists and is not a socket", .notSocket)
         }
-        let fd = try SocketCall.socket(domain: AF_UNIX, type: CInt(SOCK_SEQPACKET.rawValue))
-        do throws(SystemCallError) {
-            try SocketCall.setNonBlocking(fd, false)
-            var value = timeval(tv_sec: Int(timeout.components.seconds), tv_usec: Int(timeout.components.attoseconds / 1_000_000_000_000))
-            try systemCall("setsockopt(SO_SNDTIMEO)") { setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &value, socklen_t(MemoryLayout<timeval>.size)) }
-            do {
-                try SocketAddress.unix(path: path).withSockaddr { address, length throws(SystemCallError) in
-                    _ = try SocketCall.connect(fd, address, length)
-                }
-            } catch where error.errno == .noSuchFileOrDirectory {
-                throw SystemCallError("listener hand-over: nothing offers at \(path) (no such socket; is the old process running with this path?)", error.errno)
-            } catch where error.errno == .connectionRefused {
-                throw SystemCallError("listener hand-over: nothing offers at \(path) any more (the process that made it has exited)", error.errno)
+        let socket = OwnedDescriptor(taking: try SocketCall.socket(domain: AF_UNIX, type: CInt(SOCK_SEQPACKET.rawValue)))
+        let fd = socket.rawValue
+        try SocketCall.setNonBlocking(fd, false)
+        var value = timeval(tv_sec: Int(timeout.components.seconds), tv_usec: Int(timeout.components.attoseconds / 1_000_000_000_000))
+        try systemCall("setsockopt(SO_SNDTIMEO)") { setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &value, socklen_t(MemoryLayout<timeval>.size)) }
+        do {
+            try SocketAddress.unix(path: path).withSockaddr { address, length throws(SystemCallError) in
+                _ = try SocketCall.connect(fd, address, length)
             }
-            return fd
-        } catch {
-            closeDescriptor(fd)
-            throw error
+        } catch where error.errno == .noSuchFileOrDirectory {
+            throw SystemCallError("listener hand-over: nothing offers at \(path) (no such socket; is the old process running with this path?)", error.errno)
+        } catch where error.errno == .connectionRefused {
+            throw SystemCallError("listener hand-over: nothing offers at \(path) any more (the process that made it has exited)", error.errno)
         }
+        return socket
     }
 
-    /// One message from `fd`, waiting at most `timeout` for it; `timedOut` names what was awaited.
-    /// An empty message is the peer closing.
-    static func receive(_ fd: CInt, timeout: Duration, awaiting what: String) throws(SystemCallError) -> (bytes: [UInt8], descriptors: [CInt]) {
-        guard try SocketCall.waitReadable([fd], timeout: timeout) != nil else {
+    /// One message from `socket`, waiting at most `timeout` for it; `timedOut` names what was
+    /// awaited. An empty message is the peer closing. The caller owns the descriptors that came
+    /// with it (dropping the list closes any it does not take).
+    static func receive(_ socket: borrowing OwnedDescriptor, timeout: Duration, awaiting what: String) throws(SystemCallError) -> Message {
+        guard try SocketCall.waitReadable([socket.rawValue], timeout: timeout) != nil else {
             throw SystemCallError("listener hand-over: no \(what) within \(timeout)", .timedOut)
         }
-        return try SocketCall.receive(fd, capacity: 65536)
+        let (bytes, descriptors) = try SocketCall.receive(socket.rawValue, capacity: 65536)
+        return Message(bytes: bytes, descriptors: OwnedDescriptors(taking: descriptors))
     }
 
-    /// What the new process received. Owns the control connection and, until an offer continues on
-    /// it, the offer socket; the listeners and extras are the caller's (adopt or close them).
+    /// One message of the exchange, with the descriptors that came with it (owned).
+    struct Message: ~Copyable {
+        var bytes: [UInt8]
+        var descriptors: OwnedDescriptors
+    }
+
+    /// What the new process received. Owns, until they are taken, the control connection (for
+    /// ``confirm(timeout:)``), the listeners, the extras and the offer socket: whatever the caller
+    /// does not take is closed with the receipt, so a successor that gives up half-way leaks nothing.
     public final class Receipt: @unchecked Sendable {
-        private let control: CInt
+        private let control: OwnedDescriptor
         /// The path the listeners were taken from.
         public let path: String
-        /// Listening sockets, in the offerer's order (one per loop for a reuseport server).
+        /// The listening sockets' numbers, in the offerer's order (one per loop for a reuseport
+        /// server), to look at (cookies, addresses). Owned by the receipt until
+        /// ``takeListeners()`` or ``adoptListeners()``; never close them directly.
         public let listenerDescriptors: [CInt]
-        /// Extra descriptors, in the offerer's order.
-        public let extras: [CInt]
         public let note: String
-        private let offerSocket: Mutex<CInt?>
+        private let listeners: Mutex<OwnedDescriptors>
+        private let extras: Mutex<OwnedDescriptors>
+        private let offerSocket: Mutex<OwnedDescriptor?>
         private var confirmed = false
 
-        init(control: CInt, path: String, listenerDescriptors: [CInt], extras: [CInt], offerSocket: CInt?, note: String) {
+        init(
+            control: consuming OwnedDescriptor, path: String, listeners: consuming OwnedDescriptors, extras: consuming OwnedDescriptors,
+            offerSocket: consuming OwnedDescriptor?, note: String
+        ) {
             self.control = control
             self.path = path
-            self.listenerDescriptors = listenerDescriptors
-            self.extras = extras
+            listenerDescriptors = listeners.rawValues
+            self.listeners = Mutex(listeners)
+            self.extras = Mutex(extras)
             self.offerSocket = Mutex(offerSocket)
             self.note = note
         }
 
-        deinit {
-            closeDescriptor(control)
-            if let fd = offerSocket.withLock({ $0 }) { closeDescriptor(fd) }
-        }
+        /// The listening sockets, in the offerer's order, now the caller's; empty once taken.
+        public func takeListeners() -> OwnedDescriptors { listeners.withLock { $0.takeFirst($0.count) } }
+
+        /// The extra descriptors, in the offerer's order, now the caller's; empty once taken.
+        public func takeExtras() -> OwnedDescriptors { extras.withLock { $0.takeFirst($0.count) } }
 
         /// The offer socket that came with the listeners, for an ``Offer`` that continues at the
         /// same path; the receipt no longer owns it. Nil once taken.
-        func takeOfferSocket() -> CInt? { offerSocket.withLock { current in defer { current = nil }; return current } }
+        func takeOfferSocket() -> OwnedDescriptor? { offerSocket.withLock { $0.take() } }
 
-        /// The listeners as ``Listener``s for a ``Server``; the receipt no longer owns them.
+        /// The listeners as ``Listener``s for a ``Server``, which owns them from here on. On an
+        /// error, the ones not yet adopted are closed.
         public func adoptListeners() throws(SystemCallError) -> [Listener] {
+            var taken = takeListeners()
             var adopted: [Listener] = []
-            for fd in listenerDescriptors { adopted.append(try Listener.adopt(fd: fd)) }
+            do {
+                while let next = taken.takeFirst() { adopted.append(try Listener.adopt(next)) }
+            } catch {
+                // Closed, not `close()`d: a Unix listener's path belongs to the old process still.
+                for listener in adopted { closeDescriptor(listener.fd) }
+                throw error
+            }
             return adopted
         }
 
@@ -185,9 +217,8 @@ public enum ListenerHandOver {
         public func confirm(timeout: Duration = .seconds(10)) throws(SystemCallError) {
             guard !confirmed else { return }
             confirmed = true
-            try SocketCall.send(control, bytes: Array("ready".utf8), descriptors: [])
-            let (answer, stray) = try receive(control, timeout: timeout, awaiting: "'stopping' from the old process at \(path)")
-            stray.forEach(closeDescriptor)
+            try SocketCall.send(control.rawValue, bytes: Array("ready".utf8), descriptors: [])
+            let answer = try receive(control, timeout: timeout, awaiting: "'stopping' from the old process at \(path)").bytes
             guard answer == Array("stopping".utf8) else {
                 throw SystemCallError("listener hand-over: old process answered '\(String(decoding: answer, as: UTF8.self))'", .badMessage)
             }
@@ -195,25 +226,47 @@ public enum ListenerHandOver {
     }
 
     /// The old process's side: listens at `path` and hands `package()` to takers, one at a time,
-    /// until one confirms; then calls `stopAccepting` (which must stop accepting before it returns;
-    /// the connections may drain afterwards) and answers. A taker that fails is reported to
-    /// `takerFailed` and the offer goes on. ``close()`` cancels.
+    /// until one confirms; then closes its copy of the offer socket, calls `stopAccepting` (which
+    /// must stop accepting before it returns; the connections may drain afterwards) and answers.
+    /// A taker that fails is reported to `takerFailed` and the offer goes on. ``close()`` cancels.
     ///
     /// The offer owns its socket and a thread (blocked in `poll`, no CPU while it waits). After a
-    /// hand-over the socket (and so the path) belongs to the successor: ``close()`` then neither
-    /// unlinks the path nor touches the socket beyond closing this process's descriptor.
+    /// hand-over the socket (and so the path) belongs to the successor alone: this process closed
+    /// its descriptor the moment the successor confirmed, so every later client (a `"who"`, the
+    /// next taker) can only reach the successor, and ``close()`` does not unlink the path.
     public final class Offer: @unchecked Sendable {
         public let path: String
-        private let listener: CInt
-        /// Written to cancel the offer's wait in ``close()``.
-        private let wake: (read: CInt, write: CInt)
+        /// This process's descriptor of the offer socket, shared with the thread; dropped (closed)
+        /// when a successor confirms, or by ``close()``.
+        private let socket: SharedSocket
+        /// A pipe written to cancel the offer's wait in ``close()``: the thread polls the read end.
+        private let wakeRead: OwnedDescriptor
+        private let wakeWrite: OwnedDescriptor
         /// The socket file's inode: a later offer at the same path (not a successor's) is not ours to remove.
         private let inode: UInt64
         private let thread: Mutex<pthread_t?>
         private let result = OutcomeBox()
+        private let failures = FailureRecord()
 
         final class OutcomeBox: Sendable {
             let value = Mutex<Result<Void, SystemCallError>?>(nil)
+        }
+
+        /// The offer socket while this process holds it: the thread reads its number, and closes it
+        /// on hand-over; ``close()`` closes it if the thread did not.
+        final class SharedSocket: Sendable {
+            let descriptor: Mutex<OwnedDescriptor?>
+            let rawValue: CInt
+            init(_ socket: consuming OwnedDescriptor) {
+                rawValue = socket.rawValue
+                descriptor = Mutex(socket)
+            }
+            func close() { descriptor.withLock { $0 = nil } }
+        }
+
+        /// Successors that failed before taking over, for `"who"` answers.
+        final class FailureRecord: Sendable {
+            let value = Mutex<(count: Int, last: String)>((0, ""))
         }
 
         /// Offers at `path`. With `continuing` (the receipt of this process's own take-over from the
@@ -227,25 +280,29 @@ public enum ListenerHandOver {
         ) throws(SystemCallError) {
             self.path = path
             if receipt?.path == path, let inherited = receipt?.takeOfferSocket() {
-                listener = inherited
+                socket = SharedSocket(inherited)
             } else {
-                listener = try Self.bindFresh(at: path)
+                socket = SharedSocket(try Self.bindFresh(at: path))
             }
-            do {
-                wake = try RelayCall.pipe(size: 4096)
-            } catch {
-                closeDescriptor(listener)
-                throw error
-            }
+            let pipe = try RelayCall.pipe(size: 4096)
+            wakeRead = OwnedDescriptor(taking: pipe.read)
+            wakeWrite = OwnedDescriptor(taking: pipe.write)
             inode = Self.inode(of: path) ?? 0
             thread = Mutex(nil)
-            let (result, listener, wake) = (self.result, self.listener, self.wake)
+            let (result, socket, wake, failures) = (self.result, self.socket, wakeRead.rawValue, self.failures)
             let started = EventLoopGroup.startThread(name: "strait-handover") {
                 // Recorded as soon as this process stopped accepting, before the successor hears it.
                 let handedOver = { result.value.withLock { $0 = .success(()) } }
                 let outcome = Result { () throws(SystemCallError) in
                     try Self.serve(
-                        listener, wake: wake.read, path: path, package: package, stopAccepting: { stopAccepting(); handedOver() },
+                        socket.rawValue, wake: wake, path: path, package: package, failures: failures,
+                        confirmed: {
+                            // No client may reach this process at the path any more: the successor
+                            // holds the one other descriptor of the socket, and answers alone.
+                            socket.close()
+                            stopAccepting()
+                            handedOver()
+                        },
                         takerFailed: takerFailed)
                 }
                 result.value.withLock { $0 = outcome }
@@ -262,16 +319,21 @@ public enum ListenerHandOver {
         /// Whether a successor took the listeners (and this offer's socket).
         public var handedOver: Bool { if case .success = outcome { true } else { false } }
 
+        /// Notes a successor this process started that failed before taking over (it exited, say):
+        /// `"who"` answers carry the count and `description`, so the `restart` that is waiting
+        /// learns of it at once (``ListenerHandOver/status(of:timeout:)``).
+        public func recordFailedSuccessor(_ description: String) {
+            failures.value.withLock { $0 = ($0.count + 1, description) }
+        }
+
         /// Stops offering (wakes the offer's thread), waits for it, closes this process's copy of
         /// the socket, and removes the path unless a successor took it over.
         public func close() {
             guard let running = thread.withLock({ current in defer { current = nil }; return current }) else { return }
             var byte: UInt8 = 1
-            _ = Glibc.write(wake.write, &byte, 1)
+            _ = Glibc.write(wakeWrite.rawValue, &byte, 1)
             pthread_join(running, nil)
-            closeDescriptor(listener)
-            closeDescriptor(wake.read)
-            closeDescriptor(wake.write)
+            socket.close()
             if !handedOver && Self.inode(of: path) == inode { try? SocketCall.unlinkIfPresent(path) }
         }
 
@@ -283,7 +345,7 @@ public enum ListenerHandOver {
         /// A new listening socket at `path`: refused if a live offer answers there; otherwise bound
         /// at a private name in the same directory and renamed over `path` (replacing a stale file
         /// from a process that exited, with no moment where `path` is missing).
-        private static func bindFresh(at path: String) throws(SystemCallError) -> CInt {
+        private static func bindFresh(at path: String) throws(SystemCallError) -> OwnedDescriptor {
             let current: pid_t?
             do {
                 current = try ListenerHandOver.owner(of: path)
@@ -297,18 +359,17 @@ public enum ListenerHandOver {
             }
             let fresh = "\(path).\(getpid()).new"
             try SocketCall.unlinkIfPresent(fresh)
-            let fd = try SocketCall.socket(domain: AF_UNIX, type: CInt(SOCK_SEQPACKET.rawValue))
+            let socket = OwnedDescriptor(taking: try SocketCall.socket(domain: AF_UNIX, type: CInt(SOCK_SEQPACKET.rawValue)))
             do throws(SystemCallError) {
-                try SocketCall.setNonBlocking(fd, false)
+                try SocketCall.setNonBlocking(socket.rawValue, false)
                 try SocketAddress.unix(path: fresh).withSockaddr { address, length throws(SystemCallError) in
-                    try SocketCall.bind(fd, address, length)
+                    try SocketCall.bind(socket.rawValue, address, length)
                 }
                 _ = chmod(fresh, 0o600)
-                try SocketCall.listen(fd, backlog: 16)
+                try SocketCall.listen(socket.rawValue, backlog: 16)
                 try SocketCall.rename(fresh, to: path)
-                return fd
+                return socket
             } catch {
-                closeDescriptor(fd)
                 try? SocketCall.unlinkIfPresent(fresh)
                 throw error
             }
@@ -317,24 +378,23 @@ public enum ListenerHandOver {
         /// The offer's thread: serves one client at a time until a hand-over completes (returns)
         /// or the offer is cancelled (throws `ECANCELED`).
         private static func serve(
-            _ listener: CInt, wake: CInt, path: String, package: () -> Package, stopAccepting: () -> Void,
+            _ listener: CInt, wake: CInt, path: String, package: () -> Package, failures: FailureRecord, confirmed: () -> Void,
             takerFailed: (SystemCallError) -> Void
         ) throws(SystemCallError) {
             while true {
                 guard try SocketCall.waitReadable([listener, wake], timeout: nil) == 0 else {
                     throw SystemCallError("listener hand-over at \(path): offer closed", .canceled)
                 }
-                let control: CInt
+                let control: OwnedDescriptor
                 do throws(SystemCallError) {
-                    control = try systemCall("accept(hand-over)") { accept(listener, nil, nil) }
+                    control = OwnedDescriptor(taking: try systemCall("accept(hand-over)") { accept(listener, nil, nil) })
                 } catch where error.errno == .tooManyOpenFiles || error.errno == .tooManyOpenFilesInSystem || error.errno == .noBufferSpace {
                     takerFailed(error)
                     usleep(100_000)  // no descriptor to accept into: let the process free some
                     continue
                 }
-                defer { closeDescriptor(control) }
                 do {
-                    if try serveOne(control, path: path, listener: listener, package: package, stopAccepting: stopAccepting) { return }
+                    if try serveOne(control, path: path, listener: listener, package: package, failures: failures, confirmed: confirmed) { return }
                 } catch {
                     takerFailed(error)
                 }
@@ -344,48 +404,48 @@ public enum ListenerHandOver {
         /// One client: answers `"who"`, or runs a hand-over. Returns true when a successor confirmed
         /// and this process stopped accepting.
         private static func serveOne(
-            _ control: CInt, path: String, listener: CInt, package: () -> Package, stopAccepting: () -> Void
+            _ control: borrowing OwnedDescriptor, path: String, listener: CInt, package: () -> Package, failures: FailureRecord, confirmed: () -> Void
         ) throws(SystemCallError) -> Bool {
-            let (request, stray) = try receive(control, timeout: .seconds(5), awaiting: "request from the client at \(path)")
-            stray.forEach(closeDescriptor)
+            let request = try receive(control, timeout: .seconds(5), awaiting: "request from the client at \(path)").bytes
             if request.isEmpty { return false }  // a client that only checked whether the offer is live
             if request == Array("who".utf8) {
-                try SocketCall.send(control, bytes: Array("strait-handover \(version) pid \(getpid())".utf8), descriptors: [])
+                let (count, last) = failures.value.withLock { $0 }
+                try SocketCall.send(control.rawValue, bytes: Array("strait-handover \(version) pid \(getpid()) failed \(count)\n\(last)".utf8), descriptors: [])
                 return false
             }
             guard request == Array("take".utf8) else { throw SystemCallError("listener hand-over at \(path): unexpected request", .badMessage) }
             let offered = package()
             let header = "strait-handover \(version) \(offered.listeners.count) \(offered.extras.count) 1\n\(offered.note)"
-            defer { if offered.closesExtrasAfterSending { offered.extras.forEach(closeDescriptor) } }
-            try SocketCall.send(control, bytes: Array(header.utf8), descriptors: offered.listeners + offered.extras + [listener])
+            try SocketCall.send(control.rawValue, bytes: Array(header.utf8), descriptors: offered.listeners + offered.extras.rawValues + [listener])
+            _ = consume offered  // the extras made for this taker are closed: it has its own now
             // The successor starts its server (binding new listeners, loading programs) before it confirms.
-            let (ready, more) = try receive(control, timeout: .seconds(60), awaiting: "confirmation from the new process")
-            more.forEach(closeDescriptor)
+            let ready = try receive(control, timeout: .seconds(60), awaiting: "confirmation from the new process").bytes
             guard ready == Array("ready".utf8) else {
                 throw SystemCallError("listener hand-over at \(path): the new process gave up before confirming; this process goes on serving", .connectionAbort)
             }
-            stopAccepting()
+            confirmed()
             // The hand-over is done from here on; a successor gone before hearing it changes nothing.
-            try? SocketCall.send(control, bytes: Array("stopping".utf8), descriptors: [])
+            try? SocketCall.send(control.rawValue, bytes: Array("stopping".utf8), descriptors: [])
             return true
         }
     }
 }
 
+
 extension Server {
-    /// Offers this server's listeners (and `extras`) at `path` for a new process to take over.
+    /// Offers this server's listeners at `path` for a new process to take over.
     /// When the new process confirms, this server stops accepting at once and drains (see
     /// ``drain(idleGrace:deadline:)``); `drained` is called when its last connection closed. Keep
     /// the returned offer alive until the hand-over; close it to cancel. `continuing`: see
     /// ``ListenerHandOver/Offer/init(path:continuing:package:stopAccepting:takerFailed:)``.
     public func offerHandOver(
-        at path: String, continuing receipt: ListenerHandOver.Receipt? = nil, extras: [CInt] = [], note: String = "",
+        at path: String, continuing receipt: ListenerHandOver.Receipt? = nil, note: String = "",
         idleGrace: Duration = .milliseconds(500), drainDeadline: Duration, drained: @escaping @Sendable () -> Void = {}
     ) throws(SystemCallError) -> ListenerHandOver.Offer {
         let listeners = listenerDescriptors
         return try ListenerHandOver.Offer(
             path: path, continuing: receipt,
-            package: { ListenerHandOver.Package(listeners: listeners, extras: extras, note: note) },
+            package: { ListenerHandOver.Package(listeners: listeners, note: note) },
             stopAccepting: retiring(idleGrace: idleGrace, drainDeadline: drainDeadline, drained: drained))
     }
 
