@@ -2,16 +2,17 @@ import StraitNet
 import StraitSystem
 
 /// The listening sockets a proxy takes from its predecessor in a restart, by role: one per
-/// listener address, and the metrics endpoint's. Owns every one of them until ``Proxy`` takes it
+/// listener address, the metrics endpoint's and the control socket's. Owns every one of them until ``Proxy`` takes it
 /// to accept on; whatever is still here when the value goes away (a listener the new configuration
 /// dropped) is closed then, so a restart never leaks a socket and never closes one twice.
 ///
-/// The roles travel in the hand-over's note, one line per descriptor in order (`listener ADDRESS`
-/// or `metrics ADDRESS`): ``handOverNote(listeners:metrics:)`` writes it,
+/// The roles travel in the hand-over's note, one line per descriptor in order (`listener ADDRESS`,
+/// `metrics ADDRESS` or `control PATH`): ``handOverNote(listeners:metrics:control:)`` writes it,
 /// ``init(note:descriptors:)`` reads it.
 public struct InheritedSockets: ~Copyable, Sendable {
     private var listeners: [SocketAddress: CInt] = [:]
     private var metrics: CInt?
+    private var control: (path: String, fd: CInt)?
 
     /// Nothing inherited: a first start.
     public init() {}
@@ -25,6 +26,7 @@ public struct InheritedSockets: ~Copyable, Sendable {
             switch (words.first, words.count == 2 ? SocketAddress(parsing: String(words[1])) : nil) {
             case ("listener", let address?) where listeners[address] == nil: listeners[address] = socket.take()
             case ("metrics", .some) where metrics == nil: metrics = socket.take()
+            case ("control", _) where words.count == 2 && control == nil: control = (String(words[1]), socket.take())
             default: socket.close()
             }
         }
@@ -33,6 +35,7 @@ public struct InheritedSockets: ~Copyable, Sendable {
     deinit {
         listeners.values.forEach(closeDescriptor)
         if let metrics { closeDescriptor(metrics) }
+        if let control { closeDescriptor(control.fd) }
     }
 
     /// Duplicates of `sockets` (another proxy's ``Proxy/listenerSockets`` in this process: an
@@ -55,9 +58,19 @@ public struct InheritedSockets: ~Copyable, Sendable {
         return metrics.map(OwnedDescriptor.init(taking:))
     }
 
+    /// The control socket's listening socket, now the caller's, if the predecessor's served
+    /// `path`; nil when none came or it served another path (then it is closed with this value,
+    /// and the caller binds `path` anew).
+    public mutating func takeControl(at path: String) -> OwnedDescriptor? {
+        guard let control, control.path == path else { return nil }
+        self.control = nil
+        return OwnedDescriptor(taking: control.fd)
+    }
+
     /// The note that names, in order, the descriptors a proxy offers its successor: its listeners,
-    /// then its metrics endpoint.
-    public static func handOverNote(listeners: [SocketAddress], metrics: SocketAddress?) -> String {
-        (listeners.map { "listener \($0)" } + (metrics.map { ["metrics \($0)"] } ?? [])).joined(separator: "\n")
+    /// then its metrics endpoint, then its control socket (by path).
+    public static func handOverNote(listeners: [SocketAddress], metrics: SocketAddress?, control: String?) -> String {
+        (listeners.map { "listener \($0)" } + (metrics.map { ["metrics \($0)"] } ?? []) + (control.map { ["control \($0)"] } ?? []))
+            .joined(separator: "\n")
     }
 }

@@ -107,8 +107,8 @@ struct ProxyRun: ParsableCommand {
         if takeOver == nil, ControlSocket.isLive(controlPath) {
             throw CommandFailure("another proxy answers on the control socket \(controlPath): give this one its own --control-socket, or use `strait proxy restart`")
         }
-        // In a restart: the same listening sockets as the previous process (the metrics listener
-        // and the hand-over socket too), so nothing queued on them is lost; the previous process
+        // In a restart: the same listening sockets as the previous process (the metrics listener,
+        // the control socket and the hand-over socket too), so nothing queued on them is lost; the previous process
         // stops accepting only once this one accepts.
         let receipt = try takeOver.map { path in
             do { return try ListenerHandOver.take(from: path) } catch {
@@ -116,9 +116,11 @@ struct ProxyRun: ParsableCommand {
             }
         }
         let proxy: Proxy
+        var inheritedControl: OwnedDescriptor? = nil
         do {
             var inherited = InheritedSockets()
             if let receipt { inherited = InheritedSockets(note: receipt.note, descriptors: receipt.takeListeners()) }
+            inheritedControl = inherited.takeControl(at: controlPath)
             proxy = try Proxy(config: loaded, loopCount: threads, inheriting: inherited, logger: logger)
         } catch {
             throw CommandFailure("\(error)")
@@ -127,8 +129,24 @@ struct ProxyRun: ParsableCommand {
             try receipt.confirm()
             logger.notice("took over the listening sockets", metadata: ["from": "\(takeOver ?? "")", "sockets": "\(receipt.listenerDescriptors.count)"])
         }
+        // After a take-over is confirmed the predecessor no longer accepts on the control socket
+        // it handed over: connections queued there meanwhile wait for this process to answer.
+        let controller = ProxyController(proxy: proxy, config: loaded, configPath: config)
+        let control: ControlSocket
+        do {
+            if let inherited = inheritedControl.take() {
+                control = try ControlSocket(adopting: inherited, path: controlPath, controller: controller)
+            } else {
+                control = try ControlSocket(path: controlPath, controller: controller)
+            }
+        } catch {
+            Self.stop(proxy, drainTimeout: .zero)
+            throw CommandFailure("cannot listen on the control socket \(controlPath) (\(error)): give --control-socket a path this user may create")
+        }
+        defer { ProxyController.runBlocking { await control.close() } }
         // The offer exists before the pid file names this process: `strait proxy restart` returns
-        // once it does, and the next restart may start at once.
+        // once it does, and the next restart may start at once. Every listening socket travels:
+        // the listeners, the metrics endpoint's and the control socket's.
         let offer: ListenerHandOver.Offer
         do {
             offer = try ListenerHandOver.Offer(
@@ -136,11 +154,12 @@ struct ProxyRun: ParsableCommand {
                 package: {
                     let listeners = proxy.listenerSockets, metrics = proxy.metricsSocket
                     return ListenerHandOver.Package(
-                        listeners: listeners.map(\.fd) + (metrics.map { [$0.fd] } ?? []),
-                        note: InheritedSockets.handOverNote(listeners: listeners.map(\.address), metrics: metrics?.address))
+                        listeners: listeners.map(\.fd) + (metrics.map { [$0.fd] } ?? []) + [control.listeningDescriptor],
+                        note: InheritedSockets.handOverNote(listeners: listeners.map(\.address), metrics: metrics?.address, control: control.path))
                 },
                 stopAccepting: {
                     proxy.stopAccepting()
+                    control.stopAccepting()
                     SignalQueue.post(ProxySignals.handedOver)
                 },
                 takerFailed: { error in logger.error("restart failed, this process goes on serving: \(error)") })
@@ -149,16 +168,6 @@ struct ProxyRun: ParsableCommand {
             throw CommandFailure("cannot offer the listening sockets at \(handoverSocket) (\(error)): give --handover-socket a path this user may create")
         }
         defer { offer.close() }
-        // After a take-over is confirmed: the predecessor no longer reloads, this process answers.
-        let controller = ProxyController(proxy: proxy, config: loaded, configPath: config)
-        let control: ControlSocket
-        do {
-            control = try ControlSocket(path: controlPath, controller: controller)
-        } catch {
-            Self.stop(proxy, drainTimeout: .zero)
-            throw CommandFailure("cannot listen on the control socket \(controlPath) (\(error)): give --control-socket a path this user may create")
-        }
-        defer { ProxyController.runBlocking { await control.close() } }
         controller.startRefreshingNames()
         try? "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)
         // After a hand-over the pid file is the successor's: it writes it the moment it hears

@@ -2,6 +2,7 @@ import Atomics
 import Foundation
 import StraitBench
 import StraitNet
+import StraitProxy
 import StraitSystem
 import StraitTestSupport
 import Synchronization
@@ -17,6 +18,8 @@ final class ProxyProcess: @unchecked Sendable {
     var handOver: String { folder + "/handover.sock" }
     var configFile: String { folder + "/strait.yaml" }
     var logFile: String { folder + "/proxy.log" }
+    /// The control socket `strait proxy` puts beside the hand-over socket by default.
+    var controlSocket: String { handOver + ".control" }
     let first = Process()
 
     init(binary: String, folder: String, config: String, namespace: NetworkNamespace?, logLevel: String = "warning") throws {
@@ -368,6 +371,64 @@ struct RestartTests {
             #expect(pending.count == 2 && pending.allSatisfy { $0.hasSuffix("0000000000000000") }, "no signal pending: \(pending)")
             #expect(sleeper.isRunning && !StraitProcesses.hasExited(sleeper.processIdentifier), "the sleep was never signalled")
             #expect(proxy.currentPid == running, "the proxy was not restarted")
+        }
+    }
+
+    @Test("the control socket travels in a restart: same inode, the successor answers, a client polling `status` is never refused")
+    func controlSocketTravels() async throws {
+        let binary = try #require(StraitProcesses.executable, "build the strait product first (make test does)")
+        try await withTestFolder { folder in
+            let upstream = try ThreadedUpstream(echoHandler)
+            defer { upstream.stop() }
+            let port = try TestListener(.ipv4).port
+            let proxy = try ProxyProcess(binary: binary, folder: folder, config: ProxyProcess.config(port: port, upstream: upstream.port), namespace: nil)
+            defer { proxy.stop() }
+            var previous = try #require(proxy.waitReady(), "the proxy did not start: \(proxy.log)")
+            func inode() -> ino_t? {
+                var info = stat()
+                return stat(proxy.controlSocket, &info) == 0 ? info.st_ino : nil
+            }
+            let before = try #require(inode(), "no control socket at \(proxy.controlSocket)")
+            struct Answer: Decodable { var pid: pid_t }
+
+            // A client asking `status` over and over (bounded to 60 s) while the processes change places.
+            let stop = Atomic<Bool>(false)
+            let answered = Atomic<Int>(0)
+            let failures = Mutex<[String]>([])
+            let path = proxy.controlSocket
+            let poller = Thread {
+                let deadline = Date().addingTimeInterval(60)
+                while !stop.load(ordering: .relaxed) && Date() < deadline {
+                    do {
+                        _ = try JSONDecoder().decode(Answer.self, from: ControlSocket.send("status", to: path, timeout: .seconds(5)))
+                        answered.add(1, ordering: .relaxed)
+                    } catch {
+                        failures.withLock { $0.append("\(error)") }
+                    }
+                    usleep(2_000)
+                }
+            }
+            poller.start()
+            for round in 1...3 {
+                let restart = try proxy.restart()
+                #expect(restart.status == 0, "restart \(round): \(restart.output)\n\(proxy.log)")
+                let current = try #require(proxy.currentPid)
+                #expect(current != previous, "restart \(round) started a new process")
+                #expect(inode() == before, "restart \(round): the control socket was bound anew instead of handed over")
+                let status = try StraitProcesses.run([binary, "proxy", "status", "--json", "--handover-socket", proxy.handOver], timeout: 10)
+                #expect(status.status == 0, "status after restart \(round): \(status.output)")
+                let pid = try? JSONDecoder().decode(Answer.self, from: Data(status.output.utf8)).pid
+                #expect(pid == current, "restart \(round): `status` answered by \(pid.map(String.init) ?? "nobody"), the successor is \(current): \(status.output)")
+                // The old process drains and exits without removing the path it handed over.
+                #expect(StraitProcesses.waitForExit(previous, seconds: 10), "process \(previous) did not exit after handing over")
+                #expect(inode() == before, "restart \(round): the old process removed or replaced the control socket on its way out")
+                previous = current
+            }
+            stop.store(true, ordering: .relaxed)
+            while !poller.isFinished { usleep(10_000) }
+            let seen = failures.withLock { $0 }
+            #expect(seen.isEmpty, "\(seen.count) control requests failed, first: \(seen.prefix(3))")
+            #expect(answered.load(ordering: .relaxed) > 10, "the poller ran through the restarts")
         }
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import StraitNet
 import StraitSystem
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -18,22 +19,30 @@ import Glibc
 /// most ``maximumRequestBytes``; a client that sends nothing for 10 s is closed.
 ///
 /// Served on one StraitNet loop of its own: a reload blocks that loop while it checks and applies
-/// the file, never a proxy loop. The socket is bound beside `path` and renamed over it, so a
-/// successor in `strait proxy restart` takes the path in one step; on ``close()`` the path is
-/// removed only if it is still this socket's file (same inode), never a successor's.
+/// the file, never a proxy loop. A first start binds the socket beside `path` and renames it over
+/// it. In `strait proxy restart` the listening socket itself travels to the successor with the
+/// other listeners (``init(adopting:path:controller:)``): the path names the same socket (same
+/// inode) throughout, so a client never finds it missing or refused, and connections queued while
+/// the processes change places are answered by the successor. The old process calls
+/// ``stopAccepting()`` when the successor confirms and from then on never removes the path; on
+/// ``close()`` the path is removed only if this socket still owns it.
 public final class ControlSocket: @unchecked Sendable {
     /// Where it listens.
     public let path: String
+    /// The listening socket, lent to a hand-over package (``ListenerHandOver/Package``); it stays
+    /// this object's server's until ``stopAccepting()``.
+    public let listeningDescriptor: CInt
     private let group: EventLoopGroup
     private let server: Server
     private let inode: ino_t
+    /// Set by ``stopAccepting()``: the socket (and so the path) is a successor's from then on.
+    private let handedOver = Atomic<Bool>(false)
 
     /// The longest request line read.
     public static let maximumRequestBytes = 4096
 
     /// Listens at `path` (replacing a file there) and answers with `controller`.
-    public init(path: String, controller: ProxyController) throws(SystemCallError) {
-        self.path = path
+    public convenience init(path: String, controller: ProxyController) throws(SystemCallError) {
         let temporary = "\(path).\(getpid()).new"
         let listener = try Listener.unix(path: temporary)
         do {
@@ -43,6 +52,19 @@ public final class ControlSocket: @unchecked Sendable {
             listener.close()
             throw error
         }
+        try self.init(listener: listener, path: path, controller: controller)
+    }
+
+    /// Answers with `controller` on `descriptor`, the listening control socket a predecessor handed
+    /// over (the one `path` names); owns it from here on. Binds nothing and renames nothing.
+    public convenience init(adopting descriptor: consuming OwnedDescriptor, path: String, controller: ProxyController) throws(SystemCallError) {
+        try self.init(listener: try Listener.adopt(descriptor), path: path, controller: controller)
+    }
+
+    /// Serves `listener`, which `path` names; closes it on an error.
+    private init(listener: Listener, path: String, controller: ProxyController) throws(SystemCallError) {
+        self.path = path
+        listeningDescriptor = listener.fd
         var info = stat()
         inode = stat(path, &info) == 0 ? info.st_ino : 0
         do {
@@ -94,10 +116,21 @@ public final class ControlSocket: @unchecked Sendable {
         }
     }
 
-    /// Stops answering and removes the path if it is still this socket's. Call once.
+    /// Stops accepting at once (a request already accepted is still answered): for the hand-over,
+    /// when the successor that took ``listeningDescriptor`` confirms, so every later connection
+    /// reaches the successor. The path is the successor's from here on; ``close()`` leaves it.
+    /// Not from the control socket's own loop.
+    public func stopAccepting() {
+        handedOver.store(true, ordering: .releasing)
+        server.stopAccepting()
+    }
+
+    /// Stops answering and removes the path if it is still this socket's (not handed over, same
+    /// inode). Call once.
     public func close() async {
         await server.shutdown(gracePeriod: .seconds(1))
         group.shutdown()
+        guard !handedOver.load(ordering: .acquiring) else { return }
         var info = stat()
         if stat(path, &info) == 0 && info.st_ino == inode { try? SocketCall.unlinkIfPresent(path) }
     }
