@@ -195,6 +195,40 @@ struct ControlTests {
         }
     }
 
+    @Test("a handed-over control socket is adopted by the path its note names; the old one stops accepting and leaves the path to the adopter")
+    func handedOverControlSocket() async throws {
+        try await withTestFolder { folder in
+            let path = folder + "/strait.yaml"
+            try Self.yaml(upstreams: ["127.0.0.1:1"]).write(toFile: path, atomically: true, encoding: .utf8)
+            let config = try ProxyConfigLoader.load(path: path)
+            let proxy = try Proxy(config: config, loopCount: 1, kernelDatapath: false, logger: ProxyHarness.logger)
+            let controller = ProxyController(proxy: proxy, config: config, configPath: path)
+            let controlPath = folder + "/proxy.control"
+            let old = try ControlSocket(path: controlPath, controller: controller)
+            let inode = { () -> ino_t? in
+                var info = stat()
+                return stat(controlPath, &info) == 0 ? info.st_ino : nil
+            }
+            let before = inode()
+            let note = InheritedSockets.handOverNote(listeners: [], metrics: nil, control: old.path)
+            var inherited = InheritedSockets(note: note, descriptors: OwnedDescriptors(taking: [try OwnedDescriptor.duplicating(old.listeningDescriptor).take()]))
+            if let _ = inherited.takeControl(at: controlPath + ".other") { Issue.record("a control socket for another path was handed out") }
+            guard let descriptor = inherited.takeControl(at: controlPath) else {
+                Issue.record("the note's control socket was not found at \(controlPath)")
+                await old.close()
+                return await proxy.shutdown(drainTimeout: .zero)
+            }
+            let adopter = try ControlSocket(adopting: descriptor, path: controlPath, controller: controller)
+            old.stopAccepting()
+            await old.close()
+            #expect(inode() == before, "the old control socket left the path, which names the same socket")
+            for _ in 0..<5 { _ = try JSONDecoder().decode(ProxyStatus.self, from: try ControlSocket.send("status", to: controlPath)) }
+            await adopter.close()
+            #expect(inode() == nil, "the adopter removes the path it owns")
+            await proxy.shutdown(drainTimeout: .zero)
+        }
+    }
+
     static func yaml(upstreams: [String], listen: UInt16 = 0, extra: String = "", metrics: UInt16? = nil, cluster: String = "") -> String {
         var text = """
             clusters:
