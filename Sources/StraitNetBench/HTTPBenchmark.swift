@@ -55,6 +55,9 @@ public struct HTTPBenchmark: Sendable {
     public var serverThreads = 2
     /// Measure each point this many times, alternating the two servers; the median of each figure is reported.
     public var repeats = 1
+    /// Pin both servers' loop threads alike (`--pin-loops`: loop `i` on CPU `i` modulo the core
+    /// count), so that neither server's tail depends on where the scheduler happens to put it.
+    public var pinLoops = true
     /// Preferred ports; the next free one in 47000-47999 is taken.
     public var straitnetPort = 47080
     public var swiftnioPort = 47081
@@ -79,7 +82,7 @@ public struct HTTPBenchmark: Sendable {
 
     func measure(server name: String, port preferred: Int, connections: Int) throws -> Measurement {
         let port = Int(BenchPorts.available(preferred: UInt16(preferred)))
-        let server = try PeerProcess(binaries: binaries, name: name, arguments: [String(port), String(serverThreads)])
+        let server = try PeerProcess(binaries: binaries, name: name, arguments: [String(port), String(serverThreads)] + (pinLoops ? ["--pin-loops"] : []))
         defer { server.stop() }
         try BenchPorts.waitForListener(port: UInt16(port))
         let report = try Self.wrk(connections: connections, seconds: seconds, port: port)
