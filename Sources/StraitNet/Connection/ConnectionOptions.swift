@@ -41,6 +41,7 @@ public enum CloseReason: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// Why the connection closed, in a few words for logs.
     public var description: String {
         switch self {
         case .local: "closed locally"
