@@ -175,19 +175,20 @@ let package = Package(
         // The one bench-support target: process running, medians, ports, charts, and the peers and
         // sockets the soak and steer benchmarks share with the tests (StraitTestSupport re-exports it).
         .target(name: "StraitBenchSupport", dependencies: ["StraitBPF", "StraitSystem"]),
-        // Heap allocations per request in a bench server preloaded with malloc-interposer
-        // (`--count-allocations`). Apart from StraitBenchSupport so the servers load no Foundation.
-        .target(name: "BenchAllocationCounter", path: "Sources/StraitNetBenchServers/AllocationCounter"),
+        // What every bench server process shares, apart from StraitBenchSupport (which the servers
+        // do not link): the one heap-allocation counter (malloc-interposer preloaded,
+        // `--count-allocations`) and the one CPU placement of loop threads (`--pin-loops`).
+        .target(name: "BenchServerSupport", dependencies: ["StraitSystem"], path: "Sources/StraitNetBenchServers/ServerSupport"),
         // The two HTTP/1.1 plaintext servers `strait bench net` runs side by side, each in its own process.
         .executableTarget(
             name: "straitnet-http",
-            dependencies: ["StraitNet", "StraitSystem", "BenchAllocationCounter"],
+            dependencies: ["StraitNet", "StraitSystem", "BenchServerSupport"],
             path: "Sources/StraitNetBenchServers/StraitNetHTTP"
         ),
         .executableTarget(
             name: "swiftnio-http",
             dependencies: [
-                "BenchAllocationCounter",
+                "BenchServerSupport", "StraitSystem",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -197,13 +198,13 @@ let package = Package(
         // The echo RPC peers: `serve` (a frame echo server) and `load` (closed-loop callers, HdrHistogram latency).
         .executableTarget(
             name: "straitnet-rpc",
-            dependencies: ["StraitNet", "StraitSystem", "BenchAllocationCounter", .product(name: "Histogram", package: "hdrhistogram-swift")],
+            dependencies: ["StraitNet", "StraitSystem", "BenchServerSupport", .product(name: "Histogram", package: "hdrhistogram-swift")],
             path: "Sources/StraitNetBenchServers/StraitNetRPC"
         ),
         .executableTarget(
             name: "swiftnio-rpc",
             dependencies: [
-                "BenchAllocationCounter",
+                "BenchServerSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),

@@ -420,8 +420,7 @@ final class LoopbackListener {
         do {
             try SocketCall.connect(client, to: .loopback(port: port))
             // Loopback connects complete at once: the connection is queued before connect returns.
-            guard case .done(let server) = try SocketCall.accept(fd, nonBlocking: false) else { throw SystemCallError("accept4", .wouldBlock) }
-            return LoopbackPair(client: client, server: server)
+            return LoopbackPair(client: client, server: try SocketCall.acceptWaiting(fd))
         } catch {
             closeDescriptor(client)
             throw error

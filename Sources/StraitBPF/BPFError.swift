@@ -15,6 +15,8 @@ public enum BPFError: Error, CustomStringConvertible {
     /// Something the kernel or machine does not offer.
     case unsupported(String)
 
+    /// The errno of a failed call or a verifier rejection; nil for the failures that have none
+    /// (a missing program or map, something unsupported).
     public var errno: Errno? {
         switch self {
         case .call(_, let code), .verifierRejected(_, let code, _): code
@@ -22,6 +24,8 @@ public enum BPFError: Error, CustomStringConvertible {
         }
     }
 
+    /// What failed, the errno's meaning where there is one, and what to do about it; a verifier
+    /// rejection ends with the last lines of its log.
     public var description: String {
         switch self {
         case .call(let function, let code):

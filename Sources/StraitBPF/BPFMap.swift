@@ -8,10 +8,15 @@ import SystemPackage
 /// for Swift structs shared with the kernel program.
 public final class BPFMap: @unchecked Sendable {
     let descriptor: Descriptor
+    /// The map's name: in full when it came from an object file, else as the kernel keeps it (15 characters).
     public let name: String
+    /// The map's type (`BPF_MAP_TYPE_*`).
     public let type: bpf_map_type
+    /// Bytes in a key; typed access checks it against the Swift key type.
     public let keySize: Int
+    /// Bytes in a value; typed access checks it against the Swift value type.
     public let valueSize: Int
+    /// The most entries the map holds (`max_entries`), fixed at creation.
     public let maxEntries: Int
     /// The kernel's id for this map (as `bpftool map show` lists it).
     public let id: UInt32
@@ -94,7 +99,9 @@ public final class BPFMap: @unchecked Sendable {
 
     /// Flags of an update, as in `BPF_ANY`, `BPF_NOEXIST`, `BPF_EXIST`.
     public struct UpdateFlags: OptionSet, Sendable {
+        /// The `BPF_*` flag bits.
         public let rawValue: UInt64
+        /// Flags from their `BPF_*` bits.
         public init(rawValue: UInt64) { self.rawValue = rawValue }
         /// Create or replace (`BPF_ANY`).
         public static let any = UpdateFlags([])
@@ -113,6 +120,7 @@ public final class BPFMap: @unchecked Sendable {
 ///
 /// Every call is one bpf(2) syscall; iteration costs one syscall per key.
 public struct TypedMap<Key: BitwiseCopyable, Value: BitwiseCopyable>: @unchecked Sendable {
+    /// The untyped map this view reads and writes; the view does not own it.
     public let map: BPFMap
 
     init(map: BPFMap) throws(BPFError) {

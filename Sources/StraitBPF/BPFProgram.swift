@@ -7,6 +7,7 @@ public final class BPFProgram: @unchecked Sendable {
     /// The program's name: in full when it came from an object file, else as the kernel keeps it
     /// (15 characters).
     public let name: String
+    /// The program's type (`BPF_PROG_TYPE_*`), which decides where it may attach.
     public let type: bpf_prog_type
     /// The kernel's id for this program (as `bpftool prog show` lists it).
     public let id: UInt32

@@ -9,6 +9,7 @@ import StraitSystem
 /// socket open). When a socket closes, the kernel empties its slot itself: a closed socket is never
 /// selected. Reads return the socket's cookie (maps with 8-byte values). Every call is one bpf(2).
 public struct ReuseportSocketArray: Sendable {
+    /// The kernel map; shared with whoever else holds it (its owner closes it).
     public let map: BPFMap
 
     /// Wraps `map`, which must be a `REUSEPORT_SOCKARRAY` keyed by a 32-bit index.
@@ -22,6 +23,7 @@ public struct ReuseportSocketArray: Sendable {
         self.map = map
     }
 
+    /// Slots in the array (`max_entries`); a socket's index must be below it.
     public var capacity: Int { map.maxEntries }
 
     /// Puts the socket open at `fd` in slot `index`. The socket must be bound with `SO_REUSEPORT`

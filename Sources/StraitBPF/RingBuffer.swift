@@ -16,6 +16,9 @@ public final class RingBufferReader {
         init(_ handler: @escaping Handler) { self.handler = handler }
     }
 
+    /// A reader of `map` (a `BPF_MAP_TYPE_RINGBUF`) that calls `handler` per record. The reader owns
+    /// libbpf's ring state (an mmap of the ring, freed with the reader); it does not own `map`, which
+    /// must outlive it.
     public init(map: BPFMap, handler: @escaping Handler) throws(BPFError) {
         guard map.type == BPF_MAP_TYPE_RINGBUF else {
             throw .unsupported("map '\(map.name)' is not a ring buffer")

@@ -126,8 +126,7 @@ public final class TestListener: @unchecked Sendable {
             try SocketCall.bind(fd, to: loopback(clientPort))
         }
         try SocketCall.connect(fd, to: loopback(port))
-        guard case .done(let accepted) = try SocketCall.accept(socket.fd, nonBlocking: false) else { throw SystemCallError("accept4", .wouldBlock) }
-        return (client, TestSocket(fd: accepted))
+        return (client, TestSocket(fd: try SocketCall.acceptWaiting(socket.fd)))
     }
 }
 

@@ -12,21 +12,28 @@ import StraitBenchSupport
 public struct AllocationCount: Sendable {
     /// One server's count.
     public struct Measurement: Sendable, Equatable {
+        /// Heap allocations (malloc, calloc, realloc, posix_memalign) in the counted window, every thread.
         public var allocations: Int
+        /// Requests the server answered in that window.
         public var requests: Int
+        /// Allocations per request; NaN when no request was answered.
         public var perRequest: Double { requests > 0 ? Double(allocations) / Double(requests) : .nan }
     }
 
     /// Both servers on one path (`http` or `echo`); encodes as one entry of the `"allocations"` array.
     public struct Row: Sendable, Equatable, Encodable {
+        /// `http` (wrk) or `echo` (the RPC load peer).
         public var path: String
+        /// The StraitNet server's count.
         public var straitnet: Measurement
+        /// The SwiftNIO server's count.
         public var swiftnio: Measurement
 
         enum Keys: String, CodingKey {
             case path, straitnet_per_request, swiftnio_per_request, straitnet_allocations, swiftnio_allocations, straitnet_requests, swiftnio_requests
         }
 
+        /// Flat keys (`straitnet_per_request`, …), the `--json` format.
         public func encode(to encoder: Encoder) throws {
             var container = encoder.container(keyedBy: Keys.self)
             try container.encode(path, forKey: .path)
@@ -39,16 +46,22 @@ public struct AllocationCount: Sendable {
         }
     }
 
+    /// Folder holding the servers and `libMallocInterposerSwift.so` (the build's products).
     public var binaries: URL
     /// Load before counting starts, then the counted window.
     public var warmUpSeconds = 1.5
+    /// Length of the counted window, between `begin` and `end`.
     public var countedSeconds = 2.0
+    /// Event-loop threads of each server.
     public var serverThreads = 2
 
+    /// A count of the servers in `binaries`; starts nothing until ``run(progress:)``.
     public init(binaries: URL) { self.binaries = binaries }
 
     var interposer: URL { binaries.appendingPathComponent("libMallocInterposerSwift.so") }
 
+    /// Counts both paths for both servers, one server process at a time (each preloaded with the
+    /// interposer, so slower than in the timed runs); `progress` hears about each step.
     public func run(progress: (String) -> Void = { _ in }) throws -> [Row] {
         progress("allocations: http, wrk 64 connections")
         let http = Row(path: "http", straitnet: try countHTTP(server: "straitnet-http", port: 47082), swiftnio: try countHTTP(server: "swiftnio-http", port: 47083))

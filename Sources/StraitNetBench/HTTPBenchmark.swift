@@ -10,9 +10,13 @@ import StraitBenchSupport
 public struct HTTPBenchmark: Sendable {
     /// One server's figures at one connection count.
     public struct Measurement: Sendable, Equatable {
+        /// Requests per second over the run, as wrk reports it.
         public var requestsPerSecond: Double
+        /// Median latency, in milliseconds (wrk's `50%` line).
         public var p50Milliseconds: Double
+        /// 99th-percentile latency, in milliseconds (wrk's `99%` line): the tail the issue compares.
         public var p99Milliseconds: Double
+        /// The server's peak resident memory (`VmHWM`), in KiB.
         public var peakRSSKiB: Int
 
         /// The median of each figure over repeated runs.
@@ -25,8 +29,11 @@ public struct HTTPBenchmark: Sendable {
 
     /// Both servers at one connection count; encodes as one entry of the `"http"` array.
     public struct Row: Sendable, Equatable, Encodable {
+        /// wrk's connection count (`-c`).
         public var connections: Int
+        /// The StraitNet server's figures.
         public var straitnet: Measurement
+        /// The SwiftNIO server's figures.
         public var swiftnio: Measurement
 
         enum Keys: String, CodingKey {
@@ -34,6 +41,7 @@ public struct HTTPBenchmark: Sendable {
             case straitnet_peak_rss_kib, swiftnio_peak_rss_kib
         }
 
+        /// Flat keys (`straitnet_rps`, `swiftnio_p99_ms`, …), the `--json` format.
         public func encode(to encoder: Encoder) throws {
             var container = encoder.container(keyedBy: Keys.self)
             try container.encode(connections, forKey: .connections)
@@ -50,15 +58,23 @@ public struct HTTPBenchmark: Sendable {
 
     /// Folder holding the `straitnet-http` and `swiftnio-http` executables (the build's products).
     public var binaries: URL
+    /// Connection counts, one point each.
     public var connections: [Int] = [64, 256, 1000]
+    /// Seconds of wrk per point (`-d`).
     public var seconds = 10
+    /// Event-loop threads of each server.
     public var serverThreads = 2
     /// Measure each point this many times, alternating the two servers; the median of each figure is reported.
     public var repeats = 1
+    /// Pin both servers' loop threads alike (`--pin-loops`: loop `i` on CPU `i` modulo the core
+    /// count), so that neither server's tail depends on where the scheduler happens to put it.
+    public var pinLoops = true
     /// Preferred ports; the next free one in 47000-47999 is taken.
     public var straitnetPort = 47080
+    /// The SwiftNIO server's preferred port.
     public var swiftnioPort = 47081
 
+    /// A benchmark of the servers in `binaries`, with the defaults above; starts nothing until ``run(progress:)``.
     public init(binaries: URL) { self.binaries = binaries }
 
     /// Runs every connection count against both servers, one server at a time; `progress` hears
@@ -79,7 +95,7 @@ public struct HTTPBenchmark: Sendable {
 
     func measure(server name: String, port preferred: Int, connections: Int) throws -> Measurement {
         let port = Int(BenchPorts.available(preferred: UInt16(preferred)))
-        let server = try PeerProcess(binaries: binaries, name: name, arguments: [String(port), String(serverThreads)])
+        let server = try PeerProcess(binaries: binaries, name: name, arguments: [String(port), String(serverThreads)] + (pinLoops ? ["--pin-loops"] : []))
         defer { server.stop() }
         try BenchPorts.waitForListener(port: UInt16(port))
         let report = try Self.wrk(connections: connections, seconds: seconds, port: port)

@@ -11,10 +11,15 @@ import StraitBenchSupport
 public struct RPCBenchmark: Sendable {
     /// One side's figures at one point.
     public struct Measurement: Sendable, Equatable, Decodable {
+        /// Calls completed in the recorded part of the run.
         public var calls: Int
+        /// Calls per second in the recorded part.
         public var qps: Double
+        /// Median call latency, in microseconds (HdrHistogram).
         public var p50Microseconds: Double
+        /// 99th-percentile call latency, in microseconds (HdrHistogram).
         public var p99Microseconds: Double
+        /// Calls that failed or came back with other bytes than were sent.
         public var errors: Int
 
         /// The median of each figure over repeated runs (errors are added up).
@@ -34,9 +39,13 @@ public struct RPCBenchmark: Sendable {
 
     /// Both sides at one point; encodes as one entry of the `"rpc"` array.
     public struct Row: Sendable, Equatable, Encodable {
+        /// Bytes of payload per call.
         public var payloadBytes: Int
+        /// Closed-loop callers sharing the one connection.
         public var callers: Int
+        /// The StraitNet side's figures.
         public var straitnet: Measurement
+        /// The SwiftNIO side's figures.
         public var swiftnio: Measurement
 
         enum Keys: String, CodingKey {
@@ -44,6 +53,7 @@ public struct RPCBenchmark: Sendable {
             case straitnet_errors, swiftnio_errors
         }
 
+        /// Flat keys (`straitnet_qps`, `swiftnio_p99_ms`, …), the `--json` format.
         public func encode(to encoder: Encoder) throws {
             var container = encoder.container(keyedBy: Keys.self)
             try container.encode(payloadBytes, forKey: .payload_bytes)
@@ -59,19 +69,28 @@ public struct RPCBenchmark: Sendable {
         }
     }
 
+    /// Folder holding `straitnet-rpc` and `swiftnio-rpc` (the build's products).
     public var binaries: URL
+    /// Payload sizes in bytes, one point each (with every caller count).
     public var payloadSizes = [128, 4096]
+    /// Caller counts, one point each (with every payload size).
     public var callers = [1, 16, 128]
+    /// Seconds per point (the first fifth, at most 1 s, is warm-up).
     public var seconds = 5
+    /// Event-loop threads of each server.
     public var serverThreads = 2
     /// Measure each point this many times, alternating the two sides; the median of each figure is reported.
     public var repeats = 1
     /// Preferred ports; the next free one in 47000-47999 is taken.
     public var straitnetPort = 47090
+    /// The SwiftNIO side's preferred port.
     public var swiftnioPort = 47091
 
+    /// A benchmark of the peers in `binaries`, with the defaults above; starts nothing until ``run(progress:)``.
     public init(binaries: URL) { self.binaries = binaries }
 
+    /// Runs every payload and caller count against both sides, one process pair at a time;
+    /// `progress` hears about each step.
     public func run(progress: (String) -> Void = { _ in }) throws -> [Row] {
         var rows: [Row] = []
         for payload in payloadSizes {

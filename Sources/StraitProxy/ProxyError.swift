@@ -16,6 +16,9 @@ public enum ProxyError: Error, CustomStringConvertible {
     case endpointsCgroupMissing(path: String, mount: String?)
     /// A listener's address could not be bound.
     case bind(listener: String, address: String, SystemCallError)
+    /// The endpoint datapath keys sockets by IP address and port: a socket of another family
+    /// (`address`, a Unix socket, say) cannot be forwarded through it.
+    case endpointNotIP(address: String)
 
     public var description: String {
         switch self {
@@ -26,6 +29,8 @@ public enum ProxyError: Error, CustomStringConvertible {
         case .endpointsCgroupMissing(let path, let mount):
             "`endpoints_cgroup` \(path) does not exist: it must be an existing cgroup v2 directory (create it under \(mount ?? "the cgroup v2 mount") and run the local clients and servers in it)"
         case .bind(let listener, let address, let error): "listener \(listener) cannot bind \(address): \(error). \(error.bindAdvice ?? "")"
+        case .endpointNotIP(let address):
+            "the endpoint forwarder keys sockets by IP address and port, and \(address) is not one: use the copy or splice datapath for it"
         }
     }
 }

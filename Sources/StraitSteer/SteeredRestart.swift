@@ -12,7 +12,7 @@ extension Server {
     public func offerHandOver(
         at path: String, continuing receipt: ListenerHandOver.Receipt? = nil, steering: SteeringGroup?,
         idleGrace: Duration = .milliseconds(500), drainDeadline: Duration, drained: @escaping @Sendable () -> Void = {}
-    ) throws(SystemCallError) -> ListenerHandOver.Offer {
+    ) throws(HandOverError) -> ListenerHandOver.Offer {
         let listeners = listenerDescriptors
         return try ListenerHandOver.Offer(
             path: path, continuing: receipt,

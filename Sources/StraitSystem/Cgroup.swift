@@ -13,6 +13,7 @@ public enum CgroupError: Error, Equatable, CustomStringConvertible {
     /// lives only in v1 hierarchies.
     case noMembership(pid: pid_t)
 
+    /// What is missing and what to do about it.
     public var description: String {
         switch self {
         case .notMounted: "cgroup v2 is not mounted: mount it (`mount -t cgroup2 none /sys/fs/cgroup/unified`) or boot with systemd's unified hierarchy"
@@ -31,6 +32,7 @@ public struct Cgroup: Sendable, Hashable, CustomStringConvertible {
     /// Names the directory at `path`; nothing is checked or opened.
     public init(path: String) { self.path = path }
 
+    /// The cgroup's directory below the cgroup v2 mount.
     public var description: String { path }
 
     /// Where cgroup v2 is mounted (read from `/proc/self/mountinfo`), or nil when it is not.

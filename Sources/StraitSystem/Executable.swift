@@ -43,6 +43,7 @@ public struct ToolFailure: Error, CustomStringConvertible {
         self.output = output
     }
 
+    /// The command, its exit status and the last 800 characters of its output.
     public var description: String {
         "`\(command.joined(separator: " "))` exited with \(status): \(output.suffix(800))"
     }

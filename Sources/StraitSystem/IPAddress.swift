@@ -52,6 +52,7 @@ public enum IPAddress: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The address as `inet_ntop(3)` writes it (`198.18.0.1`, `2001:db8::1`); formats on a stack-sized buffer each call.
     public var description: String {
         var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
         switch self {
@@ -102,5 +103,6 @@ public struct IPPrefix: Hashable, Sendable, CustomStringConvertible {
     /// The prefix over the 16-byte mapped form (IPv4 /n becomes /96+n), as the kernel's LPM tries store it.
     public var ipv6MappedLength: Int { address.isIPv4 ? 96 + length : length }
 
+    /// `address/length`, as configuration files write it.
     public var description: String { "\(address)/\(length)" }
 }

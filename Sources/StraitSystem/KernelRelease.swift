@@ -31,5 +31,6 @@ public struct KernelRelease: Sendable, CustomStringConvertible {
         return version.major > major || (version.major == major && version.minor >= minor)
     }
 
+    /// The release as `uname -r` prints it.
     public var description: String { text }
 }

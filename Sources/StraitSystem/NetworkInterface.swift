@@ -46,5 +46,6 @@ public struct NetworkInterface: Sendable, Hashable, CustomStringConvertible {
         self.index = index
     }
 
+    /// The interface's name (`eth0`).
     public var description: String { name }
 }

@@ -125,6 +125,7 @@ public enum NetworkNamespaceError: Error, Equatable, CustomStringConvertible {
     /// The namespace has no interface by that name (`/proc/thread-self/net/dev` inside it lists none).
     case noInterface(String, namespace: String)
 
+    /// What is missing and the command that lists what there is.
     public var description: String {
         switch self {
         case .noInterface(let interface, let namespace): "no interface \(interface) in network namespace \(namespace) (`ip -n \(namespace) link` lists them)"

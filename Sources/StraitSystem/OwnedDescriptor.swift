@@ -67,6 +67,7 @@ public struct OwnedDescriptors: ~Copyable, Sendable {
     /// How many are still owned.
     public var count: Int { owned.count }
 
+    /// Whether none is owned any more.
     public var isEmpty: Bool { owned.isEmpty }
 
     /// Adds `descriptor` at the end; the list owns it from here on.

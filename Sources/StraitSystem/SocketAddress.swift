@@ -43,6 +43,7 @@ public enum SocketAddress: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// `1.2.3.4:80`, `[2001:db8::1]:80` or `unix:/path`: the form logs and errors print.
     public var description: String {
         switch self {
         case .ip(let address, let port): address.isIPv4 ? "\(address):\(port)" : "[\(address)]:\(port)"

@@ -65,6 +65,15 @@ public enum SocketCall {
         return try nonBlockingCall("accept4") { strait_accept4(listener, flags) }
     }
 
+    /// `accept4(2)` of one connection from a blocking listener, close-on-exec, waiting until one is
+    /// queued (or `SO_RCVTIMEO` passes: then the kernel's `EAGAIN` is thrown, as every other failure
+    /// is, with its own errno). For tests and calibrations that accept on a thread of their own;
+    /// reactors use ``accept(_:nonBlocking:)``. The caller owns the accepted descriptor.
+    @inlinable
+    public static func acceptWaiting(_ listener: CInt) throws(SystemCallError) -> CInt {
+        try systemCall("accept4") { strait_accept4(listener, CInt(SOCK_CLOEXEC.rawValue)) }
+    }
+
     /// `send(2)` of what fits now (`MSG_NOSIGNAL`: a closed peer is `EPIPE`, never `SIGPIPE`). On a
     /// blocking socket it waits for room, up to `SO_SNDTIMEO` (then `EAGAIN`, thrown). Returns how many
     /// bytes went out, which may be fewer than `bytes.count`.
@@ -109,9 +118,11 @@ public enum SocketCall {
         try address.withSockaddr { pointer, length throws(SystemCallError) in try bind(fd, pointer, length) }
     }
 
-    /// `bind(2)` with a C address already built (prefer ``bind(_:to:)``).
+    /// `bind(2)` with a C address already built: the one raw call under ``bind(_:to:)``, internal
+    /// so that every caller outside StraitSystem passes a ``SocketAddress``.
     @inlinable
-    public static func bind(_ fd: CInt, _ address: UnsafePointer<sockaddr>, _ length: socklen_t) throws(SystemCallError) {
+    @usableFromInline
+    static func bind(_ fd: CInt, _ address: UnsafePointer<sockaddr>, _ length: socklen_t) throws(SystemCallError) {
         try systemCall("bind") { Glibc.bind(fd, address, length) }
     }
 
@@ -130,10 +141,12 @@ public enum SocketCall {
         try address.withSockaddr { pointer, length throws(SystemCallError) in try connect(fd, pointer, length) }
     }
 
-    /// `connect(2)` with a C address already built (prefer ``connect(_:to:)``); same results.
+    /// `connect(2)` with a C address already built, same results: the one raw call under
+    /// ``connect(_:to:)``, internal so that every caller outside StraitSystem passes a ``SocketAddress``.
     @inlinable
+    @usableFromInline
     @discardableResult
-    public static func connect(_ fd: CInt, _ address: UnsafePointer<sockaddr>, _ length: socklen_t) throws(SystemCallError) -> Bool {
+    static func connect(_ fd: CInt, _ address: UnsafePointer<sockaddr>, _ length: socklen_t) throws(SystemCallError) -> Bool {
         while true {
             if Glibc.connect(fd, address, length) == 0 { return true }
             let error = Errno(rawValue: Glibc.errno)
@@ -164,10 +177,9 @@ public enum SocketCall {
         return SocketAddress(storage: storage)
     }
 
-    /// `getsockname(2)` into caller storage large enough for any address family (prefer
-    /// ``localAddress(of:)``); returns the length the kernel filled in.
-    @inlinable
-    public static func localAddress(_ fd: CInt, into storage: UnsafeMutablePointer<sockaddr_storage>) throws(SystemCallError) -> socklen_t {
+    /// `getsockname(2)` into storage large enough for any address family; returns the length the
+    /// kernel filled in. Internal: callers outside StraitSystem get a ``SocketAddress`` from ``localAddress(of:)``.
+    static func localAddress(_ fd: CInt, into storage: UnsafeMutablePointer<sockaddr_storage>) throws(SystemCallError) -> socklen_t {
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
         try storage.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer throws(SystemCallError) in
             _ = try systemCall("getsockname") { Glibc.getsockname(fd, pointer, &length) }

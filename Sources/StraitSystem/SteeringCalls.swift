@@ -135,5 +135,6 @@ public struct SysctlValueError: Error, Equatable, CustomStringConvertible {
     /// What it read.
     public let text: String
 
+    /// Which sysctl read back what, for an operator to check by hand.
     public var description: String { "/proc/sys/\(name) reads '\(text)', which is not the kernel's format" }
 }

@@ -23,6 +23,7 @@ public struct SystemCallError: Error, Equatable, CustomStringConvertible {
         self.errno = errno
     }
 
+    /// `function: error (errno N)`: the call, the kernel's reason, and its number for `errno(1)` lookups.
     public var description: String { "\(function): \(errno) (errno \(errno.rawValue))" }
 
     /// For a failed `bind(2)`, what to do about it: each errno has its own cause (`EADDRNOTAVAIL`

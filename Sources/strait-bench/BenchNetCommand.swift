@@ -25,6 +25,7 @@ struct BenchNet: ParsableCommand {
     @Option(help: "RPC payload sizes in bytes, comma-separated.") var payloads = "128,4096"
     @Option(help: "Concurrent RPC callers, comma-separated.") var callers = "1,16,128"
     @Option(help: "Threads of each server (event loops).") var threads = 2
+    @Flag(inversion: .prefixedNo, help: "Pin both HTTP servers' loop threads alike: loop i on CPU i modulo the core count.") var pinLoops = true
     @Option(name: .customLong("repeat"), help: "Measure each HTTP and RPC point this many times, alternating the two sides; the median is reported.") var repetitions = 1
     @Option(help: "Which parts to run, comma-separated: http, rpc, allocations.") var parts = "http,rpc,allocations"
     @Flag(help: "Print one JSON object instead of the tables.") var json = false
@@ -63,6 +64,7 @@ struct BenchNet: ParsableCommand {
             http.seconds = duration
             http.serverThreads = threads
             http.repeats = repetitions
+            http.pinLoops = pinLoops
             report.http = try http.run(progress: progress)
         }
         if selected.contains("rpc") {
@@ -85,7 +87,7 @@ struct BenchNet: ParsableCommand {
             encoder.outputFormatting = [.sortedKeys]
             print(String(decoding: try encoder.encode(report), as: UTF8.self))
         } else {
-            print(Self.render(report, threads: threads, repetitions: repetitions))
+            print(Self.render(report, threads: threads, repetitions: repetitions, pinned: pinLoops))
         }
         if let svg {
             try Self.chart(report).write(toFile: svg, atomically: true, encoding: .utf8)
@@ -100,7 +102,7 @@ struct BenchNet: ParsableCommand {
         return values.compactMap { $0 }
     }
 
-    static func render(_ report: Report, threads: Int, repetitions: Int) -> String {
+    static func render(_ report: Report, threads: Int, repetitions: Int, pinned: Bool) -> String {
         var sections: [String] = []
         let medianNote = repetitions > 1 ? ", median of \(repetitions) runs" : ""
         func f(_ value: Double, _ digits: Int = 2) -> String { String(format: "%.\(digits)f", value) }
@@ -114,7 +116,8 @@ struct BenchNet: ParsableCommand {
                     ratio(s.p99Milliseconds, n.p99Milliseconds), "\(f(Double(s.peakRSSKiB) / 1024, 1)) / \(f(Double(n.peakRSSKiB) / 1024, 1))",
                 ])
             }
-            sections.append("HTTP/1.1 plaintext, wrk -t1 --latency, \(threads) server threads each\(medianNote):\n\n" + table(rows))
+            let placement = pinned ? ", loops pinned one per CPU" : ", loops unpinned"
+            sections.append("HTTP/1.1 plaintext, wrk -t1 --latency, \(threads) server threads each\(placement)\(medianNote):\n\n" + table(rows))
         }
         if !report.rpc.isEmpty {
             var rows = [["payload", "callers", "StraitNet calls/s", "SwiftNIO calls/s", "ratio", "p50 ms S/N", "p99 ms S/N", "p99 ratio"]]

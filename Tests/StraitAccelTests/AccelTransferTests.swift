@@ -71,7 +71,7 @@ struct AccelTransferTests {
                     let size = 256 * 1024 + index * 4099
                     let result = try transfer(from: pair.client, to: pair.server, count: size, chunk: 16_384, seed: UInt64(index + 1))
                     guard result.count == size, result.firstMismatch == nil else {
-                        throw SystemCallError("pair \(index): got \(result.count) of \(size), mismatch at \(String(describing: result.firstMismatch))", .ioError)
+                        throw TestFailure("pair \(index): got \(result.count) of \(size) bytes, first mismatch at \(String(describing: result.firstMismatch))")
                     }
                 }
             }

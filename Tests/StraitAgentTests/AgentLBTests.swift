@@ -101,7 +101,7 @@ struct AgentLBTests {
                 }
             }
         }
-        guard let (index, server) = accepted else { throw SystemCallError("no backend accepted the connection", .timedOut) }
+        guard let (index, server) = accepted else { throw TestFailure("no backend accepted the connection within 2 s") }
         server.setReceiveTimeout(seconds: 5)
         try client.sendAll(payload)
         let request = try server.receive(exactly: payload.count)

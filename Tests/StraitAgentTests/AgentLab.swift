@@ -172,7 +172,7 @@ final class AgentLab: @unchecked Sendable {
 
 /// GET `path` from `address` over plain HTTP/1.1; returns the status code and the body.
 func httpGet(_ address: SocketAddress, _ path: String) throws -> (status: Int, body: String) {
-    guard case .ip(_, let port) = address else { throw SystemCallError("httpGet: not an IP address", .invalidArgument) }
+    guard case .ip(_, let port) = address else { throw TestFailure("httpGet: \(address) is not an IP address; give it the agent's TCP endpoint") }
     let socket = try connectLoopback(port: port)
     defer { socket.close() }
     socket.setReceiveTimeout(seconds: 5)

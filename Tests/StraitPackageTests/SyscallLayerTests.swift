@@ -4,24 +4,28 @@ import Testing
 /// One syscall layer (issue 14): features never create an epoll instance, accept with `accept4`, or
 /// read `errno` themselves; they call StraitSystem, whose `systemCall`/`nonBlockingCall` read errno
 /// once, right after the call. The only other place allowed is StraitNet's Poll layer, the reactor
-/// that wraps epoll the same way.
+/// that wraps epoll the same way. Nor do they build C socket addresses (`sockaddr_in()`, a pointer
+/// rebound to `sockaddr`): every socket call takes a `SocketAddress`, which StraitSystem turns into one.
 @Suite("the syscall layer")
 struct SyscallLayerTests {
     /// Folders (below Sources/) where raw calls belong.
     static let layers = ["StraitSystem/", "CStraitSystem/", "StraitNet/Poll/"]
 
-    /// What counts as a raw call: `epoll_create1(`, `accept4(`, and `errno` read as the C global
-    /// (not `.errno`, a property of SystemCallError or BPFError, and not a label or binding).
-    static let names = ["epoll_create1", "accept4", "errno"]
+    /// What counts as a raw call: `epoll_create1(`, `accept4(`, `errno` read as the C global
+    /// (not `.errno`, a property of SystemCallError or BPFError, and not a label or binding), and a
+    /// C socket address made by hand (`sockaddr_in()`, `sockaddr_in6()`, `sockaddr_un()`,
+    /// `sockaddr_storage()`, `withMemoryRebound(to: sockaddr.self …)`).
+    static let names = ["epoll_create1", "accept4", "errno", "sockaddr"]
     static var patterns: [(name: String, regex: Regex<Substring>)] {
         [
             ("epoll_create1", /\bepoll_create1\s*\(/),
             ("accept4", /\baccept4\s*\(/),
             ("errno", /(?:^|[^.\w])errno(?![\w:])/),
+            ("sockaddr", /\bsockaddr(?:_in6?|_un|_storage)?\s*\(\s*\)|\bto:\s*sockaddr\.self/),
         ]
     }
 
-    @Test("no epoll_create1, accept4 or raw errno read outside StraitSystem and StraitNet's Poll layer")
+    @Test("no epoll_create1, accept4, raw errno read or hand-made sockaddr outside StraitSystem and StraitNet's Poll layer")
     func rawCallsStayInTheLayer() throws {
         var offenders: [String] = []
         let patterns = Self.patterns
@@ -38,13 +42,15 @@ struct SyscallLayerTests {
 
     @Test("the scan finds what it looks for")
     func patternsMatch() {
-        let code = Self.code("let fd = epoll_create1(0)\nif errno == EINTR {}\n// accept4( in a comment\nerror.errno\nlet s = \"accept4(\"\nprint(\"failed: \\(strerror(errno))\")")
+        let code = Self.code("let fd = epoll_create1(0)\nif errno == EINTR {}\n// accept4( in a comment\nerror.errno\nlet s = \"accept4(\"\nprint(\"failed: \\(strerror(errno))\")\nvar address = sockaddr_in()\n$0.withMemoryRebound(to: sockaddr.self, capacity: 1) {}\nlet address: SocketAddress")
         #expect(code[0].contains(Self.patterns[0].regex))
         #expect(code[1].contains(Self.patterns[2].regex))
         #expect(!code[2].contains(Self.patterns[1].regex), "comments are not code")
         #expect(!code[3].contains(Self.patterns[2].regex), "a property named errno is not the C global")
         #expect(!code[4].contains(Self.patterns[1].regex), "string literals are not code")
         #expect(code[5].contains(Self.patterns[2].regex), "what a string interpolates is code")
+        #expect(code[6].contains(Self.patterns[3].regex) && code[7].contains(Self.patterns[3].regex), "a C address built by hand")
+        #expect(!code[8].contains(Self.patterns[3].regex), "SocketAddress is the one address type")
     }
 
     /// Every Swift file below Sources/, keyed by its path below Sources/.

@@ -94,18 +94,18 @@ struct HandOverTests {
                 let server = try namespace.run { try Server(address: .loopback(), group: group, handlers: Self.echo) }
                 let path = directory + "/control.sock"
                 let offer = try server.offerHandOver(at: path, drainDeadline: .seconds(1))
-                do throws(SystemCallError) {
+                do throws(HandOverError) {
                     _ = try server.offerHandOver(at: path, drainDeadline: .seconds(1))
                     Issue.record("a second offer at a live path was accepted")
                 } catch {
-                    #expect(error.errno == .addressInUse && "\(error)".contains("\(getpid())"), "\(error)")
+                    #expect(error == .pathInUse(path: path, owner: getpid()) && "\(error)".contains("\(getpid())"), "\(error)")
                 }
                 #expect(offer.outcome == nil, "the live offer is untouched")
 
                 // A socket file whose process is gone: bound, then closed without unlinking.
                 let stale = directory + "/stale.sock"
                 let dead = try SocketCall.socket(domain: AF_UNIX, type: CInt(SOCK_SEQPACKET.rawValue))
-                try SocketAddress.unix(path: stale).withSockaddr { address, length throws(SystemCallError) in try SocketCall.bind(dead, address, length) }
+                try SocketCall.bind(dead, to: .unix(path: stale))
                 closeDescriptor(dead)
                 #expect(try ListenerHandOver.owner(of: stale) == nil)
                 let replacement = try server.offerHandOver(at: stale, drainDeadline: .seconds(1))
@@ -116,14 +116,14 @@ struct HandOverTests {
                 let silent = directory + "/silent.sock"
                 let mute = try SocketCall.socket(domain: AF_UNIX, type: CInt(SOCK_SEQPACKET.rawValue))
                 defer { closeDescriptor(mute) }
-                try SocketAddress.unix(path: silent).withSockaddr { address, length throws(SystemCallError) in try SocketCall.bind(mute, address, length) }
+                try SocketCall.bind(mute, to: .unix(path: silent))
                 try SocketCall.listen(mute, backlog: 4)
                 let started = ContinuousClock.now
-                do throws(SystemCallError) {
+                do throws(HandOverError) {
                     _ = try ListenerHandOver.take(from: silent, timeout: .milliseconds(300))
                     Issue.record("a take from a silent socket returned")
                 } catch {
-                    #expect(error.errno == .timedOut, "\(error)")
+                    #expect(error == .timedOut(path: silent, awaiting: "listeners from the process offering there", timeout: .milliseconds(300)), "\(error)")
                     #expect(ContinuousClock.now - started >= .milliseconds(300))
                 }
                 offer.close()

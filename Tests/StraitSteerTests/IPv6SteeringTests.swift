@@ -26,9 +26,7 @@ func udp6(port: UInt16, reusePort: Bool) throws -> CInt {
 }
 
 func port6(of fd: CInt) throws -> UInt16 {
-    var storage = sockaddr_storage()
-    _ = try SocketCall.localAddress(fd, into: &storage)
-    return withUnsafeBytes(of: &storage) { UInt16(bigEndian: $0.load(as: sockaddr_in6.self).sin6_port) }
+    try SocketCall.localAddress(of: fd).port ?? 0
 }
 
 @Suite("StraitSteer: IPv6", kernelGate)

@@ -19,6 +19,7 @@ public enum TCXDirection: String, Sendable, Codable, CustomStringConvertible {
         }
     }
 
+    /// The direction's name, as configuration and command output write it.
     public var description: String { rawValue }
 }
 

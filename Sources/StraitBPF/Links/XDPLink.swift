@@ -17,6 +17,7 @@ public enum XDPMode: String, Sendable, Codable, CaseIterable, CustomStringConver
         }
     }
 
+    /// The mode's name, as configuration and `strait drop` output write it.
     public var description: String { rawValue }
 }
 

@@ -74,6 +74,7 @@ public final class LinkBuffer {
     /// size); larger ones, from bulk reads, go back to the pool so idle connections stay small.
     public static let largestIdleTail = 16 << 10
 
+    /// An empty buffer; it takes no node from the pool until something is written or read into it.
     public init() {}
 
     deinit {

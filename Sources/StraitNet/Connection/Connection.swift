@@ -44,6 +44,7 @@ public final class Connection: Selectable, TimerTarget, @unchecked Sendable {
     private let outbox = LinkBuffer()
     private let outboxLock = Mutex<Bool>(false)
 
+    /// The options the connection was opened with (limits, watermarks, timeouts); fixed for its life.
     public let options: ConnectionOptions
     let handlers: ConnectionHandlers
     let owner: (any ConnectionOwner)?

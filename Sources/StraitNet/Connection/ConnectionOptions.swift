@@ -41,6 +41,7 @@ public enum CloseReason: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// Why the connection closed, in a few words for logs.
     public var description: String {
         switch self {
         case .local: "closed locally"
@@ -89,6 +90,8 @@ public struct ConnectionOptions: Sendable {
     /// Above this many unsent output bytes the connection stops reading (so the peer's requests
     /// stop producing responses), until output falls to ``outputLowWatermark``.
     public var outputHighWatermark = 1 << 20
+    /// Once reading stopped at ``outputHighWatermark``, unsent output must fall to this many bytes
+    /// before the connection reads again; the gap keeps it from toggling on every write.
     public var outputLowWatermark = 256 << 10
     /// Close when nothing arrives for this long (nil: never).
     public var readIdleTimeout: Duration?
@@ -112,6 +115,8 @@ public struct ConnectionOptions: Sendable {
     /// FIN once its responses are sent, which is what request/response servers want.
     public var allowRemoteHalfClosure = false
 
+    /// The defaults: handlers on the loop, 4 MiB input limit, 1 MiB / 256 KiB output watermarks,
+    /// `TCP_NODELAY`, no idle or write timeout, close at end of input.
     public init() {}
 }
 

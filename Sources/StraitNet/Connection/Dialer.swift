@@ -6,10 +6,12 @@ import Glibc
 
 /// Opens client connections on a group's loops, with a connect timeout.
 public struct Dialer: Sendable {
+    /// The loops new connections are placed on, round robin; not owned by the dialer.
     public let group: EventLoopGroup
     /// Options for the connections it opens (handler execution, limits, timeouts).
     public var options: ConnectionOptions
 
+    /// A dialer onto `group`'s loops; it holds no descriptor until it connects.
     public init(group: EventLoopGroup, options: ConnectionOptions = ConnectionOptions()) {
         self.group = group
         self.options = options
@@ -47,7 +49,7 @@ public struct Dialer: Sendable {
                 return
             }
             do throws(SystemCallError) {
-                _ = try address.withSockaddr { pointer, length throws(SystemCallError) in try SocketCall.connect(fd, pointer, length) }
+                _ = try SocketCall.connect(fd, to: address)
             } catch {
                 connection.close(reason: .connectFailed(error))
                 return

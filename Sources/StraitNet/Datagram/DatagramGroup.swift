@@ -21,6 +21,7 @@ public final class DatagramGroup: @unchecked Sendable {
     /// The batch is reused after the call returns; reply with ``DatagramSocket/send(_:range:)``.
     public typealias Handler = @Sendable (_ socket: DatagramSocket, _ batch: DatagramBatch) -> Void
 
+    /// The loops the sockets run on, one socket per loop; not owned: shut the group down after this one.
     public let group: EventLoopGroup
     /// The bound address (with the kernel's port when port 0 was asked for).
     public let address: SocketAddress
@@ -34,7 +35,9 @@ public final class DatagramGroup: @unchecked Sendable {
     /// queue empty (on a loaded machine a datagram chosen before the map update can still land after
     /// the first drain), or after `leaveDrainLimit` in all.
     public var leaveQuietDrains = 3
+    /// How long to wait between the drains that check a leaving socket's receive queue.
     public var leaveDrainInterval: Duration = .milliseconds(2)
+    /// The longest a leave waits for its quiet drains before it closes the socket anyway.
     public var leaveDrainLimit: Duration = .milliseconds(250)
 
     /// Binds `socketCount` sockets (default: one per loop) on `address` and starts reading.

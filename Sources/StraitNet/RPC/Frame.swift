@@ -14,6 +14,7 @@
 /// client's business and only need to be unique among its requests in flight on one connection.
 /// A frame longer than the receiver's maximum is a protocol violation and closes the connection.
 public enum Frame {
+    /// What a frame carries; its one byte in the header.
     public enum Kind: UInt8, Sendable {
         case request = 0
         case response = 1
@@ -35,8 +36,11 @@ public enum Frame {
 
     /// A complete frame's header, as found at the front of a reader.
     public struct Header: Sendable, Equatable {
+        /// The request id the frame belongs to.
         public let id: UInt64
+        /// Request, response or error.
         public let kind: Kind
+        /// Bytes of payload after the header (at most the receiver's maximum length).
         public let payloadLength: Int
     }
 

@@ -29,10 +29,12 @@ public enum FrameServer {
 
 /// One request frame, handed to a ``FrameServer`` handler.
 public struct FrameRequest {
+    /// The request's id, chosen by the client; the response carries it back.
     public let id: UInt64
     /// The payload: a view into the connection's input (a copy only if it spanned nodes), valid
     /// until the handler returns.
     public let payload: UnsafeRawBufferPointer
+    /// The connection the request came on, owned by its server: answer on it (``Connection/send(_:)``), never close it from a worker.
     public let connection: Connection
     var responded = false
 
@@ -56,9 +58,13 @@ public struct FrameRequest {
 /// Answers one request later, from any thread (``Connection/send(_:)``: one lock, no copy of the
 /// staged frame).
 public struct FrameResponder: Sendable {
+    /// The id of the request this responder answers.
     public let id: UInt64
     let connection: Connection
 
+    /// Sends `bytes` as the answer (`kind` `.error` for a failed request). Copies `bytes` once into a
+    /// frame of its own and hands it to the connection's loop; safe from any thread, and a no-op once
+    /// the connection has closed.
     public func respond(_ bytes: [UInt8], kind: Frame.Kind = .response) {
         let frame = LinkBuffer()
         bytes.withUnsafeBytes { Frame.write(id: id, kind: kind, payload: $0, to: frame) }

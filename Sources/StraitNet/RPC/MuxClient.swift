@@ -38,6 +38,8 @@ public final class MuxClient: TimerTarget, @unchecked Sendable {
         let completion: Completion
     }
 
+    /// The loop the client's connection runs on: every completion is called there, so a completion
+    /// must not block.
     public let loop: EventLoop
     let maximumLength: Int
     @exclusivity(unchecked) private var connection: Connection?
@@ -201,12 +203,14 @@ public final class MuxClient: TimerTarget, @unchecked Sendable {
 /// A small, fixed set of ``MuxClient``s to one address, used round robin; a client whose connection
 /// closed is replaced on next use. The pool owns its clients: ``close()`` closes them.
 public final class MuxPool: Sendable {
+    /// Where every client of the pool connects.
     public let address: SocketAddress
     let dialer: Dialer
     let connectTimeout: Duration
     private let clients: Mutex<[MuxClient?]>
     private let cursor = ManagedAtomic<Int>(0)
 
+    /// A pool of `size` clients to `address`, opened with `dialer` on first use (none connects here).
     public init(address: SocketAddress, dialer: Dialer, size: Int = 4, connectTimeout: Duration = .seconds(5)) {
         precondition(size > 0)
         self.address = address

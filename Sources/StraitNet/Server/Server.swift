@@ -14,9 +14,13 @@ public struct ServerConfiguration: Sendable {
     /// One `SO_REUSEPORT` listener per loop, each accepting into its own loop, instead of one main
     /// reactor spreading connections over all loops. TCP only.
     public var reusePort = false
+    /// The kernel's accept-queue length for each listener (`listen(2)`'s backlog): connections past
+    /// it wait in SYN retries, so size it for the bursts a server must absorb.
     public var backlog = 1024
+    /// Where the server reports accept failures and drops; swift-log's default handler unless set.
     public var logger = Logger(label: "strait.net.server")
 
+    /// One listener, backlog 1024, no `SO_REUSEPORT`.
     public init() {}
 }
 
@@ -31,6 +35,8 @@ public struct ServerConfiguration: Sendable {
 /// `shutdown` before the group's; a server still running when its group stops has its connections
 /// closed with ``CloseReason/shutdown``.
 public final class Server: ConnectionOwner, @unchecked Sendable {
+    /// The loops the server's acceptors and connections run on. The server does not own the group:
+    /// shut the server down before the group.
     public let group: EventLoopGroup
     /// The address the server listens on (with the kernel's port when port 0 was asked for).
     public let address: SocketAddress

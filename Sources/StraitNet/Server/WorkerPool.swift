@@ -12,6 +12,7 @@ import Glibc
 /// holds more entries than there are connections. Jobs are connections, not closures: queueing one
 /// allocates nothing once the queue has grown. The pool's threads end at ``shutdown()``.
 public final class WorkerPool: @unchecked Sendable {
+    /// How many threads run jobs; fixed at start.
     public let threadCount: Int
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
@@ -19,6 +20,8 @@ public final class WorkerPool: @unchecked Sendable {
     private var stopping = false
     private var threads: [pthread_t] = []
 
+    /// Starts `threadCount` threads (each blocked on the pool's condition variable while idle, no CPU);
+    /// the pool owns them until ``shutdown()``.
     public init(threadCount: Int) {
         precondition(threadCount > 0, "a worker pool needs at least one thread")
         self.threadCount = threadCount

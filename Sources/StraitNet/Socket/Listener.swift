@@ -10,6 +10,8 @@ import Glibc
 /// A listener never handed to a server is closed by ``close()``. For a Unix socket the path is
 /// unlinked before binding (a stale file from an earlier run) and again on close.
 public final class Listener: Sendable {
+    /// The listening socket, owned by this listener (or by the ``Server`` it was handed to), which
+    /// closes it; others may look at it (cookies, options) but never close it.
     public let fd: CInt
     /// The bound address; for TCP port 0, the port the kernel chose.
     public let address: SocketAddress

@@ -31,7 +31,9 @@ import Glibc
 ///
 /// An offer serves takers one at a time until one confirms: a taker that gives up or dies before
 /// `ready` (a successor with a bad configuration, say) changes nothing, and the next one is served.
-/// Every wait has a deadline and ends with a `timedOut` error that says what was awaited.
+/// Every wait has a deadline and ends with ``HandOverError/timedOut(path:awaiting:timeout:)``,
+/// which says what was awaited. Failures are ``HandOverError``s: a failed system call keeps its
+/// errno (``HandOverError/system(_:)``), and the protocol's own failures have cases of their own.
 public enum ListenerHandOver {
     /// The protocol version in every header; a peer speaking another is refused with both named.
     static let version = 2
@@ -46,8 +48,10 @@ public enum ListenerHandOver {
         /// Descriptors made for this one hand-over (duplicates of BPF maps, say), owned by the
         /// package: closed once sent, or when the send fails.
         public var extras: OwnedDescriptors
+        /// Free text for the taker (JSON naming the extras, say), sent after the header line.
         public var note: String
 
+        /// A package lending `listeners` and owning `extras` (closed once sent).
         public init(listeners: [CInt], extras: consuming OwnedDescriptors = OwnedDescriptors(), note: String = "") {
             self.listeners = listeners
             self.extras = extras
@@ -69,20 +73,18 @@ public enum ListenerHandOver {
     /// Connects to the offer at `path` and takes its descriptors. The caller owns the listeners and
     /// extras in the receipt: adopt the listeners into a server, then call ``Receipt/confirm(timeout:)``
     /// so the old process stops accepting. Waits at most `timeout` for the offer's answer; throws
-    /// `ENOENT`/`ECONNREFUSED` with a sentence when nothing offers at `path`.
-    public static func take(from path: String, timeout: Duration = .seconds(5)) throws(SystemCallError) -> Receipt {
+    /// ``HandOverError/nothingOffers(path:_:)`` when nothing offers at `path`.
+    public static func take(from path: String, timeout: Duration = .seconds(5)) throws(HandOverError) -> Receipt {
         let control = try connect(to: path, timeout: timeout)
-        try SocketCall.send(control.rawValue, bytes: Array("take".utf8), descriptors: [])
-        var message = try receive(control, timeout: timeout, awaiting: "listeners from the process offering at \(path)")
+        try send(control, "take")
+        var message = try receive(control, path: path, timeout: timeout, awaiting: "listeners from the process offering there")
         let text = String(decoding: message.bytes, as: UTF8.self)
         let header = text.prefix { $0 != "\n" }.split(separator: " ")
         guard header.count == 5, header[0] == "strait-handover", header[1] == "\(version)",
             let listenerCount = Int(header[2]), let extraCount = Int(header[3]), let offerCount = Int(header[4]),
             offerCount <= 1, listenerCount + extraCount + offerCount == message.descriptors.count
         else {
-            throw SystemCallError(
-                "listener hand-over from \(path): expected 'strait-handover \(version) …', got '\(text.prefix(40))' (a different Strait version? restart with the same binary first)",
-                .badMessage)
+            throw .unexpectedAnswer(path: path, expected: "'strait-handover \(version) …' and its descriptors", answer: String(text.prefix(40)))
         }
         let note = text.firstIndex(of: "\n").map { String(text[text.index(after: $0)...]) } ?? ""
         let listeners = message.descriptors.takeFirst(listenerCount)
@@ -93,24 +95,25 @@ public enum ListenerHandOver {
     /// The process offering at `path` now (it answers `"who"`), or nil when nothing does: no file,
     /// or a socket file left by a process that has exited. Throws when `path` is not a socket, or
     /// when something accepts there but does not answer within `timeout`.
-    public static func owner(of path: String, timeout: Duration = .seconds(2)) throws(SystemCallError) -> pid_t? {
+    public static func owner(of path: String, timeout: Duration = .seconds(2)) throws(HandOverError) -> pid_t? {
         try status(of: path, timeout: timeout)?.pid
     }
 
     /// What the offer at `path` says about itself (see ``OfferStatus``), or nil when nothing offers
     /// there; throws as ``owner(of:timeout:)`` does.
-    public static func status(of path: String, timeout: Duration = .seconds(2)) throws(SystemCallError) -> OfferStatus? {
+    public static func status(of path: String, timeout: Duration = .seconds(2)) throws(HandOverError) -> OfferStatus? {
         let control: OwnedDescriptor
         do {
             control = try connect(to: path, timeout: timeout)
-        } catch where error.errno == .noSuchFileOrDirectory || error.errno == .connectionRefused {
-            return nil
+        } catch {
+            if case .nothingOffers = error { return nil }
+            throw error
         }
-        try SocketCall.send(control.rawValue, bytes: Array("who".utf8), descriptors: [])
-        let text = String(decoding: try receive(control, timeout: timeout, awaiting: "answer from the process listening at \(path)").bytes, as: UTF8.self)
+        try send(control, "who")
+        let text = String(decoding: try receive(control, path: path, timeout: timeout, awaiting: "answer from the process listening there").bytes, as: UTF8.self)
         let words = text.prefix { $0 != "\n" }.split(separator: " ")
         guard words.count == 4 || words.count == 6, words[0] == "strait-handover", words[2] == "pid", let pid = pid_t(words[3]) else {
-            throw SystemCallError("listener hand-over: \(path) answered '\(text.prefix(40))', not a Strait offer", .badMessage)
+            throw .unexpectedAnswer(path: path, expected: "a Strait offer's 'strait-handover \(version) pid …'", answer: String(text.prefix(40)))
         }
         let failed = words.count == 6 && words[4] == "failed" ? Int(words[5]) ?? 0 : 0
         let last = text.firstIndex(of: "\n").map { String(text[text.index(after: $0)...]) } ?? ""
@@ -118,36 +121,53 @@ public enum ListenerHandOver {
     }
 
     /// A blocking `SOCK_SEQPACKET` connection to `path`, with sends bounded by `timeout`.
-    private static func connect(to path: String, timeout: Duration) throws(SystemCallError) -> OwnedDescriptor {
+    private static func connect(to path: String, timeout: Duration) throws(HandOverError) -> OwnedDescriptor {
         var info = stat()
         if stat(path, &info) == 0 && (info.st_mode & S_IFMT) != S_IFSOCK {
-            throw SystemCallError("listener hand-over: \(path) exists and is not a socket", .notSocket)
+            throw .notASocket(path: path)
         }
-        let socket = OwnedDescriptor(taking: try SocketCall.socket(domain: AF_UNIX, type: CInt(SOCK_SEQPACKET.rawValue)))
-        let fd = socket.rawValue
-        try SocketCall.setNonBlocking(fd, false)
-        var value = timeval(tv_sec: Int(timeout.components.seconds), tv_usec: Int(timeout.components.attoseconds / 1_000_000_000_000))
-        try systemCall("setsockopt(SO_SNDTIMEO)") { setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &value, socklen_t(MemoryLayout<timeval>.size)) }
-        do {
-            try SocketAddress.unix(path: path).withSockaddr { address, length throws(SystemCallError) in
-                _ = try SocketCall.connect(fd, address, length)
-            }
-        } catch where error.errno == .noSuchFileOrDirectory {
-            throw SystemCallError("listener hand-over: nothing offers at \(path) (no such socket; is the old process running with this path?)", error.errno)
-        } catch where error.errno == .connectionRefused {
-            throw SystemCallError("listener hand-over: nothing offers at \(path) any more (the process that made it has exited)", error.errno)
+        let socket = try system { () throws(SystemCallError) in
+            let socket = OwnedDescriptor(taking: try SocketCall.socket(domain: AF_UNIX, type: CInt(SOCK_SEQPACKET.rawValue)))
+            let fd = socket.rawValue
+            try SocketCall.setNonBlocking(fd, false)
+            var value = timeval(tv_sec: Int(timeout.components.seconds), tv_usec: Int(timeout.components.attoseconds / 1_000_000_000_000))
+            try systemCall("setsockopt(SO_SNDTIMEO)") { setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &value, socklen_t(MemoryLayout<timeval>.size)) }
+            return socket
+        }
+        do throws(SystemCallError) {
+            try SocketCall.connect(socket.rawValue, to: .unix(path: path))
+        } catch where error.errno == .noSuchFileOrDirectory || error.errno == .connectionRefused {
+            throw .nothingOffers(path: path, error)
+        } catch {
+            throw .system(error)
         }
         return socket
     }
 
-    /// One message from `socket`, waiting at most `timeout` for it; `timedOut` names what was
-    /// awaited. An empty message is the peer closing. The caller owns the descriptors that came
-    /// with it (dropping the list closes any it does not take).
-    static func receive(_ socket: borrowing OwnedDescriptor, timeout: Duration, awaiting what: String) throws(SystemCallError) -> Message {
-        guard try SocketCall.waitReadable([socket.rawValue], timeout: timeout) != nil else {
-            throw SystemCallError("listener hand-over: no \(what) within \(timeout)", .timedOut)
+    /// Runs `body`, turning its failed system call into ``HandOverError/system(_:)``.
+    static func system<Value: ~Copyable>(_ body: () throws(SystemCallError) -> Value) throws(HandOverError) -> Value {
+        do throws(SystemCallError) {
+            return try body()
+        } catch {
+            throw .system(error)
         }
-        let (bytes, descriptors) = try SocketCall.receive(socket.rawValue, capacity: 65536)
+    }
+
+    /// Sends `text` (a message with no descriptors) on the exchange's socket.
+    static func send(_ socket: borrowing OwnedDescriptor, _ text: String) throws(HandOverError) {
+        let fd = socket.rawValue
+        try system { () throws(SystemCallError) in try SocketCall.send(fd, bytes: Array(text.utf8), descriptors: []) }
+    }
+
+    /// One message from `socket`, waiting at most `timeout` for it; ``HandOverError/timedOut(path:awaiting:timeout:)``
+    /// names what was awaited. An empty message is the peer closing. The caller owns the
+    /// descriptors that came with it (dropping the list closes any it does not take).
+    static func receive(_ socket: borrowing OwnedDescriptor, path: String, timeout: Duration, awaiting what: String) throws(HandOverError) -> Message {
+        let fd = socket.rawValue
+        guard try system({ () throws(SystemCallError) in try SocketCall.waitReadable([fd], timeout: timeout) }) != nil else {
+            throw .timedOut(path: path, awaiting: what, timeout: timeout)
+        }
+        let (bytes, descriptors) = try system { () throws(SystemCallError) in try SocketCall.receive(fd, capacity: 65536) }
         return Message(bytes: bytes, descriptors: OwnedDescriptors(taking: descriptors))
     }
 
@@ -168,6 +188,7 @@ public enum ListenerHandOver {
         /// server), to look at (cookies, addresses). Owned by the receipt until
         /// ``takeListeners()`` or ``adoptListeners()``; never close them directly.
         public let listenerDescriptors: [CInt]
+        /// The offerer's note (``Package/note``).
         public let note: String
         private let listeners: Mutex<OwnedDescriptors>
         private let extras: Mutex<OwnedDescriptors>
@@ -199,7 +220,7 @@ public enum ListenerHandOver {
 
         /// The listeners as ``Listener``s for a ``Server``, which owns them from here on. On an
         /// error, the ones not yet adopted are closed.
-        public func adoptListeners() throws(SystemCallError) -> [Listener] {
+        public func adoptListeners() throws(HandOverError) -> [Listener] {
             var taken = takeListeners()
             var adopted: [Listener] = []
             do {
@@ -214,13 +235,13 @@ public enum ListenerHandOver {
 
         /// Tells the old process that this one accepts on the listeners now, and waits (at most
         /// `timeout`) until it has stopped accepting. Call after the new server is running.
-        public func confirm(timeout: Duration = .seconds(10)) throws(SystemCallError) {
+        public func confirm(timeout: Duration = .seconds(10)) throws(HandOverError) {
             guard !confirmed else { return }
             confirmed = true
-            try SocketCall.send(control.rawValue, bytes: Array("ready".utf8), descriptors: [])
-            let answer = try receive(control, timeout: timeout, awaiting: "'stopping' from the old process at \(path)").bytes
+            try send(control, "ready")
+            let answer = try receive(control, path: path, timeout: timeout, awaiting: "'stopping' from the old process").bytes
             guard answer == Array("stopping".utf8) else {
-                throw SystemCallError("listener hand-over: old process answered '\(String(decoding: answer, as: UTF8.self))'", .badMessage)
+                throw .unexpectedAnswer(path: path, expected: "'stopping'", answer: String(decoding: answer.prefix(40), as: UTF8.self))
             }
         }
     }
@@ -235,6 +256,7 @@ public enum ListenerHandOver {
     /// its descriptor the moment the successor confirmed, so every later client (a `"who"`, the
     /// next taker) can only reach the successor, and ``close()`` does not unlink the path.
     public final class Offer: @unchecked Sendable {
+        /// The Unix socket path the offer listens at.
         public let path: String
         /// This process's descriptor of the offer socket, shared with the thread; dropped (closed)
         /// when a successor confirms, or by ``close()``.
@@ -249,7 +271,7 @@ public enum ListenerHandOver {
         private let failures = FailureRecord()
 
         final class OutcomeBox: Sendable {
-            let value = Mutex<Result<Void, SystemCallError>?>(nil)
+            let value = Mutex<Result<Void, HandOverError>?>(nil)
         }
 
         /// The offer socket while this process holds it: the thread reads its number, and closes it
@@ -273,18 +295,19 @@ public enum ListenerHandOver {
         /// same path), the offer goes on accepting on the socket that came with it, so the path
         /// never changes hands between processes. Otherwise the offer binds a fresh socket beside
         /// `path` and renames it over `path` in one step; it refuses, with `EADDRINUSE` and the
-        /// other process's pid, when a live offer already answers there.
+        /// other process's pid, when a live offer already answers there
+        /// (``HandOverError/pathInUse(path:owner:)``).
         public init(
             path: String, continuing receipt: Receipt? = nil, package: @escaping @Sendable () -> Package,
-            stopAccepting: @escaping @Sendable () -> Void, takerFailed: @escaping @Sendable (SystemCallError) -> Void = { _ in }
-        ) throws(SystemCallError) {
+            stopAccepting: @escaping @Sendable () -> Void, takerFailed: @escaping @Sendable (HandOverError) -> Void = { _ in }
+        ) throws(HandOverError) {
             self.path = path
             if receipt?.path == path, let inherited = receipt?.takeOfferSocket() {
                 socket = SharedSocket(inherited)
             } else {
                 socket = SharedSocket(try Self.bindFresh(at: path))
             }
-            let pipe = try RelayCall.pipe(size: 4096)
+            let pipe = try ListenerHandOver.system { () throws(SystemCallError) in try RelayCall.pipe(size: 4096) }
             wakeRead = OwnedDescriptor(taking: pipe.read)
             wakeWrite = OwnedDescriptor(taking: pipe.write)
             inode = Self.inode(of: path) ?? 0
@@ -293,7 +316,7 @@ public enum ListenerHandOver {
             let started = EventLoopGroup.startThread(name: "strait-handover") {
                 // Recorded as soon as this process stopped accepting, before the successor hears it.
                 let handedOver = { result.value.withLock { $0 = .success(()) } }
-                let outcome = Result { () throws(SystemCallError) in
+                let outcome = Result { () throws(HandOverError) in
                     try Self.serve(
                         socket.rawValue, wake: wake, path: path, package: package, failures: failures,
                         confirmed: {
@@ -314,7 +337,7 @@ public enum ListenerHandOver {
 
         /// nil while offering; `.success` once a successor took over; a failure if the offer's
         /// socket broke (or it was closed).
-        public var outcome: Result<Void, SystemCallError>? { result.value.withLock { $0 } }
+        public var outcome: Result<Void, HandOverError>? { result.value.withLock { $0 } }
 
         /// Whether a successor took the listeners (and this offer's socket).
         public var handedOver: Bool { if case .success = outcome { true } else { false } }
@@ -345,26 +368,26 @@ public enum ListenerHandOver {
         /// A new listening socket at `path`: refused if a live offer answers there; otherwise bound
         /// at a private name in the same directory and renamed over `path` (replacing a stale file
         /// from a process that exited, with no moment where `path` is missing).
-        private static func bindFresh(at path: String) throws(SystemCallError) -> OwnedDescriptor {
+        private static func bindFresh(at path: String) throws(HandOverError) -> OwnedDescriptor {
             let current: pid_t?
             do {
                 current = try ListenerHandOver.owner(of: path)
-            } catch where error.errno == .timedOut {
-                throw SystemCallError("listener hand-over: a process accepts at \(path) but does not answer; give this process another path", .addressInUse)
+            } catch {
+                if case .timedOut = error { throw .pathInUse(path: path, owner: nil) }
+                throw error
             }
-            if let current {
-                throw SystemCallError(
-                    "listener hand-over: process \(current) already offers at \(path); give this process another path (or stop that one, or restart it instead)",
-                    .addressInUse)
-            }
+            if let current { throw .pathInUse(path: path, owner: current) }
+            return try system { () throws(SystemCallError) in try bindFresh(beside: path) }
+        }
+
+        /// A listening socket bound at a private name beside `path`, then renamed over it.
+        private static func bindFresh(beside path: String) throws(SystemCallError) -> OwnedDescriptor {
             let fresh = "\(path).\(getpid()).new"
             try SocketCall.unlinkIfPresent(fresh)
             let socket = OwnedDescriptor(taking: try SocketCall.socket(domain: AF_UNIX, type: CInt(SOCK_SEQPACKET.rawValue)))
             do throws(SystemCallError) {
                 try SocketCall.setNonBlocking(socket.rawValue, false)
-                try SocketAddress.unix(path: fresh).withSockaddr { address, length throws(SystemCallError) in
-                    try SocketCall.bind(socket.rawValue, address, length)
-                }
+                try SocketCall.bind(socket.rawValue, to: .unix(path: fresh))
                 _ = chmod(fresh, 0o600)
                 try SocketCall.listen(socket.rawValue, backlog: 16)
                 try SocketCall.rename(fresh, to: path)
@@ -376,22 +399,24 @@ public enum ListenerHandOver {
         }
 
         /// The offer's thread: serves one client at a time until a hand-over completes (returns)
-        /// or the offer is cancelled (throws `ECANCELED`).
+        /// or the offer is cancelled (throws ``HandOverError/cancelled(path:)``).
         private static func serve(
             _ listener: CInt, wake: CInt, path: String, package: () -> Package, failures: FailureRecord, confirmed: () -> Void,
-            takerFailed: (SystemCallError) -> Void
-        ) throws(SystemCallError) {
+            takerFailed: (HandOverError) -> Void
+        ) throws(HandOverError) {
             while true {
-                guard try SocketCall.waitReadable([listener, wake], timeout: nil) == 0 else {
-                    throw SystemCallError("listener hand-over at \(path): offer closed", .canceled)
+                guard try system({ () throws(SystemCallError) in try SocketCall.waitReadable([listener, wake], timeout: nil) }) == 0 else {
+                    throw .cancelled(path: path)
                 }
                 let control: OwnedDescriptor
                 do throws(SystemCallError) {
                     control = OwnedDescriptor(taking: try systemCall("accept(hand-over)") { accept(listener, nil, nil) })
                 } catch where error.errno == .tooManyOpenFiles || error.errno == .tooManyOpenFilesInSystem || error.errno == .noBufferSpace {
-                    takerFailed(error)
+                    takerFailed(.system(error))
                     usleep(100_000)  // no descriptor to accept into: let the process free some
                     continue
+                } catch {
+                    throw .system(error)
                 }
                 do {
                     if try serveOne(control, path: path, listener: listener, package: package, failures: failures, confirmed: confirmed) { return }
@@ -405,27 +430,29 @@ public enum ListenerHandOver {
         /// and this process stopped accepting.
         private static func serveOne(
             _ control: borrowing OwnedDescriptor, path: String, listener: CInt, package: () -> Package, failures: FailureRecord, confirmed: () -> Void
-        ) throws(SystemCallError) -> Bool {
-            let request = try receive(control, timeout: .seconds(5), awaiting: "request from the client at \(path)").bytes
+        ) throws(HandOverError) -> Bool {
+            let request = try receive(control, path: path, timeout: .seconds(5), awaiting: "request from the client").bytes
             if request.isEmpty { return false }  // a client that only checked whether the offer is live
             if request == Array("who".utf8) {
                 let (count, last) = failures.value.withLock { $0 }
-                try SocketCall.send(control.rawValue, bytes: Array("strait-handover \(version) pid \(getpid()) failed \(count)\n\(last)".utf8), descriptors: [])
+                try send(control, "strait-handover \(version) pid \(getpid()) failed \(count)\n\(last)")
                 return false
             }
-            guard request == Array("take".utf8) else { throw SystemCallError("listener hand-over at \(path): unexpected request", .badMessage) }
+            guard request == Array("take".utf8) else {
+                throw .unexpectedAnswer(path: path, expected: "the request 'take' or 'who'", answer: String(decoding: request.prefix(40), as: UTF8.self))
+            }
             let offered = package()
             let header = "strait-handover \(version) \(offered.listeners.count) \(offered.extras.count) 1\n\(offered.note)"
-            try SocketCall.send(control.rawValue, bytes: Array(header.utf8), descriptors: offered.listeners + offered.extras.rawValues + [listener])
+            let descriptors = offered.listeners + offered.extras.rawValues + [listener]
+            let fd = control.rawValue
+            try system { () throws(SystemCallError) in try SocketCall.send(fd, bytes: Array(header.utf8), descriptors: descriptors) }
             _ = consume offered  // the extras made for this taker are closed: it has its own now
             // The successor starts its server (binding new listeners, loading programs) before it confirms.
-            let ready = try receive(control, timeout: .seconds(60), awaiting: "confirmation from the new process").bytes
-            guard ready == Array("ready".utf8) else {
-                throw SystemCallError("listener hand-over at \(path): the new process gave up before confirming; this process goes on serving", .connectionAbort)
-            }
+            let ready = try receive(control, path: path, timeout: .seconds(60), awaiting: "confirmation from the new process").bytes
+            guard ready == Array("ready".utf8) else { throw .takerGaveUp(path: path) }
             confirmed()
             // The hand-over is done from here on; a successor gone before hearing it changes nothing.
-            try? SocketCall.send(control.rawValue, bytes: Array("stopping".utf8), descriptors: [])
+            try? send(control, "stopping")
             return true
         }
     }
@@ -441,7 +468,7 @@ extension Server {
     public func offerHandOver(
         at path: String, continuing receipt: ListenerHandOver.Receipt? = nil, note: String = "",
         idleGrace: Duration = .milliseconds(500), drainDeadline: Duration, drained: @escaping @Sendable () -> Void = {}
-    ) throws(SystemCallError) -> ListenerHandOver.Offer {
+    ) throws(HandOverError) -> ListenerHandOver.Offer {
         let listeners = listenerDescriptors
         return try ListenerHandOver.Offer(
             path: path, continuing: receipt,

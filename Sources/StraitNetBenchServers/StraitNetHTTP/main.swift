@@ -1,8 +1,9 @@
 // HTTP/1.1 plaintext server on StraitNet for `strait bench net`: `GET /` (any request, in fact)
 // gets 200 "Hello, World!" on a kept-alive connection.
 // Usage: straitnet-http PORT [LOOPS] [--count-allocations] [--pin-loops]
-// --pin-loops pins loop i to CPU i (EventLoopGroup.Placement.onePerCPU); off by default, as in `strait bench net`.
-import BenchAllocationCounter
+// --pin-loops pins loop i to CPU i modulo the core count (EventLoopGroup.Placement.onePerCPU, the
+// rule swiftnio-http's --pin-loops follows through LoopPinning); `strait bench net` passes it to both.
+import BenchServerSupport
 import StraitNet
 import StraitSystem
 
@@ -39,11 +40,11 @@ let handlers = ConnectionHandlers(onRequest: { connection in
 })
 
 try? ResourceLimits.raiseOpenFilesToHard()  // the server owns this process
-let placement: EventLoopGroup.Placement = arguments.contains("--pin-loops") ? .onePerCPU : .anywhere
+let placement: EventLoopGroup.Placement = LoopPinning.requested(arguments) ? .onePerCPU : .anywhere
 let group = try EventLoopGroup(loopCount: loops, placement: placement)
 var configuration = ServerConfiguration()
 configuration.backlog = 4096
 let server = try Server(address: .loopback(port: port), group: group, configuration: configuration, handlers: handlers)
-print("straitnet-http listening on \(server.address) with \(loops) loops")
+print("straitnet-http listening on \(server.address) with \(loops) loops\(placement == .onePerCPU ? ", pinned" : "")")
 // Runs until killed (the benchmark runner sends SIGTERM).
 while true { pause() }

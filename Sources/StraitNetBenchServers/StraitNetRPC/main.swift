@@ -7,7 +7,7 @@
 //       request, waits for its response (borrowed, not copied), records the latency and sends the next. The first fifth of
 //       the run (at most 1 s) is warm-up and not recorded. Prints one JSON line:
 //       {"calls":N,"seconds":S,"qps":Q,"p50_us":A,"p99_us":B,"errors":E}
-import BenchAllocationCounter
+import BenchServerSupport
 import Dispatch
 import Histogram
 import StraitNet

@@ -1,6 +1,8 @@
 // The SwiftNIO peer of straitnet-http: NIOPosix + NIOHTTP1, same response, same thread count.
-// Usage: swiftnio-http PORT [THREADS] [--count-allocations]
-import BenchAllocationCounter
+// Usage: swiftnio-http PORT [THREADS] [--count-allocations] [--pin-loops]
+// --pin-loops pins NIO thread i to CPU i modulo the core count (LoopPinning), as straitnet-http's
+// --pin-loops does with StraitNet's EventLoopGroup.Placement.onePerCPU.
+import BenchServerSupport
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -36,6 +38,12 @@ final class HelloHandler: ChannelInboundHandler, Sendable {
 }
 
 let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+if LoopPinning.requested(arguments) {
+    // Each NIO event loop owns one thread: a task submitted to loop i runs on it and pins it.
+    for (index, loop) in group.makeIterator().enumerated() {
+        try loop.submit { LoopPinning.pinCurrentThread(loop: index) }.wait()
+    }
+}
 let channel = try ServerBootstrap(group: group)
     .serverChannelOption(.backlog, value: 4096)
     .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -48,5 +56,5 @@ let channel = try ServerBootstrap(group: group)
     }
     .bind(host: "127.0.0.1", port: port)
     .wait()
-print("swiftnio-http listening on \(channel.localAddress!) with \(threads) threads")
+print("swiftnio-http listening on \(channel.localAddress!) with \(threads) threads\(LoopPinning.requested(arguments) ? ", pinned" : "")")
 try channel.closeFuture.wait()

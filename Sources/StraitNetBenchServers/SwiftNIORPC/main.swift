@@ -6,7 +6,7 @@
 //   swiftnio-rpc load PORT PAYLOAD_BYTES CALLERS SECONDS
 //       CALLERS closed-loop callers multiplexed over one channel on one event loop, requests matched
 //       to callers by id; same warm-up and JSON line as `straitnet-rpc load`.
-import BenchAllocationCounter
+import BenchServerSupport
 import Histogram
 import NIOCore
 import NIOPosix

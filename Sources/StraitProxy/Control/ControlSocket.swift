@@ -57,8 +57,13 @@ public final class ControlSocket: @unchecked Sendable {
 
     /// Answers with `controller` on `descriptor`, the listening control socket a predecessor handed
     /// over (the one `path` names); owns it from here on. Binds nothing and renames nothing.
-    public convenience init(adopting descriptor: consuming OwnedDescriptor, path: String, controller: ProxyController) throws(SystemCallError) {
-        try self.init(listener: try Listener.adopt(descriptor), path: path, controller: controller)
+    public convenience init(adopting descriptor: consuming OwnedDescriptor, path: String, controller: ProxyController) throws(HandOverError) {
+        let listener = try Listener.adopt(descriptor)
+        do throws(SystemCallError) {
+            try self.init(listener: listener, path: path, controller: controller)
+        } catch {
+            throw .system(error)
+        }
     }
 
     /// Serves `listener`, which `path` names; closes it on an error.
@@ -190,7 +195,7 @@ public final class ControlSocket: @unchecked Sendable {
         let fd = try SocketCall.socket(domain: AF_UNIX, type: CInt(SOCK_STREAM.rawValue))
         do {
             try SocketCall.setNonBlocking(fd, false)
-            try SocketAddress.unix(path: path).withSockaddr { address, length throws(SystemCallError) in _ = try SocketCall.connect(fd, address, length) }
+            try SocketCall.connect(fd, to: .unix(path: path))
             return fd
         } catch {
             closeDescriptor(fd)

@@ -126,7 +126,7 @@ public final class HealthChecker<Key: Hashable & Sendable>: @unchecked Sendable 
         do {
             let fd = try SocketCall.socket(domain: probe.target.address.domain, type: CInt(SOCK_STREAM.rawValue))
             probe.socket = fd
-            let immediate = try probe.target.address.withSockaddr { pointer, length throws(SystemCallError) in try SocketCall.connect(fd, pointer, length) }
+            let immediate = try SocketCall.connect(fd, to: probe.target.address)
             if immediate {
                 record(probe, success: true)
                 return

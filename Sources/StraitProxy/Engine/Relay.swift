@@ -154,7 +154,7 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
         do throws(SystemCallError) {
             upstream = try SocketCall.socket(domain: chosen.address.domain, type: CInt(SOCK_STREAM.rawValue))
             try? SocketCall.setOption(upstream, level: CInt(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
-            _ = try chosen.address.withSockaddr { pointer, length throws(SystemCallError) in try SocketCall.connect(upstream, pointer, length) }
+            _ = try SocketCall.connect(upstream, to: chosen.address)
             upstreamRegistration = try loop.register(descriptor: upstream, interest: .writable, handler: self)
         } catch {
             context.logger.debug("connect to \(chosen.address) failed at once: \(error)")

@@ -110,9 +110,10 @@ public final class EndpointForwarder: @unchecked Sendable {
     /// `maxInFlight` bounds what an endpoint may park in the other endpoint's receive queue.
     public func arm(clientSide: CInt, upstreamSide: CInt, forwardedUp: UInt64, forwardedDown: UInt64, maxInFlight: Int) throws(ProxyError) -> Route {
         var route: Route
+        let (clientKey, upstreamKey) = (try Self.remoteEndpointKey(of: clientSide), try Self.remoteEndpointKey(of: upstreamSide))
         do {
             route = Route(
-                clientKey: try Self.remoteEndpointKey(of: clientSide), upstreamKey: try Self.remoteEndpointKey(of: upstreamSide),
+                clientKey: clientKey, upstreamKey: upstreamKey,
                 clientSideCookie: try SocketCall.cookie(clientSide), upstreamSideCookie: try SocketCall.cookie(upstreamSide),
                 clientTracked: false, upstreamTracked: false, maxInFlight: UInt32(clamping: maxInFlight))
         } catch {
@@ -192,13 +193,20 @@ public final class EndpointForwarder: @unchecked Sendable {
 
     /// The key the endpoint at the far end of `fd` (a proxy socket) has for its own socket: its
     /// address first, the proxy socket's address second, in the proxy socket's namespace.
-    static func remoteEndpointKey(of fd: CInt) throws(SystemCallError) -> strait_sock_key {
-        let local = try SocketAddress.local(of: fd)
-        guard let peer = SocketAddress.peer(of: fd), case .ip(let peerIP, let peerPort) = peer, case .ip(let localIP, let localPort) = local else {
-            throw SystemCallError("getpeername", .socketNotConnected)
+    static func remoteEndpointKey(of fd: CInt) throws(ProxyError) -> strait_sock_key {
+        let local: SocketAddress, peer: SocketAddress, cookie: UInt64
+        do throws(SystemCallError) {
+            local = try SocketAddress.local(of: fd)
+            peer = try SocketCall.peerAddress(of: fd)  // ENOTCONN from getpeername itself
+            cookie = try RelayCall.networkNamespaceCookie(fd)
+        } catch {
+            throw .system(error)
+        }
+        guard case .ip(let peerIP, let peerPort) = peer, case .ip(let localIP, let localPort) = local else {
+            throw .endpointNotIP(address: "\(peer)")
         }
         var key = strait_sock_key()
-        key.netns_cookie = try RelayCall.networkNamespaceCookie(fd)
+        key.netns_cookie = cookie
         withUnsafeMutableBytes(of: &key.local_ip) { $0.copyBytes(from: peerIP.ipv6Mapped) }
         withUnsafeMutableBytes(of: &key.remote_ip) { $0.copyBytes(from: localIP.ipv6Mapped) }
         key.local_port = peerPort

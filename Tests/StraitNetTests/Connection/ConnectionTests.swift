@@ -248,14 +248,15 @@ struct ConnectionTests {
             do {
                 _ = try await dialer.connect(to: freed, timeout: .seconds(1), handlers: echoHandlers())
             } catch let error as NetError {
-                #expect(error == .closed(.connectFailed(SystemCallError("connect", .connectionRefused))))
+                guard case .closed(.connectFailed(let failure)) = error else { throw error }
+                #expect(failure.function == "connect" && failure.errno == .connectionRefused, "\(failure)")
             }
 
             // A listener that never accepts, its queue full: SYNs go unanswered, the dial times out.
             let full = try Listener.tcp(.loopback(), backlog: 0)
             let fillers = try (0..<4).compactMap { _ -> CInt? in
                 let fd = try SocketCall.socket(domain: AF_INET, type: CInt(SOCK_STREAM.rawValue))
-                _ = try? full.address.withSockaddr { pointer, length throws(SystemCallError) in try SocketCall.connect(fd, pointer, length) }
+                _ = try? SocketCall.connect(fd, to: full.address)
                 return fd
             }
             try await Task.sleep(for: .milliseconds(50))

@@ -19,14 +19,10 @@ final class PlainClient {
     private(set) var fd: CInt
 
     init(_ address: SocketAddress, receiveTimeout: Duration = .seconds(5)) throws {
-        let family: CInt = if case .unix = address { AF_UNIX } else { AF_INET }
-        fd = socket(family, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw SystemCallError("socket", .init(rawValue: errno)) }
+        fd = try SocketCall.socket(for: address, type: CInt(SOCK_STREAM.rawValue), nonBlocking: false)
         var timeout = timeval(tv_sec: Int(receiveTimeout.components.seconds), tv_usec: Int(receiveTimeout.components.attoseconds / 1_000_000_000_000))
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        try address.withSockaddr { pointer, length throws(SystemCallError) in
-            _ = try systemCall("connect") { Glibc.connect(fd, pointer, length) }
-        }
+        try SocketCall.connect(fd, to: address)
     }
 
     deinit { if fd >= 0 { closeDescriptor(fd) } }
@@ -48,8 +44,10 @@ final class PlainClient {
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 64 * 1024)
         while bytes.count < count {
-            let received = chunk.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress, min($0.count, count - bytes.count), 0) }
-            if received < 0 { throw SystemCallError("recv", .init(rawValue: errno)) }
+            let wanted = count - bytes.count
+            let received = try chunk.withUnsafeMutableBytes { room throws(SystemCallError) in
+                try SocketCall.receive(fd, into: UnsafeMutableRawBufferPointer(rebasing: room.prefix(wanted)))
+            }
             if received == 0 { break }
             bytes += chunk[0..<received]
         }

@@ -17,6 +17,9 @@ import Synchronization
 import Glibc
 #endif
 
+/// The one heap-allocation counter of the bench servers (every `strait bench net` server links it
+/// through BenchServerSupport). Exists once per server process, from ``fromArguments(_:)``, and
+/// lives as long as the process: its command thread holds it.
 public final class AllocationCounter: Sendable {
     /// Requests the server has answered; the server adds to it on its request path when counting.
     public let requests = Atomic<Int>(0)
@@ -58,10 +61,15 @@ public final class AllocationCounter: Sendable {
     private func startCommandThread() {
         let context = Unmanaged.passRetained(self).toOpaque()
         var thread = pthread_t()
-        pthread_create(&thread, nil, { context in
+        let result = pthread_create(&thread, nil, { context in
             Unmanaged<AllocationCounter>.fromOpaque(context!).takeRetainedValue().serveCommands()
             return nil
         }, context)
+        guard result == 0 else {
+            // Without the command thread no count would ever be reported: say so and stop.
+            writeLine("--count-allocations: cannot start the command thread (pthread_create: \(String(cString: strerror(result))))", to: 2)
+            exit(71)
+        }
         pthread_detach(thread)
     }
 
