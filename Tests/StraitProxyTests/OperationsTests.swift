@@ -495,6 +495,11 @@ struct ControlCommandTests {
             let status = try StraitProcesses.run([binary, "proxy", "status", "--json", "--handover-socket", proxy.handOver])
             let decoded = try JSONDecoder().decode(ProxyStatus.self, from: Data(status.output.utf8))
             #expect(decoded.pid == pid && decoded.lastReload?.applied == false)
+            // whoAnswers relayed a connection: the upstream's datapath mix counts it, in JSON and in text.
+            let shares = decoded.clusters.flatMap(\.upstreams).flatMap(\.datapaths.values)
+            #expect(shares.reduce(0) { $0 + $1.total } >= 1, "\(decoded.clusters)")
+            let text = try StraitProcesses.run([binary, "proxy", "status", "--handover-socket", proxy.handOver])
+            #expect(text.status == 0 && text.output.contains("datapaths (active/total): "), "\(text.output)")
             let drained = try StraitProcesses.run([binary, "proxy", "drain", "127.0.0.1:\(upstream.port)", "--handover-socket", proxy.handOver])
             #expect(drained.status == 0 && drained.output.contains("draining"), "\(drained.output)")
             #expect((try? whoAnswers(port: port)) == nil, "a drained only upstream takes no new connection")
