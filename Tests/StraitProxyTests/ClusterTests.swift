@@ -155,6 +155,7 @@ struct ClusterTests {
             var readable = pollfd(fd: queued.fd, events: Int16(POLLIN), revents: 0)
             #expect(poll(&readable, 1, 300) == 0, "no data, end of stream or reset while queued (revents \(readable.revents))")
             #expect(upstream.connections == 2, "the queued client reached no upstream")
+            for _ in 0..<500 where proxy.status().listeners.first?.atLimit != true { try await Task.sleep(for: .milliseconds(10)) }
             let listener = try #require(proxy.status().listeners.first)
             #expect(listener.atLimit && listener.active == 2 && listener.maxConnections == 2, "\(listener)")
             #expect(ProxyHarness.metric(proxy, "strait_proxy_listener_limit_reached_total", "listener=\"test\"") >= 1)

@@ -322,15 +322,17 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
         }
         userspace.toUpstream.bytesForwarded = UInt64(earlySent)  // already written by flushEarly()
         driver = userspace
+        countDatapath()  // before its first bytes move: whoever sees them sees it counted
         userspace.begin()
-        countDatapath()
+        countDatapath(settling: true)  // `auto` with a local endpoint settled on skmsg
     }
 
     /// Moves this connection's count in its upstream's ``DatapathMix`` to the datapath it runs on
-    /// now (after the start, an `auto` switch, skmsg settling). Loop thread.
-    func countDatapath() {
+    /// now (at the start, after an `auto` switch). `settling`: the datapath was only resolved as
+    /// the driver began (skmsg), so the first count is corrected rather than a switch. Loop thread.
+    func countDatapath(settling: Bool = false) {
         guard phase == .relaying, let upstreamState, let now = driver?.datapath, now != countedDatapath else { return }
-        upstreamState.datapaths.moved(from: countedDatapath, to: now)
+        upstreamState.datapaths.moved(from: countedDatapath, to: now, correcting: settling)
         countedDatapath = now
     }
 

@@ -96,12 +96,18 @@ public struct ProxyStatus: Codable, Sendable, Equatable {
 final class DatapathMix: Sendable {
     private let counts = Mutex<(shares: [Datapath: ProxyStatus.DatapathShare], switches: Int)>(([:], 0))
 
-    /// A connection now runs on `to`, having run on `from` (nil: it just started relaying).
-    func moved(from: Datapath?, to: Datapath) {
+    /// A connection now runs on `to`, having run on `from` (nil: it just started relaying);
+    /// `correcting`: it never ran on `from`, whose count is taken back rather than a switch.
+    func moved(from: Datapath?, to: Datapath, correcting: Bool = false) {
         counts.withLock { counts in
             if let from {
                 counts.shares[from]?.active -= 1
-                counts.switches += 1
+                if correcting {
+                    counts.shares[from]?.total -= 1
+                    if counts.shares[from]?.total == 0 { counts.shares[from] = nil }
+                } else {
+                    counts.switches += 1
+                }
             }
             counts.shares[to, default: ProxyStatus.DatapathShare(active: 0, total: 0)].active += 1
             counts.shares[to]?.total += 1
