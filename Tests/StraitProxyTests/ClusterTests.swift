@@ -169,6 +169,31 @@ struct ClusterTests {
         }
     }
 
+    @Test("a reload that raises max_connections serves a client already queued")
+    func connectionLimitRaised() async throws {
+        let upstream = try ThreadedUpstream(echoHandler)
+        defer { upstream.stop() }
+        var config = ProxyHarness.config(datapath: .copy, upstreams: [upstream.address])
+        config.listeners[0].maxConnections = 1
+        try await ProxyHarness.with(config) { proxy, port in
+            let first = try connectClient(port: port)
+            defer { first.close() }
+            try first.sendAll([1])
+            #expect(try first.receive(exactly: 1) == [1])
+            let queued = try connectClient(port: port, timeoutSeconds: 10)
+            defer { queued.close() }
+            try queued.sendAll([2])
+            for _ in 0..<500 where proxy.status().listeners.first?.atLimit != true { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(proxy.status().listeners.first?.atLimit == true)
+            var raised = config
+            raised.listeners[0].address = .ip(IPAddress("127.0.0.1")!, port: port)
+            raised.listeners[0].maxConnections = 2
+            try proxy.reload(raised)
+            #expect(try queued.receive(exactly: 1) == [2], "served with the first connection still open")
+            #expect(proxy.activeConnections == 2)
+        }
+    }
+
     @Test("reload with connections open drops none and routes new ones by the new config")
     func reload() async throws {
         let oldUpstream = try namedUpstream("old")

@@ -84,6 +84,12 @@ final class ListenerRuntime: Sendable {
     /// acceptors paused at the limit. One atomic subtract and load when none is paused.
     func releaseSlot() {
         active.subtract(1, ordering: .sequentiallyConsistent)
+        wakeSlotWaiters()
+    }
+
+    /// Wakes the acceptors paused at the limit (a slot was released, or a reload changed
+    /// `max_connections`); each looks at the limit again on its loop.
+    func wakeSlotWaiters() {
         guard waitingForSlot.load(ordering: .sequentiallyConsistent) > 0 else { return }
         let waiters = slotWaiters.withLock { waiters in
             defer { waiters = [] }
