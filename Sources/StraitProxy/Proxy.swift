@@ -217,6 +217,7 @@ public final class Proxy: @unchecked Sendable {
                 let settings = ListenerSettings(config: listener, cluster: cluster)
                 if listener.address.port != 0, let existing = reusable.removeValue(forKey: listener.address) {
                     existing.settings.withLock { $0 = settings }
+                    existing.wakeSlotWaiters()  // a raised `max_connections` applies to clients already queued
                     kept.append(existing)
                     next.append(existing)
                     continue

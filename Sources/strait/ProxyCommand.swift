@@ -437,7 +437,8 @@ struct ProxyStatusCommand: ParsableCommand {
         if let reason = status.sockmapUnavailable { lines.append("kernel datapath off: \(reason)") }
         lines.append("listeners:")
         for listener in status.listeners {
-            lines.append("  \(listener.name)  \(listener.address) → \(listener.cluster)  \(listener.datapath)  \(listener.active) active")
+            let limit = listener.atLimit ? "  AT LIMIT (\(listener.maxConnections), clients queue)" : ""
+            lines.append("  \(listener.name)  \(listener.address) → \(listener.cluster)  \(listener.datapath)  \(listener.active) active\(listener.acceptProxy.map { "  accept_proxy \($0)" } ?? "")\(limit)")
         }
         lines.append("clusters:")
         for cluster in status.clusters {
@@ -445,9 +446,19 @@ struct ProxyStatusCommand: ParsableCommand {
             for upstream in cluster.upstreams {
                 let extras = (upstream.backup ? ["backup"] : []) + (upstream.weight != 1 ? ["weight \(upstream.weight)"] : []) + (upstream.ejections > 0 ? ["\(upstream.ejections) ejections"] : [])
                 lines.append("    \(upstream.address)\(upstream.hostname.map { " (\($0))" } ?? "")  \(upstream.state)  \(upstream.active) active\(extras.isEmpty ? "" : "  (" + extras.joined(separator: ", ") + ")")")
+                if let mix = datapathMix(upstream) { lines.append("      \(mix)") }
             }
         }
         return lines.joined(separator: "\n")
+    }
+
+    /// `copy 1/10  sockmap 2/4  (3 auto switches)`: active/total per datapath used so far, or nil
+    /// when none was.
+    static func datapathMix(_ upstream: ProxyStatus.Upstream) -> String? {
+        guard !upstream.datapaths.isEmpty else { return nil }
+        let shares = upstream.datapaths.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value.active)/\($0.value.total)" }
+        let switches = upstream.datapathSwitches > 0 ? "  (\(upstream.datapathSwitches) auto switches)" : ""
+        return "datapaths (active/total): " + shares.joined(separator: "  ") + switches
     }
 }
 

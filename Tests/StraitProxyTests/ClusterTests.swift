@@ -138,18 +138,59 @@ struct ClusterTests {
         await server.shutdown(gracePeriod: .milliseconds(100))
     }
 
-    @Test("connections above the limit are closed at once and counted")
+    @Test("at max_connections a client waits in the listen queue, unharmed, and is served once a connection ends")
     func connectionLimit() async throws {
         let upstream = try ThreadedUpstream(echoHandler)
         defer { upstream.stop() }
         var config = ProxyHarness.config(datapath: .copy, upstreams: [upstream.address])
-        config.listeners[0].maxConnections = 3
+        config.listeners[0].maxConnections = 2
         try await ProxyHarness.with(config) { proxy, port in
-            let open = try (0..<3).map { _ in try connectClient(port: port) }
-            for client in open { try client.sendAll([1]); _ = try client.receive(exactly: 1) }
-            let extra = try connectClient(port: port, timeoutSeconds: 5)
-            #expect(receiveOnce(extra) <= 0)
-            #expect(ProxyHarness.metric(proxy, "strait_proxy_errors_total", "kind=\"limit\"") == 1)
+            let open = try (0..<2).map { _ in try connectClient(port: port) }
+            for client in open { try client.sendAll([1]); #expect(try client.receive(exactly: 1) == [1]) }
+            // The handshake completes in the kernel's backlog: connect returns, bytes can be sent.
+            let queued = try connectClient(port: port, timeoutSeconds: 1)
+            defer { queued.close() }
+            let message = Array("queued, not refused".utf8)
+            try queued.sendAll(message)
+            var readable = pollfd(fd: queued.fd, events: Int16(POLLIN), revents: 0)
+            #expect(poll(&readable, 1, 300) == 0, "no data, end of stream or reset while queued (revents \(readable.revents))")
+            #expect(upstream.connections == 2, "the queued client reached no upstream")
+            for _ in 0..<500 where proxy.status().listeners.first?.atLimit != true { try await Task.sleep(for: .milliseconds(10)) }
+            let listener = try #require(proxy.status().listeners.first)
+            #expect(listener.atLimit && listener.active == 2 && listener.maxConnections == 2, "\(listener)")
+            #expect(ProxyHarness.metric(proxy, "strait_proxy_listener_limit_reached_total", "listener=\"test\"") >= 1)
+            #expect(ProxyHarness.metric(proxy, "strait_proxy_errors_total") == 0, "nothing refused")
+            open[0].close()
+            queued.setReceiveTimeout(seconds: 10)
+            #expect(try queued.receive(exactly: message.count) == message, "served byte-exact once a slot freed")
+            try open[1].sendAll([2])
+            #expect(try open[1].receive(exactly: 1) == [2])
+            open[1].close()
+        }
+    }
+
+    @Test("a reload that raises max_connections serves a client already queued")
+    func connectionLimitRaised() async throws {
+        let upstream = try ThreadedUpstream(echoHandler)
+        defer { upstream.stop() }
+        var config = ProxyHarness.config(datapath: .copy, upstreams: [upstream.address])
+        config.listeners[0].maxConnections = 1
+        try await ProxyHarness.with(config) { proxy, port in
+            let first = try connectClient(port: port)
+            defer { first.close() }
+            try first.sendAll([1])
+            #expect(try first.receive(exactly: 1) == [1])
+            let queued = try connectClient(port: port, timeoutSeconds: 10)
+            defer { queued.close() }
+            try queued.sendAll([2])
+            for _ in 0..<500 where proxy.status().listeners.first?.atLimit != true { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(proxy.status().listeners.first?.atLimit == true)
+            var raised = config
+            raised.listeners[0].address = .ip(IPAddress("127.0.0.1")!, port: port)
+            raised.listeners[0].maxConnections = 2
+            try proxy.reload(raised)
+            #expect(try queued.receive(exactly: 1) == [2], "served with the first connection still open")
+            #expect(proxy.activeConnections == 2)
         }
     }
 

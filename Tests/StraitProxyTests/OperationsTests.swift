@@ -422,6 +422,50 @@ struct ControlTests {
             #expect(proxy.activeConnections == 1)
         }
     }
+
+    /// The status's datapath mix of the only upstream.
+    static func mix(_ proxy: Proxy) throws -> ProxyStatus.Upstream {
+        try #require(proxy.status().clusters.first?.upstreams.first)
+    }
+
+    @Test("status counts each upstream's connections by datapath, active and total", arguments: ProxyHarness.userspaceDatapaths)
+    func datapathMix(datapath: Datapath) async throws {
+        let upstream = try ThreadedUpstream(echoHandler)
+        defer { upstream.stop() }
+        try await ProxyHarness.with(ProxyHarness.config(datapath: datapath, upstreams: [upstream.address])) { proxy, port in
+            let clients = try (0..<2).map { _ in try connectClient(port: port) }
+            for client in clients { try client.sendAll([1]); #expect(try client.receive(exactly: 1) == [1]) }
+            let both = try Self.mix(proxy)
+            #expect(both.datapaths == [datapath.rawValue: .init(active: 2, total: 2)], "\(both)")
+            clients[0].close()
+            for _ in 0..<200 where try Self.mix(proxy).datapaths[datapath.rawValue]?.active != 1 { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(try Self.mix(proxy).datapaths == [datapath.rawValue: .init(active: 1, total: 2)])
+            #expect(try Self.mix(proxy).datapathSwitches == 0)
+        }
+    }
+
+    @Test("status shows auto's move from copy to sockmap", .enabled(if: KernelTestGate.enabled, Comment(rawValue: KernelTestGate.comment)))
+    func datapathMixAuto() async throws {
+        let upstream = try ThreadedUpstream(echoHandler)
+        defer { upstream.stop() }
+        try await ProxyHarness.with(ProxyHarness.config(datapath: .auto, upstreams: [upstream.address])) { proxy, port in
+            let client = try connectClient(port: port)
+            defer { client.close() }
+            // Request/response turns: auto moves such a connection to sockmap.
+            for turn in 0..<50 where try Self.mix(proxy).datapathSwitches == 0 {
+                let ping = Array("ping \(turn)".utf8)
+                try client.sendAll(ping)
+                #expect(try client.receive(exactly: ping.count) == ping)
+            }
+            let upstreamStatus = try Self.mix(proxy)
+            #expect(upstreamStatus.datapathSwitches == 1, "\(upstreamStatus)")
+            #expect(upstreamStatus.datapaths == ["copy": .init(active: 0, total: 1), "sockmap": .init(active: 1, total: 1)], "\(upstreamStatus)")
+            try client.shutdownWrite()
+            #expect(receiveOnce(client) == 0)
+            for _ in 0..<200 where try Self.mix(proxy).datapaths["sockmap"]?.active != 0 { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(try Self.mix(proxy).datapaths["sockmap"] == .init(active: 0, total: 1))
+        }
+    }
 }
 
 /// Tests that run the strait binary and signal its processes: root, as RestartTests.
@@ -451,6 +495,11 @@ struct ControlCommandTests {
             let status = try StraitProcesses.run([binary, "proxy", "status", "--json", "--handover-socket", proxy.handOver])
             let decoded = try JSONDecoder().decode(ProxyStatus.self, from: Data(status.output.utf8))
             #expect(decoded.pid == pid && decoded.lastReload?.applied == false)
+            // whoAnswers relayed a connection: the upstream's datapath mix counts it, in JSON and in text.
+            let shares = decoded.clusters.flatMap(\.upstreams).flatMap(\.datapaths.values)
+            #expect(shares.reduce(0) { $0 + $1.total } >= 1, "\(decoded.clusters)")
+            let text = try StraitProcesses.run([binary, "proxy", "status", "--handover-socket", proxy.handOver])
+            #expect(text.status == 0 && text.output.contains("datapaths (active/total): "), "\(text.output)")
             let drained = try StraitProcesses.run([binary, "proxy", "drain", "127.0.0.1:\(upstream.port)", "--handover-socket", proxy.handOver])
             #expect(drained.status == 0 && drained.output.contains("draining"), "\(drained.output)")
             #expect((try? whoAnswers(port: port)) == nil, "a drained only upstream takes no new connection")

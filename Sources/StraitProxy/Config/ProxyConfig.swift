@@ -89,7 +89,8 @@ public struct PassiveHealth: Sendable, Equatable {
     }
 }
 
-/// A PROXY protocol version a cluster sends its upstreams (`send_proxy`).
+/// A PROXY protocol version a cluster sends its upstreams (`send_proxy`) or a listener requires
+/// from its clients (`accept_proxy`).
 public enum ProxyProtocolVersion: String, Sendable, CaseIterable {
     /// The binary version 2 (``ProxyHeaderV2``).
     case v2
@@ -139,8 +140,14 @@ public struct ListenerConfig: Sendable, Equatable {
     /// Close a connection when neither side sent anything for this long (nil: never). On the
     /// sockmap datapath userspace cannot see bytes; the kernel's per-pair counters are read instead.
     public var idleTimeout: Duration?
-    /// Connections above this are accepted and closed at once, and counted.
+    /// At this many connections the listener stops accepting: further clients wait in the
+    /// kernel's listen queue (their handshake completes there) until a connection ends.
     public var maxConnections: Int
+    /// Every client must start with this PROXY protocol header (nil: none), as sent by a balancer
+    /// in front of the listener: its source address becomes the client's (balancing, access log,
+    /// `send_proxy`). The header must arrive within ``connectTimeout`` and fit in
+    /// ``ProxyHeaderReader/maximumLength`` bytes; it is never forwarded.
+    public var acceptProxy: ProxyProtocolVersion?
     /// Most bytes of one direction the kernel may hold on the way, or nil for the defaults.
     /// Sockmap: between reading them from one socket and the other socket's send buffer taking them
     /// (the psock backlog, which has no limit of its own); above it the direction is copied in
@@ -158,8 +165,9 @@ public struct ListenerConfig: Sendable, Equatable {
     public init(
         name: String, address: SocketAddress, cluster: String, datapath: Datapath = .auto,
         connectTimeout: Duration = .seconds(5), idleTimeout: Duration? = .seconds(3600), maxConnections: Int = 10_000,
-        maxInFlight: Int? = nil
+        maxInFlight: Int? = nil, acceptProxy: ProxyProtocolVersion? = nil
     ) {
+        self.acceptProxy = acceptProxy
         self.maxInFlight = maxInFlight
         self.name = name
         self.address = address

@@ -47,7 +47,8 @@ public struct ProxyConfigErrors: Error, Equatable, CustomStringConvertible {
 ///     datapath: auto            # auto | skmsg | sockmap | splice | copy
 ///     connect_timeout: 2s
 ///     idle_timeout: 1h
-///     max_connections: 10000
+///     max_connections: 10000   # then further clients wait in the listen queue
+///     accept_proxy: v2          # behind a balancer: every client starts with a PROXY v2 header
 ///     max_in_flight: 4MiB       # sockmap: bytes the kernel holds per direction before copying
 /// clusters:
 ///   - name: backend
@@ -355,7 +356,7 @@ public struct ConfigNodeReader: Sendable {
 
     func listener(_ node: Node, index: Int, mistakes: ConfigMistakes) throws(ProxyConfigError) -> ListenerConfig {
         let what = "a listener"
-        let entries = try fields(node, what, allowed: ["name", "bind", "cluster", "datapath", "connect_timeout", "idle_timeout", "max_connections", "max_in_flight"], mistakes: mistakes)
+        let entries = try fields(node, what, allowed: ["name", "bind", "cluster", "datapath", "connect_timeout", "idle_timeout", "max_connections", "max_in_flight", "accept_proxy"], mistakes: mistakes)
         let name = mistakes.attempt { () throws(ProxyConfigError) in try entries["name"].map { node throws(ProxyConfigError) in try string(node, "the listener's `name`") } ?? "listener\(index)" }
         let bind = mistakes.attempt { () throws(ProxyConfigError) in try address(try required(entries, "bind", in: node, what), "`bind`") }
         let cluster = mistakes.attempt { () throws(ProxyConfigError) in try string(try required(entries, "cluster", in: node, what), "`cluster`") }
@@ -374,6 +375,9 @@ public struct ConfigNodeReader: Sendable {
         }
         if let value = entries["max_in_flight"], let bytes = mistakes.attempt({ () throws(ProxyConfigError) in try byteSize(value, "`max_in_flight`", range: (64 << 10)...(1 << 30)) }) {
             listener.maxInFlight = bytes
+        }
+        if let value = entries["accept_proxy"], let version: ProxyProtocolVersion = mistakes.attempt({ () throws(ProxyConfigError) in try choice(value, "`accept_proxy`") }) {
+            listener.acceptProxy = version
         }
         return listener
     }

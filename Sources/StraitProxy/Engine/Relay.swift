@@ -44,13 +44,19 @@ enum RelayEnd: String {
     case noUpstream = "no_upstream"
     case clientGone = "client_gone"
     case idleTimeout = "idle_timeout"
+    /// `accept_proxy`: the client's PROXY header was malformed, truncated, oversized or late.
+    case proxyHeaderRejected = "proxy_header_rejected"
     case shutdown = "shutdown"
     case failed = "failed"
 }
 
 /// One client connection and its upstream connection, relayed on one StraitNet loop.
 ///
-/// A state machine of three phases:
+/// A state machine of four phases:
+/// - **awaitingHeader** (listeners with `accept_proxy` only): the client's PROXY header is taken
+///   off the socket (``ProxyHeaderReader``) within `connect_timeout`, and its source becomes the
+///   client's address; nothing is connected before it, and a bad header closes the client alone.
+///   Payload bytes read with it are written to the upstream first, once connected (``flushEarly()``);
 /// - **connecting**: an upstream is picked and connected to; the client is polled only for
 ///   hang-ups and errors, and `connect_timeout` runs;
 /// - **relaying**: a ``RelayDriver`` moves the bytes on the listener's datapath (``UserspaceDriver``
@@ -63,14 +69,32 @@ enum RelayEnd: String {
 /// closes them in ``finish(_:)``; its registrations are deregistered first. The ``RelayLoop``
 /// holds the relay from start to finish. Loop thread only.
 final class Relay: DescriptorHandler, @unchecked Sendable {
-    enum Phase { case connecting, relaying, closed }
+    enum Phase { case awaitingHeader, connecting, relaying, closed }
 
     let home: RelayLoop
     let context: ProxyContext
     let listener: ListenerRuntime
     let settings: ListenerSettings
     let client: CInt
-    let clientAddress: SocketAddress?
+    /// The client's address: the peer's, or the one its PROXY header gave (`accept_proxy`).
+    private(set) var clientAddress: SocketAddress?
+    /// The address the client reached, as its PROXY header gave it (`send_proxy` passes it on);
+    /// nil: the client socket's own local address.
+    private var headerDestination: SocketAddress?
+    /// Bytes of the PROXY header read off the client socket: TCP counts them as received, but
+    /// they are never forwarded (``receivedBytes(from:)``).
+    private var headerLength: UInt64 = 0
+    /// Client bytes read with its PROXY header (``ProxyHeaderReader``): written to the upstream
+    /// first (``flushEarly()``), before the datapath starts; `earlySent` of them so far.
+    private var early: [UInt8] = []
+    private var earlySent = 0
+    /// False when the client's queue could not be read to empty with its header: the connection
+    /// then relays in userspace (splice for `sockmap`), never joining a kernel map.
+    private var mayJoinKernel = true
+    /// Connected, and writing ``early`` (phase still connecting).
+    private var upstreamReady = false
+    /// The datapath this connection is counted under in its upstream's ``DatapathMix``.
+    private var countedDatapath: Datapath?
     private(set) var upstream: CInt = -1
     private var clientRegistration: DescriptorRegistration?
     private var upstreamRegistration: DescriptorRegistration?
@@ -128,13 +152,50 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
         ticker.schedule(every: timings.tick)
         self.ticker = ticker
         ackBase.client = (try? RelayCall.streamCounters(client).acked) ?? 0
+        let awaitsHeader = settings.config.acceptProxy != nil
         do {
-            clientRegistration = try loop.register(descriptor: client, interest: [], handler: self)
+            // Edge-triggered while the header is awaited: the peeked bytes stay queued.
+            clientRegistration = try loop.register(descriptor: client, interest: awaitsHeader ? [.readable, .readHangUp, .edgeTriggered] : [], handler: self)
         } catch {
             finish(.failed)
             return
         }
-        connectNext()
+        if awaitsHeader {
+            phase = .awaitingHeader
+        } else {
+            connectNext()
+        }
+    }
+
+    /// Takes the client's PROXY header once it is all there (`peerClosed`: no more bytes will
+    /// come), then connects; a bad one closes the client and is counted. Loop thread.
+    private func readProxyHeader(peerClosed: Bool) {
+        switch ProxyHeaderReader.read(client, peerClosed: peerClosed) {
+        case .waiting:
+            return
+        case .rejected(let reason, let detail):
+            rejectProxyHeader(reason, detail)
+        case .header(let header, let length, let payload, let drained):
+            headerLength = UInt64(length)
+            early = payload
+            mayJoinKernel = drained
+            if let addresses = header.socketAddresses {
+                clientAddress = addresses.source
+                headerDestination = addresses.destination
+            }
+            do { try clientRegistration?.setInterest([]) } catch {
+                finish(.failed)
+                return
+            }
+            phase = .connecting
+            connectNext()
+        }
+    }
+
+    private func rejectProxyHeader(_ reason: ProxyHeaderReader.Rejection, _ detail: String) {
+        context.logger.debug("PROXY header from \(clientAddress.map(String.init(describing:)) ?? "?") refused (\(reason.rawValue)): \(detail)")
+        context.metrics.proxyHeaderRejected(listener: settings.config.name, reason: reason)
+        finish(.proxyHeaderRejected)
     }
 
     /// Picks an upstream this connection has not failed to reach (``Balancer/nextUpstream(clientAddress:excluding:)``)
@@ -190,28 +251,66 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
     }
 
     /// Writes the PROXY v2 header (`send_proxy: v2`) to the just-connected upstream: at most 52
-    /// bytes into an empty send buffer, so one write takes it all or the socket failed.
-    private func sendProxyHeader() -> Bool {
-        guard let clientAddress, let reached = try? SocketAddress.local(of: client) else { return false }
+    /// bytes into an empty send buffer, so one write takes it all or the socket failed. Returns
+    /// the bytes written, nil on failure.
+    private func sendProxyHeader() -> Int? {
+        guard let clientAddress, let reached = headerDestination ?? (try? SocketAddress.local(of: client)) else { return nil }
         let header = ProxyHeaderV2.tcp(client: clientAddress, destination: reached).encode()
         let written = try? header.withUnsafeBytes { bytes throws(SystemCallError) in try SocketCall.write(upstream, bytes.baseAddress!, bytes.count) }
-        guard case .done(let count)? = written, count == header.count else { return false }
-        return true
+        guard case .done(let count)? = written, count == header.count else { return nil }
+        return count
     }
 
     private func connected() {
         if let upstreamState { settings.cluster.balancer.connected(upstreamState) }
         context.metrics.upstreamConnected(cluster: settings.config.cluster, duration: .nanoseconds(Int64(loop.now &- connectStartedAt)))
-        // The PROXY v2 header goes first, before any client byte and before the sockets join a kernel map.
-        if settings.cluster.config.sendProxy == .v2, !sendProxyHeader() {
-            finish(.upstreamReset)
-            return
-        }
+        // The PROXY v2 header goes first, before any client byte and before the sockets join a
+        // kernel map; its bytes are not the client's, so the upstream's base counts them.
         ackBase.upstream = (try? RelayCall.streamCounters(upstream).acked) ?? 0
+        if settings.cluster.config.sendProxy == .v2 {
+            guard let sent = sendProxyHeader() else {
+                finish(.upstreamReset)
+                return
+            }
+            ackBase.upstream &+= UInt64(sent)
+        }
+        upstreamReady = true
+        lastActivity = loop.now
+        flushEarly()
+    }
+
+    /// Writes the client bytes read with its PROXY header to the upstream, then starts relaying;
+    /// while the upstream's send buffer is full, its writable event calls again (the idle timeout
+    /// runs meanwhile).
+    private func flushEarly() {
+        while earlySent < early.count {
+            let result = try? early.withUnsafeBytes { bytes throws(SystemCallError) in
+                try RelayCall.send(upstream, UnsafeRawBufferPointer(rebasing: bytes[earlySent...]))
+            }
+            switch result {
+            case .done(let count)?:
+                earlySent += count
+                lastActivity = loop.now
+            case .wouldBlock?:
+                return
+            case nil:
+                finish(.upstreamReset)
+                return
+            }
+        }
+        early = []
+        startRelaying()
+    }
+
+    /// Starts the listener's datapath on both sockets.
+    private func startRelaying() {
         phase = .relaying
         lastActivity = loop.now
-        if startDatapath == .sockmap {
-            if switchToSockmap(from: nil) { return }
+        if startDatapath == .sockmap && mayJoinKernel {
+            if switchToSockmap(from: nil) {
+                driver?.toUpstream.bytesForwarded = UInt64(earlySent)
+                return
+            }
             // The join failed and said why; stay in userspace.
         }
         let userspace: UserspaceDriver
@@ -221,8 +320,20 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
             finish(.failed)
             return
         }
+        userspace.toUpstream.bytesForwarded = UInt64(earlySent)  // already written by flushEarly()
         driver = userspace
+        countDatapath()  // before its first bytes move: whoever sees them sees it counted
         userspace.begin()
+        countDatapath(settling: true)  // `auto` with a local endpoint settled on skmsg
+    }
+
+    /// Moves this connection's count in its upstream's ``DatapathMix`` to the datapath it runs on
+    /// now (at the start, after an `auto` switch). `settling`: the datapath was only resolved as
+    /// the driver began (skmsg), so the first count is corrected rather than a switch. Loop thread.
+    func countDatapath(settling: Bool = false) {
+        guard phase == .relaying, let upstreamState, let now = driver?.datapath, now != countedDatapath else { return }
+        upstreamState.datapaths.moved(from: countedDatapath, to: now, correcting: settling)
+        countedDatapath = now
     }
 
     /// Hands both sockets to the kernel (``SockmapDriver``), carrying over the bytes `previous`
@@ -246,6 +357,7 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
             switchedFrom = previous.datapath
         }
         driver = kernel
+        countDatapath()
         updateInterests()
         return true
     }
@@ -256,9 +368,15 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
         switch phase {
         case .closed:
             return
+        case .awaitingHeader:
+            readProxyHeader(peerClosed: !events.isDisjoint(with: [.readHangUp, .hangUp, .error]))
         case .connecting:
             if registration === clientRegistration {
                 finish(.clientGone)
+                return
+            }
+            if upstreamReady {
+                flushEarly()
                 return
             }
             let error = (try? SocketCall.option(upstream, level: SOL_SOCKET, name: SO_ERROR)) ?? EIO
@@ -307,8 +425,11 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
         switch phase {
         case .closed:
             return
+        case .awaitingHeader:
+            if now &- startedAt >= settings.config.connectTimeout.wholeNanoseconds { rejectProxyHeader(.timeout, "no whole header within \(settings.config.connectTimeout)") }
         case .connecting:
-            if now &- connectStartedAt >= settings.config.connectTimeout.wholeNanoseconds { connectFailed(.connectTimeout) }
+            if !upstreamReady, now &- connectStartedAt >= settings.config.connectTimeout.wholeNanoseconds { connectFailed(.connectTimeout) }
+            if upstreamReady, let idle = settings.config.idleTimeout, now &- lastActivity >= idle.wholeNanoseconds { finish(.idleTimeout) }
         case .relaying:
             driver?.tick(now: now)
             if phase == .relaying, now &- counted.at >= timings.byteReport.wholeNanoseconds, let moved = driver?.movedCounts() {
@@ -348,6 +469,14 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
         guard let counters = try? RelayCall.streamCounters(sink), let queued = try? RelayCall.unacknowledgedBytes(sink) else { return nil }
         let base = sink == upstream ? ackBase.upstream : ackBase.client
         return counters.acked &+ UInt64(queued) &- base &- (finSent ? 1 : 0)
+    }
+
+    /// The bytes TCP says `fd` received since it was accepted or connected, less the client's
+    /// PROXY header (read here, never forwarded): what a kernel datapath must have delivered to
+    /// the other side before a FIN or reset is carried across. Nil if the socket cannot say.
+    func receivedBytes(from fd: CInt) -> UInt64? {
+        guard let received = try? RelayCall.streamCounters(fd).received else { return nil }
+        return fd == client ? received &- headerLength : received
     }
 
     /// Adds what moved since the last report to `strait_proxy_bytes_total`, labelled by listener,
@@ -396,7 +525,8 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
         context.metrics.connectionClosed(listener: settings.config.name, duration: .nanoseconds(Int64(loop.now &- startedAt)), end: end)
         // After the counters: whoever sees the connection gone sees its bytes counted.
         upstreamState?.active.subtract(1, ordering: .relaxed)
-        listener.active.subtract(1, ordering: .relaxed)
+        if let countedDatapath { upstreamState?.datapaths.ended(countedDatapath) }
+        listener.releaseSlot()  // a listener paused at `max_connections` accepts again
         if context.accessLog.load(ordering: .relaxed) {
             // Queued for the access log's writer thread, never written here.
             context.accessLogWriter.record(AccessEntry(

@@ -50,11 +50,21 @@ final class RelayLoop: @unchecked Sendable {
 /// at once: so the acceptor leaves the loop for ``ProxyTimings/acceptBackoff`` and comes back on a
 /// timer, counts each pause (`strait_proxy_errors_total{kind="accept_no_descriptors"}`), logs once
 /// per episode and once when accepting works again. Relays already running are not touched.
-final class Acceptor: DescriptorHandler {
+///
+/// At `max_connections` (a slot is reserved before each accept, ``ListenerRuntime/reserveSlot(limit:)``)
+/// the acceptor leaves the loop too, so further clients wait in the kernel's listen queue, their
+/// handshake done, rather than being accepted and closed; the next connection to end
+/// (``ListenerRuntime/releaseSlot()``) brings it back through ``EventLoop/execute(_:)``. Each
+/// time the limit is reached counts `strait_proxy_listener_limit_reached_total{listener}`.
+///
+/// Loop thread only (`@unchecked Sendable` so a slot's release on another loop can wake it there).
+final class Acceptor: DescriptorHandler, @unchecked Sendable {
     unowned let home: RelayLoop
     let listener: ListenerRuntime
     private var registration: DescriptorRegistration?
     private var backoff: LoopTimer?
+    /// Set by ``stop()``: a late wake-up (backoff timer, released slot) must not poll again.
+    private var stopped = false
 
     /// Most connections accepted per wake-up.
     static let burst = 64
@@ -69,7 +79,7 @@ final class Acceptor: DescriptorHandler {
     /// Puts the listener on the loop; false (and said why) when epoll refuses it.
     @discardableResult
     func resume() -> Bool {
-        guard !listener.closed.load(ordering: .relaxed), registration == nil else { return false }
+        guard !stopped, !listener.closed.load(ordering: .relaxed), registration == nil else { return false }
         do {
             registration = try home.loop.register(descriptor: listener.fd, interest: [.readable, .exclusive], handler: self)
             return true
@@ -81,6 +91,7 @@ final class Acceptor: DescriptorHandler {
 
     /// Leaves the loop for good (the listener is about to be closed).
     func stop() {
+        stopped = true
         backoff?.cancel()
         backoff = nil
         registration?.deregister()
@@ -89,11 +100,20 @@ final class Acceptor: DescriptorHandler {
 
     func descriptorReady(_ registration: DescriptorRegistration, events: IOEvents) {
         for _ in 0..<Self.burst {
+            let settings = listener.settings.withLock { $0 }
+            guard listener.reserveSlot(limit: settings.config.maxConnections) else {
+                pauseAtLimit(settings.config.name)
+                return
+            }
             let accepted: CInt
             do {
-                guard case .done(let fd) = try SocketCall.accept(listener.fd) else { return }
+                guard case .done(let fd) = try SocketCall.accept(listener.fd) else {
+                    listener.releaseSlot()
+                    return
+                }
                 accepted = fd
             } catch {
+                listener.releaseSlot()
                 switch error.errno {
                 case .tooManyOpenFiles, .tooManyOpenFilesInSystem, .noBufferSpace, .noMemory:
                     pause(error)
@@ -108,18 +128,27 @@ final class Acceptor: DescriptorHandler {
             if listener.outOfDescriptors.exchange(false, ordering: .relaxed) {
                 context.logger.notice("accepting again on \(listener.address)")
             }
-            let settings = listener.settings.withLock { $0 }
-            if listener.active.load(ordering: .relaxed) >= settings.config.maxConnections {
-                context.metrics.error("limit")
-                closeDescriptor(accepted)
-                continue
-            }
             try? SocketCall.setOption(accepted, level: CInt(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
-            listener.active.add(1, ordering: .relaxed)
             context.metrics.connectionOpened(listener: settings.config.name)
             let relay = Relay(home: home, context: context, listener: listener, settings: settings, client: accepted, clientAddress: SocketAddress.peer(of: accepted))
             relay.start()
         }
+    }
+
+    /// Leaves the loop until a slot is released; clients queue in the listen backlog meanwhile.
+    private func pauseAtLimit(_ name: String) {
+        registration?.deregister()
+        registration = nil
+        let loop = home.loop
+        let wake: @Sendable () -> Void = { [weak self] in
+            guard let self else { return }
+            loop.execute { self.resume() }
+        }
+        if listener.waitForSlot(wake) {
+            context.metrics.listenerLimitReached(listener: name)
+        }
+        // A connection that ended between the reservation and the wait woke nobody: look again.
+        if listener.active.load(ordering: .sequentiallyConsistent) < listener.settings.withLock({ $0.config.maxConnections }) { resume() }
     }
 
     private func pause(_ error: SystemCallError) {

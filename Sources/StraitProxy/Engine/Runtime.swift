@@ -11,6 +11,8 @@ final class UpstreamState: Sendable, Hashable {
     let active = Atomic<Int>(0)
     // drain and passive-health state (Balancer.swift).
     let admission = UpstreamAdmission()
+    // how many of its connections run on each datapath, for the status (Observe/ProxyStatus.swift).
+    let datapaths = DatapathMix()
 
     init(address: SocketAddress) {
         self.address = address
@@ -52,6 +54,11 @@ final class ListenerRuntime: Sendable {
     let closed = Atomic<Bool>(false)
     /// Accepting is backing off for lack of descriptors: logged once per episode, over all loops.
     let outOfDescriptors = Atomic<Bool>(false)
+    /// How to wake each loop's acceptor that stopped accepting at `max_connections`
+    /// (``waitForSlot(_:)``); emptied by ``releaseSlot()``.
+    private let slotWaiters = Mutex<[@Sendable () -> Void]>([])
+    /// The count of ``slotWaiters``, read without the lock on every connection's end.
+    private let waitingForSlot = Atomic<Int>(0)
 
     init(fd: CInt, address: SocketAddress, settings: ListenerSettings) {
         self.fd = fd
@@ -60,6 +67,52 @@ final class ListenerRuntime: Sendable {
     }
 
     var name: String { settings.withLock { $0.config.name } }
+
+    /// Takes a connection slot (``active`` + 1) when fewer than `limit` are taken; false at the
+    /// limit. A compare-and-swap, so loops accepting at once never go over it together.
+    func reserveSlot(limit: Int) -> Bool {
+        var current = active.load(ordering: .sequentiallyConsistent)
+        while current < limit {
+            let (exchanged, original) = active.compareExchange(expected: current, desired: current + 1, ordering: .sequentiallyConsistent)
+            if exchanged { return true }
+            current = original
+        }
+        return false
+    }
+
+    /// Gives a slot back (a connection ended, or an accept found no client) and wakes the
+    /// acceptors paused at the limit. One atomic subtract and load when none is paused.
+    func releaseSlot() {
+        active.subtract(1, ordering: .sequentiallyConsistent)
+        wakeSlotWaiters()
+    }
+
+    /// Wakes the acceptors paused at the limit (a slot was released, or a reload changed
+    /// `max_connections`); each looks at the limit again on its loop.
+    func wakeSlotWaiters() {
+        guard waitingForSlot.load(ordering: .sequentiallyConsistent) > 0 else { return }
+        let waiters = slotWaiters.withLock { waiters in
+            defer { waiters = [] }
+            return waiters
+        }
+        waitingForSlot.subtract(waiters.count, ordering: .sequentiallyConsistent)
+        for wake in waiters { wake() }
+    }
+
+    /// Has `wake` called at the next ``releaseSlot()``. True when no other acceptor was waiting
+    /// already (the listener has just reached its limit). The caller looks at ``active`` again
+    /// after this: a slot released in between woke nobody.
+    func waitForSlot(_ wake: @escaping @Sendable () -> Void) -> Bool {
+        let first = slotWaiters.withLock { waiters in
+            waiters.append(wake)
+            return waiters.count == 1
+        }
+        waitingForSlot.add(1, ordering: .sequentiallyConsistent)
+        return first
+    }
+
+    /// Whether acceptors are paused at `max_connections` now.
+    var atLimit: Bool { waitingForSlot.load(ordering: .relaxed) > 0 }
 }
 
 /// What every relay needs from the proxy: the kernel datapath (if loaded), metrics, logs, timings.

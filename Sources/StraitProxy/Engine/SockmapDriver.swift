@@ -159,7 +159,7 @@ final class SockmapDriver: RelayDriver {
         copying.bytesForwarded = direction.bytesForwarded &+ state.redirected
         copying.confirmEnd = { [unowned relay, unowned copying] in
             // Every byte the source received (less its FIN) has been read by the verdict or by us.
-            guard let received = try? RelayCall.streamCounters(copying.source).received else { return true }
+            guard let received = relay.receivedBytes(from: copying.source) else { return true }
             return received &- 1 <= copying.bytesForwarded &+ UInt64(copying.pendingBytes) || relay.phase != .relaying
         }
         if direction === toUpstream { toUpstream = copying } else { toClient = copying }
@@ -195,11 +195,11 @@ final class SockmapDriver: RelayDriver {
                 continue
             }
             guard case .kernel = direction.mode, direction.sourceEnded, !direction.sinkShut else { continue }
-            guard let source = try? RelayCall.streamCounters(direction.source), let written = written(direction) else {
+            guard let sourceReceived = relay.receivedBytes(from: direction.source), let written = written(direction) else {
                 relay.resetFrom(direction.sink)
                 return
             }
-            let received = source.received &- 1
+            let received = sourceReceived &- 1
             if written >= received {
                 direction.sinkShut = true
                 try? SocketCall.shutdown(direction.sink, how: CInt(SHUT_WR))
@@ -229,8 +229,8 @@ final class SockmapDriver: RelayDriver {
         guard relay.phase == .relaying, let source = resetSource else { return }
         let direction = source == relay.client ? toUpstream : toClient
         var flushed = direction.sinkShut
-        if !flushed, let from = try? RelayCall.streamCounters(direction.source), let written = written(direction) {
-            flushed = written >= from.received &- (direction.sourceEnded ? 1 : 0)
+        if !flushed, let received = relay.receivedBytes(from: direction.source), let written = written(direction) {
+            flushed = written >= received &- (direction.sourceEnded ? 1 : 0)
         }
         if flushed || relay.loop.now &- resetSeenAt > relay.timings.resetFlush.wholeNanoseconds {
             relay.resetFrom(source)

@@ -20,7 +20,11 @@ import Synchronization
 /// - `strait_proxy_upstream_connect_duration_seconds{cluster}` and
 ///   `strait_proxy_connection_duration_seconds{listener}` (histograms)
 /// - `strait_proxy_errors_total{kind}`: connect_failed, connect_timeout, no_upstream, client_reset,
-///   upstream_reset, client_gone, idle_timeout, limit, sockmap_join, failed, …
+///   upstream_reset, client_gone, idle_timeout, proxy_header_rejected, sockmap_join, failed, …
+/// - `strait_proxy_proxy_header_rejected_total{listener,reason}` (`accept_proxy`: malformed,
+///   truncated, oversized, timeout)
+/// - `strait_proxy_listener_limit_reached_total{listener}`: times a listener stopped accepting at
+///   `max_connections` (clients then wait in the listen queue)
 /// - `strait_proxy_reloads_total{result="applied"|"rejected"}`,
 ///   `strait_proxy_last_reload_timestamp_seconds`, `strait_proxy_last_reload_success`
 /// - the kernel datapaths' totals, read at each scrape (``recordKernel(_:)``, ``recordEndpoints(_:)``)
@@ -144,9 +148,23 @@ public final class ProxyMetrics: Sendable {
         counter("connect_retries", "Connect attempts on another upstream after one failed (`retries`).", [("cluster", cluster)]).increment()
     }
 
+    /// A client of `listener` (`accept_proxy`) was closed before relaying: its PROXY header was
+    /// refused for `reason`.
+    func proxyHeaderRejected(listener: String, reason: ProxyHeaderReader.Rejection) {
+        counter(
+            "proxy_header_rejected", "Client connections closed because their PROXY protocol header was malformed, truncated, oversized or late (accept_proxy).",
+            [("listener", listener), ("reason", reason.rawValue)]
+        ).increment()
+    }
+
+    /// `listener` reached `max_connections` and stopped accepting until a connection ends.
+    func listenerLimitReached(listener: String) {
+        counter("listener_limit_reached", "Times a listener reached max_connections and left further clients in the listen queue.", [("listener", listener)]).increment()
+    }
+
     /// Counts one error of `kind` (a fixed word, never client input).
     func error(_ kind: String) {
-        counter("errors", "Failures by kind (connect_failed, no_upstream, client_reset, limit, dns_failed, …).", [("kind", kind)]).increment()
+        counter("errors", "Failures by kind (connect_failed, no_upstream, client_reset, proxy_header_rejected, dns_failed, …).", [("kind", kind)]).increment()
     }
 
     func upstreamHealth(cluster: String, upstream: String, up: Bool) {

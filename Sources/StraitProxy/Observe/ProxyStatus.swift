@@ -17,6 +17,22 @@ public struct ProxyStatus: Codable, Sendable, Equatable {
         public var datapath: String
         /// Connections being relayed now.
         public var active: Int
+        /// `max_connections`.
+        public var maxConnections: Int
+        /// True while the listener has stopped accepting at `max_connections` (further clients
+        /// wait in the kernel's listen queue).
+        public var atLimit: Bool
+        /// `accept_proxy` (`v2`), or nil.
+        public var acceptProxy: String?
+    }
+
+    /// One upstream's connections on one datapath.
+    public struct DatapathShare: Codable, Sendable, Equatable {
+        /// Running on it now.
+        public var active: Int
+        /// That ran on it since the proxy started (an `auto` connection that moved to sockmap
+        /// counts under both).
+        public var total: Int
     }
 
     /// One upstream of a cluster.
@@ -33,6 +49,11 @@ public struct ProxyStatus: Codable, Sendable, Equatable {
         public var active: Int
         /// Passive-health ejections since the proxy started.
         public var ejections: Int
+        /// Its connections by the datapath they run on (`copy`, `splice`, `sockmap`, `skmsg`;
+        /// never `auto`, whose connections show where they are), only those used so far.
+        public var datapaths: [String: DatapathShare]
+        /// `auto` connections that moved from a userspace datapath to sockmap.
+        public var datapathSwitches: Int
     }
 
     /// One cluster.
@@ -67,6 +88,41 @@ public struct ProxyStatus: Codable, Sendable, Equatable {
     public var sockmapUnavailable: String?
     public var listeners: [Listener]
     public var clusters: [Cluster]
+}
+
+/// How many of one upstream's connections run on each datapath, now and since the start: the
+/// relay moves its count when its datapath changes (``Relay/countDatapath()``) and drops it at
+/// the end. One lock per change, a few per connection.
+final class DatapathMix: Sendable {
+    private let counts = Mutex<(shares: [Datapath: ProxyStatus.DatapathShare], switches: Int)>(([:], 0))
+
+    /// A connection now runs on `to`, having run on `from` (nil: it just started relaying);
+    /// `correcting`: it never ran on `from`, whose count is taken back rather than a switch.
+    func moved(from: Datapath?, to: Datapath, correcting: Bool = false) {
+        counts.withLock { counts in
+            if let from {
+                counts.shares[from]?.active -= 1
+                if correcting {
+                    counts.shares[from]?.total -= 1
+                    if counts.shares[from]?.total == 0 { counts.shares[from] = nil }
+                } else {
+                    counts.switches += 1
+                }
+            }
+            counts.shares[to, default: ProxyStatus.DatapathShare(active: 0, total: 0)].active += 1
+            counts.shares[to]?.total += 1
+        }
+    }
+
+    /// A connection on `datapath` ended.
+    func ended(_ datapath: Datapath) {
+        counts.withLock { $0.shares[datapath]?.active -= 1 }
+    }
+
+    /// The shares by datapath name, and the switches.
+    var snapshot: (shares: [String: ProxyStatus.DatapathShare], switches: Int) {
+        counts.withLock { counts in (Dictionary(uniqueKeysWithValues: counts.shares.map { ($0.key.rawValue, $0.value) }), counts.switches) }
+    }
 }
 
 /// When the running configuration was applied and the last reload's outcome: written by
@@ -118,18 +174,21 @@ extension Proxy {
             let settings = runtime.settings.withLock { $0 }
             return ProxyStatus.Listener(
                 name: settings.config.name, address: "\(runtime.address)", cluster: settings.config.cluster,
-                datapath: settings.config.datapath.rawValue, active: runtime.active.load(ordering: .relaxed))
+                datapath: settings.config.datapath.rawValue, active: runtime.active.load(ordering: .relaxed),
+                maxConnections: settings.config.maxConnections, atLimit: runtime.atLimit, acceptProxy: settings.config.acceptProxy?.rawValue)
         }
         let clusters = (snapshot.config?.clusters ?? []).map { cluster in
             ProxyStatus.Cluster(
                 name: cluster.name, balance: cluster.balancing.rawValue, retries: cluster.retries,
                 upstreams: cluster.upstreams.map { upstream in
                     let state = snapshot.upstreams[upstream.address]
+                    let mix: (shares: [String: ProxyStatus.DatapathShare], switches: Int) = state?.datapaths.snapshot ?? ([:], 0)
                     return ProxyStatus.Upstream(
                         address: "\(upstream.address)", hostname: upstream.hostname, weight: upstream.weight, backup: upstream.backup,
                         state: state.map { Self.stateName($0, now: now) } ?? "up",
                         active: state?.active.load(ordering: .relaxed) ?? 0,
-                        ejections: state?.admission.ejections.load(ordering: .relaxed) ?? 0)
+                        ejections: state?.admission.ejections.load(ordering: .relaxed) ?? 0,
+                        datapaths: mix.shares, datapathSwitches: mix.switches)
                 })
         }
         return ProxyStatus(
