@@ -23,7 +23,8 @@ public struct AccelCalibration: Sendable, Codable, Equatable {
     /// The pairs' ratios of one size in one placement: their median and the lower bound of a
     /// one-sided confidence interval for that median.
     public struct RatioSummary: Sendable, Codable, Equatable {
-        /// The median of the pairs' ratios (redirected Gbit/s over plain Gbit/s): above 1 means redirect was faster.
+        /// The median of the pairs' ratios (redirected Gbit/s over plain Gbit/s): above 1 means
+        /// redirect was faster.
         public var median: Double
         /// The j-th smallest ratio, for the largest j such that the true median lies above it with
         /// at least the asked confidence (a sign test: each ratio falls below the median with
@@ -160,7 +161,8 @@ public struct AccelCalibration: Sendable, Codable, Equatable {
         /// Where the calibration's own cgroup is made; nil: the root of cgroup v2.
         public var parentCgroup: Cgroup?
 
-        /// The default plan: 7 sizes from 256 B to 1 MiB, 5 pairs, 3.0 s streaming within a 4.5 s budget.
+        /// The default plan: 7 sizes from 256 B to 1 MiB, 5 pairs, 3.0 s streaming within a 4.5 s
+        /// budget.
         public init() {}
 
         /// Length of one run, warm-up included, with `placements` CPU placements.

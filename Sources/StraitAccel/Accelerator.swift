@@ -15,7 +15,8 @@ public final class Accelerator {
     /// Where everything is pinned unless told otherwise: `/sys/fs/bpf/strait/accel`.
     public static let defaultPinDirectory = BPFFS.defaultMount + "/strait/accel"
 
-    /// The bpffs folder holding the programs, maps and links; they outlive this object and the process.
+    /// The bpffs folder holding the programs, maps and links; they outlive this object and the
+    /// process.
     public let pinDirectory: String
     let socks: TypedMap<strait_sock_key, UInt64>
     let config: TypedMap<UInt32, strait_accel_config>

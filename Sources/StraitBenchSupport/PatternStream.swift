@@ -10,7 +10,8 @@ public struct PatternStream: Sendable {
     public static let period = 1_048_573  // prime, just under 1 MiB
     private let block: [UInt8]
 
-    /// Builds the block for `seed` (xorshift, so the same seed gives the same stream). Allocates and fills 2 MiB, the block doubled so any window is contiguous.
+    /// Builds the block for `seed` (xorshift, so the same seed gives the same stream). Allocates
+    /// and fills 2 MiB, the block doubled so any window is contiguous.
     public init(seed: UInt64) {
         var state = seed | 1
         var bytes = [UInt8](repeating: 0, count: Self.period * 2)  // doubled: any window is contiguous

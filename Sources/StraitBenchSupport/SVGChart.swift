@@ -9,7 +9,8 @@ public struct SVGChart {
         public var name: String
         /// An SVG colour, written into the stroke as is (`#1f77b4`, `teal`).
         public var color: String
-        /// Points in drawing order: `x` a positive count (drawn on a log2 axis), `y` in the chart's ``SVGChart/yLabel`` unit.
+        /// Points in drawing order: `x` a positive count (drawn on a log2 axis), `y` in the chart's
+        /// ``SVGChart/yLabel`` unit.
         public var points: [(x: Int, y: Double)]
 
         /// A series with `points`, drawn in `color`.
@@ -33,7 +34,8 @@ public struct SVGChart {
     /// How an x tick reads; by default a byte count (`4 KiB`).
     public var xTick: (Int) -> String = formatBytes
 
-    /// A chart of `series`, optionally with a horizontal `reference` line; nothing is drawn until ``render(width:height:)``.
+    /// A chart of `series`, optionally with a horizontal `reference` line; nothing is drawn until
+    /// ``render(width:height:)``.
     public init(title: String, yLabel: String, series: [Series], reference: (label: String, value: Double)? = nil) {
         self.title = title
         self.yLabel = yLabel
@@ -41,7 +43,8 @@ public struct SVGChart {
         self.reference = reference
     }
 
-    /// The whole SVG document as text, `width` × `height` px; the y axis runs from 0 to 10% above the highest point or reference. Pure: builds a string, writes no file.
+    /// The whole SVG document as text, `width` × `height` px; the y axis runs from 0 to 10% above
+    /// the highest point or reference. Pure: builds a string, writes no file.
     public func render(width: Double = 720, height: Double = 420) -> String {
         let left = 70.0, right = 45.0, top = 40.0, bottom = 60.0
         let xs = series.flatMap { $0.points.map(\.x) }

@@ -54,7 +54,8 @@ public struct ProtectedSource: Sendable, Equatable, CustomStringConvertible {
     /// Where it came from, for messages (e.g. `SSH_CONNECTION`).
     public var origin: String
 
-    /// A protected peer at `address`, talking to local `tcpPort` if known; `origin` names where it was learned.
+    /// A protected peer at `address`, talking to local `tcpPort` if known; `origin` names where it
+    /// was learned.
     public init(address: IPAddress, tcpPort: UInt16?, origin: String) {
         self.address = address
         self.tcpPort = tcpPort

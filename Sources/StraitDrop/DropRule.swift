@@ -45,7 +45,8 @@ public enum DropRule: Hashable, Sendable, CustomStringConvertible, Codable {
         }
     }
 
-    /// The rule in the syntax ``init(parsing:)`` reads back: `198.18.0.0/15`, `tcp/22`, `mac aa:bb:…`, `arp PREFIX`.
+    /// The rule in the syntax ``init(parsing:)`` reads back: `198.18.0.0/15`, `tcp/22`, `mac
+    /// aa:bb:…`, `arp PREFIX`.
     public var description: String {
         switch self {
         case .source(let prefix): prefix.description
@@ -55,7 +56,8 @@ public enum DropRule: Hashable, Sendable, CustomStringConvertible, Codable {
         }
     }
 
-    /// Decodes a rule from its text form, with the same checks as ``init(parsing:)``; a bad rule throws its ``DropError``.
+    /// Decodes a rule from its text form, with the same checks as ``init(parsing:)``; a bad rule
+    /// throws its ``DropError``.
     public init(from decoder: Decoder) throws {
         let text = try decoder.singleValueContainer().decode(String.self)
         self = try DropRule(parsing: text)

@@ -39,7 +39,8 @@ public struct DropStats: Sendable, Codable {
     public struct RuleCount: Sendable, Codable {
         /// The rule.
         public var rule: DropRule
-        /// Frames it matched since it was added (rule ids are never reused, so it starts from zero).
+        /// Frames it matched since it was added (rule ids are never reused, so it starts from
+        /// zero).
         public var packets: UInt64
         /// Bytes of those frames.
         public var bytes: UInt64

@@ -5,7 +5,8 @@ import StraitSystem
 public struct XDPSupport: Sendable, Codable {
     /// The interface checked.
     public var interface: String
-    /// Its driver as `ethtool -i` names it (`veth`, `virtio_net`, …), read with one ETHTOOL_GDRVINFO ioctl; nil when the interface does not say.
+    /// Its driver as `ethtool -i` names it (`veth`, `virtio_net`, …), read with one
+    /// ETHTOOL_GDRVINFO ioctl; nil when the interface does not say.
     public var driver: String?
     /// Native (driver) mode works; false means generic mode only.
     public var native: Bool

@@ -32,7 +32,8 @@ public struct LBBackendConfig: Sendable, Hashable {
     /// Relative share, 1...1000.
     public var weight: Int
 
-    /// A backend at `address`:`port` with share `weight`; the loader checks the range, this does not.
+    /// A backend at `address`:`port` with share `weight`; the loader checks the range, this does
+    /// not.
     public init(address: IPAddress, port: UInt16, weight: Int = 1) {
         self.address = address
         self.port = port
@@ -62,7 +63,8 @@ public struct LBServiceConfig: Sendable, Equatable {
     /// TCP connect checks of every backend; nil: backends are always taken as up.
     public var healthCheck: HealthCheck?
 
-    /// A service; validation (families, weights, duplicates) is the loader's job, not this initialiser's.
+    /// A service; validation (families, weights, duplicates) is the loader's job, not this
+    /// initialiser's.
     public init(
         name: String, address: IPAddress, port: UInt16, transport: LBProtocol = .tcp, policy: LBPolicy = .maglev,
         backends: [LBBackendConfig], healthCheck: HealthCheck? = nil
@@ -87,7 +89,8 @@ public struct LBConfig: Sendable, Equatable {
     public var cgroup: String
     /// The services to balance; their number sizes the maps at start.
     public var services: [LBServiceConfig]
-    /// Where to serve Prometheus `/metrics` (on a StraitNet loop the daemon owns); nil: no endpoint.
+    /// Where to serve Prometheus `/metrics` (on a StraitNet loop the daemon owns); nil: no
+    /// endpoint.
     public var metricsAddress: SocketAddress?
 
     /// A configuration as written; nothing is checked or opened until the daemon starts.

@@ -109,7 +109,8 @@ public struct LimitSelector: Sendable, Hashable, Encodable, CustomStringConverti
         return LimitSelector(scope: .aggregate, cgroupID: cgroupID, interface: interface, localPort: nil, remotePort: nil, remote: remote)
     }
 
-    /// A one-line summary for `strait limit list`; names the cgroup by path when it still exists (one lookup under /sys/fs/cgroup).
+    /// A one-line summary for `strait limit list`; names the cgroup by path when it still exists
+    /// (one lookup under /sys/fs/cgroup).
     public var description: String {
         var parts: [String] = []
         switch scope {
@@ -125,7 +126,8 @@ public struct LimitSelector: Sendable, Hashable, Encodable, CustomStringConverti
 
     enum CodingKeys: String, CodingKey { case scope, cgroupID, cgroup, interface, localPort, remotePort, remote }
 
-    /// Encodes the fields, plus the cgroup's current path next to its id (looked up under /sys/fs/cgroup when encoding).
+    /// Encodes the fields, plus the cgroup's current path next to its id (looked up under
+    /// /sys/fs/cgroup when encoding).
     public func encode(to encoder: Encoder) throws {
         var container = encoder.container(keyedBy: CodingKeys.self)
         try container.encode(scope, forKey: .scope)

@@ -403,7 +403,8 @@ public final class Limiter: @unchecked Sendable {
 
         /// One interface with the egress program, as recorded when it was attached.
         public struct Interface: Sendable, Encodable {
-            /// The interface name, as it was when the program was attached (a later rename is not seen).
+            /// The interface name, as it was when the program was attached (a later rename is not
+            /// seen).
             public var name: String
             /// In the namespace it was attached in.
             public var ifindex: UInt32
@@ -437,7 +438,8 @@ public final class Limiter: @unchecked Sendable {
             public var rule: LimitRule
             /// Aggregate: packets matched, their bytes, those given a later departure, those dropped past the horizon.
             public var packets: UInt64
-            /// Aggregate: bytes of the matched packets, as the egress program saw them (headers included).
+            /// Aggregate: bytes of the matched packets, as the egress program saw them (headers
+            /// included).
             public var bytes: UInt64
             /// Aggregate: packets given a departure time later than now (held in fq).
             public var delayed: UInt64

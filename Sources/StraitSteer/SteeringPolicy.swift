@@ -31,7 +31,8 @@ public enum SteeringPolicy: Sendable, Hashable, CustomStringConvertible {
         /// The kernel's hash over live members.
         case kernelHash
 
-        /// The fallback as `strait steer` and the pinned state write it: `member N` or `kernel hash`.
+        /// The fallback as `strait steer` and the pinned state write it: `member N` or `kernel
+        /// hash`.
         public var description: String {
             switch self {
             case .member(let position): "member \(position)"
