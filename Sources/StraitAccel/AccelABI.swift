@@ -6,6 +6,7 @@ import StraitSystem
 extension strait_sock_key {
     /// The socket's local address (IPv4 shown as such, not as its mapped form).
     public var localAddress: IPAddress { IPAddress(ipv6Mapped: withUnsafeBytes(of: local_ip) { Array($0) }) }
+    /// The peer's address (IPv4 shown as such, not as its mapped form).
     public var remoteAddress: IPAddress { IPAddress(ipv6Mapped: withUnsafeBytes(of: remote_ip) { Array($0) }) }
 
     /// `local:port -> remote:port`, IPv6 in brackets.

@@ -23,12 +23,15 @@ public struct AccelCalibration: Sendable, Codable, Equatable {
     /// The pairs' ratios of one size in one placement: their median and the lower bound of a
     /// one-sided confidence interval for that median.
     public struct RatioSummary: Sendable, Codable, Equatable {
+        /// The median of the pairs' ratios (redirected Gbit/s over plain Gbit/s): above 1 means
+        /// redirect was faster.
         public var median: Double
         /// The j-th smallest ratio, for the largest j such that the true median lies above it with
         /// at least the asked confidence (a sign test: each ratio falls below the median with
         /// probability 1/2). 0 when there are too few pairs to give that confidence.
         public var lowerBound: Double
 
+        /// A summary as stored (read back from the pinned calibration), taken as given.
         public init(median: Double, lowerBound: Double) {
             self.median = median
             self.lowerBound = lowerBound
@@ -77,6 +80,7 @@ public struct AccelCalibration: Sendable, Codable, Equatable {
         /// a size with no gain still passes in only about 1 case in 30 (both placements).
         public var confidence = 0.8
 
+        /// The rule ``AccelCalibration`` ships with: a 3% gain and an 80% lower bound.
         public init() {}
 
         /// Redirect only if every placement's median reaches ``minimumGain`` and its lower bound
@@ -89,9 +93,11 @@ public struct AccelCalibration: Sendable, Codable, Equatable {
     /// One message size: Gbit/s of one stream by CPU placement (index 0 both ends on one CPU,
     /// index 1 on two CPUs; one entry on a one-CPU machine), and the decision taken.
     public struct Point: Sendable, Codable, Equatable {
+        /// The size of each send(2) in this point's runs, in bytes.
         public var messageBytes: Int
         /// Medians of the plain and of the redirected runs, per placement.
         public var plainGbitS: [Double]
+        /// Gbit/s, per placement, of the runs through sk_msg redirect (same order as `plainGbitS`).
         public var redirectedGbitS: [Double]
         /// The pairs' ratios per placement (what the decision read).
         public var ratios: [RatioSummary]
@@ -150,10 +156,13 @@ public struct AccelCalibration: Sendable, Codable, Equatable {
         public var deadlineSeconds = 4.5
         /// Share of each run spent streaming before counting (slow start, first allocations).
         public var warmUpShare = 0.25
+        /// How the pairs' ratios become a decision.
         public var rule = DecisionRule()
         /// Where the calibration's own cgroup is made; nil: the root of cgroup v2.
         public var parentCgroup: Cgroup?
 
+        /// The default plan: 7 sizes from 256 B to 1 MiB, 5 pairs, 3.0 s streaming within a 4.5 s
+        /// budget.
         public init() {}
 
         /// Length of one run, warm-up included, with `placements` CPU placements.
@@ -168,8 +177,10 @@ public struct AccelCalibration: Sendable, Codable, Equatable {
     public var elapsedSeconds: Double
     /// Pairs per size and placement (0: not recorded).
     public var pairs: Int
+    /// One point per measured size, ascending by ``Point/messageBytes``.
     public var points: [Point]
 
+    /// A calibration as measured or read back from its pin; nothing is checked or written.
     public init(measuredAt: Date, elapsedSeconds: Double, pairs: Int = 0, points: [Point]) {
         self.measuredAt = measuredAt
         self.elapsedSeconds = elapsedSeconds

@@ -28,6 +28,7 @@ public struct AccelPolicy: Sendable, Equatable, Codable {
     /// Sends that follow a receive (request/response) after which a direction keeps redirecting.
     public var idleSends: UInt32 = 3
 
+    /// The default policy: every port and address, adaptive, calibrated bulk decision from 16 KiB.
     public init() {}
 
     /// Whether bulk sends redirect by this machine's measurement or by hand.
@@ -85,6 +86,7 @@ public enum AccelError: Error, CustomStringConvertible {
     case enabledElsewhere(current: String, requested: String)
     case calibrationFailed(String)
 
+    /// What went wrong and what to do, for the operator; the CLI prints it as is.
     public var description: String {
         switch self {
         case .badPolicy(let why): "bad acceleration policy: \(why)"

@@ -2,11 +2,19 @@ import StraitKernelABI
 
 /// What `strait accel status` reports.
 public struct AccelStatus: Sendable, Codable {
+    /// Whether anything is pinned under ``pinDirectory``; when false every other field is empty or
+    /// zero.
     public var enabled: Bool
+    /// The bpffs folder the programs, maps and links are pinned in.
     public var pinDirectory: String
+    /// The cgroup v2 path the sock_ops program is attached to; nil when off or when that cgroup has
+    /// gone.
     public var cgroup: String?
+    /// The policy now in the config maps; nil when off.
     public var policy: AccelPolicy?
+    /// Sockets in the SOCKHASH now (one map walk when the status is read).
     public var socketsTracked: Int
+    /// Totals since the maps were created.
     public var counters: Counters
     /// The measurement in force (nil when none was made: `--no-calibrate`, or bulk set by hand).
     public var calibration: AccelCalibration?
@@ -19,19 +27,35 @@ public struct AccelStatus: Sendable, Codable {
 
     /// The per-CPU counters, summed.
     public struct Counters: Sendable, Codable {
+        /// Established sockets that passed the policy and entered the socket hash.
         public var socketsEntered: UInt64 = 0
+        /// Established sockets the policy (ports, excluded ports, prefixes) left out.
         public var socketsSkippedByPolicy: UInt64 = 0
+        /// Tracked sockets taken out of the hash again once their sends had settled on the stack
+        /// (their flows continue there).
         public var socketsReleasedToStack: UInt64 = 0
+        /// Sends delivered straight into the peer's ingress queue by sk_msg redirect.
         public var redirectedMessages: UInt64 = 0
+        /// Bytes of those sends.
         public var redirectedBytes: UInt64 = 0
+        /// Sends that went to the stack because the peer socket was not (or no longer) in the hash;
+        /// that direction stays on the stack.
         public var fallbackPeerNotTracked = Fallback()
+        /// Sends that went to the stack because the direction had settled there (adaptive mode, or
+        /// the calibration said so).
         public var fallbackStack = Fallback()
+        /// Sends that went to the stack because redirect was switched off while the socket was
+        /// tracked.
         public var fallbackDisabled = Fallback()
+        /// Events lost because the ring buffer was full (a slow or absent `strait accel trace`
+        /// reader costs nothing else).
         public var eventsDropped: UInt64 = 0
 
         /// Sends that went through the normal stack, for one reason.
         public struct Fallback: Sendable, Codable {
+            /// Sends counted.
             public var messages: UInt64 = 0
+            /// Their bytes.
             public var bytes: UInt64 = 0
         }
 

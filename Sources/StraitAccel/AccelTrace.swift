@@ -4,17 +4,29 @@ import StraitKernelABI
 
 /// One socket event from the kernel programs' ring buffer.
 public struct AccelEvent: Sendable, Codable, CustomStringConvertible {
+    /// What happened to the socket, from the `STRAIT_EVENT_*` codes; `unknown` for a code this
+    /// build does not know.
     public enum Kind: String, Sendable, Codable {
         case established, skipped, accelerated, stack, released, closed, unknown
     }
 
+    /// `bpf_ktime_get_ns()` when the kernel emitted it: CLOCK_MONOTONIC nanoseconds, not wall time.
     public var timestampNanoseconds: UInt64
+    /// The socket's cookie (`SO_COOKIE`), unique for the socket's life, unlike its fd number or
+    /// 4-tuple.
     public var socketCookie: UInt64
+    /// What happened.
     public var kind: Kind
+    /// The socket's local address, as text (IPv4 unmapped).
     public var local: String
+    /// The peer's address, as text (IPv4 unmapped).
     public var remote: String
+    /// The local port (host byte order).
     public var localPort: UInt16
+    /// The peer's port (host byte order).
     public var remotePort: UInt16
+    /// The cookie of the socket's network namespace: the same 4-tuple in two namespaces is two
+    /// sockets.
     public var netnsCookie: UInt64
     /// For `established`: 1 if this side connected (active), 0 if it accepted. For `accelerated`
     /// and `stack`: 1 when the decision is final (adaptive mode settled), 0 when the direction only began.
@@ -43,6 +55,8 @@ public struct AccelEvent: Sendable, Codable, CustomStringConvertible {
     /// Whether, after this event, the socket is in the accelerated path.
     public var accelerated: Bool { kind == .established || kind == .accelerated }
 
+    /// One line for `strait accel trace`: both endpoints, the namespace and socket cookies, and
+    /// what happened.
     public var description: String {
         let what: String = switch kind {
         case .established: detail == 1 ? "established (connect), tracked" : "established (accept), tracked"

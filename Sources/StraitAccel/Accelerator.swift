@@ -12,8 +12,11 @@ import StraitSystem
 /// acceleration stays on after the command that enabled it exits, and every later command opens
 /// the same maps. An `Accelerator` value holds descriptors to those pins; dropping it changes nothing.
 public final class Accelerator {
+    /// Where everything is pinned unless told otherwise: `/sys/fs/bpf/strait/accel`.
     public static let defaultPinDirectory = BPFFS.defaultMount + "/strait/accel"
 
+    /// The bpffs folder holding the programs, maps and links; they outlive this object and the
+    /// process.
     public let pinDirectory: String
     let socks: TypedMap<strait_sock_key, UInt64>
     let config: TypedMap<UInt32, strait_accel_config>

@@ -20,11 +20,17 @@ public struct AccelBenchmark: Sendable {
         var affinity: String { self == .same ? "0,0" : "0,1" }
     }
 
+    /// Bytes per write of the iperf3 throughput runs (`-l`), one row per size and placement.
     public var messageSizes: [Int] = [64, 256, 1024, 4096, 16_384, 65_536, 262_144, 1 << 20]
+    /// CPU placements measured for throughput.
     public var placements: [Placement] = Placement.allCases
+    /// Length of each iperf3, sockperf and wrk run, in seconds.
     public var seconds: Double = 3
+    /// Plain/accelerated pairs per measurement (order alternating); the report holds their medians.
     public var repeats: Int = 1
+    /// Bytes per message of the sockperf ping-pong.
     public var latencyMessageBytes = 64
+    /// The policy the accelerated runs enable, as `strait accel enable` would.
     public var policy = AccelPolicy()
     /// The calibration `enable` runs; nil skips it (every bulk size redirects, or `--bulk-bytes`).
     public var calibration: AccelCalibration.Plan? = AccelCalibration.Plan()
@@ -34,12 +40,16 @@ public struct AccelBenchmark: Sendable {
     public var httpServer: String?
     /// wrk connections for the HTTP row (one wrk thread, one server loop).
     public var httpConnections = 16
+    /// Called with a line of text as each step finishes (the CLI prints it to stderr); called on
+    /// the benchmark's thread.
     public var progress: @Sendable (String) -> Void = { _ in }
 
+    /// The defaults above: 8 sizes from 64 B to 1 MiB, both placements, 3 s runs, one pair each.
     public init() {}
 
     /// Encodes with snake_case keys (`message_bytes`, `plain_gbit_s`, …), as `--json` prints it.
     public struct Report: Sendable, Codable {
+        /// One row per placement and message size, in that order.
         public var throughput: [Row]
         /// Ping-pong with client and server where the scheduler puts them (on a small VM, mostly on
         /// two CPUs: each round trip then pays cross-CPU wake-ups, which redirect does not remove).
@@ -50,41 +60,68 @@ public struct AccelBenchmark: Sendable {
         public var http: HTTP?
         /// One AF_UNIX stream at 64 KiB writes, measured in the same run: the ceiling.
         public var afUnixGbitS: Double
+        /// `adaptive` or `always`: the accelerated runs' ``AccelPolicy/adaptive`` setting.
         public var mode: String
         /// The calibration the accelerated runs used (nil when skipped) and the bulk sizes it redirects.
         public var calibration: AccelCalibration?
+        /// The bulk sizes the calibration redirects, as `strait accel status` words them.
         public var redirectedBulkSizes: String
         /// The small-write sizes whose streams stay redirected (the calibration's answer).
         public var redirectedStreamSizes: String
 
+        /// One message size in one placement: medians of the iperf3 runs, in Gbit/s.
         public struct Row: Sendable, Codable {
+            /// Bytes per write.
             public var messageBytes: Int
+            /// Where client and server ran.
             public var placement: Placement
+            /// Plain TCP over loopback.
             public var plainGbitS: Double
+            /// Inside the accelerated cgroup, with the policy as configured.
             public var acceleratedGbitS: Double
+            /// Every direction redirected from its first send; nil unless
+            /// ``AccelBenchmark/includeAlwaysRedirect``.
             public var alwaysRedirectGbitS: Double?
         }
 
+        /// sockperf ping-pong latency, medians over the runs, in microseconds.
         public struct Latency: Sendable, Codable {
+            /// Bytes per message.
             public var messageBytes: Int
+            /// Median round trip, plain TCP.
             public var plainP50Us: Double
+            /// Median round trip, accelerated.
             public var acceleratedP50Us: Double
+            /// 99th-percentile round trip, plain TCP.
             public var plainP99Us: Double
+            /// 99th-percentile round trip, accelerated.
             public var acceleratedP99Us: Double
             /// Share of the accelerated runs' sends that were redirected (the kernel counters over
             /// those runs): near 1 when request/response detection kept both directions redirected.
             public var redirectedShare: Double
         }
 
+        /// Keep-alive HTTP/1.1 through wrk, medians over the runs.
         public struct HTTP: Sendable, Codable {
+            /// wrk's open connections.
             public var connections: Int
+            /// Requests per second, plain TCP.
             public var plainRequestsPerSecond: Double
+            /// Requests per second, accelerated.
             public var acceleratedRequestsPerSecond: Double
+            /// Median request latency, plain TCP, in milliseconds.
             public var plainP50Ms: Double
+            /// Median request latency, accelerated, in milliseconds.
             public var acceleratedP50Ms: Double
         }
     }
 
+    /// Runs the whole benchmark, blocking for about (sizes × placements + 2 + HTTP) × repeats × 2 ×
+    /// ``seconds`` plus the calibration.
+    /// Makes a cgroup `strait-bench-PID` and a pin folder, enables the accelerator there and
+    /// removes all three on return, error or interrupt (children left in the cgroup are killed).
+    /// Throws ``BenchError/conflict(_:)`` when acceleration is on system-wide,
+    /// ``BenchError/interrupted`` once `shouldStop` returns true (checked between runs).
     public func run(shouldStop: @escaping @Sendable () -> Bool = { false }) throws -> Report {
         if Accelerator.isEnabled() {
             throw BenchError.conflict("acceleration is enabled system-wide (\(Accelerator.defaultPinDirectory)): plain runs would be accelerated too. Run `strait accel disable` first.")
@@ -207,10 +244,12 @@ func onCPU0<T>(_ body: () throws -> T) throws -> T {
     return try body()
 }
 
+/// Why a benchmark stopped without a report; what it made is removed either way.
 public enum BenchError: Error, CustomStringConvertible {
     case conflict(String)
     case interrupted
 
+    /// The reason, for the operator; the CLI prints it as is.
     public var description: String {
         switch self {
         case .conflict(let why): why

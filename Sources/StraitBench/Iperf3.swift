@@ -5,8 +5,11 @@ import StraitSystem
 
 /// iperf3 (from Debian) as the throughput peer: one server per run, one client stream.
 public struct Iperf3: Sendable {
+    /// Starts and stops the iperf3 processes; each run's server and client are children of this
+    /// process.
     public let runner = ProcessRunner()
 
+    /// A runner for iperf3 from PATH; nothing starts until a run.
     public init() {}
 
     /// Runs one client stream of `messageBytes` writes for `seconds` against a fresh one-off server
@@ -39,12 +42,18 @@ public struct Iperf3: Sendable {
 
 /// sockperf (from Debian) as the latency peer: TCP ping-pong.
 public struct Sockperf: Sendable {
+    /// Starts and stops the sockperf processes; each run's server and client are children of this
+    /// process.
     public let runner = ProcessRunner()
 
+    /// A runner for sockperf from PATH; nothing starts until a run.
     public init() {}
 
+    /// Round-trip latency percentiles of one run, as sockperf reports them, in microseconds.
     public struct Latency: Sendable, Codable {
+        /// Median round trip.
         public var p50Microseconds: Double
+        /// 99th-percentile round trip.
         public var p99Microseconds: Double
     }
 
@@ -77,10 +86,12 @@ public struct Sockperf: Sendable {
 /// wrk (from Debian) against `straitnet-http` (StraitNet's HTTP/1.1 bench server): small responses
 /// on kept-alive connections, the request/response traffic of a real service.
 public struct Wrk: Sendable {
+    /// Starts and stops wrk and the server; both are children of this process for the run.
     public let runner = ProcessRunner()
     /// Path of the `straitnet-http` executable.
     public let server: String
 
+    /// A runner against the `straitnet-http` executable at `server`; nothing starts until a run.
     public init(server: String) { self.server = server }
 
     /// One wrk thread with `connections` connections for `seconds` against a fresh server with one
@@ -99,12 +110,19 @@ public struct Wrk: Sendable {
 /// How peer processes are started: as they are, or first moved into a cgroup (through `sh`, which
 /// joins the cgroup and then execs the tool, so the tool's sockets are born inside it).
 public struct Launcher: Sendable {
+    /// The cgroup v2 directory the tools join before exec; nil: they start where this process is.
     public let cgroupPath: String?
 
+    /// Starts tools as they are, in this process's cgroup.
     public static let plain = Launcher(cgroupPath: nil)
 
+    /// A launcher into the cgroup at `cgroupPath` (nil: none). Nothing is checked until a command
+    /// runs.
     public init(cgroupPath: String?) { self.cgroupPath = cgroupPath }
 
+    /// `arguments` as is, or wrapped in `/bin/sh -c` that writes the shell's pid to the cgroup's
+    /// `cgroup.procs` and execs the tool (arguments single-quoted). Pure: builds the command, runs
+    /// nothing.
     public func command(_ arguments: [String]) -> [String] {
         guard let cgroupPath else { return arguments }
         let quoted = arguments.map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")

@@ -26,15 +26,23 @@ import StraitBenchSupport
 /// 64-byte request, 64-byte answer, close with a reset so no TIME_WAIT piles up) per second, or
 /// bulk throughput over one long connection.
 public struct LBBenchmark: Sendable {
+    /// How many services each method is given, one set of rows per count (at most 65,024, the
+    /// virtual addresses in 198.19.0.0/16); the measured service is the last.
     public var serviceCounts = [10, 1_000, 10_000]
+    /// Length of each client run, in seconds.
     public var seconds: Double = 1
+    /// Rounds of interleaved runs per service count; the rows hold their medians.
     public var rounds = 3
     /// How to start the client: this executable and the hidden subcommand that runs ``Client``.
     public var clientCommand: [String] = []
+    /// Called with a line of text as each row is measured; called on the benchmark's thread.
     public var progress: @Sendable (String) -> Void = { _ in }
 
+    /// The defaults above: 10, 1,000 and 10,000 services, 1 s runs, 3 rounds; ``clientCommand``
+    /// must still be set.
     public init() {}
 
+    /// The ways of reaching a backend that are compared.
     public enum Method: String, Sendable, Codable, CaseIterable {
         case straitLB = "strait-lb"
         case iptables = "iptables-dnat"
@@ -44,13 +52,21 @@ public struct LBBenchmark: Sendable {
 
     /// Encodes with snake_case keys, as `--json` prints it.
     public struct Report: Sendable, Codable {
+        /// One row per service count and method, in that order.
         public var rows: [Row]
+        /// Length of each client run, in seconds.
         public var seconds: Double
+        /// Rounds each median is taken over.
         public var rounds: Int
+        /// `iptables -V` of this machine (legacy or nf_tables backend matters to the DNAT rows);
+        /// `?` if it could not be run.
         public var iptablesVersion: String
 
+        /// One method at one service count.
         public struct Row: Sendable, Codable {
+            /// How the client reached a backend.
             public var method: Method
+            /// Services installed when it was measured.
             public var services: Int
             /// Short connections per second (median over rounds).
             public var shortPerSecond: Double
@@ -72,6 +88,11 @@ public struct LBBenchmark: Sendable {
         return IPAddress("198.19.\(net).\(host)")!
     }
 
+    /// Runs every service count × method × round, blocking for about 2 × ``seconds`` × 4 ×
+    /// ``rounds`` per count plus rule set-up and one client process start per run.
+    /// Makes four network namespaces, a cgroup and a ``LoadBalancer`` on it, and removes them all
+    /// on return, error or interrupt. Needs `nft`, `iptables` and `iptables-restore` on PATH, root,
+    /// and ``clientCommand``; throws ``BenchError/conflict(_:)`` without them.
     public func run(shouldStop: @escaping @Sendable () -> Bool = { false }) throws -> Report {
         let runner = ProcessRunner()
         for tool in ["nft", "iptables-restore", "iptables"] { _ = try ProcessRunner.locate(tool) }
@@ -193,6 +214,10 @@ public struct LBBenchmark: Sendable {
     /// and then the namespace, and runs one closed loop against `target` for `seconds` and returns short connections per
     /// second, or bulk bits per second.
     public enum Client {
+        /// Moves this whole process into `cgroup` (when given), then runs the loop against `target`
+        /// for `seconds` on a new thread inside the network namespace `namespace` while the caller
+        /// waits: returns short connections per second (`bulk` false) or bits per second. Meant for
+        /// the child process only.
         public static func run(target: SocketAddress, bulk: Bool, seconds: Double, cgroup: String?, namespace: String) throws -> Double {
             if let cgroup { try Cgroup(path: cgroup).add() }
             return try NetworkNamespace(name: namespace).run { try loop(target: target, bulk: bulk, seconds: seconds) }

@@ -3,10 +3,13 @@ import StraitBenchSupport
 /// `strait bench lb --svg`: short connections per second against the number of services, one
 /// line per method (log x axis), drawn with the shared ``SVGChart``.
 public struct LBBenchmarkChart {
+    /// The measurement drawn.
     public let report: LBBenchmark.Report
 
+    /// A chart of `report`; nothing is drawn until ``render()``.
     public init(report: LBBenchmark.Report) { self.report = report }
 
+    /// The SVG document as text. Pure: writes no file.
     public func render() -> String {
         let colors: [LBBenchmark.Method: String] = [.straitLB: "#1f77b4", .iptables: "#d62728", .nftables: "#ff7f0e", .direct: "#2ca02c"]
         var chart = SVGChart(

@@ -37,27 +37,37 @@ public struct LimitBenchmark: Sendable {
 
     /// One method at one rate (medians over the rounds).
     public struct Row: Codable, Sendable {
+        /// The way of limiting.
         public var method: Method
+        /// The rate set, in Mbit/s (10^6 bits per second).
         public var setMbps: Double
+        /// The rate iperf3's receiver saw, summed over the connections, in Mbit/s.
         public var achievedMbps: Double
+        /// iperf3 connections in the run.
         public var connections: Int
         /// Ping-pong of the unlimited connection while this one ran.
         public var pingP50Us: Double
+        /// 99th-percentile round trip of that ping-pong, in microseconds.
         public var pingP99Us: Double
+        /// Achieved over set rate: 1.0 is exact, below 1 under-delivers.
         public var achievedOverSet: Double { setMbps > 0 ? achievedMbps / setMbps : 0 }
     }
 
     /// What `strait bench limit` prints (as a table or JSON).
     public struct Report: Codable, Sendable {
+        /// Length of each iperf3 run, in seconds.
         public var seconds: Double
+        /// Rounds each median is taken over.
         public var rounds: Int
         /// What the veth carries with no limit (the ceiling for every method).
         public var unlimitedMbps: Double
         /// The ping-pong with nothing else running: the reference for `pingP50Us`.
         public var idlePingP50Us: Double
+        /// 99th percentile of that idle ping-pong, in microseconds.
         public var idlePingP99Us: Double
         /// The ping-pong beside the same bulk transfer with no limit at all (the CPU the transfer costs shows here too).
         public var unlimitedPingP50Us: Double
+        /// One row per rate and method that could run.
         public var rows: [Row]
         /// Methods this machine cannot run (e.g. no fq qdisc in the kernel), with the reason.
         public var unavailable: [String: String]
@@ -196,6 +206,7 @@ public struct LimitBenchmark: Sendable {
 
 /// The chart `strait bench limit --svg` writes: achieved ÷ set rate (log x axis of the set rate).
 public struct LimitBenchmarkChart {
+    /// The measurement drawn.
     public var report: LimitBenchmark.Report
 
     /// A chart of `report`.

@@ -13,19 +13,27 @@ import StraitSystem
 /// iperf3 and sockperf (client and server) run in a private cgroup on every path, which Strait's
 /// `skmsg` and `auto` runs name as their endpoints cgroup; the cgroup is removed at the end.
 public struct ProxyBenchmark: Sendable {
+    /// Bytes per write of the iperf3 throughput runs, one row per size.
     public var messageSizes: [Int] = [1024, 16_384, 131_072]
+    /// Length of each iperf3 and sockperf run, in seconds.
     public var seconds: Double = 3
+    /// Bytes per message of the sockperf ping-pong.
     public var latencyMessageBytes = 64
+    /// Strait's datapaths measured; sockmap, skmsg and auto are left out when the SK_SKB programs
+    /// do not load here.
     public var datapaths: [Datapath] = [.copy, .splice, .sockmap, .skmsg, .auto]
     /// Rounds; each round measures every path once (in a rotated order), and the median is reported.
     public var repeats = 1
+    /// Called with a line of text after each run; called on the benchmark's thread.
     public var progress: @Sendable (String) -> Void = { _ in }
 
+    /// The defaults above: 1 KiB, 16 KiB and 128 KiB writes, 3 s runs, every datapath, one round.
     public init() {}
 
     /// Encodes (snake_case) as `{"throughput":[{"message_bytes":N,"direct_gbit_s":A,"haproxy_gbit_s":B,
     /// "strait_gbit_s":{"copy":…}}],"latency":{"direct_p50_us":…,"haproxy_p50_us":…,"strait_p50_us":{…}}}`.
     public struct Report: Sendable, Codable {
+        /// One row per message size.
         public var throughput: [Row]
         /// Ping-pong with the scheduler free to place every process (the measurement).
         public var latency: Latency
@@ -34,20 +42,33 @@ public struct ProxyBenchmark: Sendable {
         /// Why the sockmap datapath could not run (its columns are then missing), or nil.
         public var sockmapUnavailable: String?
 
+        /// One message size: the receiver's Gbit/s per path, medians over the rounds.
         public struct Row: Sendable, Codable {
+            /// Bytes per write.
             public var messageBytes: Int
+            /// Client straight to the server (the bound).
             public var directGbitS: Double
+            /// Through HAProxy in TCP mode.
             public var haproxyGbitS: Double
+            /// Through Strait's proxy, keyed by datapath name (`copy`, `splice`, …).
             public var straitGbitS: [String: Double]
         }
 
+        /// sockperf ping-pong round trips per path, medians over the rounds, in microseconds.
         public struct Latency: Sendable, Codable {
+            /// Bytes per message.
             public var messageBytes: Int
+            /// Median, client straight to the server.
             public var directP50Us: Double
+            /// Median, through HAProxy.
             public var haproxyP50Us: Double
+            /// Median through Strait's proxy, keyed by datapath name.
             public var straitP50Us: [String: Double]
+            /// 99th percentile, client straight to the server.
             public var directP99Us: Double
+            /// 99th percentile, through HAProxy.
             public var haproxyP99Us: Double
+            /// 99th percentile through Strait's proxy, keyed by datapath name.
             public var straitP99Us: [String: Double]
         }
     }
@@ -57,6 +78,13 @@ public struct ProxyBenchmark: Sendable {
         case direct, haproxy, strait(Datapath)
     }
 
+    /// Runs every path for every size, then the ping-pong twice (free and on one CPU), each
+    /// `repeats` times: blocks for about (sizes + 2) × paths × ``repeats`` × ``seconds``, plus a
+    /// proxy start per run.
+    /// Makes a cgroup for the peers and removes it (killing what is left in it) on return, error or
+    /// interrupt; each Strait proxy runs inside this process and is shut down after its run. Needs
+    /// `haproxy` on PATH; throws ``BenchError/interrupted`` once `shouldStop` returns true (checked
+    /// between runs).
     public func run(shouldStop: @escaping @Sendable () -> Bool = { false }) throws -> Report {
         _ = try ProcessRunner.locate("haproxy")
         var logger = Logger(label: "strait.bench.proxy")

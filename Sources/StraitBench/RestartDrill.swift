@@ -13,6 +13,7 @@ import StraitSystem
 /// exactly what it sees between two processes (new descriptors for the same sockets). Runs inside
 /// `namespace`, whose `net.ipv4.tcp_migrate_req` it sets per mode; never on the host.
 public enum RestartDrill {
+    /// How the old server gives way to the new one.
     public enum Mode: String, Sendable, CaseIterable, Codable {
         /// The new server binds its own SO_REUSEPORT listeners, then the old one closes its listeners.
         /// Whatever was queued on them is reset. No steering program, no migration.
@@ -28,10 +29,16 @@ public enum RestartDrill {
         case strait
     }
 
+    /// One drill's counts; `attempted` = `succeeded` + `failedConnects` + `resets` once the load
+    /// has stopped.
     public struct Result: Sendable, Codable {
+        /// How the servers were replaced.
         public var mode: Mode
+        /// Server replacements done.
         public var restarts: Int
+        /// Connections the client started.
         public var attempted: Int
+        /// Connections whose 5-byte echo came back whole.
         public var succeeded: Int
         /// connect() failed (refused, timed out).
         public var failedConnects: Int
@@ -39,9 +46,13 @@ public enum RestartDrill {
         public var resets: Int
         /// Connections moved by the kernel off a closing listener (steering program's count).
         public var migrated: Int
+        /// CPU time the server spun per request before echoing, in microseconds (0: an idle
+        /// server).
         public var workMicroseconds: Int
+        /// Wall time from the start of the load to its end, in seconds.
         public var seconds: Double
 
+        /// A result as measured or decoded; nothing is checked.
         public init(
             mode: Mode, restarts: Int, attempted: Int, succeeded: Int, failedConnects: Int, resets: Int, migrated: Int,
             workMicroseconds: Int, seconds: Double
@@ -202,18 +213,28 @@ public final class ClientLoad: @unchecked Sendable {
     let port: UInt16
     let rate: Int
     let threads: Int
+    /// Connections started so far; the counters are updated by the client threads with relaxed
+    /// ordering, so read them after ``stop()`` and `run()` has returned for exact totals.
     public let attempted = ManagedAtomic<Int>(0)
+    /// Connections whose echo came back whole.
     public let succeeded = ManagedAtomic<Int>(0)
+    /// Connections whose socket() or connect() failed (refused, or no answer within 2 s).
     public let failedConnects = ManagedAtomic<Int>(0)
+    /// Connections reset, closed or answered wrongly before the whole echo came back (a short or
+    /// wrong answer counts here too).
     public let resets = ManagedAtomic<Int>(0)
     private let stopping = ManagedAtomic<Bool>(false)
 
+    /// A load of `rate` connections per second to 127.0.0.1:`port`, spread over `threads` blocking
+    /// threads; nothing starts until ``run()``.
     public init(port: UInt16, rate: Int, threads: Int) {
         self.port = port
         self.rate = rate
         self.threads = threads
     }
 
+    /// Asks the client threads to stop after their current connection (each takes at most about 2
+    /// s, its socket timeout); ``run()`` returns once all have.
     public func stop() { stopping.store(true, ordering: .relaxed) }
 
     /// Runs until ``stop()``; call on a thread inside the server's namespace. Client threads are

@@ -18,13 +18,18 @@ import Synchronization
 /// Clients and the echo server's listener run in a private cgroup (the endpoints cgroup of the
 /// skmsg listener), removed at the end. Not for CI: it runs for minutes.
 public struct SoakBenchmark: Sendable {
+    /// How long the clients run, in minutes; ``run(shouldStop:)`` blocks that long plus the drain.
     public var minutes: Double = 1
+    /// Client threads, each running one connection at a time, round-robin over the datapaths.
     public var workers = 8
     /// Seconds between reloads, and between restarts (0: none).
     public var reloadSeconds: Double = 5
+    /// Seconds between in-place restarts of the proxy (0: none).
     public var restartSeconds: Double = 30
+    /// Called with a status line now and then; called on the benchmark's thread.
     public var progress: @Sendable (String) -> Void = { _ in }
 
+    /// The defaults above: one minute, 8 workers, a reload every 5 s, a restart every 30 s.
     public init() {}
 
     /// What one client does.
@@ -50,32 +55,49 @@ public struct SoakBenchmark: Sendable {
     /// Encodes (snake_case) as `{"seconds":…,"connections":…,"bytes_verified":…,"client_errors":{…},
     /// "proxy_errors":{…},"by_behavior":{…},"reloads":…,"restarts":…,"peak":{…},"baseline":{…},"end":{…}}`.
     public struct Report: Sendable, Codable {
+        /// Wall time of the run, in whole seconds (truncated).
         public var seconds: Double
+        /// Connections clients completed, over every behaviour.
         public var connections: Int
+        /// Echoed bytes the clients checked against the pattern and found right.
         public var bytesVerified: Int
         /// Failures clients saw that are not the ones they caused: a byte wrong or missing, a
         /// timeout, an unexpected reset. Zero is the pass mark.
         public var clientErrors: [String: Int]
         /// `strait_proxy_errors_total` by kind, summed over every proxy of the run.
         public var proxyErrors: [String: Int]
+        /// Client runs by ``Behavior`` name.
         public var byBehavior: [String: Int]
         /// The most a never-reading client pushed before back-pressure stopped it.
         public var largestStalledPush: Int
+        /// Configuration reloads done.
         public var reloads: Int
+        /// In-place restarts done (a successor proxy took the listeners).
         public var restarts: Int
+        /// Why the sockmap datapaths could not run, or nil.
         public var sockmapUnavailable: String?
+        /// The sample taken before any client started.
         public var baseline: Resources
+        /// The worst of every sample (one each 250 ms), field by field: the highest RSS,
+        /// descriptors, TCP memory and connections, the lowest MemAvailable.
         public var peak: Resources
+        /// The sample taken after every proxy and the echo server shut down: what leaked, if
+        /// anything.
         public var end: Resources
     }
 
     /// One sample: this process's RSS and descriptors, the machine's MemAvailable (its fall from
     /// the baseline at the peak) and TCP's memory, the proxy's open connections.
     public struct Resources: Sendable, Codable {
+        /// This process's resident set, MiB.
         public var residentMiB: Int
+        /// This process's open descriptors.
         public var descriptors: Int
+        /// The machine's MemAvailable, MiB.
         public var memoryAvailableMiB: Int
+        /// TCP's memory on the machine (pages in /proc/net/sockstat times the page size), MiB.
         public var tcpMemoryMiB: Int
+        /// Connections the current proxy holds open (0 once none runs).
         public var activeConnections: Int
     }
 
@@ -102,6 +124,10 @@ public struct SoakBenchmark: Sendable {
         func pushed(_ count: Int) { lock.withLock { largestPush = max(largestPush, count) } }
     }
 
+    /// Runs the soak: blocks for ``minutes`` plus up to 5 s of drain. Raises this process's
+    /// open-file limit to its hard limit, makes a test cgroup and pin folder, an echo server and a
+    /// proxy on a two-loop StraitNet group, all removed on return, error or interrupt
+    /// (``shouldStop`` is polled every 250 ms and ends the soak early with a report).
     public func run(shouldStop: @escaping @Sendable () -> Bool = { false }) throws -> Report {
         try ResourceLimits.raiseOpenFilesToHard()
         var logger = Logger(label: "strait.bench.soak")

@@ -10,37 +10,57 @@ import StraitSystem
 /// failed connections across restarts under load, and UDP datagrams per second per policy.
 /// Every part is bounded in count and time; the whole run takes about a minute.
 public struct SteerBenchmark: Sendable {
+    /// TCP connections made for each balance row (4 members, counted by which accepted).
     public var balanceConnections = 10_000
+    /// UDP client ports placed before and after one of 8 members leaves, in the remap part.
     public var remapClients = 4000
+    /// Server replacements per restart drill.
     public var restarts = 20
+    /// Connections per second the restart drill's client opens.
     public var restartRate = 2000
+    /// Length of each UDP throughput sample, in seconds (the sender-path sample takes half of it).
     public var udpSeconds = 1.0
+    /// UDP rounds over every policy; the rows hold the median sample.
     public var udpRepeats = 3
     /// Microseconds of work per request on the restarted server (a busy server has connections
     /// waiting in its accept queues, which is what a restart can lose).
     public var serverWorkMicroseconds = 600
     /// Which parts to run.
     public var parts: Set<Part> = Set(Part.allCases)
+    /// Called with a line of text as each part starts; called on the benchmark's thread.
     public var progress: @Sendable (String) -> Void = { _ in }
 
+    /// The defaults above: every part, about a minute in all.
     public init() {}
 
+    /// The parts of the benchmark, chosen with `strait bench steer --parts`.
     public enum Part: String, Sendable, CaseIterable, Codable {
         case balance, remap, restart, udp
     }
 
+    /// Every part's rows (empty for parts not run), encoded as `--json` prints it.
     public struct Report: Sendable, Codable {
+        /// One row per TCP policy, and one for the UDP payload policy.
         public var balance: [Balance]
+        /// The kernel's hash and 4-tuple consistent hashing, when one member of 8 leaves.
         public var remap: [Remap]
+        /// One drill per ``RestartDrill/Mode``, in this process.
         public var restart: [RestartDrill.Result]
         /// Strait's restart between real processes (`strait steer serve`, idle echo server).
         public var restartAcrossProcesses: RestartDrill.Result?
+        /// One row per UDP policy.
         public var udp: [Throughput]
+        /// The running kernel's release (`uname -r`), since migration and steering behaviour depend
+        /// on it.
         public var kernel: String
 
+        /// How evenly one policy spread connections or datagrams over 4 members.
         public struct Balance: Sendable, Codable {
+            /// The policy, as ``SteeringPolicy/description`` writes it.
             public var policy: String
+            /// `tcp` or `udp`.
             public var transport: String
+            /// Connections (or datagrams) each member received, in joining order.
             public var perMember: [Int]
             /// Most loaded member over least loaded; nil (JSON `null`) when one got nothing, since
             /// JSON has no infinity.
@@ -58,19 +78,29 @@ public struct SteerBenchmark: Sendable {
             }
         }
 
+        /// How many clients changed member when one of 8 left.
         public struct Remap: Sendable, Codable {
+            /// The policy, as ``SteeringPolicy/description`` writes it.
             public var policy: String
+            /// Clients placed before the member left.
             public var clients: Int
+            /// Clients that reached a different member afterwards, including those of the member
+            /// that left.
             public var moved: Int
+            /// `moved` over `clients`: about 1/8 is the least possible (the leaving member's
+            /// share).
             public var fraction: Double
         }
 
+        /// UDP datagrams per second into a 4-socket group under one policy.
         public struct Throughput: Sendable, Codable {
+            /// The policy, as ``SteeringPolicy/description`` writes it.
             public var policy: String
             /// Median of the samples.
             public var datagramsPerSecond: Double
             /// Lowest and highest sample: the run's noise.
             public var lowest: Double
+            /// Highest sample, datagrams per second.
             public var highest: Double
             /// Median relative to the kernel hash's median in the same run.
             public var relative: Double
@@ -78,6 +108,7 @@ public struct SteerBenchmark: Sendable {
             /// steering program, queueing or dropping at a full socket) with nobody reading: the
             /// program's cost without the receivers competing for the CPU. Median.
             public var senderPathPerSecond: Double
+            /// ``senderPathPerSecond`` relative to the kernel hash's in the same run.
             public var senderPathRelative: Double
         }
     }
@@ -88,6 +119,9 @@ public struct SteerBenchmark: Sendable {
         .activeBackup,
     ]
 
+    /// Runs the selected parts in a network namespace `strait-bench-PID-sstr` it creates and
+    /// deletes (with a control folder under /tmp), blocking for about a minute with every part.
+    /// Throws the first failure; ``shouldStop`` is checked between rows and skips what is left.
     public func run(shouldStop: @escaping @Sendable () -> Bool = { false }) throws -> Report {
         let namespace = try NetworkNamespace.create("strait-bench-\(getpid())-sstr")
         defer { namespace.delete() }

@@ -143,6 +143,7 @@ public struct ResourceSnapshot: Sendable, CustomStringConvertible {
             descriptors: ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd"))?.count ?? 1) - 1)  // less the listing's own
     }
 
+    /// The snapshot in MiB and descriptor count, for a test's failure message.
     public var description: String {
         "MemAvailable \(memoryAvailable >> 20) MiB, TCP \(tcpMemory >> 20) MiB, RSS \(resident >> 20) MiB, \(descriptors) fds"
     }

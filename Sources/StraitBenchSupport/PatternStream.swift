@@ -6,9 +6,12 @@ import StraitSystem
 /// duplicated or reordered run of bytes shows up as a mismatch. Generating and checking are
 /// memcpy/memcmp over the block, fast enough for multi-gigabyte streams in a debug build.
 public struct PatternStream: Sendable {
+    /// Bytes before the pattern repeats: 1,048,573, a prime just under 1 MiB.
     public static let period = 1_048_573  // prime, just under 1 MiB
     private let block: [UInt8]
 
+    /// Builds the block for `seed` (xorshift, so the same seed gives the same stream). Allocates
+    /// and fills 2 MiB, the block doubled so any window is contiguous.
     public init(seed: UInt64) {
         var state = seed | 1
         var bytes = [UInt8](repeating: 0, count: Self.period * 2)  // doubled: any window is contiguous

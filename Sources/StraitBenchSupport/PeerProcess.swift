@@ -95,6 +95,7 @@ public enum BenchmarkError: Error, CustomStringConvertible {
     /// The peer (name) exited or timed out without the line asked for (its output).
     case noReport(String, String)
 
+    /// What went wrong, with the port, path or output that shows it.
     public var description: String {
         switch self {
         case .serverDidNotStart(let port, let seconds): "nothing listened on 127.0.0.1:\(port) within \(seconds) s"

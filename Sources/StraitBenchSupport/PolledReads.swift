@@ -5,7 +5,9 @@ import StraitSystem
 public struct ReadFailure: Error, CustomStringConvertible {
     /// The errno value.
     public let code: Int32
+    /// A failure with errno `code`.
     public init(code: Int32) { self.code = code }
+    /// The errno's text and number, e.g. `read failed: Connection reset by peer (errno 104)`.
     public var description: String { "read failed: \(String(cString: strerror(code))) (errno \(code))" }
 }
 

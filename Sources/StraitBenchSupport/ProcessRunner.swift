@@ -6,6 +6,7 @@ import StraitSystem
 /// The one process runner of `strait-bench`: ``PeerProcess`` and the test fixtures stop children
 /// the same way (``stop(_:grace:)``).
 public struct ProcessRunner: Sendable {
+    /// A runner; it holds nothing, each call starts its own child.
     public init() {}
 
     /// Runs `command` to completion (killed after `timeout` seconds) and returns its standard output;
@@ -50,6 +51,7 @@ public struct ProcessRunner: Sendable {
 
     /// A started child process. Its output is collected as it runs, so a chatty child never blocks.
     public final class Running: @unchecked Sendable {
+        /// The child, owned by this value: ``stop()`` ends it, and nothing else waits on it.
         public let process: Process
         private let lock = NSLock()
         private var stdout = Data()

@@ -3,11 +3,17 @@ import StraitSystem
 
 /// A line chart of throughput by message size (log2 x axis), written as a standalone SVG.
 public struct SVGChart {
+    /// One line of the chart: a named, coloured list of points.
     public struct Series {
+        /// The legend's text.
         public var name: String
+        /// An SVG colour, written into the stroke as is (`#1f77b4`, `teal`).
         public var color: String
+        /// Points in drawing order: `x` a positive count (drawn on a log2 axis), `y` in the chart's
+        /// ``SVGChart/yLabel`` unit.
         public var points: [(x: Int, y: Double)]
 
+        /// A series with `points`, drawn in `color`.
         public init(name: String, color: String, points: [(x: Int, y: Double)]) {
             self.name = name
             self.color = color
@@ -15,15 +21,21 @@ public struct SVGChart {
         }
     }
 
+    /// The heading drawn above the plot.
     public var title: String
+    /// The y axis's label, with its unit (e.g. `Gbit/s`).
     public var yLabel: String
+    /// The lines drawn, in legend order.
     public var series: [Series]
     /// A horizontal reference line, e.g. the AF_UNIX ceiling.
     public var reference: (label: String, value: Double)?
     /// What the (log2) x axis counts, and how its ticks read.
     public var xLabel = "message size (bytes per write)"
+    /// How an x tick reads; by default a byte count (`4 KiB`).
     public var xTick: (Int) -> String = formatBytes
 
+    /// A chart of `series`, optionally with a horizontal `reference` line; nothing is drawn until
+    /// ``render(width:height:)``.
     public init(title: String, yLabel: String, series: [Series], reference: (label: String, value: Double)? = nil) {
         self.title = title
         self.yLabel = yLabel
@@ -31,6 +43,8 @@ public struct SVGChart {
         self.reference = reference
     }
 
+    /// The whole SVG document as text, `width` × `height` px; the y axis runs from 0 to 10% above
+    /// the highest point or reference. Pure: builds a string, writes no file.
     public func render(width: Double = 720, height: Double = 420) -> String {
         let left = 70.0, right = 45.0, top = 40.0, bottom = 60.0
         let xs = series.flatMap { $0.points.map(\.x) }

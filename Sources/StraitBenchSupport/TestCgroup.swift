@@ -6,7 +6,11 @@ import StraitSystem
 /// created inside it (the process joins it just for that, under a process-wide lock) and both are
 /// removed at the end even when the test fails.
 public final class TestCgroup: @unchecked Sendable {
+    /// The test's own cgroup v2, a child of the cgroup v2 root with a name unique to the test;
+    /// removed at teardown.
     public let cgroup: Cgroup
+    /// The test's own bpffs folder for pins (`/sys/fs/bpf/<test name>`); removed with everything in
+    /// it at teardown.
     public let pinDirectory: String
     private let home: Cgroup
 

@@ -89,13 +89,17 @@ public enum TestFamily: String, Sendable, CaseIterable, CustomStringConvertible 
     /// server's socket sees IPv4-mapped addresses.
     case ipv4ToDualStack
 
+    /// `ipv4`, `ipv6` or `ipv4ToDualStack`, for test names.
     public var description: String { rawValue }
 }
 
 /// A listening socket on loopback (port chosen by the kernel).
 public final class TestListener: @unchecked Sendable {
+    /// The listening socket; this listener owns its descriptor and closes it when released.
     public let socket: TestSocket
+    /// Which family it listens on and how clients reach it.
     public let family: TestFamily
+    /// The port the kernel gave it (or the one asked for), host byte order.
     public let port: UInt16
 
     /// Binds and listens (blocking, `SO_REUSEADDR`) on loopback, or on `[::]` accepting IPv4 too for

@@ -99,8 +99,12 @@ public enum DropVerdict: UInt32, CaseIterable, Sendable, Codable, CustomStringCo
     case droppedNotAllowed = 5
     case droppedMalformed = 6
 
+    /// True for the verdicts whose frames the program dropped (`XDP_DROP`), false for those it
+    /// passed.
     public var isDrop: Bool { rawValue >= Self.droppedBlocked.rawValue }
 
+    /// The counter's name in `strait drop stats`, its JSON and the Prometheus `verdict` label
+    /// (`dropped_blocked`, …).
     public var description: String {
         switch self {
         case .passedNoMatch: "passed_no_match"

@@ -22,6 +22,7 @@ public enum DropError: Error, CustomStringConvertible {
         return description
     }
 
+    /// What went wrong and what to do, for the operator; the CLI prints it as is.
     public var description: String {
         switch self {
         case .invalidRule(let text, let reason):
@@ -46,18 +47,22 @@ public enum DropError: Error, CustomStringConvertible {
 
 /// An address whose packets a rule change must not drop: the peer this command is run from.
 public struct ProtectedSource: Sendable, Equatable, CustomStringConvertible {
+    /// The peer's address; rules that would drop it are refused.
     public var address: IPAddress
     /// The local TCP port the peer talks to (the SSH server's), when known.
     public var tcpPort: UInt16?
     /// Where it came from, for messages (e.g. `SSH_CONNECTION`).
     public var origin: String
 
+    /// A protected peer at `address`, talking to local `tcpPort` if known; `origin` names where it
+    /// was learned.
     public init(address: IPAddress, tcpPort: UInt16?, origin: String) {
         self.address = address
         self.tcpPort = tcpPort
         self.origin = origin
     }
 
+    /// The address, with the local TCP port when known: `198.18.0.1 (to tcp/22)`.
     public var description: String { tcpPort.map { "\(address) (to tcp/\($0))" } ?? address.description }
 
     /// The SSH peer of this session, from `SSH_CONNECTION` (`client port server-address server-port`)

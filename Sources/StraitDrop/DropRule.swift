@@ -45,6 +45,8 @@ public enum DropRule: Hashable, Sendable, CustomStringConvertible, Codable {
         }
     }
 
+    /// The rule in the syntax ``init(parsing:)`` reads back: `198.18.0.0/15`, `tcp/22`, `mac
+    /// aa:bb:…`, `arp PREFIX`.
     public var description: String {
         switch self {
         case .source(let prefix): prefix.description
@@ -54,11 +56,14 @@ public enum DropRule: Hashable, Sendable, CustomStringConvertible, Codable {
         }
     }
 
+    /// Decodes a rule from its text form, with the same checks as ``init(parsing:)``; a bad rule
+    /// throws its ``DropError``.
     public init(from decoder: Decoder) throws {
         let text = try decoder.singleValueContainer().decode(String.self)
         self = try DropRule(parsing: text)
     }
 
+    /// Encodes the rule as its text form (``description``), so rule files and JSON read alike.
     public func encode(to encoder: Encoder) throws {
         var container = encoder.singleValueContainer()
         try container.encode(description)
@@ -108,9 +113,12 @@ public enum DropMode: String, Sendable, Codable, CaseIterable {
 
 /// A whole rule set: the unit `strait drop load` swaps in at once.
 public struct DropRuleSet: Sendable, Codable, Equatable {
+    /// What frames that match no rule get.
     public var mode: DropMode
+    /// The rules, in the order given; duplicates are kept as written.
     public var rules: [DropRule]
 
+    /// A set in `mode` holding `rules`; the empty block-list set passes everything.
     public init(mode: DropMode = .block, rules: [DropRule] = []) {
         self.mode = mode
         self.rules = rules

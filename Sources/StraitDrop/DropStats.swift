@@ -3,8 +3,11 @@ import StraitKernelABI
 
 /// What `strait drop stats` reports: per-verdict and per-rule counters, summed over CPUs.
 public struct DropStats: Sendable, Codable {
+    /// The bpffs folder the counters were read from.
     public var pinDirectory: String
+    /// The mode of the active rule set.
     public var mode: DropMode
+    /// Where the program runs, from the pinned links.
     public var attachments: [Dropper.Attachment]
     /// One entry per ``DropVerdict``, in its order.
     public var verdicts: [VerdictCount]
@@ -12,21 +15,34 @@ public struct DropStats: Sendable, Codable {
     /// allow-list mode).
     public var rules: [RuleCount]
 
+    /// Frames and their bytes, summed over CPUs.
     public struct Counter: Sendable, Codable, Equatable {
+        /// Frames counted.
         public var packets: UInt64
+        /// Bytes of those frames, as XDP saw them (from the Ethernet header on).
         public var bytes: UInt64
     }
 
+    /// One verdict's counter, as `stats --json` writes it.
     public struct VerdictCount: Sendable, Codable {
+        /// The verdict's name (``DropVerdict/description``).
         public var verdict: String
+        /// Whether frames with this verdict were dropped (``DropVerdict/isDrop``).
         public var dropped: Bool
+        /// Frames given this verdict since the maps were created.
         public var packets: UInt64
+        /// Bytes of those frames.
         public var bytes: UInt64
     }
 
+    /// One rule of the active set and the frames it matched.
     public struct RuleCount: Sendable, Codable {
+        /// The rule.
         public var rule: DropRule
+        /// Frames it matched since it was added (rule ids are never reused, so it starts from
+        /// zero).
         public var packets: UInt64
+        /// Bytes of those frames.
         public var bytes: UInt64
     }
 

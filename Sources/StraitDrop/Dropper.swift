@@ -20,9 +20,11 @@ import StraitSystem
 /// packet ever sees a mix or an empty set. ``add(_:protecting:)`` and ``remove(_:protecting:)``
 /// change the active set in place, one map element at a time.
 public final class Dropper: @unchecked Sendable {
+    /// Where the maps and links are pinned unless told otherwise: `/sys/fs/bpf/strait/drop`.
     public static let defaultPinDirectory = BPFFS.defaultMount + "/strait/drop"
     static let programName = "strait_drop"
 
+    /// The bpffs folder holding the maps and links; they outlive this object and the process.
     public let pinDirectory: String
     let config: TypedMap<UInt32, strait_drop_config>
     let verdicts: TypedMap<UInt32, strait_drop_counter>
@@ -101,7 +103,9 @@ public final class Dropper: @unchecked Sendable {
     /// its network namespace and interface index, never by name alone: containers all call their
     /// interface `eth0`.
     public struct Attachment: Sendable, Codable, Equatable {
+        /// The interface's name when read (a rename later is not seen; the index is what counts).
         public var interface: String
+        /// Native (in the driver) or generic (after the socket buffer is built).
         public var mode: XDPMode
         /// The inode of the interface's network namespace (as `ls -i /proc/self/ns/net` or
         /// `ip netns identify` resolve it): unique while the namespace lives.
@@ -111,6 +115,7 @@ public final class Dropper: @unchecked Sendable {
         /// False when the interface has gone away since (the link is defunct; `detach` clears it).
         public var live: Bool
 
+        /// An attachment as read from a pinned link; builds nothing in the kernel.
         public init(interface: String, mode: XDPMode, netns: UInt64, ifindex: UInt32, live: Bool) {
             self.interface = interface
             self.mode = mode

@@ -3,7 +3,10 @@ import StraitSystem
 
 /// Whether native XDP works on an interface, for `strait doctor`.
 public struct XDPSupport: Sendable, Codable {
+    /// The interface checked.
     public var interface: String
+    /// Its driver as `ethtool -i` names it (`veth`, `virtio_net`, …), read with one
+    /// ETHTOOL_GDRVINFO ioctl; nil when the interface does not say.
     public var driver: String?
     /// Native (driver) mode works; false means generic mode only.
     public var native: Bool

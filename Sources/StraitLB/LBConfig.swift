@@ -25,11 +25,15 @@ public enum LBProtocol: String, Sendable, CaseIterable, Codable {
 
 /// One backend of a service.
 public struct LBBackendConfig: Sendable, Hashable {
+    /// The backend's address, of the service's family.
     public var address: IPAddress
+    /// The backend's port (host byte order).
     public var port: UInt16
     /// Relative share, 1...1000.
     public var weight: Int
 
+    /// A backend at `address`:`port` with share `weight`; the loader checks the range, this does
+    /// not.
     public init(address: IPAddress, port: UInt16, weight: Int = 1) {
         self.address = address
         self.port = port
@@ -44,15 +48,23 @@ public struct LBBackendConfig: Sendable, Hashable {
 /// service's address family (an IPv4 service is also reached by AF_INET6 sockets through its
 /// IPv4-mapped form, `::ffff:a.b.c.d`).
 public struct LBServiceConfig: Sendable, Equatable {
+    /// The name `status`, metrics labels and `down SERVICE BACKEND` use.
     public var name: String
+    /// The virtual address clients connect to; nothing listens there.
     public var address: IPAddress
+    /// The virtual port (host byte order).
     public var port: UInt16
+    /// TCP or UDP: which socket calls the cgroup programs rewrite.
     public var transport: LBProtocol
+    /// How a backend is picked.
     public var policy: LBPolicy
+    /// The backends, in configuration order (their ids follow it).
     public var backends: [LBBackendConfig]
     /// TCP connect checks of every backend; nil: backends are always taken as up.
     public var healthCheck: HealthCheck?
 
+    /// A service; validation (families, weights, duplicates) is the loader's job, not this
+    /// initialiser's.
     public init(
         name: String, address: IPAddress, port: UInt16, transport: LBProtocol = .tcp, policy: LBPolicy = .maglev,
         backends: [LBBackendConfig], healthCheck: HealthCheck? = nil
@@ -75,9 +87,13 @@ public struct LBServiceConfig: Sendable, Equatable {
 public struct LBConfig: Sendable, Equatable {
     /// A cgroup v2 directory (absolute path). Sockets created in it or below are balanced.
     public var cgroup: String
+    /// The services to balance; their number sizes the maps at start.
     public var services: [LBServiceConfig]
+    /// Where to serve Prometheus `/metrics` (on a StraitNet loop the daemon owns); nil: no
+    /// endpoint.
     public var metricsAddress: SocketAddress?
 
+    /// A configuration as written; nothing is checked or opened until the daemon starts.
     public init(cgroup: String, services: [LBServiceConfig], metricsAddress: SocketAddress? = nil) {
         self.cgroup = cgroup
         self.services = services

@@ -174,6 +174,8 @@ public final class LBDaemon: @unchecked Sendable {
 /// - `strait_lb_backend_connects{service,backend}`, `strait_lb_backend_datagrams{service,backend}`
 /// - `strait_lb_balanced`, `strait_lb_refused`, `strait_lb_reversed`
 public enum LBMetrics {
+    /// Sets one gauge per backend and counter in `registry` from `snapshot`, then renders the whole
+    /// registry as text. Allocates the text; no syscalls.
     public static func exposition(_ snapshot: LBSnapshot, registry: PrometheusCollectorRegistry) -> String {
         for service in snapshot.services {
             for backend in service.backends {

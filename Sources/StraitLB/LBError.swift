@@ -12,6 +12,7 @@ public enum LBError: Error, CustomStringConvertible {
     /// Another `strait lb` holds the state directory.
     case alreadyRunning(String)
 
+    /// What went wrong and what to do, for the operator; the CLI prints it as is.
     public var description: String {
         switch self {
         case .noSuchCgroup(let path):

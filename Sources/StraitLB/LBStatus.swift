@@ -8,7 +8,10 @@ import StraitSystem
 public enum LBStatus {
     /// What the running process publishes.
     public struct State: Codable, Sendable {
+        /// The lb process, so `status` can tell a stale file from a live one.
         public var pid: pid_t
+        /// Its services and backends; counters in it are replaced by fresh reads of the pinned
+        /// maps.
         public var snapshot: LBSnapshot
     }
 

@@ -461,10 +461,12 @@ public final class LoadBalancer: @unchecked Sendable {
 
 /// A backend of a named service, as health checks and `down` sets name it.
 public struct LBBackendRef: Hashable, Sendable {
+    /// The service's configured name.
     public var service: String
     /// `address:port` as ``LBBackendConfig/endpoint`` writes it.
     public var backend: String
 
+    /// A reference by names; whether they exist is checked where it is used.
     public init(service: String, backend: String) {
         self.service = service
         self.backend = backend

@@ -15,6 +15,7 @@ public enum LimitError: Error, CustomStringConvertible {
     case trafficControl(String)
     case tooManyRules(Int)
 
+    /// What went wrong and what to do, for the operator; the CLI prints it as is.
     public var description: String {
         switch self {
         case .invalidSelector(let reason):

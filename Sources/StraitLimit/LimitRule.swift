@@ -29,8 +29,10 @@ public struct LimitRate: Sendable, Hashable, Comparable, Codable, CustomStringCo
     /// The value `SO_MAX_PACING_RATE` and the EDT program take.
     public var bytesPerSecond: UInt64 { bitsPerSecond / 8 }
 
+    /// Orders by bits per second.
     public static func < (lhs: LimitRate, rhs: LimitRate) -> Bool { lhs.bitsPerSecond < rhs.bitsPerSecond }
 
+    /// The rate in the largest decimal unit that fits (`100 Mbit/s`, `1.5 Gbit/s`, `800 bit/s`).
     public var description: String {
         let value = Double(bitsPerSecond)
         for (unit, factor) in [("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)] where value >= factor {
@@ -40,11 +42,13 @@ public struct LimitRate: Sendable, Hashable, Comparable, Codable, CustomStringCo
         return "\(bitsPerSecond) bit/s"
     }
 
+    /// Encodes as a bare number of bits per second (what `--json` and the pinned state carry).
     public func encode(to encoder: Encoder) throws {
         var container = encoder.singleValueContainer()
         try container.encode(bitsPerSecond)
     }
 
+    /// Decodes the bare bits-per-second number ``encode(to:)`` writes.
     public init(from decoder: Decoder) throws {
         bitsPerSecond = try decoder.singleValueContainer().decode(UInt64.self)
     }
@@ -105,6 +109,8 @@ public struct LimitSelector: Sendable, Hashable, Encodable, CustomStringConverti
         return LimitSelector(scope: .aggregate, cgroupID: cgroupID, interface: interface, localPort: nil, remotePort: nil, remote: remote)
     }
 
+    /// A one-line summary for `strait limit list`; names the cgroup by path when it still exists
+    /// (one lookup under /sys/fs/cgroup).
     public var description: String {
         var parts: [String] = []
         switch scope {
@@ -120,6 +126,8 @@ public struct LimitSelector: Sendable, Hashable, Encodable, CustomStringConverti
 
     enum CodingKeys: String, CodingKey { case scope, cgroupID, cgroup, interface, localPort, remotePort, remote }
 
+    /// Encodes the fields, plus the cgroup's current path next to its id (looked up under
+    /// /sys/fs/cgroup when encoding).
     public func encode(to encoder: Encoder) throws {
         var container = encoder.container(keyedBy: CodingKeys.self)
         try container.encode(scope, forKey: .scope)
@@ -149,5 +157,6 @@ public struct LimitRule: Sendable, Hashable, Encodable, CustomStringConvertible 
     /// Its rate.
     public var rate: LimitRate
 
+    /// The rate followed by the selector, as `strait limit list` prints a rule.
     public var description: String { "\(rate) \(selector)" }
 }

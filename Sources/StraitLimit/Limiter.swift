@@ -403,6 +403,8 @@ public final class Limiter: @unchecked Sendable {
 
         /// One interface with the egress program, as recorded when it was attached.
         public struct Interface: Sendable, Encodable {
+            /// The interface name, as it was when the program was attached (a later rename is not
+            /// seen).
             public var name: String
             /// In the namespace it was attached in.
             public var ifindex: UInt32
@@ -423,18 +425,25 @@ public final class Limiter: @unchecked Sendable {
 
     /// What `strait limit stats` reports: each rule with its counters summed over CPUs.
     public struct Stats: Sendable, Encodable {
+        /// The bpffs folder the limiter's maps and links are pinned in.
         public var pinDirectory: String
+        /// Where the programs run.
         public var attachments: Attachments
         /// Every rule, in ``rulesList()`` order.
         public var rules: [RuleCount]
 
         /// One rule and its counters.
         public struct RuleCount: Sendable, Encodable {
+            /// The rule, as ``rulesList()`` returns it.
             public var rule: LimitRule
             /// Aggregate: packets matched, their bytes, those given a later departure, those dropped past the horizon.
             public var packets: UInt64
+            /// Aggregate: bytes of the matched packets, as the egress program saw them (headers
+            /// included).
             public var bytes: UInt64
+            /// Aggregate: packets given a departure time later than now (held in fq).
             public var delayed: UInt64
+            /// Aggregate: packets dropped because their departure time was past the horizon.
             public var dropped: UInt64
             /// Per connection: how many times a socket's pacing rate was set by this rule.
             public var sockets: UInt64

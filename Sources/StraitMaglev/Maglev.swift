@@ -10,12 +10,14 @@
 /// It lives in its own small target so that every balancer shares one table builder: StraitSteer
 /// (SO_REUSEPORT groups) and StraitLB (connect-time load balancing) both import it.
 public enum Maglev {
+    /// One backend as the table builder sees it: a stable id and a weight. A value, owns nothing.
     public struct Member: Sendable, Hashable {
         /// A stable identity: the same id gives the same permutation, whoever else is present.
         public var id: UInt32
         /// Relative share, at least 1.
         public var weight: Int
 
+        /// A member with `id` and `weight`; weights below 1 are treated as 1 by the table builder.
         public init(id: UInt32, weight: Int = 1) {
             self.id = id
             self.weight = weight

@@ -24,6 +24,8 @@ import Synchronization
 /// Owns its BPF program and maps; ``close()`` detaches the program from the group (while a member
 /// is still open) and releases them. The `.kernel` policy loads nothing. Thread-safe.
 public final class SteeringGroup: SocketSteering, @unchecked Sendable {
+    /// How the program picks a member; fixed for the life of the group (changing it means a new
+    /// group).
     public let policy: SteeringPolicy
     /// Whether the program places connections migrated off a closing listener.
     public let migrates: Bool
@@ -42,9 +44,15 @@ public final class SteeringGroup: SocketSteering, @unchecked Sendable {
 
     /// One member: its socket (by cookie), its slot in the socket array, weight and joining order.
     public struct Member: Sendable, Hashable {
+        /// The socket's cookie (`SO_COOKIE`): identifies the listener in the kernel even after its
+        /// fd number is reused.
         public var cookie: UInt64
+        /// Its index in the `REUSEPORT_SOCKARRAY` map, and the id the Maglev table is built over.
         public var slot: UInt32
+        /// Relative share under weighted policies, at least 1.
         public var weight: Int
+        /// Joining order (0: the first member ever joined); active-backup and the payload fallback
+        /// name members by it.
         public var position: Int
     }
 
@@ -303,5 +311,6 @@ public struct SteeringCounters: Sendable, Equatable, Codable {
     /// Connections queued on a closing listener that the program placed on a live one.
     public var migrated = 0
 
+    /// All counters zero.
     public init() {}
 }

@@ -5,6 +5,8 @@ import StraitSystem
 /// The hash steer.bpf.c computes over a key (FNV-1a, then murmur3's finaliser), mirrored in Swift
 /// so placement can be predicted and checked: the same bytes give the same bucket on both sides.
 public enum SteeringHash {
+    /// The 32-bit bucket hash of `bytes`, equal to the kernel program's for the same bytes. Pure;
+    /// one pass, no allocation.
     public static func hash<Bytes: Sequence>(_ bytes: Bytes) -> UInt32 where Bytes.Element == UInt8 {
         Maglev.mix(fnv1a(bytes))
     }

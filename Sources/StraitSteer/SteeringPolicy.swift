@@ -31,6 +31,8 @@ public enum SteeringPolicy: Sendable, Hashable, CustomStringConvertible {
         /// The kernel's hash over live members.
         case kernelHash
 
+        /// The fallback as `strait steer` and the pinned state write it: `member N` or `kernel
+        /// hash`.
         public var description: String {
             switch self {
             case .member(let position): "member \(position)"
@@ -73,6 +75,7 @@ public enum SteeringPolicy: Sendable, Hashable, CustomStringConvertible {
     /// Longest payload key the kernel program reads.
     public static let maximumKeyLength = 16
 
+    /// The policy in the form the parser reads back (`kernel`, `hash:client`, …).
     public var description: String {
         switch self {
         case .kernel: "kernel"

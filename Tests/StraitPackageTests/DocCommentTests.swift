@@ -1,23 +1,32 @@
 import Foundation
 import Testing
 
-/// Every public declaration has a doc comment (issue 14), checked for the layers that have one
-/// on every declaration today, so that they stay so: the syscall layer, the BPF API, the reactor
-/// library and the net bench. (Other feature and bench targets still have gaps; add a target here
-/// once it has none.)
+/// Every public declaration has a doc comment (issue 14), checked in every target below Sources/
+/// except those in `pending` (StraitProxy, which is being rewritten onto StraitNet; drop it from
+/// `pending` once its gaps are filled). A new target is checked from the day it is added.
 ///
 /// A declaration counts as documented when a `///` line, or the end of a `/** … */` block, is
 /// right above it or above the attributes (`@inlinable`) in front of it. Members a `public extension`
 /// makes public without the word are not seen; extensions themselves need no comment.
 @Suite("doc comments")
 struct DocCommentTests {
-    /// Targets (folders below Sources/) where every public declaration is documented.
-    static let complete = ["StraitSystem", "StraitNet", "StraitBPF", "StraitNetBench", "StraitNetBenchServers"]
+    /// Targets (folders below Sources/) not yet checked, each with gaps still to fill.
+    static let pending: Set<String> = ["StraitProxy"]
 
-    @Test("every public declaration of StraitSystem, StraitNet, StraitBPF and the net bench has a doc comment")
+    /// The folders below Sources/ that are checked: every target but the `pending` ones.
+    static func checkedTargets() throws -> [String] {
+        let sources = PackageRoot.url.appending(path: "Sources")
+        return try FileManager.default.contentsOfDirectory(atPath: sources.path)
+            .filter { !$0.hasPrefix(".") && !pending.contains($0) }
+            .sorted()
+    }
+
+    @Test("every public declaration outside the pending targets has a doc comment")
     func everyPublicDeclarationDocumented() throws {
+        let targets = try Self.checkedTargets()
+        #expect(targets.contains("StraitSystem") && targets.contains("StraitBench"), "the scan found the targets below Sources/: \(targets)")
         var missing: [String] = []
-        for target in Self.complete {
+        for target in targets {
             for (path, text) in try ErrorShapeTests.files(below: "Sources/\(target)") {
                 for (line, declaration) in Self.undocumented(in: text) {
                     missing.append("\(path):\(line): \(declaration)")
