@@ -39,8 +39,9 @@ func duplexHandler(_ log: TransferLog, polled: Bool = false) -> @Sendable (TestS
 }
 
 /// Client side: sends `up` bytes and reads `down`, both at once; returns what it read.
-func duplexTransfer(port: UInt16, up: Int, down: Int) throws -> (count: Int, firstMismatch: Int?) {
-    let client = try connectClient(port: port, timeoutSeconds: 60)
+/// `timeoutSeconds`: the longest wait for any byte (a stalled relay fails the read then).
+func duplexTransfer(port: UInt16, up: Int, down: Int, timeoutSeconds: Int = 60) throws -> (count: Int, firstMismatch: Int?) {
+    let client = try connectClient(port: port, timeoutSeconds: timeoutSeconds)
     var header = [UInt8]()
     withUnsafeBytes(of: UInt64(up).littleEndian) { header += $0 }
     withUnsafeBytes(of: UInt64(down).littleEndian) { header += $0 }
@@ -97,6 +98,37 @@ struct DatapathTests {
     @Test("byte-exact both ways, up to 64 MiB, kernel datapaths", .enabled(if: KernelTestGate.enabled, Comment(rawValue: KernelTestGate.comment)), arguments: ProxyHarness.kernelDatapaths)
     func byteExactKernel(datapath: Datapath) async throws {
         try await transferAll(datapath)
+    }
+
+    /// The in-flight budget throttles both directions of a 64 MiB duplex transfer through sockmap
+    /// and userspace copies what follows: 12 runs in a row, each failing at the first 10 s without a
+    /// byte. The copy of a throttled direction stalls (README, proxy limitations): on this kernel
+    /// (6.18) it did in the first or second run of every one of 9 invocations, with the source
+    /// socket's `FIONREAD` at megabytes while `recv(MSG_PEEK)` returns `EAGAIN` and epoll reports
+    /// nothing. A known issue until the kernel side is understood; drop the wrapper with the fix.
+    @Test("sockmap with the in-flight budget: 64 MiB duplex, 12 runs", .enabled(if: KernelTestGate.enabled, Comment(rawValue: KernelTestGate.comment)))
+    func throttledDuplexRepeated() async throws {
+        await withKnownIssue("a throttled sockmap direction's copy can stall", isIntermittent: true) { try await throttledDuplexRuns() }
+    }
+
+    func throttledDuplexRuns() async throws {
+        let runs = 12
+        let log = TransferLog()
+        let upstream = try ThreadedUpstream(duplexHandler(log))
+        defer { upstream.stop() }
+        var config = ProxyHarness.config(datapath: .sockmap, upstreams: [upstream.address])
+        config.listeners[0].maxInFlight = ListenerConfig.defaultMaxInFlight
+        try await ProxyHarness.with(config) { proxy, port in
+            for run in 0..<runs {
+                let received = try duplexTransfer(port: port, up: 64 << 20, down: 64 << 20, timeoutSeconds: 10)
+                #expect(received.count == 64 << 20 && received.firstMismatch == nil, "run \(run): downstream \(received.count) bytes, first mismatch \(received.firstMismatch ?? -1)")
+                try await eventually { log.all.count > run }
+                let seen = log.all
+                #expect(seen.count == run + 1 && seen.last?.count == 64 << 20 && seen.last?.mismatch == nil, "run \(run): upstream saw \(seen.last.map { "\($0.count) bytes, first mismatch \($0.mismatch ?? -1)" } ?? "nothing")")
+                if received.count != 64 << 20 || seen.last?.count != 64 << 20 { break }
+            }
+            #expect(ProxyHarness.metric(proxy, "strait_proxy_errors_total", "kind=\"sockmap_throttled\"") >= 1, "the budget never throttled: the copy was not exercised")
+        }
     }
 
     /// A client that writes right after connect: its bytes are queued before the proxy has even
