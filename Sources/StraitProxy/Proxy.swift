@@ -25,7 +25,11 @@ import Glibc
 /// is false) the proxy runs `sockmap` listeners on splice and `auto` on its starting datapath, and
 /// ``sockmapUnavailable`` says why (logged once at start).
 public final class Proxy: @unchecked Sendable {
+    /// This proxy's metrics, in a registry the proxy creates and owns (never shared with another
+    /// proxy in the process); ``metricsText()`` renders it, with the kernel totals read first.
     public let metrics: ProxyMetrics
+    /// Where the proxy logs its own events (kernel datapath off, upstream up or down, configuration
+    /// applied) and where its relays log; the caller's, given to ``init``.
     public let logger: Logger
     let context: ProxyContext
     /// The loops every relay, acceptor, health check and the metrics endpoint run on.

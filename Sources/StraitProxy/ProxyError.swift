@@ -20,6 +20,8 @@ public enum ProxyError: Error, CustomStringConvertible {
     /// (`address`, a Unix socket, say) cannot be forwarded through it.
     case endpointNotIP(address: String)
 
+    /// One line for the operator: which step failed, the errno where there is one, and for a failed
+    /// `bind(2)` what to do about it (``SystemCallError/bindAdvice``).
     public var description: String {
         switch self {
         case .system(let error): error.bindAdvice.map { "\(error). \($0)" } ?? "\(error)"

@@ -29,6 +29,7 @@ public struct ProxyConfigProblem: Error, Equatable, CustomStringConvertible {
         self.message = message.escapingControlCharacters
     }
 
+    /// The message alone: ``ProxyConfigLoader`` puts the `file:line:column` of ``subject`` in front.
     public var description: String { message }
 }
 
@@ -51,7 +52,10 @@ extension ProxyConfig {
     /// The most listeners and clusters one configuration may hold, and upstreams one cluster may
     /// hold: far above any real deployment, low enough that a check stays well under a second.
     public static let maximumListeners = 100_000
+    /// The most clusters one configuration may hold (see ``maximumListeners``).
     public static let maximumClusters = 100_000
+    /// The most upstreams one cluster may hold, a DNS name counting once per address it resolved
+    /// to (see ``maximumListeners``).
     public static let maximumUpstreams = 10_000
 
     /// Checks everything about this configuration that does not need the kernel: names (unique, no

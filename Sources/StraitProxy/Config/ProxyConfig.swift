@@ -21,6 +21,7 @@ public enum Datapath: String, Sendable, CaseIterable, Codable, CustomStringConve
     /// request/response messages); see ``AutoRule``.
     case auto
 
+    /// The name the configuration file, metric labels and the status use (`copy`, `splice`, …).
     public var description: String { rawValue }
 }
 
@@ -38,11 +39,17 @@ public enum Balancing: String, Sendable, CaseIterable {
 /// Active TCP health checking of a cluster's upstreams: a connect every `interval`; `fall`
 /// failures in a row mark an upstream down, `rise` successes in a row mark it up again.
 public struct HealthCheck: Sendable, Equatable {
+    /// Time from one probe of an upstream to the next (the first runs at once); 1 ms to 366 days.
     public var interval: Duration = .seconds(2)
+    /// How long a probe's connect may take before it counts as a failure; at most ``interval``.
     public var timeout: Duration = .seconds(1)
+    /// Successful probes in a row that bring a down upstream back up (``countRange``).
     public var rise = 2
+    /// Failed probes in a row that mark an upstream down (``countRange``).
     public var fall = 3
 
+    /// A check with the file's defaults: a probe every 2 s, 1 s to connect, up after 2 successes,
+    /// down after 3 failures. The ranges are checked by ``ProxyConfig/validate(dualStack:)``, not here.
     public init(interval: Duration = .seconds(2), timeout: Duration = .seconds(1), rise: Int = 2, fall: Int = 3) {
         self.interval = interval
         self.timeout = timeout
@@ -63,6 +70,9 @@ public struct UpstreamConfig: Sendable, Equatable {
     /// ``ProxyConfig/dnsRefresh``; nil for an upstream given as an IP address.
     public var hostname: String?
 
+    /// An upstream at `address`, a primary of weight 1 unless told; `hostname` only when `address`
+    /// was resolved from that name. The weight's range is checked by
+    /// ``ProxyConfig/validate(dualStack:)``, not here.
     public init(address: SocketAddress, weight: Int = 1, backup: Bool = false, hostname: String? = nil) {
         self.address = address
         self.weight = weight
@@ -83,6 +93,8 @@ public struct PassiveHealth: Sendable, Equatable {
     /// The values `failures` may have.
     public static let failuresRange = 1...1000
 
+    /// Ejection after 5 connect failures in a row, for 30 s the first time (the file's defaults).
+    /// Checked by ``ProxyConfig/validate(dualStack:)``, not here.
     public init(failures: Int = 5, ejection: Duration = .seconds(30)) {
         self.failures = failures
         self.ejection = ejection
@@ -98,8 +110,13 @@ public enum ProxyProtocolVersion: String, Sendable, CaseIterable {
 
 /// A named set of upstreams and how to choose among them.
 public struct ClusterConfig: Sendable, Equatable {
+    /// What a listener's `cluster:` names; unique, 1 to 128 characters with no space or control
+    /// character (it goes into log lines and metric labels).
     public var name: String
+    /// The servers its connections go to: 1 to ``ProxyConfig/maximumUpstreams``, at least one of
+    /// them not `backup`.
     public var upstreams: [UpstreamConfig]
+    /// How a new connection picks among the upstreams that are up.
     public var balancing: Balancing
     /// Nil: no active checks, every upstream is considered up.
     public var healthCheck: HealthCheck?
@@ -116,6 +133,8 @@ public struct ClusterConfig: Sendable, Equatable {
     /// The values `retries` may have.
     public static let retriesRange = 0...10
 
+    /// A cluster of `upstreams`: round robin, no health checks, no retries and no PROXY header
+    /// unless told. Checked by ``ProxyConfig/validate(dualStack:)``, not here.
     public init(
         name: String, upstreams: [UpstreamConfig], balancing: Balancing = .roundRobin, healthCheck: HealthCheck? = nil,
         passiveHealth: PassiveHealth? = nil, retries: Int = 0, sendProxy: ProxyProtocolVersion? = nil
@@ -132,10 +151,19 @@ public struct ClusterConfig: Sendable, Equatable {
 
 /// A bound address whose connections go to one cluster.
 public struct ListenerConfig: Sendable, Equatable {
+    /// Names the listener in logs, metric labels and the status; unique, 1 to 128 characters with
+    /// no space or control character.
     public var name: String
+    /// Where it binds; port 0 lets the kernel pick (the status shows the port). Addresses that would
+    /// collide at bind are refused by ``ProxyConfig/validate(dualStack:)``.
     public var address: SocketAddress
+    /// The ``ClusterConfig/name`` its connections go to; it must exist.
     public var cluster: String
+    /// How its connections' bytes move (``Datapath``).
     public var datapath: Datapath
+    /// How long a connect to an upstream may take before it counts as a failure (and, with
+    /// `retries`, the next upstream is tried); also how long a client has to send its PROXY header
+    /// under ``acceptProxy``.
     public var connectTimeout: Duration
     /// Close a connection when neither side sent anything for this long (nil: never). On the
     /// sockmap datapath userspace cannot see bytes; the kernel's per-pair counters are read instead.
@@ -162,6 +190,9 @@ public struct ListenerConfig: Sendable, Equatable {
     /// never notices it.
     public static let defaultMaxInFlight = 4 << 20
 
+    /// A listener with the file's defaults: `auto`, 5 s to connect, 1 h idle timeout, at most
+    /// 10 000 connections, no `max_in_flight`, no PROXY header. Checked by
+    /// ``ProxyConfig/validate(dualStack:)``, not here.
     public init(
         name: String, address: SocketAddress, cluster: String, datapath: Datapath = .auto,
         connectTimeout: Duration = .seconds(5), idleTimeout: Duration? = .seconds(3600), maxConnections: Int = 10_000,
@@ -182,7 +213,10 @@ public struct ListenerConfig: Sendable, Equatable {
 /// A whole proxy configuration: what ``ProxyConfigLoader`` reads from YAML, or what the quick-start
 /// flags build. A plain value; ``Proxy/reload(_:)`` applies a new one.
 public struct ProxyConfig: Sendable, Equatable {
+    /// The listeners, at most ``maximumListeners``, with unique names and addresses that do not
+    /// collide at bind.
     public var listeners: [ListenerConfig]
+    /// The clusters the listeners send to, at most ``maximumClusters``, with unique names.
     public var clusters: [ClusterConfig]
     /// `host:port` of the Prometheus endpoint (`GET /metrics`); nil: none.
     public var metricsAddress: SocketAddress?
@@ -199,6 +233,9 @@ public struct ProxyConfig: Sendable, Equatable {
     /// How often upstreams given by DNS name are resolved again (``ProxyController``).
     public var dnsRefresh: Duration = .seconds(30)
 
+    /// A configuration of `listeners` and `clusters`, the rest at the file's defaults unless told: no
+    /// metrics endpoint, 30 s drain, access log on (to the logger), no skmsg cgroup, names
+    /// re-resolved every 30 s. Checked by ``validate(dualStack:)``, not here.
     public init(
         listeners: [ListenerConfig], clusters: [ClusterConfig], metricsAddress: SocketAddress? = nil,
         drainTimeout: Duration = .seconds(30), accessLog: Bool = true, endpointsCgroup: String? = nil

@@ -8,11 +8,17 @@ import Yams
 /// place, such as an unreadable file). Control characters in the file name and message are
 /// escaped, so a hostile file cannot send raw bytes to a terminal or forge log lines.
 public struct ProxyConfigError: Error, Equatable, CustomStringConvertible {
+    /// The file's path as given, control characters escaped.
     public let file: String
+    /// The mistake's line, from 1; 0 when it has no place.
     public let line: Int
+    /// The mistake's column, from 1; 0 when it has no place.
     public let column: Int
+    /// What was wrong and what was expected, control characters escaped.
     public let message: String
 
+    /// A mistake at `line` and `column` of `file`. Escapes control characters in `file` and
+    /// `message` here (one pass over each), so every later print of it is safe.
     public init(file: String, line: Int, column: Int, message: String) {
         self.file = file.escapingControlCharacters
         self.line = line
@@ -20,6 +26,7 @@ public struct ProxyConfigError: Error, Equatable, CustomStringConvertible {
         self.message = message.escapingControlCharacters
     }
 
+    /// `file:line:column: message`, the form editors and CI annotations jump to.
     public var description: String { "\(file):\(line):\(column): \(message)" }
 }
 

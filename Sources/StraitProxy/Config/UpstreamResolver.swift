@@ -20,6 +20,8 @@ public enum UpstreamResolver {
         /// `gai_strerror`'s sentence.
         public let reason: String
 
+        /// One line for `--check` and a rejected reload: the name, the resolver's reason, and what was
+        /// expected.
         public var description: String { "`\(name)` does not resolve: \(reason); expected a name with A or AAAA records, or a numeric IP" }
     }
 

@@ -17,6 +17,7 @@ public struct ReloadVerdict: Codable, Sendable, Equatable {
     /// ``ProxyConfig/fingerprint`` of what runs after the reload (the old one when rejected).
     public var configFingerprint: String
 
+    /// A verdict as given; ``ProxyController/reload()`` makes one per reload.
     public init(applied: Bool, errors: [String], notes: [String], configFingerprint: String) {
         self.applied = applied
         self.errors = errors
@@ -43,8 +44,11 @@ public struct ControlFailure: Error, Codable, Sendable, Equatable, CustomStringC
     /// What failed and what to do.
     public var error: String
 
+    /// A failure whose `error` says what failed and what to do: the control socket answers it as
+    /// JSON and `strait proxy` prints it.
     public init(_ error: String) { self.error = error }
 
+    /// ``error``, as `strait proxy` prints it.
     public var description: String { error }
 }
 

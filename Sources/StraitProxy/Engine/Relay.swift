@@ -21,8 +21,14 @@ import Glibc
 /// after ``sampleReads`` reads, if bytes flowed both ways and the average read was at most
 /// ``interactiveReadBytes``, it moves to sockmap for good; otherwise it stays.
 public enum AutoRule {
+    /// Where an `auto` connection not on skmsg starts, and stays when its traffic is bulk: copy, the
+    /// fastest userspace datapath measured on bulk transfers.
     public static let startDatapath: Datapath = .copy
+    /// Reads of both directions together after which the rule decides: few enough that an
+    /// interactive connection moves within its first exchanges.
     public static let sampleReads = 8
+    /// The largest average read, in bytes, that still counts as interactive (2 KiB): small
+    /// request/response messages stay under it, while a bulk transfer's reads return far more each.
     public static let interactiveReadBytes = 2048
 
     /// The datapath to move to, or nil to keep sampling (or stay, once decided).

@@ -10,10 +10,15 @@ import Synchronization
 public struct ProxyStatus: Codable, Sendable, Equatable {
     /// One listener.
     public struct Listener: Codable, Sendable, Equatable {
+        /// The listener's `name` in the configuration.
         public var name: String
         /// The bound address (with the kernel's port for port 0).
         public var address: String
+        /// The name of the cluster its connections go to.
         public var cluster: String
+        /// The configured datapath (`copy`, `splice`, `sockmap`, `skmsg`, `auto`), even when the kernel
+        /// datapath is off (``ProxyStatus/sockmapUnavailable``); where connections run is in
+        /// ``Upstream/datapaths``.
         public var datapath: String
         /// Connections being relayed now.
         public var active: Int
@@ -37,10 +42,13 @@ public struct ProxyStatus: Codable, Sendable, Equatable {
 
     /// One upstream of a cluster.
     public struct Upstream: Codable, Sendable, Equatable {
+        /// The numeric address connected to (`198.18.0.10:80`, `[2001:db8::1]:80`).
         public var address: String
         /// The DNS name it was resolved from, if it was given by name.
         public var hostname: String?
+        /// Its share of the cluster's new connections relative to the other upstreams (1 to 1000).
         public var weight: Int
+        /// True for `backup: true`: it takes connections only while no primary of the cluster is up.
         public var backup: Bool
         /// `up`, `down` (active checks), `ejected` (passive health) or `draining`, in that order of
         /// precedence from last to first: a drained upstream shows `draining` whatever its health.
@@ -58,14 +66,21 @@ public struct ProxyStatus: Codable, Sendable, Equatable {
 
     /// One cluster.
     public struct Cluster: Codable, Sendable, Equatable {
+        /// The cluster's `name` in the configuration.
         public var name: String
+        /// The `balance` policy as the file writes it: `round_robin`, `least_connections` or
+        /// `consistent_hash`.
         public var balance: String
+        /// How many other upstreams a connection tries after a connect failure or timeout (0: none).
         public var retries: Int
+        /// Its upstreams in the file's order; a DNS name is one entry per address it resolved to.
         public var upstreams: [Upstream]
     }
 
     /// The last reload through ``ProxyController``, applied or not.
     public struct Reload: Codable, Sendable, Equatable {
+        /// True when the file checked and runs now; false when it was rejected or failed to apply, and
+        /// the previous configuration kept serving.
         public var applied: Bool
         /// Unix time.
         public var at: Double
@@ -73,7 +88,10 @@ public struct ProxyStatus: Codable, Sendable, Equatable {
         public var errors: [String]
     }
 
+    /// The proxy's process id, which changes across `strait proxy restart` (the successor is a new
+    /// process).
     public var pid: Int32
+    /// The build, as `version (commit …)`: what `strait --version` prints after `strait `.
     public var version: String
     /// Accepting: every listener bound and not draining (what `/readyz` answers).
     public var ready: Bool
@@ -82,11 +100,18 @@ public struct ProxyStatus: Codable, Sendable, Equatable {
     public var configFingerprint: String
     /// When the running configuration was applied (Unix time).
     public var configLoadedAt: Double
+    /// The last reload through ``ProxyController`` (SIGHUP or the control socket); nil when there
+    /// was none since the start.
     public var lastReload: Reload?
+    /// The address the metrics endpoint is bound to (`/metrics`, `/status`, `/healthz`, `/readyz`),
+    /// or nil when `metrics:` is not configured.
     public var metrics: String?
     /// Nil when the kernel datapath is available; else why not.
     public var sockmapUnavailable: String?
+    /// The listeners accepting now. Those a reload removed are not listed, nor any once
+    /// ``Proxy/stopAccepting()`` ran (draining), so `ready` is false then.
     public var listeners: [Listener]
+    /// Every cluster of the running configuration, in the file's order, with each upstream's state.
     public var clusters: [Cluster]
 }
 

@@ -33,6 +33,7 @@ public struct ProxyHeaderV2: Sendable, Equatable {
     public var command: Command
     /// `1` stream (TCP), `2` datagram, `0` unspecified.
     public var transport: UInt8
+    /// Who the client was and the address it reached; the receiver ignores them under `LOCAL`.
     public var addresses: Addresses
     /// Type-length-value extensions (`PP2_TYPE_ALPN` 0x01, `PP2_TYPE_AUTHORITY` 0x02, …), in order.
     public var tlvs: [(type: UInt8, value: [UInt8])]
@@ -48,6 +49,8 @@ public struct ProxyHeaderV2: Sendable, Equatable {
     /// `PP2_TYPE_CRC32C`: a CRC-32C of the whole header with this TLV's value zeroed.
     public static let crc32cType: UInt8 = 0x03
 
+    /// A header as given, `transport` 1 (TCP) unless told; ``tcp(client:destination:)`` builds the
+    /// one a relay sends.
     public init(command: Command, transport: UInt8 = 1, addresses: Addresses, tlvs: [(type: UInt8, value: [UInt8])] = []) {
         self.command = command
         self.transport = transport
@@ -69,6 +72,8 @@ public struct ProxyHeaderV2: Sendable, Equatable {
             addresses: .ip(source: .v6(source.ipv6Mapped), sourcePort: sourcePort, destination: .v6(target.ipv6Mapped), destinationPort: targetPort))
     }
 
+    /// Equal when command, transport, addresses and every TLV (type and value, in order) are;
+    /// written out because an array of tuples is not `Equatable`.
     public static func == (a: ProxyHeaderV2, b: ProxyHeaderV2) -> Bool {
         a.command == b.command && a.transport == b.transport && a.addresses == b.addresses
             && a.tlvs.map(\.type) == b.tlvs.map(\.type) && a.tlvs.map(\.value) == b.tlvs.map(\.value)
@@ -125,6 +130,7 @@ public struct ProxyHeaderV2: Sendable, Equatable {
         /// The CRC-32C TLV does not match the header.
         case checksum
 
+        /// What was wrong with the bytes and what was expected, one line for the log.
         public var description: String {
             switch self {
             case .signature: "not a PROXY protocol v2 header (no signature)"

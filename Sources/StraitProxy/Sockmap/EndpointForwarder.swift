@@ -94,6 +94,8 @@ public final class EndpointForwarder: @unchecked Sendable {
         let upstreamSideCookie: UInt64
         /// Whether each endpoint is in the endpoint hash (local, in the cgroup) and so routed.
         public internal(set) var clientTracked: Bool
+        /// The same for the upstream endpoint. Once true it stays true:
+        /// ``refresh(_:forwardedUp:forwardedDown:)`` looks up only the endpoints not found yet.
         public internal(set) var upstreamTracked: Bool
         /// Most bytes unread in an endpoint's ingress queue before the other endpoint's sends go
         /// back to egress (see `struct strait_endpoint_route`).

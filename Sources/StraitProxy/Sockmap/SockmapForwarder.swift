@@ -60,9 +60,15 @@ public final class SockmapForwarder: @unchecked Sendable {
 
     /// Two sockets forwarded to each other in the kernel.
     public struct Pair: Sendable {
+        /// The first socket's descriptor as given to ``SockmapForwarder/join(_:_:maxInFlight:)``: still
+        /// owned and closed by the caller; the pair only names it.
         public let first: CInt
+        /// The second socket's descriptor, owned by the caller like ``first``.
         public let second: CInt
+        /// `SO_COOKIE` of ``first``: its key in the forwarder's maps, unique for the socket's life (a
+        /// reused descriptor number gets a new cookie).
         public let firstCookie: UInt64
+        /// `SO_COOKIE` of ``second``, its key in the maps.
         public let secondCookie: UInt64
     }
 
