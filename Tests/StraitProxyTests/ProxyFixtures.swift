@@ -6,6 +6,7 @@ import StraitProxy
 import StraitSystem
 import StraitTestSupport
 import Synchronization
+import Testing
 
 /// A blocking upstream server on 127.0.0.1 (ephemeral port) that runs `handler` on its own thread
 /// for every accepted connection. Stopping closes the listener; handlers finish on their own.
@@ -134,6 +135,11 @@ enum ProxyHarness {
     static func with(_ config: ProxyConfig, _ body: (Proxy, UInt16) async throws -> Void) async throws {
         _ = descriptorHeadroom
         let proxy = try Proxy(config: config, loopCount: 2, kernelDatapath: true, logger: logger)
+        // A kernel-datapath test on a proxy whose SK_SKB programs failed to load would pass on
+        // splice, the fallback, and prove nothing: where the kernel test gate is on, that fails.
+        if KernelTestGate.enabled, config.listeners.contains(where: { [.sockmap, .auto, .skmsg].contains($0.datapath) }) {
+            #expect(proxy.sockmapUnavailable == nil, "the kernel datapath is off: \(proxy.sockmapUnavailable ?? "")")
+        }
         do {
             let port = proxy.listenerAddresses.values.first!.port!
             try await body(proxy, port)
