@@ -262,6 +262,7 @@ public final class Proxy: @unchecked Sendable {
                 logger.warning("skmsg datapath: cannot update the endpoint filter: \(error)")
             }
         }
+        context.descriptors.measure()  // with the new listeners open, before they accept
         for runtime in bound {
             for relayLoop in relayLoops { onLoop(relayLoop) { $0.startAccepting(runtime) } }
         }
