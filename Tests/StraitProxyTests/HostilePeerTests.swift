@@ -318,7 +318,7 @@ struct HostilePeerTests {
     /// proxy starts, so its descriptor budget holds a known number of splice relays (six
     /// descriptors each) under the 64-descriptor reserve; the client sockets are made before. Eight
     /// clients more than the budget: the first ones are relayed in accept-queue order, the proxy
-    /// stops accepting at the budget (counted once, shown in the status) without ever meeting
+    /// stops accepting at the budget (counted, shown in the status) without ever meeting
     /// EMFILE, the extra clients wait in the listen queue with nothing read, and once the first
     /// ones close every extra client is served byte-exact; the budget comes back to empty.
     @Test("out of descriptors: the budget stops accepting under RLIMIT_NOFILE, extra clients queue and are served")
@@ -352,7 +352,9 @@ struct HostilePeerTests {
                 #expect(try client.polledReceive(exactly: 1024) == message, "an admitted client was not relayed")
             }
             try await eventually { ProxyHarness.metric(proxy, "strait_proxy_descriptor_budget_reached_total") >= 1 }
-            #expect(ProxyHarness.metric(proxy, "strait_proxy_descriptor_budget_reached_total") == 1)
+            // At least once: with two loops, one loop's accept that finds the queue emptied by the
+            // other gives its descriptors back and wakes the paused one, which pauses anew.
+            #expect(ProxyHarness.metric(proxy, "strait_proxy_descriptor_budget_reached_total") >= 1)
             let full = try #require(proxy.status().descriptors)
             #expect(full.full && full.held == admitted * perRelay, "status: \(full)")
             #expect(proxy.activeConnections == admitted)

@@ -66,6 +66,9 @@ final class DescriptorBudget: Sendable {
     /// The reserve of the last measure, for the status.
     private let reserved = Atomic<Int>(0)
     private let waiters = AcceptorWakeList()
+    /// The budget-full line was logged and relays have not yet given back half the capacity: under
+    /// sustained pressure each relay's end starts a new episode, one log line covers them all.
+    private let loggedFull = Atomic<Bool>(false)
 
     /// The descriptors never given to relays under a soft `RLIMIT_NOFILE` of `limit`:
     /// `max(64, limit / 100)` (see the type's comment for why).
@@ -84,14 +87,19 @@ final class DescriptorBudget: Sendable {
     /// Sets the capacity from the soft `RLIMIT_NOFILE` and the descriptors open now (one listing
     /// of `/proc/self/fd`), at start and at each reload. Relays running keep what they hold: their
     /// descriptors are not counted twice. Wakes acceptors waiting, in case the capacity grew.
-    func measure() {
-        guard let limits = try? ResourceLimits.openFiles(), let open = ProcessMetrics.openDescriptors() else { return }
+    /// Returns the soft limit, the reserve and the capacity (nil when either could not be read:
+    /// the last measure stays).
+    @discardableResult
+    func measure() -> (limit: Int, reserve: Int, capacity: Int)? {
+        guard let limits = try? ResourceLimits.openFiles(), let open = ProcessMetrics.openDescriptors() else { return nil }
         let limit = Int(clamping: limits.soft)
         let reserve = Self.reserve(forLimit: limit)
         let others = max(0, open - held.load(ordering: .sequentiallyConsistent))
         reserved.store(reserve, ordering: .relaxed)
-        capacity.store(max(0, limit - reserve - others), ordering: .sequentiallyConsistent)
+        let room = max(0, limit - reserve - others)
+        capacity.store(room, ordering: .sequentiallyConsistent)
         waiters.wakeAll()
+        return (limit, reserve, room)
     }
 
     /// Takes `count` descriptors when they fit under the capacity; false otherwise (the caller
@@ -109,9 +117,16 @@ final class DescriptorBudget: Sendable {
 
     /// Gives `count` back (a relay ended, or an accept found no client) and wakes the waiting acceptors.
     func giveBack(_ count: Int) {
-        held.subtract(count, ordering: .sequentiallyConsistent)
+        let now = held.subtract(count, ordering: .sequentiallyConsistent).newValue
+        if loggedFull.load(ordering: .relaxed), now <= capacity.load(ordering: .relaxed) / 2 {
+            loggedFull.store(false, ordering: .relaxed)
+        }
         waiters.wakeAll()
     }
+
+    /// True once per stretch of pressure (until relays hold half the capacity or less): whether
+    /// the caller should log that the budget is full.
+    func shouldLogFull() -> Bool { !loggedFull.exchange(true, ordering: .relaxed) }
 
     /// Has `wake` called at the next ``giveBack(_:)``; true when this starts an episode (counted).
     func waitForRoom(_ wake: @escaping @Sendable () -> Void) -> Bool { waiters.add(wake) }

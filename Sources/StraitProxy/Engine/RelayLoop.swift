@@ -60,7 +60,8 @@ final class RelayLoop: @unchecked Sendable {
 /// Before each accept it also takes its listener's datapath's descriptors from the proxy's
 /// ``DescriptorBudget``; without room it leaves the loop the same way, clients wait in the listen
 /// queue, and the next relay to end brings it back. Each episode counts
-/// `strait_proxy_descriptor_budget_reached_total` and logs once. The `EMFILE` back-off above is
+/// `strait_proxy_descriptor_budget_reached_total`; one log line covers a stretch of pressure
+/// (until relays hold half the budget or less). The `EMFILE` back-off above is
 /// the last line of defence behind it.
 ///
 /// Loop thread only (`@unchecked Sendable` so a slot's release on another loop can wake it there).
@@ -177,6 +178,8 @@ final class Acceptor: DescriptorHandler, @unchecked Sendable {
         }
         if context.descriptors.waitForRoom(wake) {
             context.metrics.descriptorBudgetReached()
+        }
+        if context.descriptors.shouldLogFull() {
             let budget = context.descriptors.snapshot
             context.logger.notice("descriptor budget full (\(budget.held) of \(budget.capacity ?? 0) held by relays, \(budget.reserve) kept in reserve under RLIMIT_NOFILE): clients wait in the listen queue until connections end")
         }
