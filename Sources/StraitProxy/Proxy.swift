@@ -266,6 +266,10 @@ public final class Proxy: @unchecked Sendable {
                 logger.warning("skmsg datapath: cannot update the endpoint filter: \(error)")
             }
         }
+        // With the new listeners open, before they accept.
+        if let budget = context.descriptors.measure(), budget.capacity < 16 * DescriptorBudget.descriptors(for: .splice) {
+            logger.warning("RLIMIT_NOFILE \(budget.limit) leaves descriptors for \(budget.capacity / DescriptorBudget.descriptors(for: .splice)) splice or \(budget.capacity / DescriptorBudget.descriptors(for: .copy)) copy connections at once beyond the \(budget.reserve) kept in reserve; further clients wait in the listen queue: raise the hard limit (ulimit -Hn, systemd LimitNOFILE=)")
+        }
         for runtime in bound {
             for relayLoop in relayLoops { onLoop(relayLoop) { $0.startAccepting(runtime) } }
         }

@@ -435,6 +435,9 @@ struct ProxyStatusCommand: ParsableCommand {
         }
         if let metrics = status.metrics { lines.append("metrics http://\(metrics)/metrics (also /status, /healthz, /readyz)") }
         if let reason = status.sockmapUnavailable { lines.append("kernel datapath off: \(reason)") }
+        if let budget = status.descriptors {
+            lines.append("descriptors: \(budget.held) of \(budget.capacity) held by relays, \(budget.reserve) in reserve under RLIMIT_NOFILE\(budget.full ? "  FULL (clients queue)" : "")")
+        }
         lines.append("listeners:")
         for listener in status.listeners {
             let limit = listener.atLimit ? "  AT LIMIT (\(listener.maxConnections), clients queue)" : ""

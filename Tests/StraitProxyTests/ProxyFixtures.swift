@@ -153,7 +153,7 @@ enum ProxyHarness {
     /// The sum of the metric lines named `name` that carry every label of `labels` (`key="value"`).
     static func metric(_ proxy: Proxy, _ name: String, _ labels: String...) -> Double {
         proxy.metrics.exposition().split(separator: "\n")
-            .filter { line in line.hasPrefix(name + "{") && labels.allSatisfy { line.contains($0) } }
+            .filter { line in (line.hasPrefix(name + "{") || line.hasPrefix(name + " ")) && labels.allSatisfy { line.contains($0) } }
             .compactMap { Double($0.split(separator: " ").last ?? "") }
             .reduce(0, +)
     }

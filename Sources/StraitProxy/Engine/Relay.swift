@@ -533,6 +533,7 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
         upstreamState?.active.subtract(1, ordering: .relaxed)
         if let countedDatapath { upstreamState?.datapaths.ended(countedDatapath) }
         listener.releaseSlot()  // a listener paused at `max_connections` accepts again
+        context.descriptors.giveBack(DescriptorBudget.descriptors(for: settings.config.datapath))  // its descriptors are closed above
         if context.accessLog.load(ordering: .relaxed) {
             // Queued for the access log's writer thread, never written here.
             context.accessLogWriter.record(AccessEntry(

@@ -57,6 +57,13 @@ final class RelayLoop: @unchecked Sendable {
 /// (``ListenerRuntime/releaseSlot()``) brings it back through ``EventLoop/execute(_:)``. Each
 /// time the limit is reached counts `strait_proxy_listener_limit_reached_total{listener}`.
 ///
+/// Before each accept it also takes its listener's datapath's descriptors from the proxy's
+/// ``DescriptorBudget``; without room it leaves the loop the same way, clients wait in the listen
+/// queue, and the next relay to end brings it back. Each episode counts
+/// `strait_proxy_descriptor_budget_reached_total`; one log line covers a stretch of pressure
+/// (until relays hold half the budget or less). The `EMFILE` back-off above is
+/// the last line of defence behind it.
+///
 /// Loop thread only (`@unchecked Sendable` so a slot's release on another loop can wake it there).
 final class Acceptor: DescriptorHandler, @unchecked Sendable {
     unowned let home: RelayLoop
@@ -105,15 +112,23 @@ final class Acceptor: DescriptorHandler, @unchecked Sendable {
                 pauseAtLimit(settings.config.name)
                 return
             }
+            let cost = DescriptorBudget.descriptors(for: settings.config.datapath)
+            guard context.descriptors.take(cost) else {
+                listener.releaseSlot()
+                pauseForDescriptors(cost)
+                return
+            }
             let accepted: CInt
             do {
                 guard case .done(let fd) = try SocketCall.accept(listener.fd) else {
                     listener.releaseSlot()
+                    context.descriptors.giveBack(cost)
                     return
                 }
                 accepted = fd
             } catch {
                 listener.releaseSlot()
+                context.descriptors.giveBack(cost)
                 switch error.errno {
                 case .tooManyOpenFiles, .tooManyOpenFilesInSystem, .noBufferSpace, .noMemory:
                     pause(error)
@@ -149,6 +164,27 @@ final class Acceptor: DescriptorHandler, @unchecked Sendable {
         }
         // A connection that ended between the reservation and the wait woke nobody: look again.
         if listener.active.load(ordering: .sequentiallyConsistent) < listener.settings.withLock({ $0.config.maxConnections }) { resume() }
+    }
+
+    /// Leaves the loop until a relay gives descriptors back (``DescriptorBudget``); clients
+    /// queue in the listen backlog meanwhile. Counted once per episode over the whole proxy.
+    private func pauseForDescriptors(_ cost: Int) {
+        registration?.deregister()
+        registration = nil
+        let loop = home.loop
+        let wake: @Sendable () -> Void = { [weak self] in
+            guard let self else { return }
+            loop.execute { self.resume() }
+        }
+        if context.descriptors.waitForRoom(wake) {
+            context.metrics.descriptorBudgetReached()
+        }
+        if context.descriptors.shouldLogFull() {
+            let budget = context.descriptors.snapshot
+            context.logger.notice("descriptor budget full (\(budget.held) of \(budget.capacity ?? 0) held by relays, \(budget.reserve) kept in reserve under RLIMIT_NOFILE): clients wait in the listen queue until connections end")
+        }
+        // A relay that ended between the try and the wait woke nobody: look again.
+        if context.descriptors.fits(cost) { resume() }
     }
 
     private func pause(_ error: SystemCallError) {

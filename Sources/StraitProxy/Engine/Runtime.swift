@@ -54,11 +54,9 @@ final class ListenerRuntime: Sendable {
     let closed = Atomic<Bool>(false)
     /// Accepting is backing off for lack of descriptors: logged once per episode, over all loops.
     let outOfDescriptors = Atomic<Bool>(false)
-    /// How to wake each loop's acceptor that stopped accepting at `max_connections`
-    /// (``waitForSlot(_:)``); emptied by ``releaseSlot()``.
-    private let slotWaiters = Mutex<[@Sendable () -> Void]>([])
-    /// The count of ``slotWaiters``, read without the lock on every connection's end.
-    private let waitingForSlot = Atomic<Int>(0)
+    /// How to wake each loop's acceptor that stopped accepting at `max_connections`; woken by
+    /// ``releaseSlot()``.
+    private let slotWaiters = AcceptorWakeList()
 
     init(fd: CInt, address: SocketAddress, settings: ListenerSettings) {
         self.fd = fd
@@ -89,30 +87,15 @@ final class ListenerRuntime: Sendable {
 
     /// Wakes the acceptors paused at the limit (a slot was released, or a reload changed
     /// `max_connections`); each looks at the limit again on its loop.
-    func wakeSlotWaiters() {
-        guard waitingForSlot.load(ordering: .sequentiallyConsistent) > 0 else { return }
-        let waiters = slotWaiters.withLock { waiters in
-            defer { waiters = [] }
-            return waiters
-        }
-        waitingForSlot.subtract(waiters.count, ordering: .sequentiallyConsistent)
-        for wake in waiters { wake() }
-    }
+    func wakeSlotWaiters() { slotWaiters.wakeAll() }
 
     /// Has `wake` called at the next ``releaseSlot()``. True when no other acceptor was waiting
     /// already (the listener has just reached its limit). The caller looks at ``active`` again
     /// after this: a slot released in between woke nobody.
-    func waitForSlot(_ wake: @escaping @Sendable () -> Void) -> Bool {
-        let first = slotWaiters.withLock { waiters in
-            waiters.append(wake)
-            return waiters.count == 1
-        }
-        waitingForSlot.add(1, ordering: .sequentiallyConsistent)
-        return first
-    }
+    func waitForSlot(_ wake: @escaping @Sendable () -> Void) -> Bool { slotWaiters.add(wake) }
 
     /// Whether acceptors are paused at `max_connections` now.
-    var atLimit: Bool { waitingForSlot.load(ordering: .relaxed) > 0 }
+    var atLimit: Bool { !slotWaiters.isEmpty }
 }
 
 /// What every relay needs from the proxy: the kernel datapath (if loaded), metrics, logs, timings.
@@ -127,6 +110,8 @@ final class ProxyContext: Sendable {
     let endpoints: EndpointForwarder?
     /// Every interval the engine waits by.
     let timings: ProxyTimings
+    /// Descriptors relays may hold, under RLIMIT_NOFILE less a reserve (Engine/DescriptorBudget.swift).
+    let descriptors = DescriptorBudget()
     /// Access lines go through this bounded queue to its writer thread (Observe/AccessLog.swift).
     let accessLogWriter: AccessLog
 

@@ -20,14 +20,20 @@ enum ProcessMetrics {
                 text.gauge("process_start_time_seconds", "Start time of the process since the Unix epoch, in seconds.", boot + stat.startTicks / ticks)
             }
         }
-        if let open = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") {
-            // The listing's own descriptor is among the entries.
-            text.gauge("process_open_fds", "Open file descriptors.", Double(max(0, open.count - 1)))
+        if let open = openDescriptors() {
+            text.gauge("process_open_fds", "Open file descriptors.", Double(open))
         }
         if let limits = try? ResourceLimits.openFiles() {
             text.gauge("process_max_fds", "The soft limit of open file descriptors (RLIMIT_NOFILE).", Double(limits.soft))
         }
         return text.text
+    }
+
+    /// Descriptors open now: one listing of `/proc/self/fd` (less the listing's own), or nil when
+    /// it cannot be read.
+    static func openDescriptors() -> Int? {
+        guard let open = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else { return nil }
+        return max(0, open.count - 1)
     }
 
     /// The fields of `/proc/self/stat` used above (proc(5): utime 14, stime 15, num_threads 20,

@@ -25,6 +25,8 @@ import Synchronization
 ///   truncated, oversized, timeout)
 /// - `strait_proxy_listener_limit_reached_total{listener}`: times a listener stopped accepting at
 ///   `max_connections` (clients then wait in the listen queue)
+/// - `strait_proxy_descriptor_budget_reached_total`: times accepting stopped at the descriptor
+///   budget, a reserve under RLIMIT_NOFILE (clients then wait in the listen queue)
 /// - `strait_proxy_reloads_total{result="applied"|"rejected"}`,
 ///   `strait_proxy_last_reload_timestamp_seconds`, `strait_proxy_last_reload_success`
 /// - the kernel datapaths' totals, read at each scrape (``recordKernel(_:)``, ``recordEndpoints(_:)``)
@@ -165,6 +167,12 @@ public final class ProxyMetrics: Sendable {
     /// `listener` reached `max_connections` and stopped accepting until a connection ends.
     func listenerLimitReached(listener: String) {
         counter("listener_limit_reached", "Times a listener reached max_connections and left further clients in the listen queue.", [("listener", listener)]).increment()
+    }
+
+    /// Accepting stopped on every listener: one more relay could have used descriptors of the
+    /// reserve kept under RLIMIT_NOFILE (``DescriptorBudget``).
+    func descriptorBudgetReached() {
+        counter("descriptor_budget_reached", "Times the proxy stopped accepting because one more connection could have crossed the descriptor reserve kept under RLIMIT_NOFILE; clients wait in the listen queue meanwhile.", []).increment()
     }
 
     /// Counts one error of `kind` (a fixed word, never client input).

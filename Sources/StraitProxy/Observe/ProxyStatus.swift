@@ -88,6 +88,18 @@ public struct ProxyStatus: Codable, Sendable, Equatable {
         public var errors: [String]
     }
 
+    /// The descriptor budget (``DescriptorBudget``): what relays may hold under RLIMIT_NOFILE.
+    public struct Descriptors: Codable, Sendable, Equatable {
+        /// Descriptors relays may hold together: the soft limit less the reserve and the others open.
+        public var capacity: Int
+        /// Descriptors the running relays hold.
+        public var held: Int
+        /// Descriptors kept free under the soft limit, never given to relays.
+        public var reserve: Int
+        /// Whether accepting waits for relays to end (clients queue in the listen backlog).
+        public var full: Bool
+    }
+
     /// The proxy's process id, which changes across `strait proxy restart` (the successor is a new
     /// process).
     public var pid: Int32
@@ -108,6 +120,8 @@ public struct ProxyStatus: Codable, Sendable, Equatable {
     public var metrics: String?
     /// Nil when the kernel datapath is available; else why not.
     public var sockmapUnavailable: String?
+    /// Nil before the listeners were first applied.
+    public var descriptors: Descriptors?
     /// The listeners accepting now. Those a reload removed are not listed, nor any once
     /// ``Proxy/stopAccepting()`` ran (draining), so `ready` is false then.
     public var listeners: [Listener]
@@ -195,6 +209,7 @@ extension Proxy {
         let snapshot = runtimeSnapshot
         let record = metrics.record.withLock { $0 }
         let now = SocketCall.monotonicNanoseconds()
+        let budget = context.descriptors.snapshot
         let listeners = snapshot.listeners.map { runtime in
             let settings = runtime.settings.withLock { $0 }
             return ProxyStatus.Listener(
@@ -219,7 +234,9 @@ extension Proxy {
         return ProxyStatus(
             pid: getpid(), version: BuildInfo.versionLine, ready: !snapshot.draining && !listeners.isEmpty,
             configFingerprint: record.fingerprint, configLoadedAt: record.loadedAt, lastReload: record.lastReload,
-            metrics: metricsAddress.map { "\($0)" }, sockmapUnavailable: sockmapUnavailable, listeners: listeners, clusters: clusters)
+            metrics: metricsAddress.map { "\($0)" }, sockmapUnavailable: sockmapUnavailable,
+            descriptors: budget.capacity.map { ProxyStatus.Descriptors(capacity: $0, held: budget.held, reserve: budget.reserve, full: budget.full) },
+            listeners: listeners, clusters: clusters)
     }
 
     static func stateName(_ state: UpstreamState, now: UInt64) -> String {
