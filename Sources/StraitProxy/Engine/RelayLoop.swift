@@ -150,16 +150,21 @@ final class Acceptor: DescriptorHandler, @unchecked Sendable {
         }
     }
 
-    /// Leaves the loop until a slot is released; clients queue in the listen backlog meanwhile.
-    private func pauseAtLimit(_ name: String) {
+    /// Takes the listening socket off the loop (new clients wait in the kernel's backlog) and
+    /// returns the callback that puts it back: run from any thread, it resumes on this loop.
+    private func leaveLoop() -> @Sendable () -> Void {
         registration?.deregister()
         registration = nil
         let loop = home.loop
-        let wake: @Sendable () -> Void = { [weak self] in
+        return { [weak self] in
             guard let self else { return }
             loop.execute { self.resume() }
         }
-        if listener.waitForSlot(wake) {
+    }
+
+    /// Leaves the loop until a slot is released; clients queue in the listen backlog meanwhile.
+    private func pauseAtLimit(_ name: String) {
+        if listener.waitForSlot(leaveLoop()) {
             context.metrics.listenerLimitReached(listener: name)
         }
         // A connection that ended between the reservation and the wait woke nobody: look again.
@@ -169,14 +174,7 @@ final class Acceptor: DescriptorHandler, @unchecked Sendable {
     /// Leaves the loop until a relay gives descriptors back (``DescriptorBudget``); clients
     /// queue in the listen backlog meanwhile. Counted once per episode over the whole proxy.
     private func pauseForDescriptors(_ cost: Int) {
-        registration?.deregister()
-        registration = nil
-        let loop = home.loop
-        let wake: @Sendable () -> Void = { [weak self] in
-            guard let self else { return }
-            loop.execute { self.resume() }
-        }
-        if context.descriptors.waitForRoom(wake) {
+        if context.descriptors.waitForRoom(leaveLoop()) {
             context.metrics.descriptorBudgetReached()
         }
         if context.descriptors.shouldLogFull() {
