@@ -250,6 +250,7 @@ public final class Proxy: @unchecked Sendable {
             return (bound, kept, removed)
         }
         context.accessLog.store(config.accessLog, ordering: .relaxed)
+        for listener in config.listeners { metrics.listenerConfigured(listener) }
         if let endpoints = context.endpoints {
             if config.endpointsCgroup != endpoints.cgroup.path {
                 logger.warning("`endpoints_cgroup` changed to \(config.endpointsCgroup ?? "none"); it applies at the next start (`strait proxy restart`), \(endpoints.cgroup.path) stays until then")

@@ -113,6 +113,9 @@ struct AcceptProxyTests {
         defer { upstream.stop() }
         let config = Self.config(datapath: .copy, upstream: upstream.address, connectTimeout: .milliseconds(300))
         try await ProxyHarness.with(config) { proxy, port in
+            // Each reason's series exists at 0 before the first rejection (no gap on a dashboard).
+            let series = proxy.metrics.exposition().split(separator: "\n").filter { $0.hasPrefix("strait_proxy_proxy_header_rejected_total{") }
+            #expect(series.count == 4 && series.allSatisfy { $0.hasSuffix(" 0") }, "\(series)")
             // A good connection, relaying all along.
             let good = try connectClient(port: port)
             defer { good.close() }

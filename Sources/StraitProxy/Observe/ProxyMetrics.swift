@@ -159,14 +159,28 @@ public final class ProxyMetrics: Sendable {
     /// refused for `reason`.
     func proxyHeaderRejected(listener: String, reason: ProxyHeaderReader.Rejection) {
         counter(
-            "proxy_header_rejected", "Client connections closed because their PROXY protocol header was malformed, truncated, oversized or late (accept_proxy).",
+            "proxy_header_rejected", Self.proxyHeaderRejectedHelp,
             [("listener", listener), ("reason", reason.rawValue)]
         ).increment()
     }
 
+    /// Creates `listener`'s own counters at 0 (its limit, and with `accept_proxy` each rejection
+    /// reason), so a dashboard's `rate()` sees a series before the first event rather than a gap.
+    /// The label values come from the config, so the series count stays bounded by it.
+    func listenerConfigured(_ listener: ListenerConfig) {
+        _ = counter("listener_limit_reached", Self.listenerLimitHelp, [("listener", listener.name)])
+        guard listener.acceptProxy != nil else { return }
+        for reason in ProxyHeaderReader.Rejection.allCases {
+            _ = counter("proxy_header_rejected", Self.proxyHeaderRejectedHelp, [("listener", listener.name), ("reason", reason.rawValue)])
+        }
+    }
+
+    private static let listenerLimitHelp = "Times a listener reached max_connections and left further clients in the listen queue."
+    private static let proxyHeaderRejectedHelp = "Client connections closed because their PROXY protocol header was malformed, truncated, oversized or late (accept_proxy)."
+
     /// `listener` reached `max_connections` and stopped accepting until a connection ends.
     func listenerLimitReached(listener: String) {
-        counter("listener_limit_reached", "Times a listener reached max_connections and left further clients in the listen queue.", [("listener", listener)]).increment()
+        counter("listener_limit_reached", Self.listenerLimitHelp, [("listener", listener)]).increment()
     }
 
     /// Accepting stopped on every listener: one more relay could have used descriptors of the
