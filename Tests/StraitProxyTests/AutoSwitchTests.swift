@@ -87,8 +87,8 @@ struct AutoSwitchTests {
     ///
     /// A stall is a known issue of the sockmap datapath itself (README, proxy limitations): on
     /// this kernel (6.18) a direction stopped short of its end, the sink's send queue empty, in 4
-    /// of 59 invocations (3 on `auto`, joined with nothing queued; 1 on `sockmap`, joined before
-    /// any byte). Only stalls are expected; a wrong byte or a wrong turn fails the test.
+    /// of 81 invocations on `auto` (the one inspected had joined with nothing queued) and 1 of 22
+    /// on `sockmap` (joined before any byte). Only stalls are expected; a wrong byte or a wrong turn fails the test.
     @Test("floods as auto decides: byte-exact both ways, no stall, 32 connections", .enabled(if: KernelTestGate.enabled, Comment(rawValue: KernelTestGate.comment)), arguments: ProxyHarness.kernelDatapaths)
     func floodDuringSampling(datapath: Datapath) async throws {
         let log = TransferLog()
