@@ -53,7 +53,7 @@ public struct SoakBenchmark: Sendable {
     }
 
     /// Encodes (snake_case) as `{"seconds":…,"connections":…,"bytes_verified":…,"client_errors":{…},
-    /// "proxy_errors":{…},"by_behavior":{…},"reloads":…,"restarts":…,"peak":{…},"baseline":{…},"end":{…}}`.
+    /// "client_errors_by_datapath":{…},"proxy_errors":{…},"by_behavior":{…},"reloads":…,"restarts":…,"peak":{…},"baseline":{…},"end":{…}}`.
     public struct Report: Sendable, Codable {
         /// Wall time of the run, in whole seconds (truncated).
         public var seconds: Double
@@ -64,6 +64,9 @@ public struct SoakBenchmark: Sendable {
         /// Failures clients saw that are not the ones they caused: a byte wrong or missing, a
         /// timeout, an unexpected reset. Zero is the pass mark.
         public var clientErrors: [String: Int]
+        /// The same failures by the listener's datapath, then `behaviour:kind` (`normal:bytes_missing`):
+        /// which datapath and which kind of client each one came from.
+        public var clientErrorsByDatapath: [String: [String: Int]]
         /// `strait_proxy_errors_total` by kind, summed over every proxy of the run.
         public var proxyErrors: [String: Int]
         /// Client runs by ``Behavior`` name.
@@ -110,6 +113,7 @@ public struct SoakBenchmark: Sendable {
         private(set) var connections = 0
         private(set) var bytes = 0
         private(set) var errors: [String: Int] = [:]
+        private(set) var errorsByDatapath: [String: [String: Int]] = [:]
         private(set) var behaviors: [String: Int] = [:]
         private(set) var largestPush = 0
 
@@ -120,7 +124,13 @@ public struct SoakBenchmark: Sendable {
                 behaviors[behavior.rawValue, default: 0] += 1
             }
         }
-        func error(_ kind: String) { lock.withLock { errors[kind, default: 0] += 1 } }
+        /// Counts a failure of `kind`; with `datapath`, also under that datapath and `behavior`.
+        func error(_ kind: String, datapath: Datapath? = nil, behavior: Behavior? = nil) {
+            lock.withLock {
+                errors[kind, default: 0] += 1
+                if let datapath { errorsByDatapath[datapath.rawValue, default: [:]]["\(behavior?.rawValue ?? "-"):\(kind)", default: 0] += 1 }
+            }
+        }
         func pushed(_ count: Int) { lock.withLock { largestPush = max(largestPush, count) } }
     }
 
@@ -177,7 +187,7 @@ public struct SoakBenchmark: Sendable {
                         let datapath = Self.datapaths[turn % Self.datapaths.count]
                         turn += 1
                         let behavior = Self.pick(&random)
-                        Self.client(behavior, port: ports[datapath]!, metricsPort: metricsPort.withLock { $0 }, tracked: datapath == .skmsg ? cgroup : nil, tally: tally, random: &random)
+                        Self.client(behavior, datapath: datapath, port: ports[datapath]!, metricsPort: metricsPort.withLock { $0 }, tracked: datapath == .skmsg ? cgroup : nil, tally: tally, random: &random)
                     }
                 }
             }
@@ -239,7 +249,8 @@ public struct SoakBenchmark: Sendable {
             Self.blocking { await echo.shutdown(gracePeriod: .milliseconds(200)) }
             let end = Self.sample(nil)
             return Report(
-                seconds: seconds, connections: tally.connections, bytesVerified: tally.bytes, clientErrors: tally.errors, proxyErrors: proxyErrors,
+                seconds: seconds, connections: tally.connections, bytesVerified: tally.bytes, clientErrors: tally.errors,
+                clientErrorsByDatapath: tally.errorsByDatapath, proxyErrors: proxyErrors,
                 byBehavior: tally.behaviors, largestStalledPush: tally.largestPush, reloads: reloads, restarts: restarts,
                 sockmapUnavailable: proxy.sockmapUnavailable, baseline: baseline, peak: peak.withLock { $0 }, end: end)
         }
@@ -260,9 +271,10 @@ public struct SoakBenchmark: Sendable {
         }
     }
 
-    /// Runs one client of `behavior` and tallies what it saw. `tracked`: connect from inside the
-    /// endpoints cgroup (the skmsg listener's clients).
-    static func client(_ behavior: Behavior, port: UInt16, metricsPort: UInt16, tracked: TestCgroup?, tally: Tally, random: inout SystemRandomNumberGenerator) {
+    /// Runs one client of `behavior` against the listener of `datapath` and tallies what it saw,
+    /// under that datapath. `tracked`: connect from inside the endpoints cgroup (the skmsg
+    /// listener's clients).
+    static func client(_ behavior: Behavior, datapath: Datapath, port: UInt16, metricsPort: UInt16, tracked: TestCgroup?, tally: Tally, random: inout SystemRandomNumberGenerator) {
         let connect: () throws -> TestSocket = {
             if let tracked { return try tracked.inside { try HostilePeers.connect(port: port, timeoutSeconds: 10) } }
             return try HostilePeers.connect(port: port, timeoutSeconds: 10)
@@ -294,8 +306,8 @@ public struct SoakBenchmark: Sendable {
                         ? try HostilePeers.readSlowly(socket, pattern: pattern, bytesPerSecond: 4 << 20)
                         : try socket.polledReceiveAndVerify(pattern)
                 }
-                if received.firstMismatch != nil { tally.error("bytes_differ") }
-                if received.count != size { tally.error("bytes_missing") }
+                if received.firstMismatch != nil { tally.error("bytes_differ", datapath: datapath, behavior: behavior) }
+                if received.count != size { tally.error("bytes_missing", datapath: datapath, behavior: behavior) }
                 tally.served(behavior, bytes: received.firstMismatch == nil ? received.count : 0)
             case .reset:
                 try HostilePeers.resetAfter(try connect(), pattern: pattern, count: 128 << 10)
@@ -315,9 +327,9 @@ public struct SoakBenchmark: Sendable {
                 tally.served(behavior)
             }
         } catch let failure as ReadFailure {
-            tally.error(failure.code == ETIMEDOUT ? "timeout" : "read_\(String(cString: strerror(failure.code)))")
+            tally.error(failure.code == ETIMEDOUT ? "timeout" : "read_\(String(cString: strerror(failure.code)))", datapath: datapath, behavior: behavior)
         } catch {
-            tally.error("\(error)".prefix(60).description)
+            tally.error("\(error)".prefix(60).description, datapath: datapath, behavior: behavior)
         }
     }
 

@@ -41,7 +41,7 @@ struct BenchSoak: ParsableCommand {
         Soak: \(Int(report.seconds)) s, \(report.reloads) reloads, \(report.restarts) restarts\(report.sockmapUnavailable.map { " (sockmap off: \($0))" } ?? "")
         connections served: \(report.connections), bytes verified: \(report.bytesVerified >> 20) MiB
         by behaviour: \(counts(report.byBehavior))
-        client errors (not caused by the client itself): \(counts(report.clientErrors))
+        client errors (not caused by the client itself): \(counts(report.clientErrors))\(report.clientErrorsByDatapath.sorted { $0.key < $1.key }.map { "\n  on \($0.key) (behaviour:kind): \(counts($0.value))" }.joined())
         proxy errors by kind: \(counts(report.proxyErrors))
         largest push a never-reading client made before it stalled: \(report.largestStalledPush >> 20) MiB
 

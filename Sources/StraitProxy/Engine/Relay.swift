@@ -347,6 +347,9 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
     /// stays in charge.
     func switchToSockmap(from previous: UserspaceDriver?) -> Bool {
         guard let forwarder = context.forwarder else { return false }
+        if previous != nil {
+            context.logger.debug("auto: joining sockmap with \((try? SocketCall.readableBytes(client)) ?? -1) client and \((try? SocketCall.readableBytes(upstream)) ?? -1) upstream bytes queued")
+        }
         let pair: SockmapForwarder.Pair
         do {
             pair = try forwarder.join(client, upstream, maxInFlight: settings.config.maxInFlight ?? 0)
