@@ -1,5 +1,4 @@
 import Foundation
-import StraitBenchSupport
 import StraitNet
 import StraitProxy
 import StraitSystem
