@@ -46,11 +46,7 @@ struct AcceptProxyTests {
     /// header and the first payload bytes go in one write; the upstream must see its own header
     /// carrying the inbound header's addresses, then exactly the payload, which it echoes.
     static func relay(datapath: Datapath) async throws {
-        let received = ReceivedHeader()
-        let upstream = try ThreadedUpstream { socket in
-            received.store((try? socket.receive(exactly: 28)) ?? [])
-            echoHandler(socket)
-        }
+        let (upstream, received) = try ReceivedHeader.echoingUpstream()
         defer { upstream.stop() }
         var config = config(datapath: datapath, upstream: upstream.address)
         config.clusters[0].sendProxy = .v2

@@ -274,6 +274,15 @@ struct HostilePeerTests {
 
     // MARK: Item 8: out of descriptors
 
+    /// A StraitNet echo server on loopback, on `group` (one loop is enough): the upstream of the
+    /// descriptor tests, which must not spend descriptors on threads of its own.
+    static func echoServer(on group: EventLoopGroup) throws -> Server {
+        try Server(address: .ip(IPAddress("127.0.0.1")!, port: 0), group: group, handlers: ConnectionHandlers(onRequest: { connection in
+            connection.writer.append(connection.reader)
+            connection.flush()
+        }))
+    }
+
     /// The last line of defence behind the budget: the soft RLIMIT_NOFILE lowered (restored in
     /// defer) to the lowest free descriptor number after the proxy measured its budget, so the
     /// first call that needs a descriptor is the queued client's `accept`. It meets EMFILE, backs off and is
@@ -284,10 +293,7 @@ struct HostilePeerTests {
     func acceptBacksOffOnEMFILE() async throws {
         let group = try EventLoopGroup(loopCount: 1)
         defer { group.shutdown() }
-        let echo = try Server(address: .ip(IPAddress("127.0.0.1")!, port: 0), group: group, handlers: ConnectionHandlers(onRequest: { connection in
-            connection.writer.append(connection.reader)
-            connection.flush()
-        }))
+        let echo = try Self.echoServer(on: group)
         let message = clientPattern.bytes(at: 0, count: 1024)
         try await ProxyHarness.with(ProxyHarness.config(datapath: .copy, upstreams: [echo.address])) { proxy, port in
             let client = TestSocket(fd: try SocketCall.socket(domain: AF_INET, type: CInt(SOCK_STREAM.rawValue), nonBlocking: false))
@@ -325,10 +331,7 @@ struct HostilePeerTests {
     func descriptorBudget() async throws {
         let group = try EventLoopGroup(loopCount: 1)
         defer { group.shutdown() }
-        let echo = try Server(address: .ip(IPAddress("127.0.0.1")!, port: 0), group: group, handlers: ConnectionHandlers(onRequest: { connection in
-            connection.writer.append(connection.reader)
-            connection.flush()
-        }))
+        let echo = try Self.echoServer(on: group)
         let sockets = try (0..<64).map { _ in TestSocket(fd: try SocketCall.socket(domain: AF_INET, type: CInt(SOCK_STREAM.rawValue), nonBlocking: false)) }
         defer { for socket in sockets { socket.close() } }
         _ = ProxyHarness.descriptorHeadroom  // its one-time raise must not undo the lowering below

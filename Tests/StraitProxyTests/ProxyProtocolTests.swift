@@ -85,11 +85,7 @@ struct SendProxyTests {
     /// Relays one client through a `send_proxy: v2` cluster; the upstream checks the header byte for
     /// byte before echoing the client's bytes.
     static func relay(datapath: Datapath) async throws {
-        let received = ReceivedHeader()
-        let upstream = try ThreadedUpstream { socket in
-            received.store((try? socket.receive(exactly: 28)) ?? [])
-            echoHandler(socket)
-        }
+        let (upstream, received) = try ReceivedHeader.echoingUpstream()
         defer { upstream.stop() }
         var config = ProxyHarness.config(datapath: datapath, upstreams: [upstream.address])
         config.clusters[0].sendProxy = .v2
@@ -120,4 +116,15 @@ final class ReceivedHeader: @unchecked Sendable {
     private var stored: [UInt8] = []
     func store(_ bytes: [UInt8]) { lock.withLock { stored = bytes } }
     var bytes: [UInt8] { lock.withLock { stored } }
+
+    /// An upstream that reads the 28-byte PROXY v2 header (IPv4) of each connection into the
+    /// returned store, then echoes the rest. The caller stops it.
+    static func echoingUpstream() throws -> (ThreadedUpstream, ReceivedHeader) {
+        let received = ReceivedHeader()
+        let upstream = try ThreadedUpstream { socket in
+            received.store((try? socket.receive(exactly: 28)) ?? [])
+            echoHandler(socket)
+        }
+        return (upstream, received)
+    }
 }
