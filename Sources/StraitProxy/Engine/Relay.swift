@@ -71,8 +71,12 @@ enum RelayEnd: String {
 /// - **closed**: both sockets closed (a reset on one side resets the other, `SO_LINGER` 0), the
 ///   counters and the access log written.
 ///
-/// **Ownership.** The relay owns both sockets from ``start()`` (the client's from accept) and
-/// closes them in ``finish(_:)``; its registrations are deregistered first. The ``RelayLoop``
+/// **Ownership.** The relay owns both sockets as ``OwnedDescriptor``s: the client's from accept (the
+/// acceptor moves it in), the upstream's from the `socket(2)` of each connect attempt. They leave
+/// only in ``finish(_:)`` (closed, or reset with `SO_LINGER` 0), after the registrations are
+/// deregistered, or in a failed attempt's clean-up; a relay dropped any other way still closes
+/// them, never twice. The numbers ``client`` and ``upstream`` name the sockets for system calls and
+/// event dispatch while the relay owns them. The ``RelayLoop``
 /// holds the relay from start to finish. Loop thread only.
 final class Relay: DescriptorHandler, @unchecked Sendable {
     enum Phase { case awaitingHeader, connecting, relaying, closed }
@@ -81,7 +85,10 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
     let context: ProxyContext
     let listener: ListenerRuntime
     let settings: ListenerSettings
+    /// The client socket's number, for system calls and to tell events apart; owned by ``clientSocket``.
     let client: CInt
+    /// Owns the client socket until ``finish(_:)`` closes it.
+    private var clientSocket: OwnedDescriptor?
     /// The client's address: the peer's, or the one its PROXY header gave (`accept_proxy`).
     private(set) var clientAddress: SocketAddress?
     /// The address the client reached, as its PROXY header gave it (`send_proxy` passes it on);
@@ -101,7 +108,11 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
     private var upstreamReady = false
     /// The datapath this connection is counted under in its upstream's ``DatapathMix``.
     private var countedDatapath: Datapath?
+    /// The upstream socket's number (-1 before the first connect attempt and between attempts);
+    /// owned by ``upstreamSocket``.
     private(set) var upstream: CInt = -1
+    /// Owns the upstream socket of the current connect attempt until it fails or ``finish(_:)``.
+    private var upstreamSocket: OwnedDescriptor?
     private var clientRegistration: DescriptorRegistration?
     private var upstreamRegistration: DescriptorRegistration?
     private var upstreamState: UpstreamState?
@@ -129,12 +140,13 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
     var loop: EventLoop { home.loop }
     var timings: ProxyTimings { context.timings }
 
-    init(home: RelayLoop, context: ProxyContext, listener: ListenerRuntime, settings: ListenerSettings, client: CInt, clientAddress: SocketAddress?) {
+    init(home: RelayLoop, context: ProxyContext, listener: ListenerRuntime, settings: ListenerSettings, client: consuming OwnedDescriptor, clientAddress: SocketAddress?) {
         self.home = home
         self.context = context
         self.listener = listener
         self.settings = settings
-        self.client = client
+        self.client = client.rawValue
+        clientSocket = Optional(consume client)
         self.clientAddress = clientAddress
         startedAt = home.loop.now
         lastActivity = home.loop.now
@@ -219,7 +231,9 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
             return
         }
         do throws(SystemCallError) {
-            upstream = try SocketCall.socket(domain: chosen.address.domain, type: CInt(SOCK_STREAM.rawValue))
+            let socket = OwnedDescriptor(taking: try SocketCall.socket(domain: chosen.address.domain, type: CInt(SOCK_STREAM.rawValue)))
+            upstream = socket.rawValue
+            upstreamSocket = Optional(consume socket)
             try? SocketCall.setOption(upstream, level: CInt(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
             _ = try SocketCall.connect(upstream, to: chosen.address)
             upstreamRegistration = try loop.register(descriptor: upstream, interest: .writable, handler: self)
@@ -248,10 +262,8 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
         upstreamState = nil
         upstreamRegistration?.deregister()
         upstreamRegistration = nil
-        if upstream >= 0 {
-            closeDescriptor(upstream)
-            upstream = -1
-        }
+        upstreamSocket.take()?.close()
+        upstream = -1
         context.metrics.retried(cluster: cluster)
         connectNext()
     }
@@ -518,16 +530,18 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
         let bytes = driver?.finalCounts(end: end) ?? (up: 0, down: 0)
         let shown = datapath
         driver?.release()
+        let clientSocket = self.clientSocket.take()
+        let upstreamSocket = self.upstreamSocket.take()
         switch end {
         case .clientReset:
-            if upstream >= 0 { RelayCall.closeWithReset(upstream) }
-            closeDescriptor(client)
+            if let upstreamSocket { RelayCall.closeWithReset(upstreamSocket.take()) }
+            clientSocket?.close()
         case .upstreamReset:
-            RelayCall.closeWithReset(client)
-            closeDescriptor(upstream)
+            if let clientSocket { RelayCall.closeWithReset(clientSocket.take()) }
+            upstreamSocket?.close()
         default:
-            closeDescriptor(client)
-            if upstream >= 0 { closeDescriptor(upstream) }
+            clientSocket?.close()
+            upstreamSocket?.close()
         }
         let shownPath = switchedFrom.map { "auto(\($0)→sockmap)" } ?? (settings.config.datapath == .auto ? "auto(\(shown))" : "\(shown)")
         reportBytes(bytes)  // the rest of the bytes

@@ -145,7 +145,9 @@ final class Acceptor: DescriptorHandler, @unchecked Sendable {
             }
             try? SocketCall.setOption(accepted, level: CInt(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
             context.metrics.connectionOpened(listener: settings.config.name)
-            let relay = Relay(home: home, context: context, listener: listener, settings: settings, client: accepted, clientAddress: SocketAddress.peer(of: accepted))
+            let peer = SocketAddress.peer(of: accepted)
+            // The relay owns the accepted socket from here: it closes it in `finish`.
+            let relay = Relay(home: home, context: context, listener: listener, settings: settings, client: OwnedDescriptor(taking: accepted), clientAddress: peer)
             relay.start()
         }
     }
