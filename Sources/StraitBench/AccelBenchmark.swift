@@ -219,7 +219,12 @@ extension AccelBenchmark {
                 let before = try accelerator.counters()
                 let value = try sockperf.pingPong(messageBytes: latencyMessageBytes, seconds: seconds, port: BenchPorts.free(), launcher: useAcceleration ? inside : .plain)
                 let after = try accelerator.counters()
-                if useAcceleration { accelerated.append(value) } else { plain.append(value) }
+                guard useAcceleration else {
+                    plain.append(value)
+                    continue
+                }
+                accelerated.append(value)
+                // Only the accelerated runs' sends: the share is of what the accelerator saw of them.
                 sends.redirected += after.redirected_messages - before.redirected_messages
                 sends.all += (after.redirected_messages + after.fallback_stack_messages + after.fallback_no_peer_messages)
                     - (before.redirected_messages + before.fallback_stack_messages + before.fallback_no_peer_messages)

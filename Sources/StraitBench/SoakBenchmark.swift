@@ -55,7 +55,7 @@ public struct SoakBenchmark: Sendable {
     /// Encodes (snake_case) as `{"seconds":…,"connections":…,"bytes_verified":…,"client_errors":{…},
     /// "client_errors_by_datapath":{…},"proxy_errors":{…},"by_behavior":{…},"reloads":…,"restarts":…,"peak":{…},"baseline":{…},"end":{…}}`.
     public struct Report: Sendable, Codable {
-        /// Wall time of the run, in whole seconds (truncated).
+        /// Wall time of the run, in seconds.
         public var seconds: Double
         /// Connections clients completed, over every behaviour.
         public var connections: Int
@@ -239,7 +239,7 @@ public struct SoakBenchmark: Sendable {
             for thread in threads { while !thread.isFinished { Thread.sleep(forTimeInterval: 0.01) } }
             let proxy = current.withLock { $0 }
             let all = proxies.withLock { $0 }
-            let seconds = Double((ContinuousClock.now - started).components.seconds)
+            let seconds = (ContinuousClock.now - started).seconds
             var proxyErrors: [String: Int] = [:]
             Self.blocking { await proxy.shutdown(drainTimeout: .seconds(5)) }
             drains.wait()
