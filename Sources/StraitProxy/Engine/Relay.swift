@@ -108,9 +108,9 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
     private var upstreamReady = false
     /// The datapath this connection is counted under in its upstream's ``DatapathMix``.
     private var countedDatapath: Datapath?
-    /// The upstream socket's number (-1 before the first connect attempt and between attempts);
-    /// owned by ``upstreamSocket``.
-    private(set) var upstream: CInt = -1
+    /// The upstream socket's number while ``upstreamSocket`` owns one; -1 before the first connect
+    /// attempt, between attempts and after ``finish(_:)``.
+    var upstream: CInt { upstreamSocket?.rawValue ?? -1 }
     /// Owns the upstream socket of the current connect attempt until it fails or ``finish(_:)``.
     private var upstreamSocket: OwnedDescriptor?
     private var clientRegistration: DescriptorRegistration?
@@ -231,9 +231,7 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
             return
         }
         do throws(SystemCallError) {
-            let socket = OwnedDescriptor(taking: try SocketCall.socket(domain: chosen.address.domain, type: CInt(SOCK_STREAM.rawValue)))
-            upstream = socket.rawValue
-            upstreamSocket = Optional(consume socket)
+            upstreamSocket = OwnedDescriptor(taking: try SocketCall.socket(domain: chosen.address.domain, type: CInt(SOCK_STREAM.rawValue)))
             try? SocketCall.setOption(upstream, level: CInt(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
             _ = try SocketCall.connect(upstream, to: chosen.address)
             upstreamRegistration = try loop.register(descriptor: upstream, interest: .writable, handler: self)
@@ -263,7 +261,6 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
         upstreamRegistration?.deregister()
         upstreamRegistration = nil
         upstreamSocket.take()?.close()
-        upstream = -1
         context.metrics.retried(cluster: cluster)
         connectNext()
     }

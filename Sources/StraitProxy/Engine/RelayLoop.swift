@@ -118,14 +118,14 @@ final class Acceptor: DescriptorHandler, @unchecked Sendable {
                 pauseForDescriptors(cost)
                 return
             }
-            let accepted: CInt
+            let accepted: OwnedDescriptor
             do {
                 guard case .done(let fd) = try SocketCall.accept(listener.fd) else {
                     listener.releaseSlot()
                     context.descriptors.giveBack(cost)
                     return
                 }
-                accepted = fd
+                accepted = OwnedDescriptor(taking: fd)  // closed by whoever holds it last: from here, the relay
             } catch {
                 listener.releaseSlot()
                 context.descriptors.giveBack(cost)
@@ -143,11 +143,10 @@ final class Acceptor: DescriptorHandler, @unchecked Sendable {
             if listener.outOfDescriptors.exchange(false, ordering: .relaxed) {
                 context.logger.notice("accepting again on \(listener.address)")
             }
-            try? SocketCall.setOption(accepted, level: CInt(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
+            try? SocketCall.setOption(accepted.rawValue, level: CInt(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
             context.metrics.connectionOpened(listener: settings.config.name)
-            let peer = SocketAddress.peer(of: accepted)
-            // The relay owns the accepted socket from here: it closes it in `finish`.
-            let relay = Relay(home: home, context: context, listener: listener, settings: settings, client: OwnedDescriptor(taking: accepted), clientAddress: peer)
+            let peer = SocketAddress.peer(of: accepted.rawValue)
+            let relay = Relay(home: home, context: context, listener: listener, settings: settings, client: accepted, clientAddress: peer)
             relay.start()
         }
     }
