@@ -11,12 +11,11 @@ import Glibc
 /// The socket's queue is only **peeked** (`MSG_PEEK`, at most ``maximumLength`` bytes) until a whole
 /// header is there; then the header's bytes are read, and with them every payload byte queued
 /// behind it, until the queue is empty (at most ``maximumEarlyBytes``). The relay forwards those
-/// first, byte-exact. Why not leave the payload queued: the header and the first payload bytes
-/// often share one segment, and a socket that joins the sockmap with a partly read segment at the
-/// head of its queue stalls before the end of the stream (seen on 6.18: the verdict's reads and
-/// TCP's copied-sequence accounting disagree by the bytes read before). A queue read to empty
-/// holds only whole segments from then on, which the join parses as usual
-/// (``SockmapForwarder/join(_:_:maxInFlight:)``). No header byte is ever forwarded.
+/// first, byte-exact. The header and the first payload bytes often share one segment, and a socket
+/// that joined the sockmap with a segment partly read used to stall at the end of its stream; the
+/// stream parser now starts at the message's offset in the segment (`proxy.bpf.c`,
+/// ``SockmapJoinTests``), so the read to empty is no longer needed for that; it stays for now
+/// (README, proxy limitations). No header byte is ever forwarded.
 ///
 /// Stateless: the relay calls ``read(_:peerClosed:)`` on each readiness of the client socket
 /// (edge-triggered, so bytes left queued do not wake it again) and keeps the deadline itself.

@@ -71,11 +71,43 @@ static __always_inline int over_budget(struct strait_proxy_pair *pair, __u64 pee
     return over;
 }
 
-// One message is whatever the strparser has: a TCP stream has no framing to respect.
+// The kernel's view of a strparser message, kept in the skb's control block
+// (`struct sk_skb_cb` in include/net/strparser.h), read through CO-RE.
+struct strp_msg {
+    int full_len;  // the message's length, as the parser answered
+    int offset;    // where the message starts in the skb
+} __attribute__((preserve_access_index));
+
+struct _strp_msg {
+    struct strp_msg strp;
+} __attribute__((preserve_access_index));
+
+struct sk_skb_cb {
+    struct _strp_msg strp;
+} __attribute__((preserve_access_index));
+
+struct sk_buff {
+    char cb[48];
+} __attribute__((preserve_access_index));
+
+extern void *bpf_cast_to_kern_ctx(void *ctx) __ksym;
+
+static __always_inline struct strp_msg *strparser_message(struct __sk_buff *skb)
+{
+    struct sk_buff *kernel = bpf_cast_to_kern_ctx(skb);
+    return &((struct sk_skb_cb *)kernel->cb)->strp.strp;
+}
+
+// One message is whatever the strparser has: a TCP stream has no framing to respect. The skb it
+// hands over is a whole segment, of which the message starts `offset` bytes in: after a join with
+// the segment partly read by userspace, or after a message that ended inside it. Answering the
+// segment's length would claim those bytes again: the message would wait for as many bytes of the
+// next segment, every later message would start inside a segment too, and the last one of the
+// stream would never come out.
 SEC("sk_skb/stream_parser")
 int strait_proxy_parser(struct __sk_buff *skb)
 {
-    return skb->len;
+    return skb->len - strparser_message(skb)->offset;
 }
 
 SEC("sk_skb/stream_verdict")
@@ -90,7 +122,8 @@ int strait_proxy_verdict(struct __sk_buff *skb)
             stats->unpaired_drops++;
         return SK_DROP;
     }
-    __u32 length = skb->len;
+    // The message's bytes: the skb may hold bytes before it (see the parser).
+    __u32 length = strparser_message(skb)->full_len;
     __u64 peer = pair->peer_cookie;
     __sync_fetch_and_add(&pair->messages, 1);
     if (!pair->throttled && pair->max_in_flight && over_budget(pair, peer, length)) {
