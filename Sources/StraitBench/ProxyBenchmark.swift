@@ -12,6 +12,11 @@ import StraitSystem
 ///
 /// iperf3 and sockperf (client and server) run in a private cgroup on every path, which Strait's
 /// `skmsg` and `auto` runs name as their endpoints cgroup; the cgroup is removed at the end.
+///
+/// With a ``baseline`` (another build of `strait`, such as the previous commit built into a scratch
+/// folder), every datapath is measured on two child processes instead, this tree's `strait` (the
+/// one beside `strait-bench`) and the baseline, started alike and interleaved in the same rounds:
+/// the no-regression check of a change, in one run on one machine.
 public struct ProxyBenchmark: Sendable {
     /// Bytes per write of the iperf3 throughput runs, one row per size.
     public var messageSizes: [Int] = [1024, 16_384, 131_072]
@@ -24,6 +29,8 @@ public struct ProxyBenchmark: Sendable {
     public var datapaths: [Datapath] = [.copy, .splice, .sockmap, .skmsg, .auto]
     /// Rounds; each round measures every path once (in a rotated order), and the median is reported.
     public var repeats = 1
+    /// Another `strait` executable to compare with, or nil (Strait then runs inside this process).
+    public var baseline: String?
     /// Called with a line of text after each run; called on the benchmark's thread.
     public var progress: @Sendable (String) -> Void = { _ in }
 
@@ -52,6 +59,9 @@ public struct ProxyBenchmark: Sendable {
             public var haproxyGbitS: Double
             /// Through Strait's proxy, keyed by datapath name (`copy`, `splice`, …).
             public var straitGbitS: [String: Double]
+            /// Through the ``ProxyBenchmark/baseline`` build, keyed like ``straitGbitS``; empty
+            /// without one.
+            public var baselineGbitS: [String: Double] = [:]
         }
 
         /// sockperf ping-pong round trips per path, medians over the rounds, in microseconds.
@@ -70,12 +80,25 @@ public struct ProxyBenchmark: Sendable {
             public var haproxyP99Us: Double
             /// 99th percentile through Strait's proxy, keyed by datapath name.
             public var straitP99Us: [String: Double]
+            /// Median through the ``ProxyBenchmark/baseline`` build, keyed by datapath; empty without one.
+            public var baselineP50Us: [String: Double] = [:]
+            /// 99th percentile through the baseline build, keyed by datapath; empty without one.
+            public var baselineP99Us: [String: Double] = [:]
         }
     }
 
-    /// One way of reaching the server: directly, or through a proxy listening on a port of its own.
+    /// One way of reaching the server: directly, or through a proxy listening on a port of its own:
+    /// HAProxy, Strait in this process, or a `strait` child process (``Build``).
     enum Path: Hashable {
-        case direct, haproxy, strait(Datapath)
+        case direct, haproxy, strait(Datapath), process(Build, Datapath)
+    }
+
+    /// Which `strait` executable a child-process path runs.
+    enum Build: Hashable {
+        /// This tree's, beside `strait-bench`.
+        case current
+        /// ``ProxyBenchmark/baseline``.
+        case baseline
     }
 
     /// Runs every path for every size, then the ping-pong twice (free and on one CPU), each
@@ -93,7 +116,19 @@ public struct ProxyBenchmark: Sendable {
         let probe = try? SockmapForwarder()
         let unavailable: String? = probe == nil ? "the SK_SKB programs did not load (needs root / CAP_BPF + CAP_NET_ADMIN)" : nil
         let straitPaths = datapaths.filter { unavailable == nil || ($0 != .sockmap && $0 != .auto && $0 != .skmsg) }
-        let paths: [Path] = [.direct, .haproxy] + straitPaths.map { .strait($0) }
+        let executables: [Build: String]
+        if let baseline {
+            guard FileManager.default.isExecutableFile(atPath: baseline) else {
+                throw ToolFailure(command: [baseline], status: 127, output: "--baseline: \(baseline) is not an executable (build the other commit with `swift build -c release --product strait` in its own folder)")
+            }
+            executables = [.current: try ProcessRunner.locateStrait(), .baseline: baseline]
+        } else {
+            executables = [:]
+        }
+        let straitRuns: [Path] = baseline == nil
+            ? straitPaths.map { .strait($0) }
+            : straitPaths.flatMap { [Path.process(.current, $0), .process(.baseline, $0)] }
+        let paths: [Path] = [.direct, .haproxy] + straitRuns
         let cgroup = try Cgroup.root().makeChild(named: "strait-bench-proxy-\(getpid())")
         defer {
             for pid in cgroup.processes() { kill(pid, SIGKILL) }
@@ -112,7 +147,7 @@ public struct ProxyBenchmark: Sendable {
                 for index in paths.indices {
                     let path = paths[(index + round) % paths.count]
                     if shouldStop() { throw BenchError.interrupted }
-                    let value = try through(path, endpoints: endpoints, logger: logger) { serverPort, clientPort in
+                    let value = try through(path, endpoints: endpoints, executables: executables, logger: logger) { serverPort, clientPort in
                         try Iperf3().throughput(messageBytes: size, seconds: seconds, serverPort: serverPort, clientPort: clientPort, launcher: endpoints.launcher)
                     }
                     samples[path, default: []].append(value)
@@ -120,26 +155,32 @@ public struct ProxyBenchmark: Sendable {
                 }
             }
             var row = Report.Row(messageBytes: size, directGbitS: median(samples[.direct] ?? []), haproxyGbitS: median(samples[.haproxy] ?? []), straitGbitS: [:])
-            for case .strait(let datapath) in paths { row.straitGbitS[datapath.rawValue] = median(samples[.strait(datapath)] ?? []) }
+            for path in paths {
+                switch path {
+                case .strait(let datapath), .process(.current, let datapath): row.straitGbitS[datapath.rawValue] = median(samples[path] ?? [])
+                case .process(.baseline, let datapath): row.baselineGbitS[datapath.rawValue] = median(samples[path] ?? [])
+                case .direct, .haproxy: break
+                }
+            }
             rows.append(row)
         }
 
-        let latency = try pingPong(paths, endpoints: endpoints, logger: logger, label: "", shouldStop: shouldStop)
+        let latency = try pingPong(paths, endpoints: endpoints, executables: executables, logger: logger, label: "", shouldStop: shouldStop)
         // The same again with this process and every child on one CPU: the datapath without the
         // cross-CPU wake-ups that dominate round trips on a small VM.
-        let oneCPU = try onCPU0 { try pingPong(paths, endpoints: endpoints, logger: logger, label: " (one CPU)", shouldStop: shouldStop) }
+        let oneCPU = try onCPU0 { try pingPong(paths, endpoints: endpoints, executables: executables, logger: logger, label: " (one CPU)", shouldStop: shouldStop) }
         return Report(throughput: rows, latency: latency, latencyOneCpu: oneCPU, sockmapUnavailable: unavailable)
     }
 
     /// sockperf ping-pong over every path, `repeats` rounds in rotated order; medians.
-    private func pingPong(_ paths: [Path], endpoints: Endpoints, logger: Logger, label: String, shouldStop: () -> Bool) throws -> Report.Latency {
+    private func pingPong(_ paths: [Path], endpoints: Endpoints, executables: [Build: String], logger: Logger, label: String, shouldStop: () -> Bool) throws -> Report.Latency {
         var p50: [Path: [Double]] = [:]
         var p99: [Path: [Double]] = [:]
         for round in 0..<repeats {
             for index in paths.indices {
                 let path = paths[(index + round) % paths.count]
                 if shouldStop() { throw BenchError.interrupted }
-                let value = try through(path, endpoints: endpoints, logger: logger) { serverPort, clientPort in
+                let value = try through(path, endpoints: endpoints, executables: executables, logger: logger) { serverPort, clientPort in
                     try Sockperf().pingPong(messageBytes: latencyMessageBytes, seconds: seconds, serverPort: serverPort, clientPort: clientPort, launcher: endpoints.launcher)
                 }
                 p50[path, default: []].append(value.p50Microseconds)
@@ -150,9 +191,16 @@ public struct ProxyBenchmark: Sendable {
         var latency = Report.Latency(
             messageBytes: latencyMessageBytes, directP50Us: median(p50[.direct] ?? []), haproxyP50Us: median(p50[.haproxy] ?? []), straitP50Us: [:],
             directP99Us: median(p99[.direct] ?? []), haproxyP99Us: median(p99[.haproxy] ?? []), straitP99Us: [:])
-        for case .strait(let datapath) in paths {
-            latency.straitP50Us[datapath.rawValue] = median(p50[.strait(datapath)] ?? [])
-            latency.straitP99Us[datapath.rawValue] = median(p99[.strait(datapath)] ?? [])
+        for path in paths {
+            switch path {
+            case .strait(let datapath), .process(.current, let datapath):
+                latency.straitP50Us[datapath.rawValue] = median(p50[path] ?? [])
+                latency.straitP99Us[datapath.rawValue] = median(p99[path] ?? [])
+            case .process(.baseline, let datapath):
+                latency.baselineP50Us[datapath.rawValue] = median(p50[path] ?? [])
+                latency.baselineP99Us[datapath.rawValue] = median(p99[path] ?? [])
+            case .direct, .haproxy: break
+            }
         }
         return latency
     }
@@ -161,17 +209,18 @@ public struct ProxyBenchmark: Sendable {
         switch path {
         case .direct: "direct"
         case .haproxy: "haproxy"
-        case .strait(let datapath): "strait \(datapath)"
+        case .strait(let datapath), .process(.current, let datapath): "strait \(datapath)"
+        case .process(.baseline, let datapath): "baseline \(datapath)"
         }
     }
 
     /// Runs `measure(serverPort, clientPort)` with the proxy of `path` in between (started before,
     /// stopped after). A failed run (a peer that lost a port race on a busy machine) is retried
     /// twice on fresh ports before the error is reported.
-    private func through<T>(_ path: Path, endpoints: Endpoints, logger: Logger, _ measure: (UInt16, UInt16) throws -> T) throws -> T {
+    private func through<T>(_ path: Path, endpoints: Endpoints, executables: [Build: String], logger: Logger, _ measure: (UInt16, UInt16) throws -> T) throws -> T {
         for attempt in 1...3 {
             do {
-                return try once(path, endpoints: endpoints, logger: logger, measure)
+                return try once(path, endpoints: endpoints, executables: executables, logger: logger, measure)
             } catch {
                 if attempt == 3 { throw error }
                 progress("\(name(path)): \(error); retrying")
@@ -180,7 +229,7 @@ public struct ProxyBenchmark: Sendable {
         preconditionFailure("unreachable")
     }
 
-    private func once<T>(_ path: Path, endpoints: Endpoints, logger: Logger, _ measure: (UInt16, UInt16) throws -> T) throws -> T {
+    private func once<T>(_ path: Path, endpoints: Endpoints, executables: [Build: String], logger: Logger, _ measure: (UInt16, UInt16) throws -> T) throws -> T {
         let serverPort = BenchPorts.free()
         switch path {
         case .direct:
@@ -206,6 +255,20 @@ public struct ProxyBenchmark: Sendable {
                 done.wait()
             }
             return try measure(serverPort, proxy.listenerAddresses.values.first!.port!)
+        case .process(let build, let datapath):
+            // The quick-start flags, which every build since the proxy's first has: two loops by
+            // default, no health checks, errors only (no access lines), and a hand-over socket of
+            // its own so that a proxy already running on this machine is never touched.
+            let proxyPort = BenchPorts.free()
+            let handover = NSTemporaryDirectory() + "strait-bench-proxy-\(getpid())-\(proxyPort).handover"
+            defer { try? FileManager.default.removeItem(atPath: handover) }
+            var command = [executables[build]!, "proxy", "--listen", "127.0.0.1:\(proxyPort)", "--upstream", "127.0.0.1:\(serverPort)",
+                           "--datapath", datapath.rawValue, "--log-level", "error", "--handover-socket", handover]
+            if datapath == .skmsg || datapath == .auto { command += ["--endpoints-cgroup", endpoints.cgroupPath] }
+            let proxy = try ProcessRunner().start(command)
+            defer { proxy.stop() }
+            try BenchPorts.waitForListener(port: proxyPort, timeout: 10)
+            return try measure(serverPort, proxyPort)
         }
     }
 }

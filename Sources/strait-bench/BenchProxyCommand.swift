@@ -18,6 +18,7 @@ struct BenchProxy: ParsableCommand {
     @Option(help: "Strait datapaths to measure, comma-separated (direct and HAProxy always run).") var datapaths = Datapath.allCases.map(\.rawValue).joined(separator: ",")
     @Flag(help: "Print one JSON object instead of the table.") var json = false
     @Option(help: "Also draw throughput by message size to this SVG file.") var svg: String?
+    @Option(help: ArgumentHelp("Another strait executable to compare with (the previous commit built into a scratch folder): every datapath then runs on it and on this tree's strait, both as child processes, interleaved.", valueName: "path")) var baseline: String?
 
     func run() throws {
         Self.bootstrapLogging()
@@ -28,6 +29,7 @@ struct BenchProxy: ParsableCommand {
         benchmark.seconds = duration
         guard (1...9).contains(repetitions) else { throw ValidationError("--repeat: from 1 to 9") }
         benchmark.repeats = repetitions
+        benchmark.baseline = baseline
         benchmark.datapaths = try datapaths.split(separator: ",").map { name in
             guard let datapath = Datapath(rawValue: String(name)) else {
                 throw ValidationError("--datapaths: \(name) is not one of \(Datapath.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -69,6 +71,16 @@ struct BenchProxy: ParsableCommand {
             rows.append(line)
         }
         var text = "TCP proxy on loopback, iperf3 one stream:\n\n" + table(rows)
+        if !(report.throughput.first?.baselineGbitS.isEmpty ?? true) {
+            var comparison = [["write"] + paths.flatMap { ["\($0) Gbit/s", "baseline", "÷baseline"] }]
+            for row in report.throughput {
+                comparison.append([formatBytes(row.messageBytes)] + paths.flatMap { path -> [String] in
+                    let value = row.straitGbitS[path] ?? 0, base = row.baselineGbitS[path] ?? 0
+                    return [String(format: "%.2f", value), String(format: "%.2f", base), ratio(value, base)]
+                })
+            }
+            text += "\n\nAgainst the baseline build (both as child processes):\n\n" + table(comparison)
+        }
         for (latency, placement) in [(report.latency, "CPUs as scheduled"), (report.latencyOneCpu, "all on one CPU")] {
             var latencyRows = [["ping-pong \(latency.messageBytes) B, \(placement)", "p50 µs", "p99 µs", "p50 ÷direct", "p50 ÷HAProxy"]]
             latencyRows.append(["direct", String(format: "%.1f", latency.directP50Us), String(format: "%.1f", latency.directP99Us), "1.00x", ratio(latency.directP50Us, latency.haproxyP50Us)])
@@ -76,6 +88,9 @@ struct BenchProxy: ParsableCommand {
             for path in paths {
                 let p50 = latency.straitP50Us[path] ?? 0
                 latencyRows.append(["strait \(path)", String(format: "%.1f", p50), String(format: "%.1f", latency.straitP99Us[path] ?? 0), ratio(p50, latency.directP50Us), ratio(p50, latency.haproxyP50Us)])
+                if let base = latency.baselineP50Us[path] {
+                    latencyRows.append(["baseline \(path)", String(format: "%.1f", base), String(format: "%.1f", latency.baselineP99Us[path] ?? 0), ratio(base, latency.directP50Us), ratio(base, latency.haproxyP50Us)])
+                }
             }
             text += "\n\n" + table(latencyRows)
         }
