@@ -62,7 +62,7 @@ enum RelayEnd: String {
 /// - **awaitingHeader** (listeners with `accept_proxy` only): the client's PROXY header is taken
 ///   off the socket (``ProxyHeaderReader``) within `connect_timeout`, and its source becomes the
 ///   client's address; nothing is connected before it, and a bad header closes the client alone.
-///   Payload bytes read with it are written to the upstream first, once connected (``flushEarly()``);
+///   The payload behind it stays in the client's queue for the datapath;
 /// - **connecting**: an upstream is picked and connected to; the client is polled only for
 ///   hang-ups and errors, and `connect_timeout` runs;
 /// - **relaying**: a ``RelayDriver`` moves the bytes on the listener's datapath (``UserspaceDriver``
@@ -97,15 +97,6 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
     /// Bytes of the PROXY header read off the client socket: TCP counts them as received, but
     /// they are never forwarded (``receivedBytes(from:)``).
     private var headerLength: UInt64 = 0
-    /// Client bytes read with its PROXY header (``ProxyHeaderReader``): written to the upstream
-    /// first (``flushEarly()``), before the datapath starts; `earlySent` of them so far.
-    private var early: [UInt8] = []
-    private var earlySent = 0
-    /// False when the client's queue could not be read to empty with its header: the connection
-    /// then relays in userspace (splice for `sockmap`), never joining a kernel map.
-    private var mayJoinKernel = true
-    /// Connected, and writing ``early`` (phase still connecting).
-    private var upstreamReady = false
     /// The datapath this connection is counted under in its upstream's ``DatapathMix``.
     private var countedDatapath: Datapath?
     /// The upstream socket's number while ``upstreamSocket`` owns one; -1 before the first connect
@@ -193,10 +184,8 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
             return
         case .rejected(let reason, let detail):
             rejectProxyHeader(reason, detail)
-        case .header(let header, let length, let payload, let drained):
+        case .header(let header, let length):
             headerLength = UInt64(length)
-            early = payload
-            mayJoinKernel = drained
             if let addresses = header.socketAddresses {
                 clientAddress = addresses.source
                 headerDestination = addresses.destination
@@ -289,31 +278,6 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
             }
             ackBase.upstream &+= UInt64(sent)
         }
-        upstreamReady = true
-        lastActivity = loop.now
-        flushEarly()
-    }
-
-    /// Writes the client bytes read with its PROXY header to the upstream, then starts relaying;
-    /// while the upstream's send buffer is full, its writable event calls again (the idle timeout
-    /// runs meanwhile).
-    private func flushEarly() {
-        while earlySent < early.count {
-            let result = try? early.withUnsafeBytes { bytes throws(SystemCallError) in
-                try RelayCall.send(upstream, UnsafeRawBufferPointer(rebasing: bytes[earlySent...]))
-            }
-            switch result {
-            case .done(let count)?:
-                earlySent += count
-                lastActivity = loop.now
-            case .wouldBlock?:
-                return
-            case nil:
-                finish(.upstreamReset)
-                return
-            }
-        }
-        early = []
         startRelaying()
     }
 
@@ -321,11 +285,8 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
     private func startRelaying() {
         phase = .relaying
         lastActivity = loop.now
-        if startDatapath == .sockmap && mayJoinKernel {
-            if switchToSockmap(from: nil) {
-                driver?.toUpstream.bytesForwarded = UInt64(earlySent)
-                return
-            }
+        if startDatapath == .sockmap {
+            if switchToSockmap(from: nil) { return }
             // The join failed and said why; stay in userspace.
         }
         let userspace: UserspaceDriver
@@ -335,7 +296,6 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
             finish(.failed)
             return
         }
-        userspace.toUpstream.bytesForwarded = UInt64(earlySent)  // already written by flushEarly()
         driver = userspace
         countDatapath()  // before its first bytes move: whoever sees them sees it counted
         userspace.begin()
@@ -393,10 +353,6 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
                 finish(.clientGone)
                 return
             }
-            if upstreamReady {
-                flushEarly()
-                return
-            }
             let error = (try? SocketCall.option(upstream, level: SOL_SOCKET, name: SO_ERROR)) ?? EIO
             if error != 0 {
                 connectFailed(.connectRefused)
@@ -446,8 +402,7 @@ final class Relay: DescriptorHandler, @unchecked Sendable {
         case .awaitingHeader:
             if now &- startedAt >= settings.config.connectTimeout.wholeNanoseconds { rejectProxyHeader(.timeout, "no whole header within \(settings.config.connectTimeout)") }
         case .connecting:
-            if !upstreamReady, now &- connectStartedAt >= settings.config.connectTimeout.wholeNanoseconds { connectFailed(.connectTimeout) }
-            if upstreamReady, let idle = settings.config.idleTimeout, now &- lastActivity >= idle.wholeNanoseconds { finish(.idleTimeout) }
+            if now &- connectStartedAt >= settings.config.connectTimeout.wholeNanoseconds { connectFailed(.connectTimeout) }
         case .relaying:
             driver?.tick(now: now)
             if phase == .relaying, now &- counted.at >= timings.byteReport.wholeNanoseconds, let moved = driver?.movedCounts() {

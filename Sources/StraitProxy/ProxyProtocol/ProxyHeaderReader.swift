@@ -9,13 +9,10 @@ import Glibc
 /// ``Relay`` before it picks an upstream.
 ///
 /// The socket's queue is only **peeked** (`MSG_PEEK`, at most ``maximumLength`` bytes) until a whole
-/// header is there; then the header's bytes are read, and with them every payload byte queued
-/// behind it, until the queue is empty (at most ``maximumEarlyBytes``). The relay forwards those
-/// first, byte-exact. The header and the first payload bytes often share one segment, and a socket
-/// that joined the sockmap with a segment partly read used to stall at the end of its stream; the
-/// stream parser now starts at the message's offset in the segment (`proxy.bpf.c`,
-/// ``SockmapJoinTests``), so the read to empty is no longer needed for that; it stays for now
-/// (README, proxy limitations). No header byte is ever forwarded.
+/// header is there; then exactly the header's bytes are read, and the payload behind them stays
+/// queued for the datapath. No header byte is ever forwarded. The header and the first payload
+/// bytes often share one segment, so a kernel datapath joins with that segment partly read; its
+/// stream parser starts at the message's offset in the segment (`proxy.bpf.c`, ``SockmapJoinTests``).
 ///
 /// Stateless: the relay calls ``read(_:peerClosed:)`` on each readiness of the client socket
 /// (edge-triggered, so bytes left queued do not wake it again) and keeps the deadline itself.
@@ -25,11 +22,6 @@ enum ProxyHeaderReader {
     /// TLVs. Balancers' TLVs (AWS's VPC endpoint id, GCP's PSC id, TLS details) take a few hundred
     /// bytes at most; a longer header is refused as ``Rejection/oversized`` rather than waited for.
     static let maximumLength = 4096
-
-    /// The most payload bytes read behind the header. A client that sends more before the relay
-    /// looks (its queue is not empty after these) leaves a queue that may not be cut at a segment
-    /// boundary, so its connection relays in userspace (``Outcome/header(_:length:early:drained:)``).
-    static let maximumEarlyBytes = 256 << 10
 
     /// Why a connection was closed before relaying: the `reason` label of
     /// `strait_proxy_proxy_header_rejected_total`.
@@ -48,10 +40,8 @@ enum ProxyHeaderReader {
     enum Outcome {
         /// Not a whole header yet: wait for more bytes.
         case waiting
-        /// A whole header, now read off the socket (`length` bytes), with the payload bytes that
-        /// were queued behind it (`early`, to forward first); `drained`: the receive queue was
-        /// read to empty, so the socket may join a kernel map.
-        case header(ProxyHeaderV2, length: Int, early: [UInt8], drained: Bool)
+        /// A whole header, now read off the socket (`length` bytes); what follows it is still queued.
+        case header(ProxyHeaderV2, length: Int)
         /// Close the connection; `detail` says why, for the debug log.
         case rejected(Rejection, detail: String)
     }
@@ -82,23 +72,9 @@ enum ProxyHeaderReader {
                 // Exactly the header: the peek saw all of it queued, so one read takes it.
                 let taken = try? SocketCall.receive(fd, into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<length]), flags: CInt(MSG_DONTWAIT))
                 guard taken == length else { return .rejected(.truncated, detail: "read \(taken ?? -1) of the header's \(length) bytes") }
-                let (early, drained) = readQueued(fd, into: buffer)
-                return .header(header, length: length, early: early, drained: drained)
+                return .header(header, length: length)
             }
         }
-    }
-
-    /// Reads what `fd` has queued until the queue is empty, end of stream or an error (left for
-    /// the datapath to find), at most ``maximumEarlyBytes``; `drained` is false when that bound
-    /// stopped it. Copies each read once more into the result.
-    private static func readQueued(_ fd: CInt, into buffer: UnsafeMutableRawBufferPointer) -> (bytes: [UInt8], drained: Bool) {
-        var bytes: [UInt8] = []
-        while bytes.count < maximumEarlyBytes {
-            let room = UnsafeMutableRawBufferPointer(rebasing: buffer[..<min(buffer.count, maximumEarlyBytes - bytes.count)])
-            guard let got = try? SocketCall.receive(fd, into: room, flags: CInt(MSG_DONTWAIT)), got > 0 else { return (bytes, true) }
-            bytes += room[..<got]
-        }
-        return (bytes, false)
     }
 }
 
