@@ -59,6 +59,8 @@ struct SockmapJoinTests {
 
         let pair = try forwarder.join(clientSide.fd, upstreamSide.fd, maxInFlight: 0)
         defer { forwarder.release(pair) }
+        // A send timeout too: should nothing flow, the writer gives up instead of hanging the test.
+        client.setReceiveTimeout(seconds: 5)
         let writer = Thread {
             try? pattern.forEachChunk(from: Self.firstWrite, count: Self.rest, chunk: 64 << 10) { try client.sendAll($0) }
         }
