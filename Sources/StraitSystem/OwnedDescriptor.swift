@@ -94,3 +94,25 @@ public struct OwnedDescriptors: ~Copyable, Sendable {
         return all
     }
 }
+
+/// Both ends of a pipe (``RelayCall/pipe(size:)``), each owned by its ``OwnedDescriptor``: an end
+/// that is dropped, or the pair, closes. Move an end to its own owner by consuming the field
+/// (`let wake = pipe.readEnd`), or take both numbers with ``take()`` for an owner that closes them
+/// itself. Costs nothing beyond the two `CInt`s.
+@frozen public struct OwnedPipe: ~Copyable, Sendable {
+    /// The end to read from.
+    public let readEnd: OwnedDescriptor
+    /// The end to write to.
+    public let writeEnd: OwnedDescriptor
+
+    /// Owns `readEnd` and `writeEnd` together.
+    public init(readEnd: consuming OwnedDescriptor, writeEnd: consuming OwnedDescriptor) {
+        self.readEnd = readEnd
+        self.writeEnd = writeEnd
+    }
+
+    /// Gives both ends up without closing them: the caller owns the numbers it returns.
+    public consuming func take() -> (read: CInt, write: CInt) {
+        (readEnd.take(), writeEnd.take())
+    }
+}

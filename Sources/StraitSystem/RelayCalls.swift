@@ -10,12 +10,11 @@ import Glibc
 /// ``SocketCall/cookie(_:)``), the TCP counters that tell when forwarded bytes have
 /// all been handed to the next socket, and the abortive close that turns into a reset.
 public enum RelayCall {
-    /// A non-blocking, close-on-exec pipe of about `size` bytes: `(read end, write end)`. The caller
-    /// owns both descriptors.
-    public static func pipe(size: Int = 1 << 20) throws(SystemCallError) -> (read: CInt, write: CInt) {
+    /// A non-blocking, close-on-exec pipe of about `size` bytes, its two ends owned by the result.
+    public static func pipe(size: Int = 1 << 20) throws(SystemCallError) -> OwnedPipe {
         var fds: [CInt] = [-1, -1]
         try systemCall("pipe2") { strait_pipe_nonblocking(&fds, CInt(size)) }
-        return (fds[0], fds[1])
+        return OwnedPipe(readEnd: OwnedDescriptor(taking: fds[0]), writeEnd: OwnedDescriptor(taking: fds[1]))
     }
 
     /// `splice(2)` of up to `length` bytes, non-blocking, moving pages where it can. `.done(0)` from

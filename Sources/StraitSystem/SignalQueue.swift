@@ -26,7 +26,7 @@ public enum SignalQueue {
     /// inherits that thread's full mask).
     public static func install(_ signals: [CInt]) throws(SystemCallError) {
         if readEnd < 0 {
-            let (read, write) = try RelayCall.pipe(size: 65536)
+            let (read, write) = try RelayCall.pipe(size: 65536).take()  // for the process's lifetime
             readEnd = read
             signalPipeWrite = write
         }

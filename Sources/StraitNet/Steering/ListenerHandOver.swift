@@ -308,8 +308,8 @@ public enum ListenerHandOver {
                 socket = SharedSocket(try Self.bindFresh(at: path))
             }
             let pipe = try ListenerHandOver.system { () throws(SystemCallError) in try RelayCall.pipe(size: 4096) }
-            wakeRead = OwnedDescriptor(taking: pipe.read)
-            wakeWrite = OwnedDescriptor(taking: pipe.write)
+            wakeRead = pipe.readEnd
+            wakeWrite = pipe.writeEnd
             inode = Self.inode(of: path) ?? 0
             thread = Mutex(nil)
             let (result, socket, wake, failures) = (self.result, self.socket, wakeRead.rawValue, self.failures)

@@ -5,6 +5,17 @@ import StraitSystem
 import Glibc
 #endif
 
+/// A splice direction's pipe: its two ends, owned here and closed when the direction lets go of it
+/// (``Direction/releaseResources()``), and the bytes spliced into it and not yet out.
+final class SplicePipe {
+    let ends: OwnedPipe
+    var queued = 0
+
+    init(_ ends: consuming OwnedPipe) {
+        self.ends = ends
+    }
+}
+
 /// One direction of a relay (client → upstream or back) on a userspace datapath: reads `source`,
 /// writes `sink`, and after `source`'s end of stream and the last byte, shuts `sink`'s write side
 /// so the FIN crosses over (half-close). Loop thread only.
@@ -12,8 +23,8 @@ final class Direction {
     enum Mode {
         /// Bytes read into a ``LinkBuffer`` and written from it (`readv`/`writev`, no extra copy).
         case copy(LinkBuffer)
-        /// Bytes spliced socket → pipe → socket; `inPipe` are in the pipe.
-        case splice(pipeRead: CInt, pipeWrite: CInt, inPipe: Int)
+        /// Bytes spliced socket → pipe → socket.
+        case splice(SplicePipe)
         /// The kernel forwards; userspace only watches for the end.
         case kernel
     }
@@ -72,7 +83,7 @@ final class Direction {
     var pendingBytes: Int {
         switch mode {
         case .copy(let buffer): buffer.readableBytes
-        case .splice(_, _, let inPipe): inPipe
+        case .splice(let pipe): pipe.queued
         case .kernel: 0
         }
     }
@@ -125,38 +136,37 @@ final class Direction {
                 bytesRead += count
                 moved = true
             }
-        case .splice(let pipeRead, let pipeWrite, var inPipe):
-            defer { mode = .splice(pipeRead: pipeRead, pipeWrite: pipeWrite, inPipe: inPipe) }
+        case .splice(let pipe):
             while true {
-                if inPipe > 0 && !sinkBlocked {
+                if pipe.queued > 0 && !sinkBlocked {
                     let result: NonBlockingResult<Int>
-                    do { result = try RelayCall.splice(from: pipeRead, to: sink, length: inPipe) } catch { throw .sink(error) }
+                    do { result = try RelayCall.splice(from: pipe.ends.readEnd.rawValue, to: sink, length: pipe.queued) } catch { throw .sink(error) }
                     if case .done(let count) = result {
-                        inPipe -= count
+                        pipe.queued -= count
                         bytesForwarded += UInt64(count)
                         pipeFull = false
                         moved = true
-                        if inPipe > 0 { continue }
+                        if pipe.queued > 0 { continue }
                     } else {
                         sinkBlocked = true
                     }
                 }
                 guard !sourceEnded && !readingPaused && !pipeFull else { break }
                 let result: NonBlockingResult<Int>
-                do { result = try RelayCall.splice(from: source, to: pipeWrite, length: Self.spliceChunk) } catch {
+                do { result = try RelayCall.splice(from: source, to: pipe.ends.writeEnd.rawValue, length: Self.spliceChunk) } catch {
                     throw .source(error)
                 }
                 guard case .done(let count) = result else {
                     // With bytes in the pipe, EAGAIN may mean the pipe's slots are full (a slot can
                     // hold less than a page of an skb): stop polling input until some go out.
-                    if inPipe > 0 { pipeFull = true }
+                    if pipe.queued > 0 { pipeFull = true }
                     break
                 }
                 if count == 0 {
                     sourceEnded = true
                     break
                 }
-                inPipe += count
+                pipe.queued += count
                 reads += 1
                 bytesRead += count
                 moved = true
@@ -177,12 +187,10 @@ final class Direction {
         }
     }
 
-    /// Frees the pipe, if any.
+    /// Frees the pipe (its descriptors close with the last reference, this one) or the buffer.
     func releaseResources() {
         switch mode {
-        case .splice(let pipeRead, let pipeWrite, _):
-            closeDescriptor(pipeRead)
-            closeDescriptor(pipeWrite)
+        case .splice:
             mode = .kernel
         case .copy(let buffer):
             buffer.removeAll()

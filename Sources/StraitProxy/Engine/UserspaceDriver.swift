@@ -1,12 +1,8 @@
 import StraitNet
 import StraitSystem
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// The userspace datapaths: copy (``Direction/Mode/copy(_:)``, a ``LinkBuffer`` each way), splice
-/// (``Direction/Mode/splice(pipeRead:pipeWrite:inPipe:)``, a pipe each way), and skmsg, which is
+/// (``Direction/Mode/splice(_:)``, a pipe each way), and skmsg, which is
 /// copy plus ``SkmsgRoutes`` (local endpoints then send straight into the proxy's sockets, and
 /// the relay copies only what still arrives on them).
 ///
@@ -37,15 +33,9 @@ final class UserspaceDriver: RelayDriver {
         let upstream = relay.upstream
         switch datapath {
         case .splice:
-            let up = try RelayCall.pipe()
-            let down: (read: CInt, write: CInt)
-            do { down = try RelayCall.pipe() } catch {
-                closeDescriptor(up.read)
-                closeDescriptor(up.write)
-                throw error
-            }
-            toUpstream = Direction(source: client, sink: upstream, mode: .splice(pipeRead: up.read, pipeWrite: up.write, inPipe: 0))
-            toClient = Direction(source: upstream, sink: client, mode: .splice(pipeRead: down.read, pipeWrite: down.write, inPipe: 0))
+            // Each pipe is owned by its direction; the first closes by itself if the second fails.
+            toUpstream = Direction(source: client, sink: upstream, mode: .splice(SplicePipe(try RelayCall.pipe())))
+            toClient = Direction(source: upstream, sink: client, mode: .splice(SplicePipe(try RelayCall.pipe())))
         default:
             toUpstream = Direction(source: client, sink: upstream, mode: .copy(LinkBuffer()))
             toClient = Direction(source: upstream, sink: client, mode: .copy(LinkBuffer()))

@@ -19,8 +19,7 @@ final class ClosureHandler: DescriptorHandler, @unchecked Sendable {
 
 /// A small non-blocking pipe: (read end, write end).
 func makePipe() throws -> (CInt, CInt) {
-    let ends = try RelayCall.pipe(size: 4096)
-    return (ends.read, ends.write)
+    try RelayCall.pipe(size: 4096).take()
 }
 
 /// Loop-confined values a test reads back once the loop has answered.

@@ -34,7 +34,7 @@ extension Loopback {
 struct OwnedDescriptorTests {
     @Test("an owned descriptor closes when dropped, never after take(), and duplicates own their own")
     func ownedDescriptorCloses() throws {
-        let pipe = try RelayCall.pipe(size: 4096)
+        let pipe = try RelayCall.pipe(size: 4096).take()
         var dropped = OwnedDescriptor(taking: pipe.read) as OwnedDescriptor?
         #expect(isOpen(pipe.read))
         dropped = nil
@@ -54,7 +54,7 @@ struct OwnedDescriptorTests {
 
     @Test("a list of owned descriptors closes what was not taken out of it, in order")
     func ownedDescriptorsClose() throws {
-        let first = try RelayCall.pipe(size: 4096), second = try RelayCall.pipe(size: 4096)
+        let first = try RelayCall.pipe(size: 4096).take(), second = try RelayCall.pipe(size: 4096).take()
         var list = OwnedDescriptors(taking: [first.read, first.write, second.read, second.write])
         #expect(list.count == 4 && list.rawValues == [first.read, first.write, second.read, second.write])
         guard let head = list.takeFirst() else {
