@@ -68,7 +68,8 @@ public struct HTTPBenchmark: Sendable {
     public var repeats = 1
     /// Pin both servers' loop threads alike (`--pin-loops`: loop `i` on CPU `i` modulo the core
     /// count), so that neither server's tail depends on where the scheduler happens to put it.
-    public var pinLoops = true
+    /// Off by default: a pinned loop cannot leave the CPU wrk runs on (README, StraitNet).
+    public var pinLoops = false
     /// Preferred ports; the next free one in 47000-47999 is taken.
     public var straitnetPort = 47080
     /// The SwiftNIO server's preferred port.

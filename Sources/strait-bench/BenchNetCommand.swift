@@ -25,7 +25,7 @@ struct BenchNet: ParsableCommand {
     @Option(help: "RPC payload sizes in bytes, comma-separated.") var payloads = "128,4096"
     @Option(help: "Concurrent RPC callers, comma-separated.") var callers = "1,16,128"
     @Option(help: "Threads of each server (event loops).") var threads = 2
-    @Flag(inversion: .prefixedNo, help: "Pin both HTTP servers' loop threads alike: loop i on CPU i modulo the core count.") var pinLoops = true
+    @Flag(inversion: .prefixedNo, help: "Pin both HTTP servers' loop threads alike: loop i on CPU i modulo the core count (off by default: on a quiet 2-core machine it halved StraitNet's requests/s).") var pinLoops = false
     @Option(name: .customLong("repeat"), help: "Measure each HTTP and RPC point this many times, alternating the two sides; the median is reported.") var repetitions = 1
     @Option(help: "Which parts to run, comma-separated: http, rpc, allocations.") var parts = "http,rpc,allocations"
     @Flag(help: "Print one JSON object instead of the tables.") var json = false
