@@ -70,6 +70,8 @@ let package = Package(
         .plugin(name: "BuildInfoGenerator", capability: .buildTool(), dependencies: ["StraitCodegen"]),
         // The version and commit every installed binary reports.
         .target(name: "StraitBuildInfo", plugins: ["BuildInfoGenerator"]),
+        // The one writer of Prometheus text for values read at scrape time (kernel counters).
+        .target(name: "StraitExposition"),
 
         // Layer 3: the reactor network library: LinkBuffer, epoll reactors, connections, multiplexed RPC.
         .target(
@@ -87,14 +89,14 @@ let package = Package(
         // Same-host acceleration: sock_ops + sk_msg redirects between local sockets (`strait accel`).
         .target(
             name: "StraitAccel",
-            dependencies: ["CLibBPF", "StraitBPF", "StraitKernelABI", "StraitSystem"],
+            dependencies: ["CLibBPF", "StraitBPF", "StraitExposition", "StraitKernelABI", "StraitSystem"],
             exclude: ["bpf"],
             plugins: ["BPFCompiler"]
         ),
         // XDP early drop from rule maps changed at run time (`strait drop`).
         .target(
             name: "StraitDrop",
-            dependencies: ["CLibBPF", "StraitBPF", "StraitKernelABI", "StraitSystem"],
+            dependencies: ["CLibBPF", "StraitBPF", "StraitExposition", "StraitKernelABI", "StraitSystem"],
             exclude: ["bpf"],
             plugins: ["BPFCompiler"]
         ),
@@ -109,7 +111,7 @@ let package = Package(
         .target(
             name: "StraitProxy",
             dependencies: [
-                "CStraitSystem", "StraitBPF", "StraitBuildInfo", "StraitKernelABI", "StraitSystem", "StraitNet",
+                "CStraitSystem", "StraitBPF", "StraitBuildInfo", "StraitExposition", "StraitKernelABI", "StraitSystem", "StraitNet",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -129,10 +131,9 @@ let package = Package(
         .target(
             name: "StraitLB",
             dependencies: [
-                "CLibBPF", "StraitBPF", "StraitKernelABI", "StraitMaglev", "StraitSystem", "StraitNet", "StraitProxy",
+                "CLibBPF", "StraitBPF", "StraitExposition", "StraitKernelABI", "StraitMaglev", "StraitSystem", "StraitNet", "StraitProxy",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             exclude: ["bpf"],
             plugins: ["BPFCompiler"]

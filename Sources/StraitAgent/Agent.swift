@@ -88,8 +88,6 @@ public final class Agent: @unchecked Sendable {
     private var state: AgentState
     private var proxy: Proxy?
     private var lb: LBDaemon?
-    /// The lb's gauges, copied from its kernel counters at each scrape.
-    private let lbRegistry = PrometheusCollectorRegistry()
     private var endpoint: PlainHTTPEndpoint?
 
     /// Reads the state record; nothing is applied before ``start()``.
@@ -212,7 +210,7 @@ public final class Agent: @unchecked Sendable {
                 text += stats.prometheusText()
             }
             if let proxy { text += proxy.metricsText() }
-            if let lb, let snapshot = try? lb.balancer.snapshot() { text += LBMetrics.exposition(snapshot, registry: lbRegistry) }
+            if let lb, let snapshot = try? lb.balancer.snapshot() { text += LBMetrics.exposition(snapshot) }
             return text
         }
     }

@@ -1,3 +1,4 @@
+import StraitExposition
 import StraitBPF
 import StraitKernelABI
 
@@ -82,21 +83,14 @@ extension DropStats {
     /// `strait_drop_rule_frames_total` / `strait_drop_rule_bytes_total` by rule, for rules that
     /// matched at least once (a rule set of 100,000 prefixes would otherwise be 100,000 series).
     public func prometheusText() -> String {
-        func escape(_ text: String) -> String {
-            text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
-        }
-        var lines = [
-            "# HELP strait_drop_frames_total Frames seen by strait drop's XDP program, by verdict.",
-            "# TYPE strait_drop_frames_total counter",
-        ]
-        lines += verdicts.map { "strait_drop_frames_total{verdict=\"\($0.verdict)\",action=\"\($0.dropped ? "drop" : "pass")\"} \($0.packets)" }
-        lines += ["# HELP strait_drop_bytes_total Bytes of those frames, by verdict.", "# TYPE strait_drop_bytes_total counter"]
-        lines += verdicts.map { "strait_drop_bytes_total{verdict=\"\($0.verdict)\",action=\"\($0.dropped ? "drop" : "pass")\"} \($0.bytes)" }
+        var text = PrometheusText()
+        let byVerdict = { (verdict: VerdictCount) in [("verdict", verdict.verdict), ("action", verdict.dropped ? "drop" : "pass")] }
+        text.counter("strait_drop_frames_total", "Frames seen by strait drop's XDP program, by verdict.", verdicts.map { (byVerdict($0), $0.packets) })
+        text.counter("strait_drop_bytes_total", "Bytes of those frames, by verdict.", verdicts.map { (byVerdict($0), $0.bytes) })
         let matched = rules.filter { $0.packets > 0 }
-        lines += ["# HELP strait_drop_rule_frames_total Frames each rule matched (rules that matched at least once).", "# TYPE strait_drop_rule_frames_total counter"]
-        lines += matched.map { "strait_drop_rule_frames_total{rule=\"\(escape($0.rule.description))\",mode=\"\(mode.rawValue)\"} \($0.packets)" }
-        lines += ["# HELP strait_drop_rule_bytes_total Bytes of the frames each rule matched.", "# TYPE strait_drop_rule_bytes_total counter"]
-        lines += matched.map { "strait_drop_rule_bytes_total{rule=\"\(escape($0.rule.description))\",mode=\"\(mode.rawValue)\"} \($0.bytes)" }
-        return lines.joined(separator: "\n") + "\n"
+        let byRule = { (rule: RuleCount) in [("rule", rule.rule.description), ("mode", mode.rawValue)] }
+        text.counter("strait_drop_rule_frames_total", "Frames each rule matched (rules that matched at least once).", matched.map { (byRule($0), $0.packets) })
+        text.counter("strait_drop_rule_bytes_total", "Bytes of the frames each rule matched.", matched.map { (byRule($0), $0.bytes) })
+        return text.text
     }
 }

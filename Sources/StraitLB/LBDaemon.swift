@@ -1,6 +1,6 @@
 import Foundation
 import Logging
-import Prometheus
+import StraitExposition
 import StraitBPF
 import StraitKernelABI
 import StraitNet
@@ -86,10 +86,9 @@ public final class LBDaemon: @unchecked Sendable {
             checker.configure(config.services)
             self.checker = checker
             if let address = config.metricsAddress {
-                let registry = PrometheusCollectorRegistry()
                 metrics = try PlainHTTPEndpoint(address: address, routes: ["/metrics": { [weak self] in
                     guard let snapshot = try? self?.balancer.snapshot() else { return .init(body: "") }
-                    return .init(body: LBMetrics.exposition(snapshot, registry: registry))
+                    return .init(body: LBMetrics.exposition(snapshot))
                 }])
                 logger.info("metrics on http://\(metrics!.address)/metrics")
             }
@@ -167,27 +166,25 @@ public final class LBDaemon: @unchecked Sendable {
     }
 }
 
-/// The Prometheus text of a snapshot, through a swift-prometheus registry (gauges copied from
-/// the kernel's counters before each scrape, as the proxy does with its kernel counters):
+/// The Prometheus text of a snapshot, written fresh at each scrape from the kernel's counters
+/// (summed over CPUs), so a backend that left the config leaves the exposition too:
 ///
-/// - `strait_lb_backend_up{service,backend}` (1 up, 0 down)
-/// - `strait_lb_backend_connects{service,backend}`, `strait_lb_backend_datagrams{service,backend}`
-/// - `strait_lb_balanced`, `strait_lb_refused`, `strait_lb_reversed`
+/// - `strait_lb_backend_up{service,backend}` (gauge: 1 up, 0 down)
+/// - `strait_lb_backend_connects_total{service,backend}`, `strait_lb_backend_datagrams_total{service,backend}`
+/// - `strait_lb_balanced_total`, `strait_lb_refused_total`, `strait_lb_reversed_total`
 public enum LBMetrics {
-    /// Sets one gauge per backend and counter in `registry` from `snapshot`, then renders the whole
-    /// registry as text. Allocates the text; no syscalls.
-    public static func exposition(_ snapshot: LBSnapshot, registry: PrometheusCollectorRegistry) -> String {
-        for service in snapshot.services {
-            for backend in service.backends {
-                let labels = [("service", service.name), ("backend", backend.endpoint)]
-                registry.makeGauge(name: "strait_lb_backend_up", labels: labels).set(Double(backend.up ? 1 : 0))
-                registry.makeGauge(name: "strait_lb_backend_connects", labels: labels).set(Double(backend.connects))
-                registry.makeGauge(name: "strait_lb_backend_datagrams", labels: labels).set(Double(backend.datagrams))
-            }
+    /// The exposition of `snapshot`, every family with HELP and TYPE. Allocates the text; no syscalls.
+    public static func exposition(_ snapshot: LBSnapshot) -> String {
+        var text = PrometheusText()
+        let backends = snapshot.services.flatMap { service in
+            service.backends.map { (labels: [("service", service.name), ("backend", $0.endpoint)], backend: $0) }
         }
-        registry.makeGauge(name: "strait_lb_balanced").set(Double(snapshot.counters.balanced))
-        registry.makeGauge(name: "strait_lb_refused").set(Double(snapshot.counters.refused))
-        registry.makeGauge(name: "strait_lb_reversed").set(Double(snapshot.counters.reversed))
-        return registry.emitToString()
+        text.gauge("strait_lb_backend_up", "1 while the backend gets new connections, 0 while health checks hold it down.", backends.map { ($0.labels, $0.backend.up ? 1 : 0) })
+        text.counter("strait_lb_backend_connects_total", "connect() calls the cgroup programs sent to the backend.", backends.map { ($0.labels, $0.backend.connects) })
+        text.counter("strait_lb_backend_datagrams_total", "Unconnected UDP sendmsg() calls the cgroup programs sent to the backend.", backends.map { ($0.labels, $0.backend.datagrams) })
+        text.counter("strait_lb_balanced_total", "Socket calls to a service address that the programs sent to a backend.", snapshot.counters.balanced)
+        text.counter("strait_lb_refused_total", "Socket calls to a service address refused with ECONNREFUSED: no live backend.", snapshot.counters.refused)
+        text.counter("strait_lb_reversed_total", "getpeername and recvmsg answers turned back into the service address.", snapshot.counters.reversed)
+        return text.text
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import StraitExposition
 import StraitSystem
 
 /// The standard `process_*` series of Prometheus client libraries, read from `/proc/self` at each
@@ -12,7 +13,7 @@ enum ProcessMetrics {
         if let stat = selfStat() {
             let ticks = Double(sysconf(CInt(_SC_CLK_TCK)))
             let pageSize = Double(sysconf(CInt(_SC_PAGESIZE)))
-            text.counterValue("process_cpu_seconds_total", "User and system CPU time spent, in seconds.", (stat.userTicks + stat.systemTicks) / ticks)
+            text.counter("process_cpu_seconds_total", "User and system CPU time spent, in seconds.", seconds: (stat.userTicks + stat.systemTicks) / ticks)
             text.gauge("process_resident_memory_bytes", "Resident memory size in bytes.", stat.residentPages * pageSize)
             text.gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.", stat.virtualBytes)
             text.gauge("process_threads", "Threads in the process.", stat.threads)

@@ -1,4 +1,5 @@
 import Prometheus
+import StraitExposition
 import StraitKernelABI
 import StraitNet
 import Synchronization
@@ -239,40 +240,5 @@ public final class ProxyMetrics: Sendable {
         }
         text += kernelText.text
         return text
-    }
-}
-
-/// Prometheus text-format lines for values read at scrape time (kernel totals, `/proc/self`),
-/// which a swift-prometheus counter cannot take (it only adds): each family once, with HELP and TYPE.
-struct PrometheusText {
-    /// The lines so far.
-    private(set) var text = ""
-
-    /// A counter family: one sample per label set.
-    mutating func counter(_ name: String, _ help: String, _ samples: [([(String, String)], UInt64)]) {
-        family(name, help, "counter", samples.map { ($0.0, "\($0.1)") })
-    }
-
-    /// A counter with no labels whose value is not a whole number (CPU seconds).
-    mutating func counterValue(_ name: String, _ help: String, _ value: Double) {
-        family(name, help, "counter", [([], "\(value)")])
-    }
-
-    /// A gauge with one sample of `labels`.
-    mutating func gaugeFamily(_ name: String, _ help: String, _ labels: [(String, String)], _ value: Double) {
-        family(name, help, "gauge", [(labels, "\(value)")])
-    }
-
-    /// A gauge with no labels.
-    mutating func gauge(_ name: String, _ help: String, _ value: Double) {
-        family(name, help, "gauge", [([], "\(value)")])
-    }
-
-    private mutating func family(_ name: String, _ help: String, _ type: String, _ samples: [([(String, String)], String)]) {
-        text += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
-        for (labels, value) in samples {
-            let rendered = labels.isEmpty ? "" : "{" + labels.map { "\($0.0)=\"\($0.1)\"" }.joined(separator: ",") + "}"
-            text += "\(name)\(rendered) \(value)\n"
-        }
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import StraitBuildInfo
+import StraitExposition
 import StraitNet
 import StraitSystem
 import Synchronization
@@ -279,7 +280,7 @@ extension Proxy {
     /// `strait_build_info{version,commit} 1`.
     static let buildInfoText: String = {
         var text = PrometheusText()
-        text.gaugeFamily("strait_build_info", "The running Strait build (always 1).", [("version", BuildInfo.version), ("commit", BuildInfo.commit)], 1)
+        text.gauge("strait_build_info", "The running Strait build (always 1).", [([("version", BuildInfo.version), ("commit", BuildInfo.commit)], 1)])
         return text.text
     }()
 
