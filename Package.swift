@@ -291,7 +291,7 @@ let package = Package(
         ),
         .testTarget(
             name: "StraitLBTests",
-            dependencies: ["StraitLB", "StraitMaglev", "StraitBPF", "StraitKernelABI", "StraitSystem", "StraitNet", "StraitProxy", "StraitTestSupport", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["StraitExposition", "StraitLB", "StraitMaglev", "StraitBPF", "StraitKernelABI", "StraitSystem", "StraitNet", "StraitProxy", "StraitTestSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "StraitAgentTests",

@@ -40,9 +40,9 @@ public struct PrometheusText: Sendable {
     }
 
     private mutating func family(_ name: String, _ help: String, _ type: String, _ samples: [([(String, String)], String)]) {
-        text += "# HELP \(name) \(Self.escapeHelp(help))\n# TYPE \(name) \(type)\n"
+        text += "# HELP \(name) \(Self.escape(help, quotes: false))\n# TYPE \(name) \(type)\n"
         for (labels, value) in samples {
-            let rendered = labels.isEmpty ? "" : "{" + labels.map { "\($0.0)=\"\(Self.escapeLabel($0.1))\"" }.joined(separator: ",") + "}"
+            let rendered = labels.isEmpty ? "" : "{" + labels.map { "\($0.0)=\"\(Self.escape($0.1, quotes: true))\"" }.joined(separator: ",") + "}"
             text += "\(name)\(rendered) \(value)\n"
         }
     }
@@ -52,22 +52,18 @@ public struct PrometheusText: Sendable {
         value.isFinite && value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : "\(value)"
     }
 
-    /// A label value: backslash, double quote and newline escaped (the format's rule).
-    static func escapeLabel(_ value: String) -> String {
+    /// Text escaped as the format asks: backslash and newline always, the double quote in a label
+    /// value (`quotes`), not in HELP text.
+    static func escape(_ text: String, quotes: Bool) -> String {
         var escaped = ""
-        for character in value {
+        for character in text {
             switch character {
             case "\\": escaped += "\\\\"
-            case "\"": escaped += "\\\""
             case "\n": escaped += "\\n"
+            case "\"" where quotes: escaped += "\\\""
             default: escaped.append(character)
             }
         }
         return escaped
-    }
-
-    /// HELP text: backslash and newline escaped.
-    static func escapeHelp(_ help: String) -> String {
-        help.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\n", with: "\\n")
     }
 }

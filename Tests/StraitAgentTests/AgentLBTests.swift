@@ -134,7 +134,7 @@ struct AgentLBTests {
             #expect(old.backend == 0)
             #expect(old.peer == "\(Self.service(lab)):8080", "getpeername shows the service")
             let metrics = try httpGet(endpoint, "/metrics").body
-            #expect((sample(metrics, "strait_lb_backend_connects{service=\"web\",backend=\"\(first.endpoint)\"}") ?? 0) >= 1, "\(metrics)")
+            #expect((sample(metrics, "strait_lb_backend_connects_total{service=\"web\",backend=\"\(first.endpoint)\"}") ?? 0) >= 1, "\(metrics)")
 
             // A reload to the second backend: new connects go there; the open one stays with the first.
             try lab.write(Self.yaml(lab, backends: [second]))

@@ -57,7 +57,9 @@ public final class EventLoop: @unchecked Sendable {
     public let index: Int
     let epoll: CInt
     private let wakeDescriptor: CInt
-    private let tasks = Mutex<Deque<LoopTask>>([])
+    /// Tasks queued for the loop's thread; `closed` once the thread has run its last ones, after
+    /// which a task runs on the thread that queues it (nothing else touches the loop's state then).
+    private let tasks = Mutex<(queued: Deque<LoopTask>, closed: Bool)>(([], false))
     private let wakePending = ManagedAtomic<Bool>(false)
     private let stopRequested = ManagedAtomic<Bool>(false)
     private let threadID = ManagedAtomic<UInt>(0)
@@ -97,13 +99,22 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     /// Runs `body` on the loop's thread, after the current batch of events. Safe from any thread;
-    /// costs the closure's allocation and, when the loop sleeps, one eventfd write.
+    /// costs the closure's allocation and, when the loop sleeps, one eventfd write. On a loop that
+    /// has stopped, `body` runs at once on the calling thread, so a caller waiting for it (a
+    /// listener hand-over retiring a server whose group already shut down) is answered.
     public func execute(_ body: @escaping @Sendable () -> Void) {
         enqueue(.closure(body))
     }
 
     func enqueue(_ task: LoopTask) {
-        tasks.withLock { $0.append(task) }
+        let queued = tasks.withLock { state in
+            if !state.closed { state.queued.append(task) }
+            return !state.closed
+        }
+        guard queued else {
+            Self.perform(task)
+            return
+        }
         if !inEventLoop && !wakePending.exchange(true, ordering: .acquiringAndReleasing) {
             try? EpollCall.signal(wakeDescriptor)
         }
@@ -226,12 +237,19 @@ public final class EventLoop: @unchecked Sendable {
         // Stopping: close what is left, run what was queued so waiters are answered.
         forEachConnection { $0.close(reason: .shutdown) }
         runTasks()
+        // Tasks queued while those ran, then none: from here a task runs on its caller's thread.
+        while !tasks.withLock({ state in
+            state.closed = state.queued.isEmpty
+            return state.closed
+        }) {
+            runTasks()
+        }
         releaseDeferred()
         finished.withLock { $0 = true }
     }
 
     private func nextTimeout() -> CInt {
-        if tasks.withLock({ !$0.isEmpty }) { return 0 }
+        if tasks.withLock({ !$0.queued.isEmpty }) { return 0 }
         guard let first = timers.min else { return -1 }
         let current = SocketCall.monotonicNanoseconds()
         if first.deadline <= current { return 0 }
@@ -239,14 +257,16 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     private func runTasks() {
-        tasks.withLock { swap(&$0, &runningTasks) }
-        while let task = runningTasks.popFirst() {
-            switch task {
-            case .closure(let body): body()
-            case .drainOutbox(let connection): connection.drainOutbox()
-            case .handlerFinished(let connection): connection.handlerFinished()
-            case .dispatch(let connection): connection.readAndDispatch()
-            }
+        tasks.withLock { swap(&$0.queued, &runningTasks) }
+        while let task = runningTasks.popFirst() { Self.perform(task) }
+    }
+
+    private static func perform(_ task: LoopTask) {
+        switch task {
+        case .closure(let body): body()
+        case .drainOutbox(let connection): connection.drainOutbox()
+        case .handlerFinished(let connection): connection.handlerFinished()
+        case .dispatch(let connection): connection.readAndDispatch()
         }
     }
 

@@ -180,5 +180,24 @@ struct EventLoopRegistrationTests {
             try await onLoop(loop) { box.value = (nil, nil, 0) }
         }
     }
+
+    /// A listener hand-over that confirms after the server's group shut down stops the server's
+    /// acceptors with tasks on loops that no longer run: those tasks used to wait forever (a test
+    /// process hung in `stopAcceptingNow`); now they run on the caller's thread.
+    @Test("a task queued on a stopped loop runs at once on the caller's thread; stopAccepting returns")
+    func stoppedLoopRunsTasksInline() async throws {
+        let group = try EventLoopGroup(loopCount: 2)
+        let server = try Server(address: .loopback(port: 0), group: group, handlers: ConnectionHandlers(onRequest: { _ in }))
+        group.shutdown()
+        let ran = Mutex<pthread_t?>(nil)
+        group.loops[0].execute { ran.withLock { $0 = pthread_self() } }
+        #expect(ran.withLock { $0 } == pthread_self(), "the task ran, on this thread")
+        let returned = Signal<Bool>()
+        Task.detached {
+            server.stopAccepting()
+            returned.send(true)
+        }
+        #expect(await returned.wait() == [true], "stopAccepting returned on a stopped group")
+    }
 }
 }
